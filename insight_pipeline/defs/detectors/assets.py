@@ -1,0 +1,93 @@
+"""Detector assets: each family returns Signals; `insight_candidates` unions them."""
+
+import dagster as dg
+import polars as pl
+
+from insight_pipeline.defs.baselines.assets import churn_dates
+from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import SettingsResource
+from insight_pipeline.lib.detectors.usage import (
+    detect_usage_anomalies,
+    detect_usage_trends,
+    weekly_trend_stats,
+)
+from insight_pipeline.lib.insights.formulate import formulate
+from insight_pipeline.lib.signals import conform
+
+GROUP = "detectors"
+SIGNAL_PREVIEW = ["customer_id", "type", "subject", "partition_date", "severity", "confidence"]
+
+
+def _signal_metadata(frame: pl.DataFrame) -> dict:
+    return {
+        "signals": frame.height,
+        "by_type": counts_by(frame, "type"),
+        "customers": frame["customer_id"].n_unique() if frame.height else 0,
+        "preview": markdown_preview(frame.sort("severity", descending=True), SIGNAL_PREVIEW),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def usage_anomalies(
+    context: dg.AssetExecutionContext, settings: SettingsResource, usage_baselines: pl.DataFrame
+) -> pl.DataFrame:
+    """usage_spike / usage_drop: days beyond the robust band with an effect size, persisting (or
+    one extreme day for a spike)."""
+    signals = detect_usage_anomalies(usage_baselines, settings.settings().usage)
+    context.add_output_metadata(_signal_metadata(signals))
+    return signals
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def usage_trends(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    usage_window: pl.DataFrame,
+    accounts: pl.DataFrame,
+) -> pl.DataFrame:
+    """adoption_trend / declining_usage: consecutive weekly rises or falls with a significant
+    log-linear slope and a minimum total change."""
+    first, last = partition_days(context)
+    usage_settings = settings.settings().usage
+    stats = weekly_trend_stats(usage_window, first, last, usage_settings, churn_dates(accounts))
+    signals = detect_usage_trends(stats, usage_settings)
+    context.add_output_metadata(_signal_metadata(signals))
+    return signals
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def insight_candidates(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+    usage_anomalies: pl.DataFrame,
+    usage_trends: pl.DataFrame,
+) -> pl.DataFrame:
+    """Every detector's signals with account context, category, fingerprint and score (one row
+    per fingerprint and day; churned customers dropped)."""
+    signals = pl.concat([conform(usage_anomalies), conform(usage_trends)])
+    frame = formulate(signals, accounts, settings.settings().ranking)
+    context.add_output_metadata(
+        {
+            "candidates": frame.height,
+            "by_type": counts_by(frame, "type"),
+            "by_priority": counts_by(frame, "priority"),
+        }
+    )
+    return frame

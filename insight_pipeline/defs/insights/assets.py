@@ -1,0 +1,84 @@
+"""Insights: candidates folded into episodes against the store, new ones narrated."""
+
+import dagster as dg
+import polars as pl
+
+from insight_pipeline.defs.insights.checks import check_specs, run_checks
+from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import NarratorResource, SettingsResource, StoreResource
+from insight_pipeline.lib.insights.formulate import evidence_json, narrate_frame
+from insight_pipeline.lib.ranking.episodes import earliest_relevant_day, plan_episodes
+
+GROUP = "insights"
+
+UPSERT_COLUMNS = [
+    "id",
+    "customer_id",
+    "customer_name",
+    "user_id",
+    "partition_date",
+    "last_seen_date",
+    "category",
+    "type",
+    "subject",
+    "priority",
+    "score",
+    "title",
+    "summary",
+    "evidence",
+    "so_what",
+    "recommended_action",
+    "fingerprint",
+    "score_parts",
+    "expires_at",
+]
+PREVIEW = ["priority", "score", "customer_name", "type", "title", "partition_date"]
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+    check_specs=check_specs("insights"),
+)
+def insights(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    store: StoreResource,
+    narrator: NarratorResource,
+    insight_candidates: pl.DataFrame,
+):
+    """The write plan for the insights table: new episodes (formulated, scored and narrated) and
+    continuations of open insights (a persisting pattern moves last_seen_date, never re-raises).
+    Checked before the sink may write it."""
+    first, _last = partition_days(context)
+    ranking = settings.settings().ranking
+    db = store.open()
+    try:
+        existing = db.load_episodes(since=earliest_relevant_day(first, ranking))
+    finally:
+        db.dispose()
+    new, extensions = plan_episodes(insight_candidates, existing, ranking)
+    new = evidence_json(narrate_frame(new, narrator.narrator()))
+    plan = pl.concat(
+        [
+            new.select(UPSERT_COLUMNS).with_columns(pl.lit("insert").alias("action")),
+            extensions.with_columns(
+                pl.col("last_seen_date").alias("partition_date"), pl.lit("extend").alias("action")
+            ),
+        ],
+        how="diagonal_relaxed",
+    )
+    yield dg.Output(
+        plan,
+        metadata={
+            "new_insights": new.height,
+            "continued_insights": extensions.height,
+            "by_type": counts_by(new, "type"),
+            "by_priority": counts_by(new, "priority"),
+            "top_insights": markdown_preview(new.sort("score", descending=True), PREVIEW),
+        },
+    )
+    yield from run_checks(plan)

@@ -1,0 +1,37 @@
+"""Small helpers shared by assets: the partition days of a run and metadata formatting."""
+
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+
+def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
+    """First and last day covered by this run (one day, or a whole range in a backfill)."""
+    keys = context.partition_key_range
+    return date.fromisoformat(keys.start), date.fromisoformat(keys.end)
+
+
+def counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    if frame.height == 0 or column not in frame.columns:
+        return {}
+    return {str(k): int(v) for k, v in frame.group_by(column).len().sort(column).iter_rows()}
+
+
+def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
+    """A markdown table of the first rows, as a data engineer wants to see it in the UI."""
+    present = [c for c in columns if c in frame.columns]
+    if frame.height == 0 or not present:
+        return dg.MetadataValue.md("_no rows_")
+    head = frame.head(rows).select(present)
+    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
+    for row in head.iter_rows():
+        cells = [_cell(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")[:80]

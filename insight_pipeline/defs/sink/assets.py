@@ -1,0 +1,48 @@
+"""The sink: the insights plan written to the store in one transaction per run."""
+
+import dagster as dg
+import polars as pl
+from sqlalchemy.engine import make_url
+
+from insight_pipeline.defs.insights.assets import UPSERT_COLUMNS
+from insight_pipeline.defs.metadata import counts_by, markdown_preview
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import StoreResource
+
+GROUP = "sink"
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"duckdb", "postgres"},
+)
+def insights_table(
+    context: dg.AssetExecutionContext, store: StoreResource, insights: pl.DataFrame
+) -> dg.MaterializeResult:
+    """Upserts the plan into the insights table: new episodes inserted (or updated in place on a
+    re-run, keeping every user column), open ones extended. All or nothing."""
+    new = insights.filter(pl.col("action") == "insert").select(UPSERT_COLUMNS)
+    extensions = insights.filter(pl.col("action") == "extend").select(
+        "id", "last_seen_date", "expires_at"
+    )
+    db = store.open()
+    try:
+        written = db.write_insights(new, extensions)
+        total = db.count_insights()
+        url = make_url(db.url).render_as_string(hide_password=True)
+    finally:
+        db.dispose()
+    return dg.MaterializeResult(
+        metadata={
+            **{k: int(v) for k, v in written.items()},
+            "table_rows": total,
+            "store": url,
+            "by_priority": counts_by(new, "priority"),
+            "top_insights": markdown_preview(
+                new.sort("score", descending=True),
+                ["priority", "score", "customer_name", "type", "title"],
+            ),
+        }
+    )

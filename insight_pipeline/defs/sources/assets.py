@@ -1,0 +1,110 @@
+"""Source slices as of each partition day: validated, typed, bad rows quarantined and counted."""
+
+from datetime import timedelta
+
+import dagster as dg
+import polars as pl
+
+from insight_pipeline.defs.metadata import partition_days
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import SettingsResource, SourceResource
+from insight_pipeline.lib.contract import CONTRACT, ContractError, quarantine
+from insight_pipeline.lib.paths import data_dir
+
+GROUP = "sources"
+
+
+def _write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
+    """Quarantined rows are kept on disk (never silently dropped) for a person to inspect."""
+    if bad.height == 0:
+        return None
+    directory = data_dir() / "quarantine" / table
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{first}__{last}.parquet"
+    bad.write_parquet(path)
+    return str(path)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.DataFrame:
+    """Customers with their CSM, validated against the contract (users and customers tables).
+
+    Churn dates after the last partition day are hidden (no look-ahead); duplicate ids, null
+    keys and customers whose CSM is not a known user are quarantined and counted.
+    """
+    first, last = partition_days(context)
+    src = source.open()
+    users = src.read("users")
+    customers = src.read("customers")
+    assert users is not None and customers is not None
+    users_clean, users_bad, users_report = quarantine(CONTRACT["users"], users)
+    customers_clean, customers_bad, customers_report = quarantine(
+        CONTRACT["customers"], customers, {"users": users_clean["user_id"]}
+    )
+    if customers_clean.height == 0:
+        raise ContractError("table 'customers' has no valid rows after validation")
+    customers_clean = customers_clean.with_columns(
+        pl.when(pl.col("churned_on") <= last).then(pl.col("churned_on")).alias("churned_on")
+    )
+    q_users = _write_quarantine("users", users_bad, str(first), str(last))
+    q_customers = _write_quarantine("customers", customers_bad, str(first), str(last))
+    context.add_output_metadata(
+        {
+            "customers": customers_clean.height,
+            "users": users_clean.height,
+            "customers_validation": customers_report.as_metadata(),
+            "users_validation": users_report.as_metadata(),
+            "quarantine_files": [p for p in (q_users, q_customers) if p],
+            "customers_by_segment": {
+                str(k): int(v)
+                for k, v in customers_clean.group_by("segment").len().sort("segment").iter_rows()
+            },
+        }
+    )
+    src.dispose()
+    return customers_clean
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def usage_window(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+) -> pl.DataFrame:
+    """usage_daily rows from the look-back before the first day up to the last day of the run.
+
+    Only the date window is read (rows after the partition day never are). Negative values,
+    duplicate (customer, date, metric) rows and unknown customers are quarantined and counted.
+    """
+    first, last = partition_days(context)
+    lookback = settings.settings().lookback_days
+    src = source.open()
+    usage = src.read("usage_daily", date_from=first - timedelta(days=lookback), date_to=last)
+    assert usage is not None
+    clean, bad, report = quarantine(
+        CONTRACT["usage_daily"], usage, {"customers": accounts["customer_id"]}
+    )
+    path = _write_quarantine("usage_daily", bad, str(first), str(last))
+    context.add_output_metadata(
+        {
+            "window_start": str(first - timedelta(days=lookback)),
+            "window_end": str(last),
+            "validation": report.as_metadata(),
+            "quarantine_file": path or "",
+            "customers_with_usage": clean["customer_id"].n_unique(),
+            "metrics": sorted(clean["metric"].unique().to_list()),
+        }
+    )
+    src.dispose()
+    return clean

@@ -1,0 +1,460 @@
+"""The source side of the data contract: table specs, reading, validation and quarantine.
+
+A source is a directory (one `<table>.parquet` or `<table>.csv` per table) or any SQLAlchemy URL.
+Structural problems (a missing required table or column, an unparseable value) fail with a
+`ContractError` naming table, column and an example row. Row-level problems (duplicate keys,
+negative usage, unknown ids, null keys) are split off into a quarantine frame and counted, never
+silently dropped and never double counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+TEXT = pl.String
+DATE = pl.Date
+TS = pl.Datetime("us", "UTC")
+FLOAT = pl.Float64
+INT = pl.Int64
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What the contract says about one source table."""
+
+    name: str
+    required: bool
+    columns: dict[str, pl.DataType]
+    key: tuple[str, ...] = ()
+    refs: dict[str, str] = field(default_factory=dict)
+    """column -> referenced table (by its first key column); unknown ids are quarantined."""
+    non_negative: tuple[str, ...] = ()
+    date_column: str | None = None
+    """The column a look-back window filters on (rows after the partition day are never read)."""
+    enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+CONTRACT: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in [
+        TableSpec(
+            "customers",
+            True,
+            {
+                "customer_id": TEXT,
+                "name": TEXT,
+                "industry": TEXT,
+                "segment": TEXT,
+                "region": TEXT,
+                "csm_user_id": TEXT,
+                "arr": FLOAT,
+                "plan": TEXT,
+                "contract_start": DATE,
+                "renewal_date": DATE,
+                "churned_on": DATE,
+            },
+            key=("customer_id",),
+            refs={"csm_user_id": "users"},
+            non_negative=("arr",),
+        ),
+        TableSpec(
+            "users",
+            True,
+            {
+                "user_id": TEXT,
+                "name": TEXT,
+                "email": TEXT,
+                "role": TEXT,
+                "manager_id": TEXT,
+            },
+            key=("user_id",),
+            enums={"role": ("csm", "manager", "leader")},
+        ),
+        TableSpec(
+            "usage_daily",
+            True,
+            {"customer_id": TEXT, "date": DATE, "metric": TEXT, "value": FLOAT},
+            key=("customer_id", "date", "metric"),
+            refs={"customer_id": "customers"},
+            non_negative=("value",),
+            date_column="date",
+        ),
+        TableSpec(
+            "entitlements",
+            False,
+            {"customer_id": TEXT, "metric": TEXT, "entitled_value": FLOAT},
+            key=("customer_id", "metric"),
+            refs={"customer_id": "customers"},
+            non_negative=("entitled_value",),
+        ),
+        TableSpec(
+            "feature_usage_daily",
+            False,
+            {"customer_id": TEXT, "date": DATE, "feature": TEXT, "active_users": INT},
+            key=("customer_id", "date", "feature"),
+            refs={"customer_id": "customers"},
+            non_negative=("active_users",),
+            date_column="date",
+        ),
+        TableSpec(
+            "contacts",
+            False,
+            {
+                "contact_id": TEXT,
+                "customer_id": TEXT,
+                "name": TEXT,
+                "email": TEXT,
+                "title": TEXT,
+                "role": TEXT,
+                "started_on": DATE,
+                "left_on": DATE,
+            },
+            key=("contact_id",),
+            refs={"customer_id": "customers"},
+        ),
+        TableSpec(
+            "meetings",
+            False,
+            {
+                "meeting_id": TEXT,
+                "customer_id": TEXT,
+                "start_at": TS,
+                "meeting_type": TEXT,
+                "sentiment": FLOAT,
+            },
+            key=("meeting_id",),
+            refs={"customer_id": "customers"},
+            date_column="start_at",
+        ),
+        TableSpec(
+            "meeting_attendees",
+            False,
+            {"meeting_id": TEXT, "contact_id": TEXT},
+            key=("meeting_id", "contact_id"),
+        ),
+        TableSpec(
+            "communications",
+            False,
+            {
+                "message_id": TEXT,
+                "customer_id": TEXT,
+                "contact_id": TEXT,
+                "sent_at": TS,
+                "direction": TEXT,
+                "channel": TEXT,
+            },
+            key=("message_id",),
+            refs={"customer_id": "customers"},
+            date_column="sent_at",
+        ),
+        TableSpec(
+            "support_tickets",
+            False,
+            {
+                "ticket_id": TEXT,
+                "customer_id": TEXT,
+                "opened_at": TS,
+                "closed_at": TS,
+                "priority": TEXT,
+                "csat": FLOAT,
+                "topic": TEXT,
+            },
+            key=("ticket_id",),
+            refs={"customer_id": "customers"},
+            date_column="opened_at",
+        ),
+        TableSpec(
+            "nps_responses",
+            False,
+            {
+                "customer_id": TEXT,
+                "contact_id": TEXT,
+                "responded_on": DATE,
+                "score": FLOAT,
+                "comment": TEXT,
+            },
+            key=("customer_id", "contact_id", "responded_on"),
+            refs={"customer_id": "customers"},
+            non_negative=("score",),
+            date_column="responded_on",
+        ),
+        TableSpec(
+            "health_scores",
+            False,
+            {"customer_id": TEXT, "date": DATE, "score": FLOAT},
+            key=("customer_id", "date"),
+            refs={"customer_id": "customers"},
+            non_negative=("score",),
+            date_column="date",
+        ),
+    ]
+}
+
+
+class ContractError(ValueError):
+    """The source breaks the contract in a way no row-level quarantine can fix."""
+
+
+@dataclass
+class TableReport:
+    """What validation did to one table: the numbers shown in asset metadata."""
+
+    table: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    duplicates: int = 0
+    negative_values: int = 0
+    unknown_ids: int = 0
+    null_keys: int = 0
+    missing: bool = False
+
+    @property
+    def quarantined(self) -> int:
+        return self.rows_read - self.rows_kept
+
+    def as_metadata(self) -> dict[str, int | bool]:
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "quarantined": self.quarantined,
+            "duplicates": self.duplicates,
+            "negative_values": self.negative_values,
+            "unknown_ids": self.unknown_ids,
+            "null_keys": self.null_keys,
+        }
+
+
+class Source:
+    """Reads contract tables from a directory or a SQLAlchemy URL, typed and windowed."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._is_url = "://" in location
+        self._engine: sa.Engine | None = None
+        if not self._is_url and not Path(location).is_dir():
+            raise ContractError(
+                f"source directory {location!r} does not exist "
+                "(set INSIGHTS_SOURCE, or run `insight-pipeline sample` first)"
+            )
+
+    # -- discovery -------------------------------------------------------------------------
+    def _file(self, table: str) -> Path | None:
+        for suffix in (".parquet", ".csv"):
+            path = Path(self.location) / f"{table}{suffix}"
+            if path.exists():
+                return path
+        return None
+
+    def _sql_engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(self.location)
+        return self._engine
+
+    def has(self, table: str) -> bool:
+        if not self._is_url:
+            return self._file(table) is not None
+        return sa.inspect(self._sql_engine()).has_table(table)
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(
+        self,
+        table: str,
+        *,
+        date_from: date | None = None,
+        date_to: date | None = None,
+    ) -> pl.DataFrame | None:
+        """The typed table (only rows with date_column in [date_from, date_to]); None if an
+        optional table is absent. Raises ContractError for anything structural."""
+        spec = CONTRACT[table]
+        if not self.has(table):
+            if spec.required:
+                raise ContractError(f"required table {table!r} is missing from {self.location}")
+            return None
+        raw = self._read_raw(spec, date_from, date_to)
+        return _typed(spec, raw)
+
+    def _read_raw(
+        self, spec: TableSpec, date_from: date | None, date_to: date | None
+    ) -> pl.DataFrame:
+        wanted = list(spec.columns)
+        if self._is_url:
+            return self._read_sql(spec, wanted, date_from, date_to)
+        path = self._file(spec.name)
+        assert path is not None
+        if path.suffix == ".csv":
+            lf = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+        else:
+            lf = pl.scan_parquet(path)
+        schema = lf.collect_schema()
+        _require_columns(spec, list(schema.names()))
+        lf = lf.select(wanted)
+        column = spec.date_column
+        if column and (date_from or date_to):
+            dtype = schema[column]
+            col = pl.col(column)
+            if dtype == pl.String:
+                # ISO strings sort like dates; bad strings fail later in typing with a clear error.
+                col = col.str.slice(0, 10)
+                lo, hi = (str(date_from) if date_from else None, str(date_to) if date_to else None)
+            else:
+                col = col.cast(pl.Date) if dtype != pl.Date else col
+                lo, hi = date_from, date_to
+            if lo is not None:
+                lf = lf.filter(col.is_null() | (col >= lo))
+            if hi is not None:
+                lf = lf.filter(col.is_null() | (col <= hi))
+        try:
+            return lf.collect()
+        except pl.exceptions.ComputeError as exc:
+            raise ContractError(f"table {spec.name!r} cannot be read from {path}: {exc}") from exc
+
+    def _read_sql(
+        self, spec: TableSpec, wanted: list[str], date_from: date | None, date_to: date | None
+    ) -> pl.DataFrame:
+        engine = self._sql_engine()
+        columns = [c["name"] for c in sa.inspect(engine).get_columns(spec.name)]
+        _require_columns(spec, columns)
+        table = sa.table(spec.name, *[sa.column(c) for c in wanted])
+        query = sa.select(*[table.c[c] for c in wanted])
+        if spec.date_column and date_from is not None:
+            query = query.where(table.c[spec.date_column] >= date_from)
+        if spec.date_column and date_to is not None:
+            # timestamps: anything before the next midnight belongs to date_to
+            bound = date_to if spec.columns[spec.date_column] == DATE else _next_day(date_to)
+            op = "__le__" if spec.columns[spec.date_column] == DATE else "__lt__"
+            query = query.where(getattr(table.c[spec.date_column], op)(bound))
+        with engine.connect() as conn:
+            frame = pl.read_database(query, connection=conn, infer_schema_length=None)
+        # Decimal and other driver types become the contract's types in _typed.
+        return frame.with_columns(
+            pl.col(c).cast(pl.Float64) for c, t in frame.schema.items() if isinstance(t, pl.Decimal)
+        )
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def _next_day(day: date) -> date:
+    from datetime import timedelta
+
+    return day + timedelta(days=1)
+
+
+def _require_columns(spec: TableSpec, present: Sequence[str]) -> None:
+    missing = [c for c in spec.columns if c not in present]
+    if missing:
+        raise ContractError(
+            f"table {spec.name!r} is missing required column(s) {missing}; it has {list(present)}"
+        )
+
+
+def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+    col = pl.col(name)
+    if source == pl.String:
+        col = col.str.strip_chars()
+        col = pl.when(col == "").then(None).otherwise(col)
+        if target == DATE:
+            return col.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        if target == TS:
+            return col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+        return col.cast(target, strict=False)
+    if target == TS:
+        if isinstance(source, pl.Datetime):
+            if source.time_zone is None:
+                return col.dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+            return col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+        if source == pl.Date:
+            return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if target == DATE and isinstance(source, pl.Datetime):
+        return col.dt.date()
+    if target == TEXT and source != pl.String:
+        return col.cast(pl.String)
+    return col.cast(target, strict=False)
+
+
+def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
+    """Cast every column to its contract type; an unparseable value fails with an example."""
+    exprs = [
+        _cast_expr(name, raw.schema[name], target).alias(name)
+        for name, target in spec.columns.items()
+    ]
+    try:
+        typed = raw.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise ContractError(f"table {spec.name!r} cannot be typed: {exc}") from exc
+    for name, target in spec.columns.items():
+        before = raw.get_column(name)
+        if before.dtype == pl.String:
+            before_null = before.str.strip_chars().replace("", None).is_null()
+        else:
+            before_null = before.is_null()
+        broken = typed.get_column(name).is_null() & ~before_null
+        if broken.any():
+            idx = int(broken.arg_max())  # first failing row
+            example = {k: _jsonable(v) for k, v in raw.row(idx, named=True).items()}
+            raise ContractError(
+                f"table {spec.name!r}, column {name!r}: value {example[name]!r} is not a valid "
+                f"{target} (row {idx + 1}: {json.dumps(example, default=str)}); "
+                f"{int(broken.sum())} such row(s)"
+            )
+    for name, allowed in spec.enums.items():
+        bad = typed.filter(pl.col(name).is_not_null() & ~pl.col(name).is_in(allowed))
+        if bad.height:
+            raise ContractError(
+                f"table {spec.name!r}, column {name!r}: value {bad[name][0]!r} is not one of "
+                f"{list(allowed)} (row: {json.dumps(bad.row(0, named=True), default=str)})"
+            )
+    return typed
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def quarantine(
+    spec: TableSpec,
+    frame: pl.DataFrame,
+    known_ids: dict[str, pl.Series] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
+    """Split `frame` into (clean, quarantined-with-reason, report).
+
+    Reasons, checked in order so each bad row is counted once: null key, negative value, unknown
+    id, duplicate key (the first occurrence is kept, later ones are quarantined).
+    """
+    report = TableReport(spec.name, rows_read=frame.height)
+    reason = pl.lit(None, dtype=pl.String)
+    conditions: list[tuple[pl.Expr, str]] = []
+    if spec.key:
+        conditions.append((pl.any_horizontal([pl.col(k).is_null() for k in spec.key]), "null_key"))
+    conditions.extend((pl.col(column) < 0, "negative_value") for column in spec.non_negative)
+    for column, table in (spec.refs or {}).items():
+        ids = (known_ids or {}).get(table)
+        if ids is not None:
+            conditions.append(
+                (pl.col(column).is_not_null() & ~pl.col(column).is_in(ids.implode()), "unknown_id")
+            )
+    if spec.key:
+        conditions.append((pl.struct(list(spec.key)).is_first_distinct().not_(), "duplicate_key"))
+    for condition, label in reversed(conditions):
+        reason = pl.when(condition.fill_null(False)).then(pl.lit(label)).otherwise(reason)
+    tagged = frame.with_columns(reason.alias("_reason"))
+    # A duplicate is judged among rows that passed the other checks, so recount it that way.
+    bad = tagged.filter(pl.col("_reason").is_not_null())
+    clean = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
+    counts = dict(bad.group_by("_reason").len().iter_rows())
+    report.null_keys = counts.get("null_key", 0)
+    report.negative_values = counts.get("negative_value", 0)
+    report.unknown_ids = counts.get("unknown_id", 0)
+    report.duplicates = counts.get("duplicate_key", 0)
+    report.rows_kept = clean.height
+    return clean, bad.rename({"_reason": "quarantine_reason"}), report

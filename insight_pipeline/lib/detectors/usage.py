@@ -1,0 +1,369 @@
+"""Usage baselines, anomalies (usage_spike / usage_drop) and weekly trends.
+
+Statistics, all vectorised over every customer x metric at once:
+- values are compared on the log1p scale, where count noise is roughly multiplicative;
+- the expected value for day D is the median of the same weekday over the previous
+  `baseline_weeks` weeks (robust, respects the weekly shape, uses nothing from D or later);
+- the scale is 1.4826 x the median absolute out-of-sample residual of the previous `scale_days`
+  days (a robust standard deviation that includes the account's own noise, holidays and all);
+- a day deviates when |z| > z_threshold AND the relative change is at least `min_effect` AND the
+  expected volume is at least `min_expected`. A drop (or a sustained spike) needs
+  `persistence_days` consecutive deviating days in the same direction; a single-day spike needs
+  |z| > `single_day_z`. Requiring both a z-score and an effect size, plus persistence, is what
+  keeps clean accounts quiet: on daily data the bare 2-sigma rule fires several times a month.
+- trends: week sums over 7-day blocks ending on D; `trend_consecutive_weeks` rises (falls) in a
+  row, a total change of at least `min_trend_change`, and a log-linear slope over
+  `trend_weeks` weeks whose t-statistic passes `trend_t`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import polars as pl
+
+from insight_pipeline.lib.settings import UsageSettings
+from insight_pipeline.lib.signals import conform, evidence_item
+
+KEYS = ["customer_id", "metric"]
+MAD_TO_SD = 1.4826
+SCALE_FLOOR = 0.02
+"""Smallest robust scale on the log scale (2%): very smooth series still need an effect size."""
+
+
+def dense_usage(
+    usage: pl.DataFrame, end: date, churned: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """One row per customer x metric x day from its first observed day to `end`.
+
+    The contract: a missing (customer, date, metric) row is 0 once the customer has any usage
+    history. Days on or after a customer's churn date are not produced.
+    """
+    if usage.height == 0:
+        return usage.select(*KEYS, "date", "value")
+    spans = usage.group_by(KEYS).agg(pl.col("date").min().alias("first"))
+    if churned is not None and churned.height:
+        spans = spans.join(churned, on="customer_id", how="left").with_columns(
+            pl.min_horizontal(
+                pl.lit(end), (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end))
+            ).alias("last")
+        )
+    else:
+        spans = spans.with_columns(pl.lit(end).alias("last"))
+    grid = (
+        spans.filter(pl.col("first") <= pl.col("last"))
+        .with_columns(pl.date_ranges("first", "last").alias("date"))
+        .select(*KEYS, "date")
+        .explode("date")
+    )
+    values = usage.group_by([*KEYS, "date"]).agg(pl.col("value").sum())
+    return (
+        grid.join(values, on=[*KEYS, "date"], how="left")
+        .with_columns(pl.col("value").fill_null(0.0))
+        .sort([*KEYS, "date"])
+    )
+
+
+def usage_baselines(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Per customer x metric x day in [start, end]: value, expected, band, z, run length.
+
+    `usage` must hold the look-back before `start` (see Settings.lookback_days); rows after `end`
+    are ignored, so nothing after the partition day is used.
+    """
+    s = settings
+    usage = usage.filter(pl.col("date") <= end)
+    grid = dense_usage(usage, end, churned)
+    weekly = [*KEYS, "weekday"]
+    first_judged = start - timedelta(days=s.persistence_days + 7)
+    frame = (
+        grid.with_columns(
+            pl.col("date").dt.weekday().alias("weekday"),
+            pl.col("value").log1p().alias("y"),
+            pl.int_range(pl.len()).over(KEYS).alias("history_days"),
+        )
+        .with_columns(
+            pl.col("y")
+            .shift(1)
+            .rolling_median(window_size=s.baseline_weeks, min_samples=max(3, s.baseline_weeks // 2))
+            .over(weekly)
+            .alias("y_expected")
+        )
+        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))
+        .with_columns(
+            (
+                pl.col("abs_resid")
+                .shift(1)
+                .rolling_median(window_size=s.scale_days, min_samples=s.scale_days // 2)
+                .over(KEYS)
+                * MAD_TO_SD
+            )
+            .clip(lower_bound=SCALE_FLOOR)
+            .alias("scale")
+        )
+        .filter(pl.col("date") >= first_judged)
+        .with_columns(
+            ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
+            (pl.col("y_expected").exp() - 1.0).alias("expected"),
+            ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
+            ((pl.col("y_expected") + s.z_threshold * pl.col("scale")).exp() - 1.0).alias("upper"),
+        )
+        .with_columns(
+            pl.when(pl.col("expected") > 0)
+            .then(pl.col("value") / pl.col("expected") - 1.0)
+            .otherwise(None)
+            .alias("rel_change")
+        )
+    )
+    judged = (
+        (pl.col("history_days") >= s.min_history_days)
+        & (pl.col("expected") >= s.min_expected)
+        & pl.col("z").is_not_null()
+    )
+    direction = (
+        pl.when(judged & (pl.col("z") > s.z_threshold) & (pl.col("rel_change") >= s.min_effect))
+        .then(1)
+        .when(judged & (pl.col("z") < -s.z_threshold) & (pl.col("rel_change") <= -s.min_effect))
+        .then(-1)
+        .otherwise(0)
+        .cast(pl.Int8)
+    )
+    frame = frame.with_columns(direction.alias("direction"))
+    # Length of the current run of same-direction deviating days (0 when not deviating).
+    frame = (
+        frame.with_columns(
+            (pl.col("direction") != pl.col("direction").shift(1).over(KEYS))
+            .fill_null(True)
+            .cum_sum()
+            .over(KEYS)
+            .alias("_run_id")
+        )
+        .with_columns(
+            pl.when(pl.col("direction") != 0)
+            .then(pl.int_range(1, pl.len() + 1).over([*KEYS, "_run_id"]))
+            .otherwise(0)
+            .clip(upper_bound=s.persistence_days + 7)  # capped: same value in range and daily runs
+            .cast(pl.Int32)
+            .alias("run_days"),
+            # explicit mean (not rolling_mean): bit-identical however long the run's range is
+            pl.mean_horizontal(
+                [pl.col("rel_change").shift(i).over(KEYS) for i in range(s.persistence_days)]
+            ).alias("run_effect"),
+        )
+        .filter(pl.col("date").is_between(start, end))
+        .drop("_run_id", "y", "abs_resid")
+        .rename({"date": "partition_date"})
+    )
+    return frame
+
+
+def _severity_of_ratio(ratio: pl.Expr) -> pl.Expr:
+    """0..1 from a value/expected ratio: halving or doubling = 0.5, 4x either way = 1."""
+    return (ratio.clip(lower_bound=1e-3).log().abs() / math.log(4.0)).clip(0.0, 1.0)
+
+
+def _confidence(z: pl.Expr, history: pl.Expr, z_threshold: float) -> pl.Expr:
+    """More history and a larger |z| mean more confidence (0..1)."""
+    return ((history / 84.0).clip(0.0, 1.0) * (z.abs() / (2 * z_threshold)).clip(0.0, 1.0)).clip(
+        0.2, 1.0
+    )
+
+
+def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """usage_spike / usage_drop signals from `usage_baselines` rows."""
+    s = settings
+    sustained = pl.col("run_days").abs() >= s.persistence_days
+    single_spike = (
+        (pl.col("z") >= s.single_day_z)
+        & (pl.col("rel_change") >= s.min_spike_effect)
+        & (pl.col("expected") >= s.min_expected)
+        & (pl.col("history_days") >= s.min_history_days)
+    )
+    hits = baselines.filter((sustained & (pl.col("direction") != 0)) | single_spike)
+    if hits.height == 0:
+        return conform(hits)
+    is_drop = pl.col("direction") < 0
+    effect = pl.when(sustained).then(pl.col("run_effect")).otherwise(pl.col("rel_change"))
+    pct = (effect * 100).round(0)
+    weekday_name = pl.col("partition_date").dt.strftime("%A")
+    comparison = pl.format(
+        "{} baseline {} (expected range {}–{})",
+        weekday_name,
+        pl.col("expected").round(1),
+        pl.col("lower").clip(lower_bound=0).round(1),
+        pl.col("upper").round(1),
+    )
+    return conform(
+        hits.with_columns(
+            pl.when(is_drop)
+            .then(pl.lit("usage_drop"))
+            .otherwise(pl.lit("usage_spike"))
+            .alias("type"),
+            pl.col("metric").alias("subject"),
+            _severity_of_ratio(1.0 + effect).alias("severity"),
+            _confidence(pl.col("z"), pl.col("history_days"), s.z_threshold).alias("confidence"),
+            pl.concat_list(
+                evidence_item(pl.col("metric"), pl.col("value"), comparison, "usage_daily"),
+                evidence_item(
+                    pl.format("{} change vs baseline (%)", pl.col("metric")),
+                    pct,
+                    pl.format("over the last {} day(s)", pl.col("run_days").abs().clip(1)),
+                    "usage_daily",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                pl.col("value").round(2),
+                pl.col("expected").round(2),
+                pl.col("lower").clip(lower_bound=0).round(2),
+                pl.col("upper").round(2),
+                pl.col("z").round(2),
+                pct.alias("change_pct"),
+                pl.col("run_days").abs().clip(1).alias("days"),
+                weekday_name.alias("weekday"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def weekly_trend_stats(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Per customer x metric x day in [start, end]: week sums ending on that day, the run of
+    consecutive rises/falls, and the log-linear slope with its t-statistic."""
+    s = settings
+    k = s.trend_weeks
+    grid = dense_usage(usage.filter(pl.col("date") <= end), end, churned)
+    week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
+    frame = grid.with_columns(
+        pl.col("value").rolling_sum(window_size=7, min_samples=7).over(KEYS).alias("w0"),
+        pl.int_range(pl.len()).over(KEYS).alias("history_days"),
+    ).with_columns([pl.col("w0").shift(7 * i).over(KEYS).alias(week[i]) for i in range(1, k)])
+    frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
+    if frame.height == 0:
+        return frame.rename({"date": "partition_date"})
+    # Consecutive rises (falls) counted back from the latest week.
+    rises = pl.lit(0, dtype=pl.Int32)
+    falls = pl.lit(0, dtype=pl.Int32)
+    still_rising = pl.lit(True)
+    still_falling = pl.lit(True)
+    for i in range(k - 1):
+        up = pl.col(week[i]) > pl.col(week[i + 1])
+        down = pl.col(week[i]) < pl.col(week[i + 1])
+        still_rising = still_rising & up
+        still_falling = still_falling & down
+        rises = rises + still_rising.cast(pl.Int32)
+        falls = falls + still_falling.cast(pl.Int32)
+    # OLS of log1p(week sum) on week index x = 0 (oldest) .. k-1 (latest).
+    xs = [float(k - 1 - i) for i in range(k)]
+    x_mean = sum(xs) / k
+    sxx = sum((x - x_mean) ** 2 for x in xs)
+    ys = [pl.col(w).log1p() for w in week]
+    y_mean = pl.sum_horizontal(ys) / k
+    slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
+    frame = frame.with_columns(rises.alias("weeks_up"), falls.alias("weeks_down"))
+    frame = frame.with_columns(slope.alias("slope"), y_mean.alias("_ymean"))
+    resid_ss = pl.sum_horizontal(
+        [
+            (y - (pl.col("_ymean") + pl.col("slope") * (x - x_mean))) ** 2
+            for x, y in zip(xs, ys, strict=True)
+        ]
+    )
+    se = (resid_ss / (k - 2) / sxx).sqrt().clip(lower_bound=1e-6)
+    run_weeks = pl.max_horizontal("weeks_up", "weeks_down")
+    run_base = pl.coalesce(
+        [pl.when(run_weeks == n).then(pl.col(week[n])) for n in range(1, k)] + [pl.col(week[k - 1])]
+    )
+    return (
+        frame.with_columns(
+            (pl.col("slope") / se).alias("t"),
+            pl.when(run_base > 0).then(pl.col("w0") / run_base - 1.0).alias("run_change"),
+            run_base.alias("run_base"),
+            (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
+        )
+        .drop("_ymean", "value")
+        .rename({"date": "partition_date"})
+    )
+
+
+def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """adoption_trend (sustained weekly growth) and declining_usage (sustained weekly decline)."""
+    s = settings
+    if stats.height == 0:
+        return conform(stats)
+    enough = (pl.col("run_base") >= s.min_weekly_volume) & (
+        pl.col("history_days") >= 7 * s.trend_weeks
+    )
+    up = (
+        enough
+        & (pl.col("weeks_up") >= s.trend_consecutive_weeks)
+        & (pl.col("run_change") >= s.min_trend_change)
+        & (pl.col("t") >= s.trend_t)
+    )
+    down = (
+        enough
+        & (pl.col("weeks_down") >= s.trend_consecutive_weeks)
+        & (pl.col("run_change") <= -s.min_trend_change)
+        & (pl.col("t") <= -s.trend_t)
+    )
+    hits = stats.filter(up | down)
+    if hits.height == 0:
+        return conform(hits)
+    rising = pl.col("weeks_up") >= s.trend_consecutive_weeks
+    weeks = pl.when(rising).then(pl.col("weeks_up")).otherwise(pl.col("weeks_down"))
+    pct = (pl.col("run_change") * 100).round(0)
+    return conform(
+        hits.with_columns(
+            pl.when(rising)
+            .then(pl.lit("adoption_trend"))
+            .otherwise(pl.lit("declining_usage"))
+            .alias("type"),
+            pl.col("metric").alias("subject"),
+            _severity_of_ratio(1.0 + pl.col("run_change")).alias("severity"),
+            (pl.col("t").abs() / (2 * s.trend_t)).clip(0.2, 1.0).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("{} (last 7 days)", pl.col("metric")),
+                    pl.col("w0"),
+                    pl.format("{} weeks earlier: {}", weeks, pl.col("run_base").round(0)),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.format("{} change over {} weeks (%)", pl.col("metric"), weeks),
+                    pct,
+                    pl.format("{} week(s) in a row", weeks),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.lit("weekly trend (%/week)"),
+                    (pl.col("weekly_rate") * 100).round(1),
+                    pl.format(
+                        "log-linear fit over {} weeks, t = {}", s.trend_weeks, pl.col("t").round(1)
+                    ),
+                    "usage_daily",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                pl.col("w0").round(0).alias("last_week"),
+                pl.col("run_base").round(0).alias("base_week"),
+                weeks.alias("weeks"),
+                pct.alias("change_pct"),
+                (pl.col("weekly_rate") * 100).round(1).alias("weekly_rate_pct"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )

@@ -1,0 +1,116 @@
+"""From signals to insights: account context, category, fingerprint, score, action, narrative.
+
+`formulate` is vectorised over all signals of a range; `narrate_frame` renders the narrative of
+each *new* episode only (a persisting pattern is narrated once, when it is first raised).
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
+from insight_pipeline.lib.insights.narrate import Narrator, narrative_context
+from insight_pipeline.lib.ranking.scoring import score_insights
+from insight_pipeline.lib.settings import RankingSettings
+from insight_pipeline.lib.signals import CATEGORY_OF_TYPE
+
+ACCOUNT_COLUMNS = [
+    "customer_id",
+    "customer_name",
+    "user_id",
+    "arr",
+    "arr_percentile",
+    "segment",
+    "industry",
+    "renewal_date",
+    "churned_on",
+]
+
+
+def account_context(customers: pl.DataFrame) -> pl.DataFrame:
+    """The per-customer columns formulation needs, with the ARR percentile among all customers."""
+    return customers.select(
+        "customer_id",
+        pl.col("name").alias("customer_name"),
+        pl.col("csm_user_id").alias("user_id"),
+        "arr",
+        (pl.col("arr").rank("average") / pl.col("arr").count()).alias("arr_percentile"),
+        "segment",
+        "industry",
+        "renewal_date",
+        "churned_on",
+    )
+
+
+def formulate(
+    signals: pl.DataFrame, customers: pl.DataFrame, settings: RankingSettings
+) -> pl.DataFrame:
+    """Day-level insight candidates: one row per fingerprint and partition day, scored.
+
+    Signals of customers that are unknown, have no CSM, or churned on or before the day are
+    dropped here (the contract: no insight on or after churned_on).
+    """
+    accounts = account_context(customers)
+    frame = (
+        signals.join(accounts, on="customer_id", how="inner")
+        .filter(
+            pl.col("user_id").is_not_null()
+            & (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("partition_date")))
+        )
+        .with_columns(
+            pl.col("type")
+            .replace_strict(CATEGORY_OF_TYPE, return_dtype=pl.String)
+            .alias("category"),
+            pl.concat_str(
+                [pl.col("customer_id"), pl.col("type"), pl.col("subject").fill_null("")],
+                separator="|",
+            ).alias("fingerprint"),
+            (pl.col("renewal_date") - pl.col("partition_date"))
+            .dt.total_days()
+            .alias("days_to_renewal"),
+        )
+    )
+    # One candidate per fingerprint and day: the strongest, if a detector repeats itself.
+    frame = frame.sort(
+        ["fingerprint", "partition_date", "severity"], descending=[False, False, True]
+    ).unique(["fingerprint", "partition_date"], keep="first", maintain_order=True)
+    return score_insights(frame, settings).drop("churned_on")
+
+
+def narrate_frame(frame: pl.DataFrame, narrator: Narrator) -> pl.DataFrame:
+    """Adds title, summary, so_what and recommended_action (JSON) to each row."""
+    if frame.height == 0:
+        return frame.with_columns(
+            [
+                pl.lit(None, dtype=pl.String).alias(c)
+                for c in ("title", "summary", "so_what", "recommended_action")
+            ]
+        )
+    rows = frame.to_dicts()
+    texts = narrator.narrate([narrative_context(r) for r in rows])
+    actions = []
+    for row, text in zip(rows, texts, strict=True):
+        quick = ACTION_OF_TYPE.get(row["type"], "review_account")
+        actions.append(
+            json.dumps(
+                {
+                    "type": QUICK_ACTIONS[quick],
+                    "description": text["action"],
+                    "quick_action_id": quick,
+                }
+            )
+        )
+    return frame.with_columns(
+        pl.Series("title", [t["title"] for t in texts], pl.String),
+        pl.Series("summary", [t["summary"] for t in texts], pl.String),
+        pl.Series("so_what", [t["so_what"] for t in texts], pl.String),
+        pl.Series("recommended_action", actions, pl.String),
+    )
+
+
+def evidence_json(frame: pl.DataFrame) -> pl.DataFrame:
+    """The evidence list as the JSON text the store keeps (vectorised)."""
+    items = pl.col("evidence").list.eval(pl.element().struct.json_encode()).list.join(",")
+    return frame.with_columns(pl.concat_str([pl.lit("["), items, pl.lit("]")]).alias("evidence"))

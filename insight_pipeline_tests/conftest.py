@@ -1,0 +1,79 @@
+"""Shared fixtures: database URLs for both store backends (DuckDB file, real PostgreSQL).
+
+PostgreSQL: a fresh database per test session on the server named by
+`INSIGHTS_TEST_POSTGRES_URL` (default: the local trust-auth server), dropped at teardown. A
+missing server fails the tests that need it (PostgreSQL is a real part of this product, not an
+optional extra); `make test` starts it first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from insight_pipeline.lib.store import InsightStore
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a throwaway PostgreSQL database for this session (xdist: one per worker)."""
+    base = make_url(os.environ.get("INSIGHTS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    name = f"insight_test_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    quoted = admin.dialect.identifier_preparer.quote(name)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"create database {quoted}"))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.fail(f"no PostgreSQL at {base.render_as_string(hide_password=True)}: {exc.orig}")
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                text(
+                    "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = :name and pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            conn.execute(text(f"drop database if exists {quoted}"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of an empty database on each backend: a new DuckDB file, or the session's
+    PostgreSQL database with its public schema reset (so every test starts from nothing).
+    """
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path_factory.mktemp('store') / 'insights.duckdb'}"
+    url: str = request.getfixturevalue("postgres_url")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("drop schema public cascade"))
+            conn.execute(text("create schema public"))
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[InsightStore]:
+    """A migrated InsightStore on each backend, disposed after the test."""
+    insight_store = InsightStore(store_url)
+    insight_store.migrate()
+    try:
+        yield insight_store
+    finally:
+        insight_store.dispose()

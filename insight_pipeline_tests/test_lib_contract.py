@@ -1,0 +1,150 @@
+"""Source validation: structural errors fail with table, column and an example row; row-level
+problems are quarantined and counted exactly once; directories (CSV, Parquet) and SQL URLs read
+the same typed frames, only inside the requested date window."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, quarantine
+
+USERS = pl.DataFrame(
+    {
+        "user_id": ["U1", "U2"],
+        "name": ["Ann", "Bo"],
+        "email": ["a@example.com", "b@example.com"],
+        "role": ["manager", "csm"],
+        "manager_id": [None, "U1"],
+    }
+)
+CUSTOMERS = pl.DataFrame(
+    {
+        "customer_id": ["C1", "C2"],
+        "name": ["Acme", "Globex"],
+        "industry": ["software", "retail"],
+        "segment": ["smb", "enterprise"],
+        "region": ["emea", "na"],
+        "csm_user_id": ["U2", "U2"],
+        "arr": [10000.0, 250000.0],
+        "plan": ["pro", "enterprise"],
+        "contract_start": ["2024-01-01", "2023-05-01"],
+        "renewal_date": ["2027-01-01", "2026-05-01"],
+        "churned_on": [None, None],
+    }
+)
+USAGE = pl.DataFrame(
+    {
+        "customer_id": ["C1", "C1", "C2", "C2"],
+        "date": ["2026-01-01", "2026-01-02", "2026-01-01", "2026-01-03"],
+        "metric": ["dau", "dau", "dau", "logins"],
+        "value": ["5", "6", "7.5", "3"],
+    }
+)
+
+
+def write_source(root: Path, fmt: str = "csv", **overrides: pl.DataFrame) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    tables = {"users": USERS, "customers": CUSTOMERS, "usage_daily": USAGE, **overrides}
+    for name, frame in tables.items():
+        if fmt == "csv":
+            frame.write_csv(root / f"{name}.csv")
+        else:
+            frame.write_parquet(root / f"{name}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_reads_typed_tables_and_window(tmp_path: Path, fmt: str) -> None:
+    src = Source(str(write_source(tmp_path, fmt)))
+    usage = src.read("usage_daily", date_from=date(2026, 1, 2), date_to=date(2026, 1, 2))
+    assert usage is not None
+    assert usage.schema["date"] == pl.Date and usage.schema["value"] == pl.Float64
+    assert usage["date"].to_list() == [date(2026, 1, 2)]
+    assert src.read("meetings") is None  # optional and absent: reported, not an error
+
+
+def test_sql_source_reads_the_same(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    engine = sa.create_engine(url)
+    for name, frame in {"users": USERS, "customers": CUSTOMERS, "usage_daily": USAGE}.items():
+        frame.to_pandas().to_sql(name, engine, index=False)
+    engine.dispose()
+    sql = Source(url).read("usage_daily", date_to=date(2026, 1, 2))
+    files = Source(str(write_source(tmp_path / "dir"))).read(
+        "usage_daily", date_to=date(2026, 1, 2)
+    )
+    assert sql is not None and files is not None
+    assert sql.sort("customer_id", "date").equals(files.sort("customer_id", "date"))
+
+
+def test_missing_required_table(tmp_path: Path) -> None:
+    root = write_source(tmp_path)
+    (root / "usage_daily.csv").unlink()
+    with pytest.raises(ContractError, match="required table 'usage_daily' is missing"):
+        Source(str(root)).read("usage_daily")
+
+
+def test_missing_column_names_table_and_column(tmp_path: Path) -> None:
+    root = write_source(tmp_path, customers=CUSTOMERS.drop("arr"))
+    with pytest.raises(
+        ContractError, match=r"'customers' is missing required column\(s\) \['arr'\]"
+    ):
+        Source(str(root)).read("customers")
+
+
+def test_unparseable_value_names_column_and_row(tmp_path: Path) -> None:
+    bad = USAGE.with_columns(pl.Series("value", ["5", "6", "lots", "3"]))
+    root = write_source(tmp_path, usage_daily=bad)
+    with pytest.raises(ContractError) as err:
+        Source(str(root)).read("usage_daily")
+    message = str(err.value)
+    assert "'usage_daily'" in message and "'value'" in message and "lots" in message
+    assert "row 3" in message
+
+
+def test_bad_date_is_reported(tmp_path: Path) -> None:
+    bad = USAGE.with_columns(pl.Series("date", ["2026-01-01", "2026-13-45", "2026-01-01", "x"]))
+    with pytest.raises(ContractError, match="'date'"):
+        Source(str(write_source(tmp_path, usage_daily=bad))).read("usage_daily")
+
+
+def test_quarantine_counts_each_bad_row_once() -> None:
+    usage = pl.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C1", "C9", None, "C2"],
+            "date": [date(2026, 1, 1)] * 2 + [date(2026, 1, 2)] * 4,
+            "metric": ["dau"] * 6,
+            "value": [1.0, 2.0, -3.0, 4.0, 5.0, 6.0],
+        }
+    )
+    clean, bad, report = quarantine(
+        CONTRACT["usage_daily"], usage, {"customers": pl.Series(["C1", "C2"])}
+    )
+    assert clean.height == 2  # C1 first day (first of the duplicates) and C2
+    assert report.duplicates == 1
+    assert report.negative_values == 1
+    assert report.unknown_ids == 1
+    assert report.null_keys == 1
+    assert report.rows_read == clean.height + bad.height
+    assert set(bad["quarantine_reason"]) == {
+        "duplicate_key",
+        "negative_value",
+        "unknown_id",
+        "null_key",
+    }
+
+
+def test_unknown_role_is_rejected(tmp_path: Path) -> None:
+    users = USERS.with_columns(pl.Series("role", ["manager", "wizard"]))
+    with pytest.raises(ContractError, match=r"'role'.*wizard"):
+        Source(str(write_source(tmp_path, users=users))).read("users")
+
+
+def test_missing_directory_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="does not exist"):
+        Source(str(tmp_path / "nope"))

@@ -1,0 +1,119 @@
+"""Usage detectors on synthetic series: planted drops, spikes and trends are found on the right
+customer within the stated delay, clean customers stay quiet, and nothing after day D is used."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from insight_pipeline.lib.detectors.usage import (
+    detect_usage_anomalies,
+    detect_usage_trends,
+    usage_baselines,
+    weekly_trend_stats,
+)
+from insight_pipeline.lib.settings import UsageSettings
+from insight_pipeline_tests.synthetic import ramp, step, usage_series
+
+END = date(2026, 6, 30)
+DAYS = 240
+S = UsageSettings()
+
+
+def _anomalies(usage: pl.DataFrame, first: date, last: date) -> pl.DataFrame:
+    return detect_usage_anomalies(usage_baselines(usage, first, last, S), S)
+
+
+def _trends(usage: pl.DataFrame, first: date, last: date) -> pl.DataFrame:
+    return detect_usage_trends(weekly_trend_stats(usage, first, last, S), S)
+
+
+def day_of(index: int) -> date:
+    return END - timedelta(days=DAYS - 1 - index)
+
+
+@pytest.mark.parametrize("factor", [0.2, 0.45])
+def test_planted_drop_found_within_a_week(factor: float) -> None:
+    at = 180
+    usage = usage_series(30, DAYS, END, multipliers={3: step(DAYS, at, factor)})
+    found = _anomalies(usage, day_of(150), END)
+    drops = found.filter((pl.col("customer_id") == "C0003") & (pl.col("type") == "usage_drop"))
+    assert drops.height > 0
+    delay = (drops["partition_date"].min() - day_of(at)).days
+    assert 0 <= delay <= 7
+    # No drop raised before the pattern began (no detection out of thin air).
+    assert drops["partition_date"].min() >= day_of(at)
+
+
+def test_single_day_spike_found_on_its_day() -> None:
+    at = 200
+    mult = np.ones(DAYS)
+    mult[at] = 4.0
+    usage = usage_series(30, DAYS, END, multipliers={7: mult}, seed=3)
+    found = _anomalies(usage, day_of(190), END)
+    spikes = found.filter((pl.col("customer_id") == "C0007") & (pl.col("type") == "usage_spike"))
+    assert day_of(at) in spikes["partition_date"].to_list()
+
+
+def test_clean_customers_stay_quiet_over_a_quarter() -> None:
+    """Under one false usage alert per clean customer per quarter (measured rate asserted)."""
+    customers = 200
+    usage = usage_series(customers, DAYS, END, seed=11)
+    first = END - timedelta(days=89)
+    anomalies = _anomalies(usage, first, END)
+    trends = _trends(usage, first, END)
+    # Count alerts as episodes: consecutive days of one pattern are one alert.
+    alerts = pl.concat([anomalies, trends]).select("customer_id", "type", "subject").unique()
+    rate = alerts.height / customers
+    assert rate < 0.2, f"{rate:.2f} false alerts per clean customer per quarter"
+
+
+@pytest.mark.parametrize(("rate", "kind"), [(0.12, "adoption_trend"), (-0.12, "declining_usage")])
+def test_gradual_trend_found_within_six_weeks(rate: float, kind: str) -> None:
+    at = 150
+    usage = usage_series(20, DAYS, END, multipliers={5: ramp(DAYS, at, rate, weeks=8)}, seed=5)
+    found = _trends(usage, day_of(140), END)
+    hits = found.filter((pl.col("customer_id") == "C0005") & (pl.col("type") == kind))
+    assert hits.height > 0
+    delay = (hits["partition_date"].min() - day_of(at)).days
+    assert 0 <= delay <= 42
+    others = found.filter(pl.col("customer_id") != "C0005")
+    assert others.height <= 1
+
+
+def test_no_look_ahead_same_result_on_cut_source() -> None:
+    usage = usage_series(40, DAYS, END, multipliers={2: step(DAYS, 200, 0.3)}, seed=9)
+    day = day_of(205)
+    full = _anomalies(usage, day, day)
+    cut = _anomalies(usage.filter(pl.col("date") <= day), day, day)
+    assert full.height > 0
+    assert full.sort("customer_id", "type").equals(cut.sort("customer_id", "type"))
+
+
+def test_range_equals_single_days() -> None:
+    usage = usage_series(25, DAYS, END, multipliers={1: step(DAYS, 190, 0.3)}, seed=4)
+    first, last = day_of(185), day_of(200)
+    ranged = _anomalies(usage, first, last)
+    singles = pl.concat(
+        [
+            _anomalies(usage, first + timedelta(days=i), first + timedelta(days=i))
+            for i in range((last - first).days + 1)
+        ]
+    )
+    key = ["customer_id", "type", "partition_date"]
+    assert ranged.height > 0
+    assert ranged.sort(key).equals(singles.sort(key))
+
+
+def test_missing_rows_count_as_zero_usage() -> None:
+    """A customer whose rows stop (not zeros: missing) is a drop, per the contract."""
+    usage = usage_series(10, DAYS, END, seed=2)
+    stop = day_of(210)
+    usage = usage.filter(~((pl.col("customer_id") == "C0004") & (pl.col("date") >= stop)))
+    found = _anomalies(usage, stop, END)
+    drops = found.filter((pl.col("customer_id") == "C0004") & (pl.col("type") == "usage_drop"))
+    assert drops.height > 0
+    assert (drops["partition_date"].min() - stop).days <= 7
