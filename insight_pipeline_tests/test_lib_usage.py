@@ -117,3 +117,19 @@ def test_missing_rows_count_as_zero_usage() -> None:
     drops = found.filter((pl.col("customer_id") == "C0004") & (pl.col("type") == "usage_drop"))
     assert drops.height > 0
     assert (drops["partition_date"].min() - stop).days <= 7
+
+
+def test_lookback_window_is_enough() -> None:
+    """Reading only `lookback_days` before D (what the source asset reads) changes nothing."""
+    from insight_pipeline.lib.settings import Settings
+
+    lookback = Settings().lookback_days
+    usage = usage_series(40, DAYS, END, multipliers={2: ramp(DAYS, 150, 0.15, weeks=8)}, seed=8)
+    day = day_of(200)
+    cut = usage.filter(pl.col("date") >= day - timedelta(days=lookback))
+    for detect in (_anomalies, _trends):
+        full, windowed = detect(usage, day, day), detect(cut, day, day)
+        assert full.sort("customer_id", "type").equals(windowed.sort("customer_id", "type"))
+    stats_full = weekly_trend_stats(usage, day, day, S).sort("customer_id")
+    stats_cut = weekly_trend_stats(cut, day, day, S).sort("customer_id")
+    assert stats_full.equals(stats_cut)

@@ -27,7 +27,8 @@ class UsageSettings:
     min_effect: float = 0.30
     """Minimum relative change from baseline (effect size) for a drop or sustained spike."""
     min_spike_effect: float = 1.0
-    """Minimum relative increase for a single-day spike (1.0 = doubled)."""
+    """Minimum relative increase for a short spike (1.0 = doubled): one day beyond
+    `single_day_z`, or two consecutive days beyond `z_threshold`."""
     min_expected: float = 3.0
     """Minimum expected daily value: below it the metric is too small to judge."""
     min_history_days: int = 42
@@ -40,6 +41,10 @@ class UsageSettings:
     """Minimum total relative change across the consecutive weeks."""
     trend_t: float = 3.0
     """Minimum |t| of the log-linear weekly slope over the trend window."""
+    trend_z: float = 3.0
+    """Minimum size of the run's total log change in units of the account's own robust
+    week-over-week variability (MAD of past weekly log changes): growth a noisy account shows
+    every other month is not a trend."""
     min_weekly_volume: float = 20.0
     """Minimum weekly volume for a trend to be judged."""
 
@@ -76,8 +81,10 @@ class RankingSettings:
 class Settings:
     """All thresholds. `Settings.from_dict` reads the nested dict of Dagster run config."""
 
-    lookback_days: int = 98
-    """Source history read before the first partition day (baselines + scale + persistence)."""
+    lookback_days: int = 112
+    """Source history read before the first partition day: enough for every rolling window
+    (8 weeks of same-weekday medians + 28 days of residuals; 6 trend weeks + 8 weeks of weekly
+    variability), so a day's result never depends on how long the run's range is."""
     usage: UsageSettings = field(default_factory=UsageSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
 

@@ -29,6 +29,8 @@ from insight_pipeline.lib.signals import conform, evidence_item
 KEYS = ["customer_id", "metric"]
 MAD_TO_SD = 1.4826
 SCALE_FLOOR = 0.02
+HISTORY_CAP = 84
+"""History beyond 12 weeks adds no confidence; capped so windowed and full reads agree."""
 """Smallest robust scale on the log scale (2%): very smooth series still need an effect size."""
 
 
@@ -86,7 +88,7 @@ def usage_baselines(
         grid.with_columns(
             pl.col("date").dt.weekday().alias("weekday"),
             pl.col("value").log1p().alias("y"),
-            pl.int_range(pl.len()).over(KEYS).alias("history_days"),
+            pl.int_range(pl.len()).over(KEYS).clip(upper_bound=HISTORY_CAP).alias("history_days"),
         )
         .with_columns(
             pl.col("y")
@@ -155,6 +157,7 @@ def usage_baselines(
             pl.mean_horizontal(
                 [pl.col("rel_change").shift(i).over(KEYS) for i in range(s.persistence_days)]
             ).alias("run_effect"),
+            pl.col("rel_change").shift(1).over(KEYS).alias("prev_rel_change"),
         )
         .filter(pl.col("date").is_between(start, end))
         .drop("_run_id", "y", "abs_resid")
@@ -170,20 +173,23 @@ def _severity_of_ratio(ratio: pl.Expr) -> pl.Expr:
 
 def _confidence(z: pl.Expr, history: pl.Expr, z_threshold: float) -> pl.Expr:
     """More history and a larger |z| mean more confidence (0..1)."""
-    return ((history / 84.0).clip(0.0, 1.0) * (z.abs() / (2 * z_threshold)).clip(0.0, 1.0)).clip(
-        0.2, 1.0
-    )
+    return (
+        (history / HISTORY_CAP).clip(0.0, 1.0) * (z.abs() / (2 * z_threshold)).clip(0.0, 1.0)
+    ).clip(0.2, 1.0)
 
 
 def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     """usage_spike / usage_drop signals from `usage_baselines` rows."""
     s = settings
     sustained = pl.col("run_days").abs() >= s.persistence_days
+    enough = (pl.col("expected") >= s.min_expected) & (pl.col("history_days") >= s.min_history_days)
     single_spike = (
-        (pl.col("z") >= s.single_day_z)
+        enough
         & (pl.col("rel_change") >= s.min_spike_effect)
-        & (pl.col("expected") >= s.min_expected)
-        & (pl.col("history_days") >= s.min_history_days)
+        & (
+            (pl.col("z") >= s.single_day_z)
+            | ((pl.col("run_days") >= 2) & (pl.col("prev_rel_change") >= s.min_spike_effect))
+        )
     )
     hits = baselines.filter((sustained & (pl.col("direction") != 0)) | single_spike)
     if hits.height == 0:
@@ -249,8 +255,24 @@ def weekly_trend_stats(
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
     frame = grid.with_columns(
         pl.col("value").rolling_sum(window_size=7, min_samples=7).over(KEYS).alias("w0"),
-        pl.int_range(pl.len()).over(KEYS).alias("history_days"),
+        pl.int_range(pl.len()).over(KEYS).clip(upper_bound=HISTORY_CAP).alias("history_days"),
     ).with_columns([pl.col("w0").shift(7 * i).over(KEYS).alias(week[i]) for i in range(1, k)])
+    # The account's own week-to-week variability: robust scale of past weekly log changes,
+    # taken from before the current run could have started (shifted by the trend window).
+    frame = frame.with_columns(
+        (pl.col("w0").log1p() - pl.col("w1").log1p()).alias("_wow")
+    ).with_columns(
+        (
+            pl.col("_wow")
+            .abs()
+            .shift(7 * (k - 1))
+            .rolling_median(window_size=56, min_samples=28)
+            .over(KEYS)
+            * MAD_TO_SD
+        )
+        .clip(lower_bound=SCALE_FLOOR)
+        .alias("weekly_scale")
+    )
     frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
     if frame.height == 0:
         return frame.rename({"date": "partition_date"})
@@ -289,11 +311,12 @@ def weekly_trend_stats(
     return (
         frame.with_columns(
             (pl.col("slope") / se).alias("t"),
+            ((pl.col("w0").log1p() - run_base.log1p()) / pl.col("weekly_scale")).alias("run_z"),
             pl.when(run_base > 0).then(pl.col("w0") / run_base - 1.0).alias("run_change"),
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
         )
-        .drop("_ymean", "value")
+        .drop("_ymean", "value", "_wow")
         .rename({"date": "partition_date"})
     )
 
@@ -311,12 +334,14 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("weeks_up") >= s.trend_consecutive_weeks)
         & (pl.col("run_change") >= s.min_trend_change)
         & (pl.col("t") >= s.trend_t)
+        & (pl.col("run_z") >= s.trend_z)
     )
     down = (
         enough
         & (pl.col("weeks_down") >= s.trend_consecutive_weeks)
         & (pl.col("run_change") <= -s.min_trend_change)
         & (pl.col("t") <= -s.trend_t)
+        & (pl.col("run_z") <= -s.trend_z)
     )
     hits = stats.filter(up | down)
     if hits.height == 0:

@@ -56,7 +56,12 @@ def plan_episodes(
                 "expires_at": pl.Datetime("us", "UTC"),
             }
         )
-        return candidates.clear(), empty_ext
+        empty_new = candidates.clear().with_columns(
+            pl.lit(None, dtype=pl.String).alias("id"),
+            pl.lit(None, dtype=pl.Date).alias("last_seen_date"),
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("expires_at"),
+        )
+        return empty_new, empty_ext
     cands = candidates.with_columns(ttl_expr(settings)).sort(["fingerprint", "partition_date"])
     # Segments inside the range: a new one starts after a silence longer than the TTL.
     cands = cands.with_columns(
