@@ -110,6 +110,13 @@ def usage_baselines(
             .alias("scale")
         )
         .filter(pl.col("date") >= first_judged)
+        # Counting noise sets a floor: at an expected value of lambda, a Poisson count has a
+        # log-scale sd of about 1/sqrt(lambda + 1); small volumes cannot be judged as precisely.
+        .with_columns(
+            pl.max_horizontal(
+                pl.col("scale"), (pl.col("y_expected").exp()).sqrt().pow(-1)
+            ).alias("scale")
+        )
         .with_columns(
             ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
             (pl.col("y_expected").exp() - 1.0).alias("expected"),

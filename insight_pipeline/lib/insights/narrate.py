@@ -53,6 +53,18 @@ def fmt_money(value: Any) -> str:
     return f"${number:,.0f}"
 
 
+def upper_first(text: Any) -> str:
+    """'api calls' -> 'Api calls' is wrong; 'API calls' stays: only the first letter changes."""
+    value = str(text)
+    return value[:1].upper() + value[1:]
+
+
+def possessive(name: Any) -> str:
+    """"Acme's", but "Brightbridge Clinics'"."""
+    value = str(name)
+    return f"{value}'" if value.endswith("s") else f"{value}'s"
+
+
 def humanize_metric(metric: Any) -> str:
     names = {"dau": "daily active users", "api_calls": "API calls", "seats_used": "seats used"}
     text = str(metric)
@@ -71,7 +83,12 @@ class TemplateNarrator:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            num=fmt_number, pct=fmt_pct, money=fmt_money, metric_name=humanize_metric
+            num=fmt_number,
+            pct=fmt_pct,
+            money=fmt_money,
+            metric_name=humanize_metric,
+            upper_first=upper_first,
+            possessive=possessive,
         )
 
     def _template(self, insight_type: str):
