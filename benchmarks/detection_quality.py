@@ -34,7 +34,7 @@ def run_pipeline(source: Path, work: Path, first: date, last: date) -> pl.DataFr
     resources = {
         "source": SourceResource(location=str(source)),
         "store": StoreResource(url=url),
-        "narrator": NarratorResource(),
+        "narrator": NarratorResource(use_claude=False),
         "settings": SettingsResource(),
         "io_manager": PolarsParquetIOManager(base_dir=str(work / "intermediate")),
     }

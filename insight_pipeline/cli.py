@@ -86,6 +86,104 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    """Deliver day D's digests by hand: the asset's code path, so it is just as idempotent."""
+    from insight_pipeline.defs.digest.assets import deliver_days
+    from insight_pipeline.defs.digest.resources import DigestResource, EmailResource
+    from insight_pipeline.defs.resources import SettingsResource, SourceResource, StoreResource
+
+    day = date.fromisoformat(args.date)
+    run = deliver_days(
+        day,
+        day,
+        store=StoreResource(),
+        source=SourceResource(),
+        settings=SettingsResource(),
+        email=EmailResource(),
+        digest=DigestResource(),
+        max_age_days=None,
+    )
+    counts = run.report.counts()
+    print(f"digests of {day} via {run.transport} (users from the {run.directory}):")
+    print(
+        f"  sent={counts['sent']} already_sent={counts['already_sent']} "
+        f"in_flight={counts['in_flight']} failed={counts['failed']} "
+        f"nothing_to_send={run.nothing_to_send}"
+    )
+    for failure in run.report.failed:
+        print(
+            f"  FAILED {failure.kind} for {failure.user_id} after {failure.attempts} "
+            f"attempt(s): {failure.error}"
+        )
+    return 1 if run.report.failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API and web feed over INSIGHTS_DATABASE_URL (charts read INSIGHTS_SOURCE)."""
+    import uvicorn
+
+    print(f"serving {default_database_url()} on http://{args.host}:{args.port}/feed", flush=True)
+    uvicorn.run(
+        "insight_pipeline.api.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=not args.no_access_log,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Create, list or revoke API tokens; `create` prints only the token on stdout."""
+    from datetime import UTC, datetime
+
+    from insight_pipeline.lib.access import directory_from_source
+    from insight_pipeline.lib.paths import default_source
+    from insight_pipeline.lib.store import InsightStore
+
+    store = InsightStore(default_database_url())
+    try:
+        store.migrate()
+        if args.token_command == "revoke":
+            if not store.revoke_token(args.token_id):
+                print(f"no token {args.token_id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.token_id}", file=sys.stderr)
+            return 0
+        if store.get_user(args.user_id) is None:
+            # the team_directory asset normally keeps users current; before its first run,
+            # take the directory from the source so a fresh install can log in
+            users, _report = directory_from_source(default_source())
+            store.sync_users(users)
+        if args.token_command == "list":
+            for row in store.list_tokens(args.user_id).iter_rows(named=True):
+                state = "revoked" if row["revoked_at"] else "active"
+                print(
+                    f"{row['token_id']}  {state:8s} created {row['created_at']:%Y-%m-%d}  "
+                    f"expires {row['expires_at'] or 'never'}  {row['label'] or ''}"
+                )
+            return 0
+        expires = None
+        if args.expires_days:
+            expires = datetime.now(UTC) + timedelta(days=args.expires_days)
+        try:
+            token_id, token = store.create_token(args.user_id, expires_at=expires, label=args.label)
+        except LookupError as exc:
+            print(f"{exc}; is the user in the source's users table?", file=sys.stderr)
+            return 1
+        print(token)
+        print(
+            f"token {token_id} for {args.user_id}, expires {expires or 'never'}; it is shown "
+            f"once (only its hash is stored). Revoke: insight-pipeline token revoke {token_id}",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        store.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="insight-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--end-date", default=None, help="last day (default: yesterday)")
     sample.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     sample.set_defaults(func=cmd_sample)
+
+    digest = sub.add_parser(
+        "digest",
+        help="build and deliver the digests of day D (what the sensor triggers); idempotent",
+        description="Build and deliver every digest of day D once: sent ones are never sent "
+        "again, failed ones are retried. SMTP from INSIGHTS_SMTP_URL, else .eml files in "
+        "INSIGHTS_OUTBOX_DIR. Exits 1 when a digest failed.",
+    )
+    digest.add_argument("--date", required=True, help="the day D (YYYY-MM-DD)")
+    digest.set_defaults(func=cmd_digest)
+
+    serve = sub.add_parser("serve", help="the API and web feed (FastAPI on uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--no-access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="API tokens: create USER_ID | list USER_ID | revoke ID")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="print a new bearer token for USER_ID")
+    create.add_argument("user_id")
+    create.add_argument("--expires-days", type=float, default=None, help="default: never")
+    create.add_argument("--label", default=None, help="what the token is for")
+    listing = token_sub.add_parser("list", help="a user's tokens (ids and dates, never secrets)")
+    listing.add_argument("user_id")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

@@ -6,12 +6,12 @@ global policies (in-process executor: Dagster's per-run fixed cost dominates a v
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 
 from insight_pipeline.defs.baselines import assets as baselines
+from insight_pipeline.defs.benchmarks import assets as benchmarks
 from insight_pipeline.defs.detectors import assets as detectors
+from insight_pipeline.defs.detectors import families
 from insight_pipeline.defs.insights import assets as insights
 from insight_pipeline.defs.partitions import daily_partitions
 from insight_pipeline.defs.resources import (
@@ -22,17 +22,18 @@ from insight_pipeline.defs.resources import (
     StoreResource,
 )
 from insight_pipeline.defs.sink import assets as sink
+from insight_pipeline.defs.sources import activity
 from insight_pipeline.defs.sources import assets as sources
 
-# backfill_policy and asset-check specs are beta/preview APIs we rely on deliberately.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-ALL_ASSETS = dg.load_assets_from_modules([sources, baselines, detectors, insights, sink])
+ALL_ASSETS = dg.load_assets_from_modules(
+    [sources, activity, baselines, detectors, families, benchmarks, insights, sink]
+)
 
 daily_insights_job = dg.define_asset_job(
     "daily_insights_job",
-    selection=dg.AssetSelection.groups("sources", "baselines", "detectors", "insights", "sink"),
+    selection=dg.AssetSelection.groups(
+        "sources", "baselines", "detectors", "benchmarks", "insights", "sink"
+    ),
     partitions_def=daily_partitions,
 )
 

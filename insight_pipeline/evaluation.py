@@ -25,6 +25,19 @@ MAX_DELAY_DAYS: dict[str, int] = {
     "usage_spike": 7,
     "adoption_trend": 42,
     "declining_usage": 42,
+    "usage_pattern_change": 28,
+    "feature_discovery": 7,
+    "going_dark": 50,
+    "increased_activity": 14,
+    "stakeholder_shift": 7,
+    "silent_account": 21,
+    "champion_left": 3,
+    "health_drop": 10,
+    "support_surge": 7,
+    "detractor_nps": 3,
+    "entitlement_limit": 7,
+    "case_study_candidate": 7,
+    "referral_candidate": 7,
 }
 DEFAULT_DELAY = 30
 
@@ -39,9 +52,25 @@ COMPATIBLE: dict[str, list[str]] = {
         "case_study_candidate",
     ],
     "declining_usage": ["declining_usage", "usage_drop", "silent_account", "churn"],
-    "usage_pattern_change": ["usage_pattern_change", "usage_spike", "adoption_trend"],
+    "usage_pattern_change": ["usage_pattern_change", "usage_spike", "adoption_trend", "usage_drop"],
+    "referral_candidate": ["referral_candidate", "case_study_candidate"],
+    "case_study_candidate": ["case_study_candidate", "referral_candidate"],
+    "going_dark": ["going_dark", "silent_account", "churn"],
+    "silent_account": ["silent_account", "churn"],
+    "support_surge": ["support_surge", "champion_left", "churn"],
+    "health_drop": ["health_drop", "silent_account", "declining_usage", "usage_drop", "churn"],
 }
-SUBJECT_TYPES = {"usage_drop", "usage_spike", "adoption_trend", "declining_usage", "champion_left"}
+SUBJECT_TYPES = {
+    "usage_drop",
+    "usage_spike",
+    "adoption_trend",
+    "declining_usage",
+    "usage_pattern_change",
+    "champion_left",
+    "detractor_nps",
+    "stakeholder_shift",
+    "feature_discovery",
+}
 
 
 def _delay(type_col: str) -> pl.Expr:
@@ -143,10 +172,15 @@ def detection_quality(
     )
 
 
+NOT_ANOMALIES = ("outperforming", "underperforming", "qbr_due", "outreach_window")
+"""Standing facts about an account (a peer rank, a renewal date), not patterns to be planted."""
+
+
 def false_alarm_rate(
     insights: pl.DataFrame, truth: pl.DataFrame, customers: pl.DataFrame, first: date, last: date
 ) -> tuple[float, int]:
-    """Insights per clean customer per quarter (90 days), and the number of clean customers."""
+    """Pattern insights (not benchmarks or timing) per clean customer per quarter (90 days), and
+    the number of clean customers."""
     dirty = truth["customer_id"].unique()
     clean = customers.filter(
         ~pl.col("customer_id").is_in(dirty.implode()) & pl.col("churned_on").is_null()
@@ -156,6 +190,7 @@ def false_alarm_rate(
         return 0.0, 0
     alerts = insights.filter(
         pl.col("partition_date").is_between(first, last)
+        & ~pl.col("type").is_in(list(NOT_ANOMALIES))
         & pl.col("customer_id").is_in(clean["customer_id"].implode())
     ).height
     quarters = ((last - first).days + 1) / 90.0

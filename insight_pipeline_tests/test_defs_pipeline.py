@@ -26,6 +26,12 @@ END = date(2026, 6, 30)
 EXPECTED_KEYS = {
     "accounts",
     "usage_window",
+    "activity_window",
+    "engagement_signals",
+    "risk_signals",
+    "opportunity_signals",
+    "timing_signals",
+    "peer_benchmarks",
     "usage_baselines",
     "usage_anomalies",
     "usage_trends",
@@ -48,7 +54,7 @@ def resources(source: Path, db_url: str, work: Path) -> dict[str, object]:
     return {
         "source": SourceResource(location=str(source)),
         "store": StoreResource(url=db_url),
-        "narrator": NarratorResource(),
+        "narrator": NarratorResource(use_claude=False),
         "settings": SettingsResource(),
         "io_manager": PolarsParquetIOManager(base_dir=str(work / "intermediate")),
     }

@@ -45,6 +45,10 @@ class UsageSettings:
     """Minimum size of the run's total log change in units of the account's own robust
     week-over-week variability (MAD of past weekly log changes): growth a noisy account shows
     every other month is not a trend."""
+    min_shape_shift: float = 0.12
+    """Absolute change in the weekend share of weekly usage that counts as a new weekly shape."""
+    shape_z: float = 5.0
+    """...and the change in share must be this many binomial standard errors."""
     min_weekly_volume: float = 20.0
     """Minimum weekly volume for a trend to be judged."""
 
@@ -78,6 +82,133 @@ class RankingSettings:
 
 
 @dataclass(frozen=True)
+class EngagementSettings:
+    """going_dark, increased_activity, stakeholder_shift (meetings, communications, contacts)."""
+
+    history_days: int = 365
+    """Meetings and communications read before the first partition day."""
+    cadence_days: int = 180
+    """Window of past gaps between two-way contacts that defines the account's own cadence."""
+    min_gaps: int = 4
+    """Gaps needed before an account's cadence is trusted."""
+    dark_multiplier: float = 3.0
+    """Silence longer than this many times the account's median gap is 'going dark'."""
+    long_gap_multiplier: float = 1.5
+    """...and longer than this many times the account's own long gaps (95th percentile)."""
+    min_dark_days: int = 21
+    """...and never shorter than this (three weeks without any two-way contact)."""
+    activity_window_days: int = 14
+    activity_baseline_days: int = 180
+    activity_ratio: float = 3.0
+    """Recent inbound + meeting rate must be this many times the account's own baseline rate."""
+    activity_g: float = 10.83
+    """Poisson likelihood-ratio statistic (chi-square, 1 df): 10.83 is p = 0.001."""
+    min_activity_events: int = 5
+    stakeholder_window_days: int = 14
+    """A new senior contact stays a stakeholder shift for this many days."""
+    onboarding_days: int = 45
+    """Contacts that start within this many days of contract_start are onboarding, not a shift."""
+    senior_roles: tuple[str, ...] = ("executive_sponsor", "decision_maker", "champion")
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
+
+    silent_days: int = 14
+    """No usage and no communications at all for this many days."""
+    champion_window_days: int = 14
+    champion_roles: tuple[str, ...] = ("champion", "executive_sponsor")
+    health_baseline_days: int = 28
+    health_gap_days: int = 7
+    """The baseline ends this many days before D, so a drop within the week is compared with
+    the level before it."""
+    health_drop_points: float = 15.0
+    health_noise_k: float = 3.0
+    """The drop must also exceed this many robust sds of the account's own health noise."""
+    support_window_days: int = 14
+    support_baseline_days: int = 180
+    support_ratio: float = 3.0
+    support_g: float = 10.83
+    min_support_weight: float = 4.0
+    min_support_tickets: int = 3
+    """The likelihood-ratio test runs on ticket counts (weights would fake precision); at least
+    this many tickets in the window."""
+    priority_weights: dict[str, float] = field(
+        default_factory=lambda: {"low": 0.5, "normal": 1.0, "high": 2.0, "urgent": 4.0}
+    )
+    urgent_window_days: int = 3
+    """An urgent ticket opened this recently is a surge on its own (an escalation)."""
+    nps_window_days: int = 14
+    detractor_max_score: float = 6.0
+    role_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "executive_sponsor": 1.0,
+            "decision_maker": 0.9,
+            "champion": 0.9,
+            "admin": 0.6,
+            "user": 0.4,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class OpportunitySettings:
+    """entitlement_limit, case_study_candidate, referral_candidate."""
+
+    entitlement_ratio: float = 0.9
+    projection_weeks: int = 8
+    """Weeks of history behind the 'on course to exceed before renewal' projection."""
+    min_projection_ratio: float = 0.8
+    """Only accounts already at this share of their entitlement are projected."""
+    projection_horizon_days: int = 90
+    """...and only a crossing projected within this many days (and before renewal) counts."""
+    promoter_min_score: float = 9.0
+    promoter_window_days: int = 14
+    growth_weeks: int = 12
+    case_study_min_growth: float = 0.08
+    case_study_min_health: float = 75.0
+    case_study_min_sentiment: float = 0.4
+    referral_min_growth: float = -0.05
+    referral_min_health: float = 60.0
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """outperforming / underperforming against a peer cohort."""
+
+    cohort: tuple[str, ...] = ("segment", "industry")
+    min_cohort: int = 10
+    """Smaller cohorts fall back to the segment alone; smaller still, no benchmark."""
+    top_quantile: float = 0.9
+    bottom_quantile: float = 0.1
+    window_days: int = 28
+    metric: str = "dau"
+    """Normalised per entitled seat (or per seat used where no entitlement exists)."""
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """qbr_due and outreach_window."""
+
+    qbr_renewal_days: int = 120
+    qbr_lookback_days: int = 90
+    pre_renewal_from_days: int = 120
+    pre_renewal_to_days: int = 150
+    promoter_window_days: int = 7
+
+
+@dataclass(frozen=True)
+class OutcomeSettings:
+    """Historical base rates behind each insight's 'so what'."""
+
+    history_months: int = 18
+    horizon_days: int = 90
+    min_accounts: int = 10
+    """Below this many comparable accounts the so-what says the sample is too small."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """All thresholds. `Settings.from_dict` reads the nested dict of Dagster run config."""
 
@@ -86,13 +217,28 @@ class Settings:
     (8 weeks of same-weekday medians + 28 days of residuals; 6 trend weeks + 8 weeks of weekly
     variability), so a day's result never depends on how long the run's range is."""
     usage: UsageSettings = field(default_factory=UsageSettings)
+    engagement: EngagementSettings = field(default_factory=EngagementSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    opportunity: OpportunitySettings = field(default_factory=OpportunitySettings)
+    benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Settings:
         """Build from nested overrides, failing loudly on unknown keys."""
         raw = dict(raw or {})
-        nested = {"usage": UsageSettings, "ranking": RankingSettings}
+        nested = {
+            "usage": UsageSettings,
+            "engagement": EngagementSettings,
+            "risk": RiskSettings,
+            "opportunity": OpportunitySettings,
+            "benchmark": BenchmarkSettings,
+            "timing": TimingSettings,
+            "outcomes": OutcomeSettings,
+            "ranking": RankingSettings,
+        }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
         for key, value in raw.items():

@@ -32,6 +32,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeEngine
 
+from insight_pipeline.lib.access import (
+    ACTIONS,
+    STATUS_OF_ACTION,
+    FeedFilters,
+    FeedPage,
+    Viewer,
+)
 from insight_pipeline.lib.sql_files import load_sql, migrations
 
 PRIORITIES = ("high", "medium", "low")
@@ -91,6 +98,71 @@ INSIGHT_SCHEMA: dict[str, pl.DataType] = {
     "viewed_at": _UTC,
     "actioned_at": _UTC,
 }
+
+# --- users, tokens, feedback, shares (API) ---
+
+#: Columns of `get_user` / `list_users`: the directory as the API knows it.
+USER_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "name": pl.String(),
+    "email": pl.String(),
+    "role": pl.String(),
+    "manager_id": pl.String(),
+    "active": pl.Boolean(),
+    "read_all_at": _UTC,
+}
+
+#: Columns of `feedback_events`: the insight_feedback table, what ranking learns from.
+FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "insight_id": pl.String(),
+    "user_id": pl.String(),
+    "action": pl.String(),
+    "feedback": pl.String(),
+    "snoozed_until": _UTC,
+    "insight_type": pl.String(),
+    "category": pl.String(),
+    "customer_id": pl.String(),
+    "created_at": _UTC,
+}
+
+#: Columns of `feed` rows: the insights row plus owner name, share and unread-to-the-viewer.
+FEED_SCHEMA: dict[str, pl.DataType] = {
+    **INSIGHT_SCHEMA,
+    "user_name": pl.String(),
+    "shared_by": pl.String(),
+    "shared_by_name": pl.String(),
+    "share_note": pl.String(),
+    "shared_at": _UTC,
+    "unread": pl.Boolean(),
+}
+
+#: Columns of `team_rollup`: counts per CSM x category x priority (lib/access.rollup sums them).
+ROLLUP_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "user_name": pl.String(),
+    "category": pl.String(),
+    "priority": pl.String(),
+    "insights": pl.Int64(),
+    "open_insights": pl.Int64(),
+    "unread": pl.Int64(),
+    "dismissed": pl.Int64(),
+    "actioned": pl.Int64(),
+    "snoozed": pl.Int64(),
+}
+
+#: Columns of `list_tokens` (never the hash).
+TOKEN_SCHEMA: dict[str, pl.DataType] = {
+    "token_id": pl.String(),
+    "user_id": pl.String(),
+    "label": pl.String(),
+    "created_at": _UTC,
+    "expires_at": _UTC,
+    "revoked_at": _UTC,
+}
+
+_USER_COLUMNS = ("user_id", "name", "email", "role", "manager_id")
+_ROLES = ("csm", "manager", "leader")
 
 _JSON_COLUMNS = ("evidence", "recommended_action", "score_parts")
 _STAGE_UPSERTS = "stage_insight_upserts"
@@ -327,6 +399,535 @@ class InsightStore:
     def dispose(self) -> None:
         """Close pooled connections (a DuckDB file is then free for other processes)."""
         self._engine.dispose()
+
+    # --- narrative cache (Claude) ---
+
+    def get_narratives(self, keys: list[str]) -> dict[str, dict[str, str]]:
+        """Cached narratives by cache key ({title, summary, so_what, action}); absent keys are
+        simply missing. The Claude narrator asks once per run for all its keys."""
+        if not keys:
+            return {}
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_narrative_cache",
+                _expanding={"keys": String()},
+                keys=sorted(set(keys)),
+            )
+        return {
+            str(key): {"title": t, "summary": s, "so_what": w, "action": a}
+            for key, t, s, w, a in rows
+        }
+
+    def put_narratives(self, rows: list[dict[str, Any]]) -> int:
+        """Keep validated narratives (keys: cache_key, insight_type, model, prompt_version,
+        title, summary, so_what, action, input_tokens, output_tokens) in one transaction; a key
+        already cached is left as it is (first writer wins, so concurrent runs agree).
+
+        Returns the number of rows given (not how many were new: both backends count an ignored
+        conflict differently)."""
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+        with self._engine.begin() as conn:
+            for row in rows:
+                self._run(
+                    conn,
+                    "insert_narrative_cache",
+                    cache_key=row["cache_key"],
+                    insight_type=row["insight_type"],
+                    model=row["model"],
+                    prompt_version=row["prompt_version"],
+                    title=row["title"],
+                    summary=row["summary"],
+                    so_what=row["so_what"],
+                    action=row["action"],
+                    input_tokens=int(row.get("input_tokens") or 0),
+                    output_tokens=int(row.get("output_tokens") or 0),
+                    created_at=now,
+                )
+        return len(rows)
+
+    # --- digests ---
+
+    def digest_insights(
+        self, last_day: date, *, open_after: datetime, as_of: datetime
+    ) -> pl.DataFrame:
+        """Insights a digest covering up to `last_day` may carry (lib/digest.py picks the top).
+
+        Raised on or before `last_day`, not expired at `open_after` (the start of the covered
+        window, or its end for a daily digest), neither dismissed nor actioned, and not snoozed
+        past `as_of`. Status is today's: the table keeps no history of it.
+        """
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_digest_insights",
+                last_day=last_day,
+                open_after=_utc(open_after),
+                as_of=_utc(as_of),
+            )
+        return _frame(
+            rows,
+            {
+                "id": pl.String(),
+                "customer_id": pl.String(),
+                "customer_name": pl.String(),
+                "user_id": pl.String(),
+                "partition_date": pl.Date(),
+                "last_seen_date": pl.Date(),
+                "category": pl.String(),
+                "type": pl.String(),
+                "priority": pl.String(),
+                "score": pl.Float64(),
+                "title": pl.String(),
+                "summary": pl.String(),
+                "recommended_action": pl.String(),
+                "status": pl.String(),
+            },
+        )
+
+    def digest_preferences(self) -> pl.DataFrame:
+        """Stored preferences (user_id, frequency, weekday); users without one get daily."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_digest_preferences")
+        schema = {"user_id": pl.String(), "frequency": pl.String(), "weekday": pl.Int16()}
+        return _frame(rows, schema)
+
+    def set_digest_preference(
+        self,
+        user_id: str,
+        frequency: str,
+        weekday: int | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Store a user's choice: 'daily', 'weekly' with the weekday it arrives (0 = Monday),
+        or 'off'. Raises ValueError for anything else, before the database sees it."""
+        if frequency not in ("daily", "weekly", "off"):
+            raise ValueError(f"frequency must be daily, weekly or off, not {frequency!r}")
+        if (frequency == "weekly") != (weekday is not None):
+            raise ValueError("a weekday (0 = Monday .. 6 = Sunday) goes with weekly, and only it")
+        if weekday is not None and not 0 <= int(weekday) <= 6:
+            raise ValueError(f"weekday must be 0 (Monday) .. 6 (Sunday), not {weekday!r}")
+        with self._engine.begin() as conn:
+            self._run(
+                conn,
+                "upsert_digest_preference",
+                user_id=str(user_id),
+                frequency=frequency,
+                weekday=None if weekday is None else int(weekday),
+                updated_at=_utc(at) or datetime.now(UTC),
+            )
+
+    def claim_digest(
+        self,
+        user_id: str,
+        digest_date: date,
+        kind: str,
+        *,
+        message_id: str,
+        recipient: str,
+        subject: str,
+        item_count: int,
+        now: datetime,
+        stale_before: datetime,
+    ) -> tuple[str, int] | None:
+        """Register the digest (once) and claim it for sending, atomically.
+
+        Returns (Message-ID to send with, attempts so far), or None when it was already sent or
+        another run holds a claim newer than `stale_before`. The first registration's
+        Message-ID is kept, so a retry is recognisably the same message.
+        """
+        key = {"user_id": str(user_id), "digest_date": digest_date, "kind": kind}
+        with self._engine.begin() as conn:
+            self._run(conn, "insert_digest", **key, message_id=message_id, created_at=_utc(now))
+            rows = self._run(
+                conn,
+                "claim_digest",
+                **key,
+                recipient=recipient,
+                subject=subject,
+                item_count=int(item_count),
+                now=_utc(now),
+                stale_before=_utc(stale_before),
+            )
+        if not rows:
+            return None
+        return str(rows[0][0]), int(rows[0][1])
+
+    def finish_digest(
+        self,
+        user_id: str,
+        digest_date: date,
+        kind: str,
+        *,
+        sent: bool,
+        attempts: int,
+        error: str | None,
+        at: datetime,
+    ) -> None:
+        """Record a claimed send's outcome (sent at `at`, or failed with `error`); `attempts`
+        made by this run are added to the total and the claim is released."""
+        with self._engine.begin() as conn:
+            self._run(
+                conn,
+                "finish_digest",
+                user_id=str(user_id),
+                digest_date=digest_date,
+                kind=kind,
+                status="sent" if sent else "failed",
+                attempts=int(attempts),
+                last_error=None if sent else error,
+                sent_at=_utc(at) if sent else None,
+            )
+
+    def digests(self, first_day: date, last_day: date) -> pl.DataFrame:
+        """The digest ledger for days in [first_day, last_day], for metadata, the CLI and tests."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_digests", first_day=first_day, last_day=last_day)
+        return _frame(
+            rows,
+            {
+                "user_id": pl.String(),
+                "digest_date": pl.Date(),
+                "kind": pl.String(),
+                "message_id": pl.String(),
+                "recipient": pl.String(),
+                "subject": pl.String(),
+                "item_count": pl.Int64(),
+                "status": pl.String(),
+                "attempts": pl.Int64(),
+                "last_error": pl.String(),
+                "claimed_at": _UTC,
+                "created_at": _UTC,
+                "sent_at": _UTC,
+            },
+        )
+
+    # --- users, tokens, feedback, shares (API) ---
+
+    def sync_users(self, frame: pl.DataFrame, *, at: datetime | None = None) -> dict[str, int]:
+        """Make the users table the directory in `frame` (user_id, name, email, role,
+        manager_id), in ONE transaction: new users inserted, known ones refreshed and
+        reactivated, users missing from the frame deactivated (their tokens stop working; rows
+        are kept so history still names them).
+
+        Returns {"inserted", "updated", "deactivated"}. Raises StoreWriteError, with nothing
+        written, for an empty frame (it would lock everyone out), missing columns, null or
+        duplicate ids, null names or an unknown role.
+        """
+        users = self._prepare_users(frame)
+        step = "opening a transaction"
+        try:
+            with self._engine.begin() as conn:
+                step = "staging users"
+                with self._staged(conn, "users", "stage_users", users):
+                    existing = self._scalar(conn, "count_existing_users")
+                    step = "upserting users"
+                    self._run(conn, "upsert_users", synced_at=_utc(at) or datetime.now(UTC))
+                    step = "deactivating users"
+                    gone = self._run(conn, "deactivate_users")
+        except Exception as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreWriteError(
+                f"sync_users failed while {step} ({users.height} users) on {self.dialect}; "
+                f"rolled back, nothing was written: {type(cause).__name__}: {cause}"
+            ) from exc
+        return {
+            "inserted": users.height - existing,
+            "updated": existing,
+            "deactivated": len(gone),
+        }
+
+    @staticmethod
+    def _prepare_users(frame: pl.DataFrame) -> pl.DataFrame:
+        missing = [c for c in _USER_COLUMNS if c not in frame.columns]
+        if missing:
+            raise StoreWriteError(f"users frame lacks columns {missing}; nothing was written")
+        users = frame.select(pl.col(c).cast(pl.String) for c in _USER_COLUMNS)
+        if users.height == 0:
+            raise StoreWriteError("refusing to sync an empty directory; nothing was written")
+        problems = {
+            "null user_id": users.filter(pl.col("user_id").is_null()),
+            "duplicate user_id": users.filter(pl.col("user_id").is_duplicated()),
+            "null name": users.filter(pl.col("name").is_null()),
+            f"role not in {_ROLES}": users.filter(~pl.col("role").is_in(_ROLES).fill_null(False)),
+        }
+        for problem, bad in problems.items():
+            if bad.height:
+                raise StoreWriteError(
+                    f"users frame has {bad.height} row(s) with {problem}, e.g. "
+                    f"{bad.row(0, named=True)}; nothing was written"
+                )
+        return users
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """One directory row as a dict (USER_SCHEMA keys), or None for an unknown user."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_user", user_id=str(user_id))
+        return _frame(rows, USER_SCHEMA).row(0, named=True) if rows else None
+
+    def list_users(self) -> pl.DataFrame:
+        """The whole directory (inactive users included), by name."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_users")
+        return _frame(rows, USER_SCHEMA)
+
+    def team_user_ids(self, user_id: str) -> list[str]:
+        """The user and everyone reporting to them, transitively (empty for an unknown user)."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_team", user_id=str(user_id))
+        return [str(r[0]) for r in rows]
+
+    def create_token(
+        self,
+        user_id: str,
+        *,
+        expires_at: datetime | None = None,
+        label: str | None = None,
+        at: datetime | None = None,
+    ) -> tuple[str, str]:
+        """A new bearer token for an active user, as (token_id, token). Only the token's sha256
+        is stored; the token itself cannot be recovered later. LookupError for an unknown or
+        inactive user."""
+        from insight_pipeline.lib.tokens import new_token
+
+        user = self.get_user(user_id)
+        if user is None or not user["active"]:
+            raise LookupError(f"no active user {user_id!r} in the users table")
+        token_id, token, token_hash = new_token()
+        with self._engine.begin() as conn:
+            self._run(
+                conn,
+                "insert_token",
+                token_id=token_id,
+                token_hash=token_hash,
+                user_id=str(user_id),
+                label=label,
+                created_at=_utc(at) or datetime.now(UTC),
+                expires_at=_utc(expires_at),
+            )
+        return token_id, token
+
+    def token_record(self, token_id: str) -> dict[str, Any] | None:
+        """A token's hash, expiry and revocation with its user's directory row, or None. The
+        caller (api/auth.py) compares the hash in constant time and checks the dates."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_token", token_id=str(token_id))
+        if not rows:
+            return None
+        schema = {
+            "token_hash": pl.String(),
+            "expires_at": _UTC,
+            "revoked_at": _UTC,
+            **{k: v for k, v in USER_SCHEMA.items()},
+        }
+        return _frame(rows, schema).row(0, named=True)
+
+    def revoke_token(self, token_id: str, *, at: datetime | None = None) -> bool:
+        """Revoke a token by its public id; False when there is no such token."""
+        with self._engine.begin() as conn:
+            rows = self._run(
+                conn, "revoke_token", token_id=str(token_id), at=_utc(at) or datetime.now(UTC)
+            )
+        return bool(rows)
+
+    def list_tokens(self, user_id: str) -> pl.DataFrame:
+        """A user's tokens (ids, labels, dates; never hashes)."""
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_tokens", user_id=str(user_id))
+        return _frame(rows, TOKEN_SCHEMA)
+
+    def record_action(
+        self,
+        insight_id: str,
+        user_id: str,
+        action: str,
+        feedback: str | None = None,
+        snooze_until: datetime | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """A user's action on an insight: the insight's status, feedback, snoozed_until and
+        actioned_at change AND a row is appended to insight_feedback, in ONE transaction. The
+        single write path of the API and of the feedback simulation; returns the event id.
+
+        dismiss -> dismissed, snooze -> snoozed until `snooze_until` (required, after `at`),
+        actioned -> actioned (actioned_at stamped once). Feedback is kept when not given.
+        Raises ValueError for bad input and LookupError for an unknown insight (nothing
+        written). Who may act is the caller's business (lib/access.py).
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
+        if feedback is not None and feedback not in FEEDBACKS:
+            raise ValueError(f"feedback must be one of {FEEDBACKS}, not {feedback!r}")
+        when = _utc(at) or datetime.now(UTC)
+        until = _utc(snooze_until)
+        if action == "snooze":
+            if until is None:
+                raise ValueError("snooze_until is required to snooze")
+            if until <= when:
+                raise ValueError(f"snooze_until must be in the future (after {when.isoformat()})")
+        elif until is not None:
+            raise ValueError("snooze_until applies only to the snooze action")
+        key = _uuid_text(insight_id)
+        event_id = str(uuid.uuid4())
+        with self._engine.begin() as conn:
+            if not self._run(
+                conn,
+                "set_status",
+                id=key,
+                status=STATUS_OF_ACTION[action],
+                feedback=feedback,
+                snoozed_until=until,
+                at=when,
+            ):
+                raise LookupError(f"no insight with id {insight_id!r}")
+            self._run(
+                conn,
+                "insert_feedback",
+                id=event_id,
+                insight_id=key,
+                user_id=str(user_id),
+                action=action,
+                feedback=feedback,
+                snoozed_until=until,
+                at=when,
+            )
+        return event_id
+
+    def feedback_events(self, since: date | None = None) -> pl.DataFrame:
+        """The feedback history (FEEDBACK_SCHEMA), oldest first; from midnight UTC of `since`
+        when given. What the ranking's preference learning reads."""
+        start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None
+        with self._engine.connect() as conn:
+            rows = self._run(conn, "select_feedback", since=start)
+        return _frame(rows, FEEDBACK_SCHEMA)
+
+    def mark_viewed(self, insight_id: str, user_id: str, *, at: datetime | None = None) -> None:
+        """`user_id` opened the insight: the owner's new becomes viewed (viewed_at stamped
+        once); any other viewer gets a read receipt. Visibility is the caller's business."""
+        key = _uuid_text(insight_id)
+        when = _utc(at) or datetime.now(UTC)
+        with self._engine.begin() as conn:
+            if not self._run(conn, "mark_viewed", insight_id=key, user_id=str(user_id), at=when):
+                self._run(conn, "insert_read", insight_id=key, user_id=str(user_id), at=when)
+
+    def mark_all_read(self, user_id: str, *, at: datetime | None = None) -> int:
+        """Everything `user_id` sees is read as of `at`: their own new insights become viewed,
+        and whatever else they see that was raised or shared before `at` counts as read.
+        Returns how many of their own insights changed."""
+        when = _utc(at) or datetime.now(UTC)
+        with self._engine.begin() as conn:
+            changed = self._run(conn, "mark_all_viewed", user_id=str(user_id), at=when)
+            self._run(conn, "set_read_all", user_id=str(user_id), at=when)
+        return len(changed)
+
+    def share_insight(
+        self,
+        insight_id: str,
+        from_user_id: str,
+        to_user_ids: list[str],
+        note: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> list[str]:
+        """Share an insight with colleagues (it shows in their feed, marked shared, with who
+        shared it and the note; unread to them until they open it). Sharing again replaces
+        the note. Returns the recipients (deduplicated, the sharer left out).
+
+        Raises LookupError for an unknown insight and ValueError naming recipients who are not
+        active users; nothing is written then.
+        """
+        key = _uuid_text(insight_id)
+        when = _utc(at) or datetime.now(UTC)
+        recipients = [u for u in dict.fromkeys(str(u) for u in to_user_ids) if u != from_user_id]
+        with self._engine.begin() as conn:
+            found = self._run(
+                conn,
+                "select_insights",
+                _expanding={"ids": Uuid(as_uuid=False)},
+                all_ids=False,
+                ids=[key],
+            )
+            if not found:
+                raise LookupError(f"no insight with id {insight_id!r}")
+            active = {
+                u: _frame(self._run(conn, "select_user", user_id=u), USER_SCHEMA)
+                .get_column("active")
+                .any()
+                for u in recipients
+            }
+            unknown = [u for u, ok in active.items() if not ok]
+            if unknown:
+                raise ValueError(f"not active users: {', '.join(unknown)}")
+            for user in recipients:
+                self._run(
+                    conn,
+                    "upsert_share",
+                    insight_id=key,
+                    to_user_id=user,
+                    from_user_id=str(from_user_id),
+                    note=note,
+                    at=when,
+                )
+                self._run(conn, "delete_read", insight_id=key, user_id=user)
+        return recipients
+
+    def feed(
+        self,
+        viewer: Viewer,
+        filters: FeedFilters | None = None,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        as_of: datetime | None = None,
+    ) -> FeedPage:
+        """One page of what `viewer` may see (their scope plus insights shared with them) under
+        `filters`, best first, with the total and unread counts over all pages. Nothing outside
+        the scope is ever counted."""
+        filters = filters or FeedFilters()
+        params = filters.params()
+        if params["insight_id"] is not None:
+            params["insight_id"] = _uuid_text(params["insight_id"])
+        params.update(
+            viewer_id=viewer.user_id,
+            all_users=viewer.sees_all,
+            owner_ids=list(viewer.owner_ids or ()),
+            read_all_at=_utc(viewer.read_all_at),
+            as_of=_utc(as_of) or datetime.now(UTC),
+        )
+        owners = {"owner_ids": String()}
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_api_feed",
+                _expanding=owners,
+                limit=int(limit),
+                offset=int(offset),
+                **params,
+            )
+            total, unread = self._run(conn, "count_api_feed", _expanding=owners, **params)[0]
+        return FeedPage(_frame(rows, FEED_SCHEMA), int(total), int(unread or 0))
+
+    def team_rollup(
+        self, viewer: Viewer, date_from: date, date_to: date, *, as_of: datetime | None = None
+    ) -> pl.DataFrame:
+        """Counts per CSM x category x priority (ROLLUP_SCHEMA) of the insights raised in
+        [date_from, date_to] for the owners in `viewer`'s scope (shares excluded); sum them
+        with `lib.access.rollup`."""
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_team_rollup",
+                _expanding={"owner_ids": String()},
+                all_users=viewer.sees_all,
+                owner_ids=list(viewer.owner_ids or ()),
+                date_from=date_from,
+                date_to=date_to,
+                as_of=_utc(as_of) or datetime.now(UTC),
+            )
+        return _frame(rows, ROLLUP_SCHEMA)
 
     # ---------------------------------------------------------------------------- helpers
 

@@ -19,7 +19,7 @@ GROUP = "detectors"
 SIGNAL_PREVIEW = ["customer_id", "type", "subject", "partition_date", "severity", "confidence"]
 
 
-def _signal_metadata(frame: pl.DataFrame) -> dict:
+def signal_metadata(frame: pl.DataFrame) -> dict:
     return {
         "signals": frame.height,
         "by_type": counts_by(frame, "type"),
@@ -40,7 +40,7 @@ def usage_anomalies(
     """usage_spike / usage_drop: days beyond the robust band with an effect size, persisting (or
     one extreme day for a spike)."""
     signals = detect_usage_anomalies(usage_baselines, settings.settings().usage)
-    context.add_output_metadata(_signal_metadata(signals))
+    context.add_output_metadata(signal_metadata(signals))
     return signals
 
 
@@ -62,7 +62,7 @@ def usage_trends(
     usage_settings = settings.settings().usage
     stats = weekly_trend_stats(usage_window, first, last, usage_settings, churn_dates(accounts))
     signals = detect_usage_trends(stats, usage_settings)
-    context.add_output_metadata(_signal_metadata(signals))
+    context.add_output_metadata(signal_metadata(signals))
     return signals
 
 
@@ -78,10 +78,28 @@ def insight_candidates(
     accounts: pl.DataFrame,
     usage_anomalies: pl.DataFrame,
     usage_trends: pl.DataFrame,
+    engagement_signals: pl.DataFrame,
+    risk_signals: pl.DataFrame,
+    opportunity_signals: pl.DataFrame,
+    timing_signals: pl.DataFrame,
+    peer_benchmarks: pl.DataFrame,
 ) -> pl.DataFrame:
     """Every detector's signals with account context, category, fingerprint and score (one row
     per fingerprint and day; churned customers dropped)."""
-    signals = pl.concat([conform(usage_anomalies), conform(usage_trends)])
+    signals = pl.concat(
+        [
+            conform(frame)
+            for frame in (
+                usage_anomalies,
+                usage_trends,
+                engagement_signals,
+                risk_signals,
+                opportunity_signals,
+                timing_signals,
+                peer_benchmarks,
+            )
+        ]
+    )
     frame = formulate(signals, accounts, settings.settings().ranking)
     context.add_output_metadata(
         {

@@ -58,10 +58,15 @@ def insights(
     db = store.open()
     try:
         existing = db.load_episodes(since=earliest_relevant_day(first, ranking))
+        new, extensions = plan_episodes(insight_candidates, existing, ranking)
+        narrate_with = narrator.narrator(cache=db)  # the store caches Claude's narratives
+        new = evidence_json(narrate_frame(new, narrate_with))
     finally:
         db.dispose()
-    new, extensions = plan_episodes(insight_candidates, existing, ranking)
-    new = evidence_json(narrate_frame(new, narrator.narrator()))
+    narration = getattr(narrate_with, "last_stats", None) or {
+        "narrator": "template",
+        "items": new.height,
+    }
     plan = pl.concat(
         [
             new.select(UPSERT_COLUMNS).with_columns(pl.lit("insert").alias("action")),
@@ -79,6 +84,7 @@ def insights(
             "by_type": counts_by(new, "type"),
             "by_priority": counts_by(new, "priority"),
             "top_insights": markdown_preview(new.sort("score", descending=True), PREVIEW),
+            **{f"narration_{key}": value for key, value in narration.items()},
         },
     )
     yield from run_checks(plan)

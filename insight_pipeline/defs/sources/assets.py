@@ -14,7 +14,7 @@ from insight_pipeline.lib.paths import data_dir
 GROUP = "sources"
 
 
-def _write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
+def write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
     """Quarantined rows are kept on disk (never silently dropped) for a person to inspect."""
     if bad.height == 0:
         return None
@@ -51,8 +51,8 @@ def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.Da
     customers_clean = customers_clean.with_columns(
         pl.when(pl.col("churned_on") <= last).then(pl.col("churned_on")).alias("churned_on")
     )
-    q_users = _write_quarantine("users", users_bad, str(first), str(last))
-    q_customers = _write_quarantine("customers", customers_bad, str(first), str(last))
+    q_users = write_quarantine("users", users_bad, str(first), str(last))
+    q_customers = write_quarantine("customers", customers_bad, str(first), str(last))
     context.add_output_metadata(
         {
             "customers": customers_clean.height,
@@ -95,7 +95,7 @@ def usage_window(
     clean, bad, report = quarantine(
         CONTRACT["usage_daily"], usage, {"customers": accounts["customer_id"]}
     )
-    path = _write_quarantine("usage_daily", bad, str(first), str(last))
+    path = write_quarantine("usage_daily", bad, str(first), str(last))
     context.add_output_metadata(
         {
             "window_start": str(first - timedelta(days=lookback)),

@@ -19,8 +19,10 @@ Statistics, all vectorised over every customer x metric at once:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.settings import UsageSettings
@@ -44,27 +46,103 @@ def dense_usage(
     """
     if usage.height == 0:
         return usage.select(*KEYS, "date", "value")
-    spans = usage.group_by(KEYS).agg(pl.col("date").min().alias("first"))
+    return _dense_grid(usage, end, churned)[0]
+
+
+def _dense_grid(
+    usage: pl.DataFrame, end: date, churned: pl.DataFrame | None
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """`dense_usage` (sorted by customer, metric, date), the position of each row in its series
+    (0 = first observed day) and the series number of each row.
+
+    One hash group-by on the string keys; the grid itself is laid out with array arithmetic
+    (offsets of each series, a bincount for the values) instead of a string-keyed join and sort.
+    """
+    series = (
+        usage.group_by(KEYS)
+        .agg(
+            pl.col("date").cast(pl.Int32).alias("_days"),
+            pl.col("value").fill_null(0.0).alias("_values"),
+            pl.col("date").min().alias("first"),
+        )
+        .sort(KEYS)
+    )
     if churned is not None and churned.height:
-        spans = spans.join(churned, on="customer_id", how="left").with_columns(
+        series = series.join(churned, on="customer_id", how="left").with_columns(
             pl.min_horizontal(
                 pl.lit(end), (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end))
             ).alias("last")
         )
     else:
-        spans = spans.with_columns(pl.lit(end).alias("last"))
-    grid = (
-        spans.filter(pl.col("first") <= pl.col("last"))
-        .with_columns(pl.date_ranges("first", "last").alias("date"))
-        .select(*KEYS, "date")
-        .explode("date")
+        series = series.with_columns(pl.lit(end).alias("last"))
+    first = series["first"].cast(pl.Int32).to_numpy().astype(np.int64)
+    length = (
+        series.select((pl.col("last") - pl.col("first")).dt.total_days().clip(lower_bound=-1) + 1)
+        .to_series()
+        .to_numpy()
+        .astype(np.int64)
     )
-    values = usage.group_by([*KEYS, "date"]).agg(pl.col("value").sum())
-    return (
-        grid.join(values, on=[*KEYS, "date"], how="left")
-        .with_columns(pl.col("value").fill_null(0.0))
-        .sort([*KEYS, "date"])
+    offset = np.zeros(len(length), dtype=np.int64)
+    np.cumsum(length[:-1], out=offset[1:])
+    # Observed rows in series order; rows after the series' last day (churn) are not produced.
+    observed = np.repeat(np.arange(series.height), series["_days"].list.len().to_numpy())
+    day = series["_days"].explode().to_numpy().astype(np.int64) - first[observed]
+    values = series["_values"].explode().to_numpy()
+    if series["customer_id"].null_count() or series["metric"].null_count():
+        # as with a join, a row whose key is null matches no grid row: its value is not counted
+        null_key = (series["customer_id"].is_null() | series["metric"].is_null()).to_numpy()
+        values = np.where(null_key[observed], 0.0, values)
+    kept = day < length[observed]
+    value = np.bincount(
+        offset[observed[kept]] + day[kept], weights=values[kept], minlength=int(length.sum())
     )
+    row_series = np.repeat(np.arange(series.height), length)
+    position = np.arange(row_series.size, dtype=np.int64) - offset[row_series]
+    grid = pl.DataFrame(
+        {
+            "customer_id": series["customer_id"].gather(row_series),
+            "metric": series["metric"].gather(row_series),
+            "date": pl.Series(first[row_series] + position, dtype=pl.Int32).cast(pl.Date),
+            "value": pl.Series(value, dtype=pl.Float64),
+        }
+    )
+    return grid, position, row_series
+
+
+def _lagged_median(
+    values: np.ndarray,
+    position: np.ndarray,
+    rows: np.ndarray,
+    lags: Sequence[int],
+    min_count: int,
+    chunk: int = 1 << 17,
+) -> np.ndarray:
+    """For each of `rows`: the median of `values[row - lag]` over `lags`, counting only lags
+    inside the row's own series (lag <= position) and non-NaN values; NaN below `min_count`.
+
+    This is `rolling_median(...).over(series)` evaluated only on the rows that need it. An even
+    count's median is lo + (hi - lo) * 0.5, the arithmetic polars uses, so values are identical.
+    """
+    out = np.empty(rows.size)
+    width = len(lags)
+    window = np.empty((min(chunk, rows.size), width))
+    for begin in range(0, rows.size, chunk):
+        part = rows[begin : begin + chunk]
+        pos = position[part]
+        w = window[: part.size]
+        for j, lag in enumerate(lags):
+            column = values.take(part - lag, mode="clip")
+            column[pos < lag] = np.nan
+            w[:, j] = column
+        w.sort(axis=1)  # NaN last
+        count = width - np.isnan(w).sum(axis=1)
+        index = np.arange(part.size)
+        lo = w[index, np.maximum(count - 1, 0) // 2]
+        hi = w[index, np.minimum(count // 2, width - 1)]
+        median = lo + (hi - lo) * 0.5
+        median[count < min_count] = np.nan
+        out[begin : begin + part.size] = median
+    return out
 
 
 def usage_baselines(
@@ -81,41 +159,65 @@ def usage_baselines(
     """
     s = settings
     usage = usage.filter(pl.col("date") <= end)
-    grid = dense_usage(usage, end, churned)
-    weekly = [*KEYS, "weekday"]
     first_judged = start - timedelta(days=s.persistence_days + 7)
-    frame = (
-        grid.with_columns(
-            pl.col("date").dt.weekday().alias("weekday"),
-            pl.col("value").log1p().alias("y"),
-            pl.int_range(pl.len()).over(KEYS).clip(upper_bound=HISTORY_CAP).alias("history_days"),
-        )
-        .with_columns(
-            pl.col("y")
-            .shift(1)
-            .rolling_median(window_size=s.baseline_weeks, min_samples=max(3, s.baseline_weeks // 2))
-            .over(weekly)
-            .alias("y_expected")
-        )
-        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))
-        .with_columns(
-            (
-                pl.col("abs_resid")
+    needs_expected = first_judged - timedelta(days=s.scale_days)
+    if usage.height:
+        grid, position, series = _dense_grid(usage, end, churned)
+    else:
+        grid = usage.select(*KEYS, "date", "value")
+        position = series = np.zeros(0, dtype=np.int64)
+    # The two rolling medians, computed only on the rows whose result is used: the expected
+    # value from `needs_expected` on (the scale's residuals), the scale from `first_judged` on.
+    y = grid["value"].log1p()
+    dates = grid["date"]
+    y_expected = np.full(grid.height, np.nan)
+    rows = np.flatnonzero((dates >= needs_expected).to_numpy())
+    y_expected[rows] = _lagged_median(
+        y.to_numpy(),
+        position,
+        rows,
+        [7 * week for week in range(1, s.baseline_weeks + 1)],
+        max(3, s.baseline_weeks // 2),
+    )
+    judged_rows = np.flatnonzero((dates >= first_judged).to_numpy())
+    abs_resid = np.abs(y.to_numpy() - y_expected)
+    if 2 * judged_rows.size > grid.height:
+        # long ranges: polars' sliding-window median over every row is the cheaper way
+        scale = (
+            pl.DataFrame({"r": pl.Series(abs_resid, nan_to_null=True), "s": series})
+            .select(
+                pl.col("r")
                 .shift(1)
                 .rolling_median(window_size=s.scale_days, min_samples=s.scale_days // 2)
-                .over(KEYS)
-                * MAD_TO_SD
+                .over("s")
             )
+            .to_series()
+            .to_numpy()[judged_rows]
+        )
+    else:
+        scale = _lagged_median(
+            abs_resid, position, judged_rows, range(1, s.scale_days + 1), s.scale_days // 2
+        )
+    frame = (
+        grid.with_columns(
+            dates.dt.weekday().alias("weekday"),
+            y.alias("y"),
+            pl.Series(np.minimum(position, HISTORY_CAP)).alias("history_days"),
+            pl.Series(y_expected, nan_to_null=True).alias("y_expected"),
+            pl.Series(series, dtype=pl.UInt32).alias("_series"),
+        )
+        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))[judged_rows]
+        .with_columns(
+            (pl.Series(scale, nan_to_null=True) * MAD_TO_SD)
             .clip(lower_bound=SCALE_FLOOR)
             .alias("scale")
         )
-        .filter(pl.col("date") >= first_judged)
         # Counting noise sets a floor: at an expected value of lambda, a Poisson count has a
         # log-scale sd of about 1/sqrt(lambda + 1); small volumes cannot be judged as precisely.
         .with_columns(
-            pl.max_horizontal(
-                pl.col("scale"), (pl.col("y_expected").exp()).sqrt().pow(-1)
-            ).alias("scale")
+            pl.max_horizontal(pl.col("scale"), (pl.col("y_expected").exp()).sqrt().pow(-1)).alias(
+                "scale"
+            )
         )
         .with_columns(
             ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
@@ -147,27 +249,27 @@ def usage_baselines(
     # Length of the current run of same-direction deviating days (0 when not deviating).
     frame = (
         frame.with_columns(
-            (pl.col("direction") != pl.col("direction").shift(1).over(KEYS))
+            (pl.col("direction") != pl.col("direction").shift(1).over("_series"))
             .fill_null(True)
             .cum_sum()
-            .over(KEYS)
+            .over("_series")
             .alias("_run_id")
         )
         .with_columns(
             pl.when(pl.col("direction") != 0)
-            .then(pl.int_range(1, pl.len() + 1).over([*KEYS, "_run_id"]))
+            .then(pl.int_range(1, pl.len() + 1).over(["_series", "_run_id"]))
             .otherwise(0)
             .clip(upper_bound=s.persistence_days + 7)  # capped: same value in range and daily runs
             .cast(pl.Int32)
             .alias("run_days"),
             # explicit mean (not rolling_mean): bit-identical however long the run's range is
             pl.mean_horizontal(
-                [pl.col("rel_change").shift(i).over(KEYS) for i in range(s.persistence_days)]
+                [pl.col("rel_change").shift(i).over("_series") for i in range(s.persistence_days)]
             ).alias("run_effect"),
-            pl.col("rel_change").shift(1).over(KEYS).alias("prev_rel_change"),
+            pl.col("rel_change").shift(1).over("_series").alias("prev_rel_change"),
         )
         .filter(pl.col("date").is_between(start, end))
-        .drop("_run_id", "y", "abs_resid")
+        .drop("_run_id", "_series", "y", "abs_resid")
         .rename({"date": "partition_date"})
     )
     return frame
@@ -280,6 +382,23 @@ def weekly_trend_stats(
         .clip(lower_bound=SCALE_FLOOR)
         .alias("weekly_scale")
     )
+    # Level and weekly shape of the last 3 weeks against the 8 weeks before them (change point).
+    weekend = pl.when(pl.col("date").dt.weekday() >= 6).then(pl.col("value")).otherwise(0.0)
+    frame = frame.with_columns(
+        (pl.col("value").rolling_sum(21, min_samples=21).over(KEYS)).alias("recent3"),
+        (pl.col("value").shift(21).rolling_sum(56, min_samples=56).over(KEYS) / 8.0).alias(
+            "prior_week"
+        ),
+        weekend.rolling_sum(21, min_samples=21).over(KEYS).alias("_we_recent"),
+        weekend.shift(21).rolling_sum(56, min_samples=56).over(KEYS).alias("_we_prior"),
+    ).with_columns(
+        pl.when(pl.col("recent3") > 0)
+        .then(pl.col("_we_recent") / pl.col("recent3"))
+        .alias("weekend_share"),
+        pl.when(pl.col("prior_week") > 0)
+        .then(pl.col("_we_prior") / (8.0 * pl.col("prior_week")))
+        .alias("prior_weekend_share"),
+    )
     frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
     if frame.height == 0:
         return frame.rename({"date": "partition_date"})
@@ -323,7 +442,7 @@ def weekly_trend_stats(
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
         )
-        .drop("_ymean", "value", "_wow")
+        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior")
         .rename({"date": "partition_date"})
     )
 
@@ -351,12 +470,13 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("run_z") <= -s.trend_z)
     )
     hits = stats.filter(up | down)
+    changes = detect_pattern_changes(stats.filter(~(up | down)), s)
     if hits.height == 0:
-        return conform(hits)
+        return changes
     rising = pl.col("weeks_up") >= s.trend_consecutive_weeks
     weeks = pl.when(rising).then(pl.col("weeks_up")).otherwise(pl.col("weeks_down"))
     pct = (pl.col("run_change") * 100).round(0)
-    return conform(
+    trends = conform(
         hits.with_columns(
             pl.when(rising)
             .then(pl.lit("adoption_trend"))
@@ -394,6 +514,80 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
                 weeks.alias("weeks"),
                 pct.alias("change_pct"),
                 (pl.col("weekly_rate") * 100).round(1).alias("weekly_rate_pct"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+    return pl.concat([trends, changes])
+
+
+def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """usage_pattern_change: the last 3 weeks each sit on the same side of the 8 weeks before, by
+    at least min_effect and trend_z of the account's own weekly variability (a level step that
+    stays, not a ramp), or the weekend share of usage moved by `min_shape_shift`."""
+    s = settings
+    if stats.height == 0:
+        return conform(stats)
+    prior = pl.col("prior_week")
+    up_all = pl.all_horizontal(
+        [pl.col(w) >= prior * (1 + s.min_effect) for w in ("w0", "w1", "w2")]
+    )
+    down_all = pl.all_horizontal(
+        [pl.col(w) <= prior * (1 - s.min_effect) for w in ("w0", "w1", "w2")]
+    )
+    level_z = ((pl.col("recent3") / 3.0).log1p() - prior.log1p()) / pl.col("weekly_scale")
+    shape_shift = pl.col("weekend_share") - pl.col("prior_weekend_share")
+    enough = (prior >= s.min_weekly_volume) & (pl.col("history_days") >= 7 * s.trend_weeks)
+    level = enough & ((up_all & (level_z >= s.trend_z)) | (down_all & (level_z <= -s.trend_z)))
+    # Binomial standard error of the change in weekend share (recent 3 weeks vs 8 before).
+    p0 = pl.col("prior_weekend_share").clip(0.02, 0.98)
+    share_se = (p0 * (1 - p0) * (1 / pl.col("recent3") + 1 / (8.0 * prior))).sqrt()
+    shape = (
+        enough
+        & (shape_shift.abs() >= s.min_shape_shift)
+        & (shape_shift.abs() >= s.shape_z * share_se)
+    )
+    hits = stats.with_columns(level_z.alias("level_z"), shape_shift.alias("shape_shift")).filter(
+        level | shape
+    )
+    if hits.height == 0:
+        return conform(hits)
+    change_pct = ((pl.col("recent3") / 3.0 / pl.col("prior_week") - 1.0) * 100).round(0)
+    is_shape = pl.col("shape_shift").abs() >= s.min_shape_shift
+    return conform(
+        hits.with_columns(
+            pl.lit("usage_pattern_change").alias("type"),
+            pl.col("metric").alias("subject"),
+            pl.max_horizontal(
+                _severity_of_ratio(pl.col("recent3") / 3.0 / pl.col("prior_week")),
+                pl.col("shape_shift").abs() * 2,
+            )
+            .clip(0.2, 1.0)
+            .alias("severity"),
+            (pl.col("level_z").abs() / (2 * s.trend_z)).clip(0.4, 1.0).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("{} per week, last 3 weeks", pl.col("metric")),
+                    (pl.col("recent3") / 3.0).round(0),
+                    pl.format("{} per week in the 8 weeks before", pl.col("prior_week").round(0)),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.lit("weekend share of usage (%)"),
+                    (pl.col("weekend_share") * 100).round(0),
+                    pl.format("{}% before", (pl.col("prior_weekend_share") * 100).round(0)),
+                    "usage_daily",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                (pl.col("recent3") / 3.0).round(0).alias("recent_week"),
+                pl.col("prior_week").round(0).alias("prior_week"),
+                change_pct.alias("change_pct"),
+                (pl.col("weekend_share") * 100).round(0).alias("weekend_pct"),
+                (pl.col("prior_weekend_share") * 100).round(0).alias("prior_weekend_pct"),
+                is_shape.alias("shape_change"),
             )
             .struct.json_encode()
             .alias("facts"),

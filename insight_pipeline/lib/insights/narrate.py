@@ -60,7 +60,7 @@ def upper_first(text: Any) -> str:
 
 
 def possessive(name: Any) -> str:
-    """"Acme's", but "Brightbridge Clinics'"."""
+    """ "Acme's", but "Brightbridge Clinics'"."""
     value = str(name)
     return f"{value}'" if value.endswith("s") else f"{value}'s"
 

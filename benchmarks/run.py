@@ -1,0 +1,493 @@
+"""Whole-process benchmarks of the insight pipeline at 1k, 10k and 100k accounts.
+
+    .venv/bin/python benchmarks/run.py --accounts 1000 10000 100000      (make bench)
+
+For each size it generates (once, cached under benchmarks/.work/data/) a sample source of N
+accounts x 365 days with every optional table, then measures, as separate OS processes running
+`dagster asset materialize --select '*'` with their own DAGSTER_HOME (a copy of the root
+dagster.yaml: SQLite storage) and their own INSIGHTS_DATA_DIR / INSIGHTS_DATABASE_URL:
+
+- one daily partition (the last day) end to end, and the same with an EMPTY graph of the same
+  shape (benchmarks/empty_graph.py): the floor, i.e. Dagster's own fixed cost per run;
+- a 365-day backfill as ONE run (`--partition-range`), and the empty graph over the same range;
+- peak RSS of each: the sum of resident memory over the process tree, sampled every 50 ms
+  (and the kernel's max RSS of the largest process, as a cross-check);
+- the naive reference (benchmarks/naive.py: pandas, a loop per customer x metric) against the
+  vectorised lib functions on the same in-memory data; above --naive-max-customers it runs on a
+  random sample of customers and extrapolates linearly (said so in the table).
+
+Daily runs are repeated --runs times, backfills --backfill-runs times, alternating pipeline and
+empty graph so that load from other users of the machine hits both alike; medians are reported.
+Prints one table and writes it, with the machine description, to benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+VENV_BIN = Path(sys.executable).parent
+DAGSTER = str(VENV_BIN / "dagster")
+END = date(2026, 10, 31)
+DAYS = 365
+SEED = 7
+
+TARGETS = {
+    "daily_ratio_10k": 1.5,
+    "daily_s_100k": 30.0,
+    "daily_rss_gb_100k": 4.0,
+    "backfill_s_10k": 60.0,
+    "backfill_s_100k": 600.0,
+    "backfill_rss_gb_100k": 12.0,
+    "speedup": 100.0,
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------
+def sample_dir(work: Path, accounts: int) -> Path:
+    """The cached sample source for `accounts` (generated on first use)."""
+    out = work / "data" / f"accounts-{accounts}"
+    params = {"accounts": accounts, "days": DAYS, "seed": SEED, "end_date": END.isoformat()}
+    marker = out / "params.json"
+    if marker.exists():
+        stored = json.loads(marker.read_text())
+        if {k: stored.get(k) for k in params} == params:
+            return out
+    from insight_pipeline.sample import generate_sample
+
+    print(f"generating {accounts:,} accounts x {DAYS} days into {out} ...", flush=True)
+    started = time.perf_counter()
+    rows = generate_sample(out, accounts=accounts, days=DAYS, seed=SEED, end_date=END)
+    marker.write_text(json.dumps({**params, "rows": rows}))
+    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    return out
+
+
+def usage_rows(source: Path) -> int:
+    return int(json.loads((source / "params.json").read_text())["rows"]["usage_daily"])
+
+
+# ------------------------------------------------------------------------------------------
+# Measuring a process tree
+# ------------------------------------------------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # the command name may contain spaces and parentheses: split after the last ')'
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def tree_rss(root: int) -> int:
+    """Resident memory of `root` and all its descendants, now."""
+    children = _children_map()
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += _rss_bytes(pid)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss: int  # bytes, sum over the process tree (sampled)
+    max_rss: int  # bytes, kernel's ru_maxrss of the largest process in the tree
+
+
+def measure(cmd: list[str], env: dict[str, str], log: Path) -> Measurement:
+    """Run `cmd` as a new process; wall time, peak tree RSS; fail loudly on a non-zero exit."""
+    with log.open("w") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        peak = 0
+        done = threading.Event()
+
+        def poll() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss(proc.pid))
+                done.wait(0.05)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        done.set()
+        poller.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return Measurement(seconds, peak, usage.ru_maxrss * 1024)
+
+
+# ------------------------------------------------------------------------------------------
+# Scenarios
+# ------------------------------------------------------------------------------------------
+def make_env(run_dir: Path, source: Path, shape: Path) -> dict[str, str]:
+    """A private DAGSTER_HOME (root dagster.yaml) and data dir for one series of runs."""
+    home = run_dir / "dagster_home"
+    data = run_dir / "data"
+    for directory in (home, data):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(home),
+        INSIGHTS_SOURCE=str(source),
+        INSIGHTS_DATA_DIR=str(data),
+        INSIGHTS_DATABASE_URL=f"duckdb:///{data / 'insights.duckdb'}",
+        INSIGHTS_BENCH_GRAPH_SHAPE=str(shape),
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def materialize_cmd(target: str, partition_args: list[str]) -> list[str]:
+    location = (
+        ["-f", str(BENCH / "empty_graph.py")]
+        if target == "empty"
+        else [
+            "-m",
+            "insight_pipeline.definitions",
+        ]
+    )
+    return [DAGSTER, "asset", "materialize", *location, "--select", "*", *partition_args]
+
+
+@dataclass
+class Series:
+    runs: list[Measurement] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(m.seconds for m in self.runs)
+
+    @property
+    def peak_rss(self) -> int:
+        return max(max(m.peak_rss, m.max_rss) for m in self.runs)
+
+    def spread(self) -> str:
+        times = sorted(m.seconds for m in self.runs)
+        return f"{times[0]:.1f}–{times[-1]:.1f}" if len(times) > 1 else f"{times[0]:.1f}"
+
+
+def run_pair(
+    label: str,
+    partition_args: list[str],
+    runs: int,
+    source: Path,
+    run_root: Path,
+    shape: Path,
+) -> tuple[Series, Series]:
+    """`runs` pipeline runs and `runs` empty-graph runs, alternating."""
+    results = {"pipeline": Series(), "empty": Series()}
+    envs = {target: make_env(run_root / f"{label}-{target}", source, shape) for target in results}
+    for i in range(runs):
+        for target in ("pipeline", "empty"):
+            log = run_root / f"{label}-{target}" / f"run-{i}.log"
+            m = measure(materialize_cmd(target, partition_args), envs[target], log)
+            results[target].runs.append(m)
+            print(
+                f"  {label:>8} {target:>8} run {i + 1}/{runs}: {m.seconds:6.1f} s, "
+                f"peak RSS {gb(max(m.peak_rss, m.max_rss)):.2f} GB",
+                flush=True,
+            )
+    return results["pipeline"], results["empty"]
+
+
+def run_naive(source: Path, day: date, max_customers: int, log: Path) -> dict:
+    cmd = [
+        sys.executable,
+        str(BENCH / "naive.py"),
+        "--source",
+        str(source),
+        "--day",
+        day.isoformat(),
+        "--max-customers",
+        str(max_customers),
+        "--json",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    with log.open("w") as err:
+        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"naive reference failed:\n{log.read_text()[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+def gb(n: int) -> float:
+    return n / 1024**3
+
+
+def machine() -> list[str]:
+    import dagster
+    import duckdb
+    import numpy
+    import pandas
+    import polars
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores (nproc); memory {mem_kb / 1024**2:.1f} GB",
+        f"- {platform.platform()}; Python {platform.python_version()}",
+        f"- dagster {dagster.__version__}, polars {polars.__version__}, duckdb "
+        f"{duckdb.__version__}, pandas {pandas.__version__}, numpy {numpy.__version__}",
+        f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "(the machine is shared: timings are noisy, hence medians and ratios)",
+    ]
+
+
+def fmt_s(series: Series | None) -> str:
+    if series is None or not series.runs:
+        return "—"
+    return f"{series.seconds:.1f} ({series.spread()})"
+
+
+def fmt_gb(series: Series | None) -> str:
+    return "—" if series is None or not series.runs else f"{gb(series.peak_rss):.2f}"
+
+
+def report(rows: list[dict], args: argparse.Namespace, started: datetime) -> str:
+    header = [
+        "accounts",
+        "usage rows",
+        "empty graph, 1 day (s)",
+        "pipeline, 1 day (s)",
+        "ratio",
+        "peak RSS 1 day (GB)",
+        "empty graph, 365 days (s)",
+        "pipeline, 365 days in 1 run (s)",
+        "peak RSS 365 days (GB)",
+        "naive usage detectors, 1 day (s)",
+        "lib usage detectors, 1 day (s)",
+        "speed-up",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for r in rows:
+        ratio = r["daily"].seconds / r["daily_empty"].seconds
+        naive = r.get("naive")
+        naive_cell = lib_cell = speed_cell = "—"
+        if naive:
+            note = "" if naive["exact"] else f" (extrapolated from {naive['sampled']:,})"
+            naive_cell = f"{naive['naive_seconds_total']:.0f}{note}"
+            lib_cell = f"{naive['lib_seconds']:.2f}"
+            speed_cell = f"{naive['naive_seconds_total'] / naive['lib_seconds']:.0f}x"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['accounts']:,}",
+                    f"{r['usage_rows'] / 1e6:.1f}M",
+                    fmt_s(r["daily_empty"]),
+                    fmt_s(r["daily"]),
+                    f"{ratio:.2f}x",
+                    fmt_gb(r["daily"]),
+                    fmt_s(r.get("backfill_empty")),
+                    fmt_s(r.get("backfill")),
+                    fmt_gb(r.get("backfill")),
+                    naive_cell,
+                    lib_cell,
+                    speed_cell,
+                ]
+            )
+            + " |"
+        )
+    agreement = [
+        f"- {r['accounts']:,} accounts: naive and lib flag the same customer x metric days "
+        f"({r['naive']['naive_flags']} vs {r['naive']['lib_flags']} flagged day(s) on the "
+        f"{r['naive']['sampled']:,} customers compared; identical: {r['naive']['identical']})"
+        for r in rows
+        if r.get("naive")
+    ]
+    out = [
+        "# Benchmark results",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC with `{' '.join(['benchmarks/run.py', *sys.argv[1:]])}`"
+        f"; {DAYS} days of data ending {END}, seed {SEED}; daily partition {END}; backfill "
+        f"{END - timedelta(days=DAYS - 1)}...{END} as one run.",
+        "",
+        *machine(),
+        "",
+        "Times are medians over runs (min–max in parentheses) of whole processes "
+        "(`dagster asset materialize --select '*'`, in-process executor, SQLite instance "
+        f"storage, DuckDB store); {args.runs} daily run(s) and {args.backfill_runs} backfill "
+        "run(s) per size. Peak RSS is the largest over runs of the summed resident memory of the "
+        "process tree. *ratio* = pipeline / empty graph of the same shape for one day.",
+        "",
+        *lines,
+        "",
+        "Naive reference (benchmarks/naive.py) vs `usage_baselines` + `detect_usage_anomalies` "
+        "on the same in-memory usage window for the last day (reading excluded from both):",
+        *agreement,
+        "",
+        "Targets: 10k one day <= 1.5x the empty graph; 100k one day <= 30 s and <= 4 GB; "
+        "10k 365 days in one run <= 60 s; 100k <= 600 s and <= 12 GB; >= 100x faster than "
+        "the naive reference.",
+        *target_lines(rows),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    by = {r["accounts"]: r for r in rows}
+    checks: list[tuple[str, float | None, float, str]] = []
+    if 10_000 in by:
+        r = by[10_000]
+        checks.append(
+            (
+                "10k: 1 day / empty graph",
+                r["daily"].seconds / r["daily_empty"].seconds,
+                TARGETS["daily_ratio_10k"],
+                "x",
+            )
+        )
+        if r.get("backfill"):
+            checks.append(
+                ("10k: 365 days, one run", r["backfill"].seconds, TARGETS["backfill_s_10k"], " s")
+            )
+    if 100_000 in by:
+        r = by[100_000]
+        checks.append(("100k: 1 day", r["daily"].seconds, TARGETS["daily_s_100k"], " s"))
+        checks.append(
+            ("100k: 1 day peak RSS", gb(r["daily"].peak_rss), TARGETS["daily_rss_gb_100k"], " GB")
+        )
+        if r.get("backfill"):
+            checks.append(
+                ("100k: 365 days", r["backfill"].seconds, TARGETS["backfill_s_100k"], " s")
+            )
+            checks.append(
+                (
+                    "100k: 365 days peak RSS",
+                    gb(r["backfill"].peak_rss),
+                    TARGETS["backfill_rss_gb_100k"],
+                    " GB",
+                )
+            )
+    lines = []
+    for name, value, limit, unit in checks:
+        verdict = "met" if value is not None and value <= limit else "NOT met"
+        lines.append(f"- {name}: {value:.2f}{unit} (target <= {limit:g}{unit}): {verdict}")
+    for r in rows:
+        naive = r.get("naive")
+        if naive:
+            speedup = naive["naive_seconds_total"] / naive["lib_seconds"]
+            verdict = "met" if speedup >= TARGETS["speedup"] else "NOT met"
+            lines.append(
+                f"- {r['accounts']:,}: speed-up over the naive reference {speedup:.0f}x "
+                f"(target >= {TARGETS['speedup']:g}x): {verdict}"
+            )
+    return lines
+
+
+# ------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--accounts", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--runs", type=int, default=5, help="daily runs per size (median)")
+    parser.add_argument("--backfill-runs", type=int, default=3, help="365-day runs per size")
+    parser.add_argument(
+        "--backfill-runs-100k", type=int, default=1, help="365-day runs at >= 100k accounts"
+    )
+    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--naive-max-customers", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=BENCH / ".work")
+    parser.add_argument("--out", type=Path, default=BENCH / "results.md")
+    args = parser.parse_args()
+    started = datetime.utcnow()
+    work: Path = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    sys.path.insert(0, str(BENCH))
+    from empty_graph import shape_of
+
+    from insight_pipeline.definitions import defs
+
+    shape = work / "graph_shape.json"
+    shape.write_text(json.dumps(shape_of(defs), indent=1))
+    n_assets = sum(len(node["specs"]) for node in json.loads(shape.read_text())["nodes"])
+    print(f"graph: {n_assets} assets (empty graph of the same shape: {shape})", flush=True)
+
+    rows = []
+    day = END.isoformat()
+    backfill = f"{(END - timedelta(days=DAYS - 1)).isoformat()}...{day}"
+    for accounts in args.accounts:
+        source = sample_dir(work, accounts)
+        run_root = work / "runs" / f"accounts-{accounts}"
+        run_root.mkdir(parents=True, exist_ok=True)
+        print(f"{accounts:,} accounts ({usage_rows(source):,} usage rows)", flush=True)
+        row: dict = {"accounts": accounts, "usage_rows": usage_rows(source)}
+        row["daily"], row["daily_empty"] = run_pair(
+            "daily", ["--partition", day], args.runs, source, run_root, shape
+        )
+        if not args.skip_backfill:
+            runs = args.backfill_runs_100k if accounts >= 100_000 else args.backfill_runs
+            row["backfill"], row["backfill_empty"] = run_pair(
+                "backfill", ["--partition-range", backfill], runs, source, run_root, shape
+            )
+        if not args.skip_naive:
+            row["naive"] = run_naive(source, END, args.naive_max_customers, run_root / "naive.log")
+            n = row["naive"]
+            print(
+                f"  naive {n['naive_seconds_total']:.0f} s vs lib {n['lib_seconds']:.2f} s "
+                f"(identical: {n['identical']})",
+                flush=True,
+            )
+        rows.append(row)
+    text = report(rows, args, started)
+    print()
+    print(text)
+    args.out.write_text(text)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The FastAPI application: the JSON API (/api), the web feed (/feed) and its static files.
+
+A factory rather than a module-level app, so tests, the CLI and the load benchmark each serve
+their own store; `insight-pipeline serve` uses `app_from_env` (INSIGHTS_DATABASE_URL,
+INSIGHTS_SOURCE). The schema is migrated when the app is built, as the pipeline's store
+resource does, so a fresh database serves straight away.
+"""
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from insight_pipeline.api.charts import ChartSource
+from insight_pipeline.api.feed import STATIC_DIR
+from insight_pipeline.api.feed import router as feed_router
+from insight_pipeline.api.routes import health_router
+from insight_pipeline.api.routes import router as api_router
+from insight_pipeline.lib.paths import default_database_url, default_source
+from insight_pipeline.lib.store import InsightStore
+
+DESCRIPTION = """Daily, ranked, narrated customer-success insights.
+
+Authenticate with `Authorization: Bearer <token>` (`insight-pipeline token create USER_ID`).
+A CSM sees their own insights and those shared with them; a manager their team's
+(transitively); a leader all. Anything else answers 404 for an id, and is never counted.
+"""
+
+
+class ServerTiming:
+    """Pure ASGI middleware adding `Server-Timing: app;dur=<ms>` (time spent in the app,
+    queueing excluded), so load tests can tell server time from client-side waiting."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                took = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"app;dur={took:.2f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
+def create_app(
+    store_url: str | None = None,
+    *,
+    store: InsightStore | None = None,
+    source: str | None = None,
+    migrate: bool = True,
+) -> FastAPI:
+    """The app over `store` (or a new store for `store_url`, default INSIGHTS_DATABASE_URL).
+
+    `source` (default INSIGHTS_SOURCE) is only read for the feed's usage charts.
+    """
+    owned = store is None
+    insight_store = store or InsightStore(store_url or default_database_url())
+    if migrate:
+        insight_store.migrate()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            insight_store.dispose()
+
+    app = FastAPI(
+        title="insight_pipeline",
+        version="1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "insights", "description": "The feed, one insight, actions and shares."},
+            {"name": "team", "description": "Rollups for managers and leaders."},
+            {"name": "meta", "description": "Health and identity."},
+        ],
+    )
+    app.state.store = insight_store
+    app.state.charts = ChartSource(default_source() if source is None else source)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    app.include_router(feed_router)
+    app.mount("/feed/static", StaticFiles(directory=STATIC_DIR), name="feed-static")
+    app.add_middleware(ServerTiming)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app `insight-pipeline serve` runs (a uvicorn factory, so each worker builds one)."""
+    return create_app()

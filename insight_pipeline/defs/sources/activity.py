@@ -1,0 +1,113 @@
+"""The optional source tables, windowed as of the run's days: contacts, meetings, communications,
+tickets, NPS, health, entitlements and feature usage.
+
+An absent optional table is an empty frame with the contract's columns and is listed under
+`missing_optional_tables` in the asset's metadata; the detectors that need it skip and say so.
+"""
+
+from datetime import date, timedelta
+
+import dagster as dg
+import polars as pl
+
+from insight_pipeline.defs.metadata import partition_days
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import SettingsResource, SourceResource
+from insight_pipeline.defs.sources.assets import GROUP, write_quarantine
+from insight_pipeline.lib.contract import CONTRACT, quarantine
+from insight_pipeline.lib.settings import Settings
+
+#: key in the bundle -> source table (meetings before attendees: attendees are filtered by them)
+ACTIVITY_TABLES: dict[str, str] = {
+    "contacts": "contacts",
+    "meetings": "meetings",
+    "meeting_attendees": "meeting_attendees",
+    "communications": "communications",
+    "support_tickets": "support_tickets",
+    "nps": "nps_responses",
+    "health": "health_scores",
+    "entitlements": "entitlements",
+    "feature_usage": "feature_usage_daily",
+}
+
+
+def history_days(table: str, settings: Settings) -> int:
+    """How far before the first day each table is read (enough for every detector using it)."""
+    return {
+        "meetings": settings.engagement.history_days,
+        "communications": settings.engagement.history_days,
+        "support_tickets": settings.risk.support_baseline_days + settings.risk.support_window_days,
+        "nps_responses": 180,
+        "health_scores": settings.risk.health_baseline_days + settings.risk.health_gap_days + 60,
+        "feature_usage_daily": settings.lookback_days,
+    }.get(table, 0)
+
+
+def empty_table(table: str) -> pl.DataFrame:
+    return pl.DataFrame(schema=CONTRACT[table].columns)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def activity_window(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+) -> dict[str, pl.DataFrame]:
+    """The optional tables as of the run's days (contacts, meetings and attendees,
+    communications, tickets, NPS, health, entitlements, feature usage), each read over the
+    look-back its detectors need, validated, bad rows quarantined and counted. One asset for the
+    bundle: a range run records one materialisation per day, not one per table and day."""
+    first, last = partition_days(context)
+    cfg = settings.settings()
+    src = source.open()
+    known = {"customers": accounts["customer_id"]}
+    bundle: dict[str, pl.DataFrame] = {}
+    report: dict[str, dict] = {}
+    missing: list[str] = []
+    try:
+        for key, table in ACTIVITY_TABLES.items():
+            spec = CONTRACT[table]
+            days = history_days(table, cfg)
+            frame = src.read(
+                table,
+                date_from=first - timedelta(days=days) if spec.date_column else None,
+                date_to=last if spec.date_column else None,
+            )
+            if frame is None:
+                bundle[key] = empty_table(table)
+                missing.append(table)
+                continue
+            if table == "meeting_attendees":
+                # Attendees of meetings outside the window are not needed, not bad.
+                frame = frame.filter(
+                    pl.col("meeting_id").is_in(bundle["meetings"]["meeting_id"].implode())
+                )
+            if table == "contacts":
+                frame = _contacts_as_of(frame, last)
+            clean, bad, table_report = quarantine(spec, frame, known)
+            bundle[key] = clean
+            path = write_quarantine(table, bad, str(first), str(last))
+            report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
+    finally:
+        src.dispose()
+    context.add_output_metadata(
+        {
+            "missing_optional_tables": missing,
+            "validation": report,
+            "rows": {key: frame.height for key, frame in bundle.items()},
+        }
+    )
+    return bundle
+
+
+def _contacts_as_of(contacts: pl.DataFrame, last: date) -> pl.DataFrame:
+    """No look-ahead: contacts not started by the last day are unknown; later exits are hidden."""
+    return contacts.filter(
+        pl.col("started_on").is_null() | (pl.col("started_on") <= last)
+    ).with_columns(pl.when(pl.col("left_on") <= last).then(pl.col("left_on")).alias("left_on"))

@@ -1,0 +1,275 @@
+"""Engagement detectors: going_dark, increased_activity, stakeholder_shift.
+
+Each account's cadence is learned from its own history: an account that talks monthly is not
+dark after a week. "Two-way contact" is a meeting held or an inbound communication (contract).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+
+from insight_pipeline.lib.detectors.common import customer_days, daily_counts, rate_excess
+from insight_pipeline.lib.settings import EngagementSettings
+from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
+
+
+def two_way_events(meetings: pl.DataFrame, communications: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, date, kind) for every meeting held and every inbound message."""
+    parts = []
+    if meetings.height:
+        parts.append(
+            meetings.select(
+                "customer_id",
+                pl.col("start_at").dt.date().alias("date"),
+                pl.lit("meeting").alias("kind"),
+            )
+        )
+    if communications.height:
+        parts.append(
+            communications.filter(pl.col("direction") == "inbound").select(
+                "customer_id",
+                pl.col("sent_at").dt.date().alias("date"),
+                pl.lit("inbound").alias("kind"),
+            )
+        )
+    if not parts:
+        return pl.DataFrame(schema={"customer_id": pl.String, "date": pl.Date, "kind": pl.String})
+    return pl.concat(parts)
+
+
+def detect_going_dark(
+    events: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: EngagementSettings
+) -> pl.DataFrame:
+    """Days since the last two-way contact beyond max(min_dark_days, multiplier x the account's
+    own median gap)."""
+    if events.height == 0:
+        return empty_signals()
+    contact_days = (
+        events.filter(pl.col("date") <= end)
+        .select("customer_id", "date")
+        .unique()
+        .sort("customer_id", "date")
+        .with_columns(
+            (pl.col("date") - pl.col("date").shift(1).over("customer_id"))
+            .dt.total_days()
+            .cast(pl.Float64)
+            .alias("gap")
+        )
+        .with_columns(
+            pl.col("gap")
+            .rolling_median_by("date", window_size=f"{s.cadence_days}d")
+            .over("customer_id")
+            .alias("median_gap"),
+            pl.col("gap")
+            .rolling_quantile_by("date", window_size=f"{s.cadence_days}d", quantile=0.95)
+            .over("customer_id")
+            .alias("long_gap"),
+            pl.col("gap")
+            .is_not_null()
+            .cast(pl.Int32)
+            .rolling_sum_by("date", window_size=f"{s.cadence_days}d")
+            .over("customer_id")
+            .alias("gaps"),
+        )
+    )
+    days = customer_days(accounts, start, end).sort("partition_date")
+    joined = days.join_asof(
+        contact_days.sort("date"),
+        left_on="partition_date",
+        right_on="date",
+        by="customer_id",
+        strategy="backward",
+    )
+    # Beyond both the usual rhythm (median gap) and the account's own long silences (95th
+    # percentile of its gaps): an account with irregular contact is not dark at its usual worst.
+    threshold = pl.max_horizontal(
+        pl.lit(float(s.min_dark_days)),
+        s.dark_multiplier * pl.col("median_gap"),
+        s.long_gap_multiplier * pl.col("long_gap"),
+    )
+    silent = (pl.col("partition_date") - pl.col("date")).dt.total_days()
+    hits = joined.filter(
+        pl.col("date").is_not_null() & (pl.col("gaps") >= s.min_gaps) & (silent > threshold)
+    ).with_columns(silent.alias("days_silent"), threshold.alias("threshold"))
+    if hits.height == 0:
+        return empty_signals()
+    return conform(
+        hits.with_columns(
+            pl.lit("going_dark").alias("type"),
+            pl.lit("").alias("subject"),
+            (
+                0.4 + 0.6 * ((pl.col("days_silent") / pl.col("threshold") - 1.0).clip(0.0, 1.0))
+            ).alias("severity"),
+            (pl.col("gaps") / (2.0 * s.min_gaps)).clip(0.3, 1.0).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.lit("days since last two-way contact"),
+                    pl.col("days_silent"),
+                    pl.format("last on {}", pl.col("date")),
+                    "meetings, communications",
+                ),
+                evidence_item(
+                    pl.lit("usual gap between contacts (days)"),
+                    pl.col("median_gap"),
+                    pl.format(
+                        "median of {} gaps in the last {} days", pl.col("gaps"), s.cadence_days
+                    ),
+                    "meetings, communications",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("days_silent"),
+                pl.col("median_gap").round(1).alias("usual_gap"),
+                pl.col("date").cast(pl.String).alias("last_contact"),
+                pl.col("gaps"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_increased_activity(
+    events: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: EngagementSettings
+) -> pl.DataFrame:
+    """Inbound messages + meetings over the last window well above the account's own rate:
+    ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001."""
+    if events.height == 0:
+        return empty_signals()
+    w, b = s.activity_window_days, s.activity_baseline_days
+    counts = daily_counts(events, accounts["customer_id"], start - timedelta(days=w + b), end)
+    stats = rate_excess(counts, w, b).filter(pl.col("date").is_between(start, end))
+    hits = stats.filter(
+        (pl.col("recent") >= s.min_activity_events)
+        & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))
+        & (pl.col("g") >= s.activity_g)
+    ).rename({"date": "partition_date"})
+    hits = hits.join(
+        customer_days(accounts, start, end).select("customer_id", "partition_date"),
+        on=["customer_id", "partition_date"],
+        how="semi",
+    )
+    if hits.height == 0:
+        return empty_signals()
+    ratio = pl.col("recent") / pl.col("expected").clip(lower_bound=0.5)
+    return conform(
+        hits.with_columns(
+            pl.lit("increased_activity").alias("type"),
+            pl.lit("").alias("subject"),
+            # ratio 3 -> ~0.4, ratio 16 -> 1.0
+            (ratio.log() / pl.lit(16.0).log()).clip(0.2, 1.0).alias("severity"),
+            (pl.col("g") / (2 * s.activity_g)).clip(0.3, 1.0).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("inbound messages + meetings, last {} days", w),
+                    pl.col("recent"),
+                    pl.format("usual for {} days: {}", w, pl.col("expected").round(1)),
+                    "meetings, communications",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("recent").alias("recent_events"),
+                pl.col("expected").round(1).alias("usual_events"),
+                pl.lit(w).alias("window_days"),
+                ratio.round(1).alias("ratio"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_stakeholder_shift(
+    contacts: pl.DataFrame,
+    attendees: pl.DataFrame,
+    meetings: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: EngagementSettings,
+) -> pl.DataFrame:
+    """A senior contact (executive sponsor, decision maker, champion) who started recently —
+    outside onboarding — is a new stakeholder for `stakeholder_window_days`."""
+    if contacts.height == 0:
+        return empty_signals()
+    new = (
+        contacts.filter(
+            pl.col("role").is_in(list(s.senior_roles)) & pl.col("started_on").is_not_null()
+        )
+        .join(accounts.select("customer_id", "contract_start"), on="customer_id", how="inner")
+        .filter(
+            pl.col("contract_start").is_null()
+            | (
+                pl.col("started_on")
+                > pl.col("contract_start") + pl.duration(days=s.onboarding_days)
+            )
+        )
+        .with_columns(
+            pl.date_ranges(
+                "started_on",
+                pl.col("started_on") + pl.duration(days=s.stakeholder_window_days - 1),
+            ).alias("partition_date")
+        )
+        .explode("partition_date")
+        .filter(pl.col("partition_date").is_between(start, end))
+    )
+    new = new.join(
+        customer_days(accounts, start, end).select("customer_id", "partition_date"),
+        on=["customer_id", "partition_date"],
+        how="semi",
+    )
+    if new.height == 0:
+        return empty_signals()
+    attended = (
+        attendees.join(
+            meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner"
+        ).select("contact_id", pl.col("start_at").dt.date().alias("met_on"))
+        if attendees.height and meetings.height
+        else pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
+    )
+    met = (
+        new.select("contact_id", "partition_date")
+        .join(attended, on="contact_id", how="left")
+        .filter(pl.col("met_on").is_null() | (pl.col("met_on") <= pl.col("partition_date")))
+        .group_by("contact_id", "partition_date")
+        .agg(pl.col("met_on").drop_nulls().len().alias("meetings_attended"))
+    )
+    new = new.join(met, on=["contact_id", "partition_date"], how="left").with_columns(
+        pl.col("meetings_attended").fill_null(0)
+    )
+    return conform(
+        new.with_columns(
+            pl.lit("stakeholder_shift").alias("type"),
+            pl.col("contact_id").alias("subject"),
+            pl.when(pl.col("role") == "executive_sponsor")
+            .then(0.7)
+            .otherwise(0.55)
+            .alias("severity"),
+            pl.when(pl.col("meetings_attended") > 0).then(0.9).otherwise(0.6).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("new {}: {} ({})", pl.col("role"), pl.col("name"), pl.col("title")),
+                    (pl.col("partition_date") - pl.col("started_on")).dt.total_days(),
+                    pl.format("days since started on {}", pl.col("started_on")),
+                    "contacts",
+                ),
+                evidence_item(
+                    pl.lit("meetings attended since"),
+                    pl.col("meetings_attended"),
+                    pl.lit("meeting_attendees"),
+                    "meeting_attendees",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("name").alias("contact_name"),
+                pl.col("title").alias("contact_title"),
+                pl.col("role").str.replace("_", " ").alias("contact_role"),
+                pl.col("started_on").cast(pl.String),
+                pl.col("meetings_attended"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )

@@ -1,0 +1,101 @@
+"""feature_discovery: an account starts using a feature it has not used in the visible history.
+
+"Never used" is judged over the rows read (the look-back window): a feature whose first active day
+in the window comes at least `min_prior_days` after the window opened and after the account's
+onboarding is a discovery. Accounts that are still onboarding are skipped (everything is new then).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+
+from insight_pipeline.lib.detectors.common import customer_days
+from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
+
+MIN_PRIOR_DAYS = 56
+DISCOVERY_WINDOW_DAYS = 14
+
+
+def detect_feature_discovery(
+    features: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, lookback_days: int
+) -> pl.DataFrame:
+    if features.height == 0:
+        return empty_signals()
+    del lookback_days  # the read window is always >= MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
+    used = features.filter((pl.col("active_users") > 0) & (pl.col("date") <= end))
+    # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
+    # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
+    # a run happened to read.
+    firsts = (
+        used.select("customer_id", "feature", "date")
+        .unique()
+        .sort("customer_id", "feature", "date")
+        .with_columns(pl.col("date").shift(1).over("customer_id", "feature").alias("previous"))
+        .filter(
+            pl.col("previous").is_null()
+            | ((pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS)
+        )
+        .filter(pl.col("date") >= start - timedelta(days=DISCOVERY_WINDOW_DAYS))
+        .rename({"date": "first_used"})
+        .join(accounts.select("customer_id", "contract_start"), on="customer_id")
+        .filter(
+            pl.col("contract_start").is_not_null()
+            & (pl.col("first_used") >= pl.col("contract_start") + pl.duration(days=MIN_PRIOR_DAYS))
+            & (
+                pl.col("previous").is_not_null()
+                | (pl.col("first_used") >= pl.lit(start) - pl.duration(days=DISCOVERY_WINDOW_DAYS))
+            )
+        )
+        .with_columns(
+            pl.date_ranges(
+                "first_used", pl.col("first_used") + pl.duration(days=DISCOVERY_WINDOW_DAYS - 1)
+            ).alias("partition_date")
+        )
+        .explode("partition_date")
+        .filter(pl.col("partition_date").is_between(start, end))
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if firsts.height == 0:
+        return empty_signals()
+    latest = (
+        used.join(
+            firsts.select("customer_id", "feature", "partition_date"), on=["customer_id", "feature"]
+        )
+        .filter(pl.col("date") <= pl.col("partition_date"))
+        .group_by("customer_id", "feature", "partition_date")
+        .agg(pl.col("active_users").sort_by("date").last().alias("active_users"))
+    )
+    hits = firsts.join(latest, on=["customer_id", "feature", "partition_date"], how="left")
+    return conform(
+        hits.with_columns(
+            pl.lit("feature_discovery").alias("type"),
+            pl.col("feature").alias("subject"),
+            pl.lit(0.35).alias("severity"),
+            pl.lit(0.8).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("{} active users", pl.col("feature")),
+                    pl.col("active_users"),
+                    pl.format(
+                        "first use on {}; none in the {} days before",
+                        pl.col("first_used"),
+                        MIN_PRIOR_DAYS,
+                    ),
+                    "feature_usage_daily",
+                )
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("feature"),
+                pl.col("first_used").cast(pl.String),
+                pl.col("active_users").fill_null(0),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )

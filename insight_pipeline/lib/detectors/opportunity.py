@@ -1,0 +1,299 @@
+"""Opportunity detectors: entitlement_limit, case_study_candidate, referral_candidate."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from insight_pipeline.lib.detectors.common import customer_days
+from insight_pipeline.lib.detectors.usage import dense_usage
+from insight_pipeline.lib.settings import OpportunitySettings
+from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
+
+
+def detect_entitlement_limit(
+    usage: pl.DataFrame,
+    entitlements: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: OpportunitySettings,
+) -> pl.DataFrame:
+    """A metric at entitlement_ratio of its entitlement (7-day peak), or on course to exceed it
+    before renewal (log-linear weekly trend over projection_weeks, projected to renewal_date)."""
+    if entitlements.height == 0 or usage.height == 0:
+        return empty_signals()
+    k = s.projection_weeks
+    metrics = entitlements["metric"].unique()
+    grid = dense_usage(
+        usage.filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end)), end
+    )
+    weeks = [f"m{i}" for i in range(k)]
+    stats = (
+        grid.with_columns(
+            pl.col("value")
+            .rolling_max(7, min_samples=7)
+            .over("customer_id", "metric")
+            .alias("peak7"),
+            pl.col("value")
+            .rolling_mean(7, min_samples=7)
+            .over("customer_id", "metric")
+            .alias("m0"),
+        )
+        .with_columns(
+            [
+                pl.col("m0").shift(7 * i).over("customer_id", "metric").alias(weeks[i])
+                for i in range(1, k)
+            ]
+        )
+        .filter(pl.col("date").is_between(start, end))
+        .join(entitlements, on=["customer_id", "metric"], how="inner")
+        .filter(pl.col("entitled_value") > 0)
+        .join(accounts.select("customer_id", "renewal_date"), on="customer_id", how="inner")
+        .rename({"date": "partition_date"})
+    )
+    if stats.height == 0:
+        return empty_signals()
+    xs = [float(k - 1 - i) for i in range(k)]
+    x_mean = sum(xs) / k
+    sxx = sum((x - x_mean) ** 2 for x in xs)
+    ys = [pl.col(w).clip(lower_bound=1e-6).log() for w in weeks]
+    slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
+    current = pl.col("m0")
+    ratio = pl.col("peak7") / pl.col("entitled_value")
+    weeks_to_limit = (pl.col("entitled_value") / current).log() / pl.col("slope")
+    stats = stats.with_columns(slope.alias("slope"), ratio.alias("ratio")).with_columns(
+        pl.when((pl.col("slope") > 0) & (current > 0))
+        .then(
+            pl.col("partition_date")
+            + pl.duration(days=(weeks_to_limit * 7).round(0).cast(pl.Int64))
+        )
+        .alias("limit_date")
+    )
+    at_limit = pl.col("ratio") >= s.entitlement_ratio
+    on_course = (
+        (pl.col("ratio") >= s.min_projection_ratio)
+        & pl.col("limit_date").is_not_null()
+        & pl.col("renewal_date").is_not_null()
+        & (pl.col("limit_date") <= pl.col("renewal_date"))
+        & (
+            pl.col("limit_date")
+            <= pl.col("partition_date") + pl.duration(days=s.projection_horizon_days)
+        )
+        & pl.all_horizontal([pl.col(w).is_not_null() for w in weeks])
+    )
+    hits = stats.filter(at_limit | on_course).join(
+        customer_days(accounts, start, end).select("customer_id", "partition_date"),
+        on=["customer_id", "partition_date"],
+        how="semi",
+    )
+    if hits.height == 0:
+        return empty_signals()
+    return conform(
+        hits.with_columns(
+            pl.lit("entitlement_limit").alias("type"),
+            pl.col("metric").alias("subject"),
+            (
+                0.4
+                + 0.6
+                * ((pl.col("ratio") - s.min_projection_ratio) / (1.0 - s.min_projection_ratio))
+            )
+            .clip(0.3, 1.0)
+            .alias("severity"),
+            pl.when(at_limit).then(0.95).otherwise(0.6).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("{} (7-day peak)", pl.col("metric")),
+                    pl.col("peak7"),
+                    pl.format("entitled {}", pl.col("entitled_value")),
+                    "usage_daily, entitlements",
+                ),
+                evidence_item(
+                    pl.lit("share of entitlement used (%)"),
+                    (pl.col("ratio") * 100).round(0),
+                    pl.format(
+                        "projected to reach the limit on {} (renewal {})",
+                        pl.col("limit_date").cast(pl.String).fill_null("n/a"),
+                        pl.col("renewal_date").cast(pl.String).fill_null("n/a"),
+                    ),
+                    "usage_daily, entitlements",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                pl.col("peak7").round(0).alias("peak"),
+                pl.col("entitled_value").round(0).alias("entitled"),
+                (pl.col("ratio") * 100).round(0).alias("used_pct"),
+                at_limit.alias("at_limit"),
+                pl.col("limit_date").cast(pl.String).alias("limit_date"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def account_momentum(
+    usage: pl.DataFrame,
+    health: pl.DataFrame,
+    meetings: pl.DataFrame,
+    days: pl.DataFrame,
+    growth_weeks: int,
+) -> pl.DataFrame:
+    """Per (customer, partition_date): usage growth (last 4 weeks vs 4 weeks ending growth_weeks
+    ago, all count metrics), latest health and mean meeting sentiment over 90 days."""
+    end = days["partition_date"].max()
+    counts = usage.filter((pl.col("metric") != "seats_used") & (pl.col("date") <= end))
+    total = counts.group_by("customer_id", "date").agg(pl.col("value").sum())
+    grid = dense_usage(total.with_columns(pl.lit("all").alias("metric")), end)
+    recent = pl.col("value").rolling_sum(28, min_samples=28).over("customer_id")
+    growth = (
+        grid.with_columns(recent.alias("recent"))
+        .with_columns(
+            pl.col("recent").shift(7 * (growth_weeks - 4)).over("customer_id").alias("older")
+        )
+        .select(
+            "customer_id",
+            pl.col("date").alias("partition_date"),
+            pl.when(pl.col("older") > 0)
+            .then(pl.col("recent") / pl.col("older") - 1.0)
+            .alias("growth"),
+        )
+    )
+    out = days.join(growth, on=["customer_id", "partition_date"], how="left").sort("partition_date")
+    if health.height:
+        out = out.join_asof(
+            health.select(
+                "customer_id", pl.col("date").alias("h_date"), pl.col("score").alias("health")
+            ).sort("h_date"),
+            left_on="partition_date",
+            right_on="h_date",
+            by="customer_id",
+            strategy="backward",
+            tolerance="30d",
+        )
+    else:
+        out = out.with_columns(pl.lit(None, pl.Float64).alias("health"))
+    if meetings.height:
+        sentiment = (
+            meetings.filter(pl.col("sentiment").is_not_null())
+            .select("customer_id", pl.col("start_at").dt.date().alias("m_date"), "sentiment")
+            .sort("customer_id", "m_date")
+            .with_columns(
+                pl.col("sentiment").rolling_mean_by("m_date", window_size="90d").over("customer_id")
+            )
+            .sort("m_date")
+        )
+        out = out.join_asof(
+            sentiment,
+            left_on="partition_date",
+            right_on="m_date",
+            by="customer_id",
+            strategy="backward",
+            tolerance="90d",
+        )
+    else:
+        out = out.with_columns(pl.lit(None, pl.Float64).alias("sentiment"))
+    return out.select("customer_id", "partition_date", "growth", "health", "sentiment")
+
+
+def detect_advocacy(
+    nps: pl.DataFrame,
+    usage: pl.DataFrame,
+    health: pl.DataFrame,
+    meetings: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: OpportunitySettings,
+) -> pl.DataFrame:
+    """A promoter NPS (9-10) in the last promoter_window_days: a referral_candidate when usage is
+    healthy (not declining, health fine); a case_study_candidate when usage also grew and health
+    and meeting sentiment are high."""
+    if nps.height == 0:
+        return empty_signals()
+    promoters = (
+        nps.filter(pl.col("score") >= s.promoter_min_score)
+        .with_columns(
+            pl.date_ranges(
+                "responded_on",
+                pl.col("responded_on") + pl.duration(days=s.promoter_window_days - 1),
+            ).alias("partition_date")
+        )
+        .explode("partition_date")
+        .filter(pl.col("partition_date").is_between(start, end))
+        .group_by("customer_id", "partition_date")
+        .agg(pl.col("score").max(), pl.col("responded_on").max())
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if promoters.height == 0:
+        return empty_signals()
+    momentum = account_momentum(
+        usage.filter(pl.col("customer_id").is_in(promoters["customer_id"].unique().implode())),
+        health,
+        meetings,
+        promoters.select("customer_id", "partition_date"),
+        s.growth_weeks,
+    )
+    frame = promoters.join(momentum, on=["customer_id", "partition_date"], how="left")
+    health_ok = pl.col("health").is_null() | (pl.col("health") >= s.referral_min_health)
+    referral = (pl.col("growth").fill_null(0.0) >= s.referral_min_growth) & health_ok
+    case_study = (
+        (pl.col("growth") >= s.case_study_min_growth)
+        & (pl.col("health") >= s.case_study_min_health)
+        & (pl.col("sentiment").is_null() | (pl.col("sentiment") >= s.case_study_min_sentiment))
+    )
+    parts = [
+        frame.filter(case_study.fill_null(False)).with_columns(
+            pl.lit("case_study_candidate").alias("type")
+        ),
+        frame.filter(referral.fill_null(False)).with_columns(
+            pl.lit("referral_candidate").alias("type")
+        ),
+    ]
+    hits = pl.concat(parts)
+    if hits.height == 0:
+        return empty_signals()
+    return conform(
+        hits.with_columns(
+            pl.lit("").alias("subject"),
+            (0.35 + 0.3 * pl.col("growth").fill_null(0.0).clip(0.0, 1.0)).alias("severity"),
+            pl.lit(0.8).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.lit("NPS"),
+                    pl.col("score"),
+                    pl.format("responded on {}", pl.col("responded_on")),
+                    "nps_responses",
+                ),
+                evidence_item(
+                    pl.lit("usage growth (%)"),
+                    (pl.col("growth") * 100).round(0),
+                    pl.format(
+                        "last 4 weeks vs 4 weeks ending {} weeks earlier", s.growth_weeks - 4
+                    ),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.lit("health score"),
+                    pl.col("health").round(0),
+                    pl.lit("latest"),
+                    "health_scores",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("score").cast(pl.Int64).alias("nps"),
+                pl.col("responded_on").cast(pl.String),
+                (pl.col("growth") * 100).round(0).alias("growth_pct"),
+                pl.col("health").round(0).alias("health"),
+                pl.col("sentiment").round(2).alias("sentiment"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )

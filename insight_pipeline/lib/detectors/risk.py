@@ -1,0 +1,400 @@
+"""Risk detectors: silent_account, champion_left, health_drop, support_surge, detractor_nps.
+
+(declining_usage, the other risk type, is a weekly trend: see usage.py.)
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+
+from insight_pipeline.lib.detectors.common import customer_days, daily_counts, rate_excess
+from insight_pipeline.lib.settings import RiskSettings
+from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
+
+MAD_TO_SD = 1.4826
+
+
+def _window_days(frame: pl.DataFrame, start_col: str, days: int) -> pl.Expr:
+    """The partition days [start_col, start_col + days - 1] as a list column."""
+    return pl.date_ranges(pl.col(start_col), pl.col(start_col) + pl.duration(days=days - 1))
+
+
+def detect_silent_account(
+    usage: pl.DataFrame,
+    communications: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: RiskSettings,
+) -> pl.DataFrame:
+    """No usage (any metric above 0) and no communication (either direction) for silent_days."""
+    parts = [usage.filter(pl.col("value") > 0).select("customer_id", "date")]
+    if communications.height:
+        parts.append(
+            communications.select("customer_id", pl.col("sent_at").dt.date().alias("date"))
+        )
+    activity = pl.concat(parts)
+    if activity.height == 0:
+        return empty_signals()
+    first = min(activity["date"].min(), start)  # type: ignore[type-var]
+    grid = daily_counts(activity, accounts["customer_id"], first, end).with_columns(
+        pl.when(pl.col("n") > 0)
+        .then(pl.col("date"))
+        .forward_fill()
+        .over("customer_id")
+        .alias("last_active")
+    )
+    silent = (pl.col("date") - pl.col("last_active")).dt.total_days()
+    hits = (
+        grid.filter(
+            pl.col("date").is_between(start, end)
+            & pl.col("last_active").is_not_null()
+            & (silent >= s.silent_days)
+        )
+        .with_columns(silent.alias("days_silent"))
+        .rename({"date": "partition_date"})
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if hits.height == 0:
+        return empty_signals()
+    return conform(
+        hits.with_columns(
+            pl.lit("silent_account").alias("type"),
+            pl.lit("").alias("subject"),
+            (0.6 + 0.4 * (pl.col("days_silent") / (4.0 * s.silent_days)).clip(0.0, 1.0)).alias(
+                "severity"
+            ),
+            pl.lit(0.9).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.lit("days without usage or communication"),
+                    pl.col("days_silent"),
+                    pl.format("last activity on {}", pl.col("last_active")),
+                    "usage_daily, communications",
+                )
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("days_silent"), pl.col("last_active").cast(pl.String).alias("last_active")
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_champion_left(
+    contacts: pl.DataFrame,
+    attendees: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: RiskSettings,
+) -> pl.DataFrame:
+    """A champion or executive sponsor left (left_on <= D), for champion_window_days."""
+    if contacts.height == 0:
+        return empty_signals()
+    left = (
+        contacts.filter(
+            pl.col("role").is_in(list(s.champion_roles)) & pl.col("left_on").is_not_null()
+        )
+        .with_columns(
+            _window_days(contacts, "left_on", s.champion_window_days).alias("partition_date")
+        )
+        .explode("partition_date")
+        .filter(pl.col("partition_date").is_between(start, end))
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if left.height == 0:
+        return empty_signals()
+    meetings_attended = (
+        attendees.group_by("contact_id").len("meetings_attended")
+        if attendees.height
+        else pl.DataFrame(schema={"contact_id": pl.String, "meetings_attended": pl.UInt32})
+    )
+    left = left.join(meetings_attended, on="contact_id", how="left").with_columns(
+        pl.col("meetings_attended").fill_null(0)
+    )
+    return conform(
+        left.with_columns(
+            pl.lit("champion_left").alias("type"),
+            pl.col("contact_id").alias("subject"),
+            pl.when(pl.col("role") == "executive_sponsor")
+            .then(0.9)
+            .otherwise(0.8)
+            .alias("severity"),
+            pl.lit(0.95).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("{} left: {} ({})", pl.col("role"), pl.col("name"), pl.col("title")),
+                    (pl.col("partition_date") - pl.col("left_on")).dt.total_days(),
+                    pl.format("days since leaving on {}", pl.col("left_on")),
+                    "contacts",
+                ),
+                evidence_item(
+                    pl.lit("meetings they attended in the window read"),
+                    pl.col("meetings_attended"),
+                    pl.lit("meeting_attendees"),
+                    "meeting_attendees",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("name").alias("contact_name"),
+                pl.col("title").alias("contact_title"),
+                pl.col("role").str.replace("_", " ").alias("contact_role"),
+                pl.col("left_on").cast(pl.String),
+                pl.col("meetings_attended"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_health_drop(
+    health: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: RiskSettings
+) -> pl.DataFrame:
+    """Latest health score vs the median of the baseline window ending health_gap_days before D:
+    a drop of at least health_drop_points and of health_noise_k robust sds of the account's own
+    day-to-day variation."""
+    if health.height == 0:
+        return empty_signals()
+    first = start - timedelta(days=s.health_baseline_days + s.health_gap_days + 30)
+    daily = (
+        health.filter(pl.col("date") <= end)
+        .group_by("customer_id", "date")
+        .agg(pl.col("score").mean())
+    )
+    days = pl.DataFrame({"date": pl.date_range(first, end, eager=True)})
+    grid = (
+        pl.DataFrame({"customer_id": daily["customer_id"].unique()})
+        .join(days, how="cross")
+        .join(daily, on=["customer_id", "date"], how="left")
+        .sort("customer_id", "date")
+        .with_columns(pl.col("score").forward_fill().over("customer_id"))
+    )
+    b, gap = s.health_baseline_days, s.health_gap_days
+    stats = grid.with_columns(
+        pl.col("score")
+        .shift(gap)
+        .rolling_median(b, min_samples=b // 2)
+        .over("customer_id")
+        .alias("baseline"),
+        pl.col("score")
+        .diff()
+        .abs()
+        .shift(gap)
+        .rolling_median(b, min_samples=b // 2)
+        .over("customer_id")
+        .alias("noise_mad"),
+    ).filter(pl.col("date").is_between(start, end))
+    drop = pl.col("baseline") - pl.col("score")
+    noise = (MAD_TO_SD * pl.col("noise_mad")).clip(lower_bound=1.0)
+    hits = (
+        stats.filter(
+            pl.col("baseline").is_not_null()
+            & (drop >= s.health_drop_points)
+            & (drop >= s.health_noise_k * noise)
+        )
+        .rename({"date": "partition_date"})
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+        .with_columns(drop.alias("drop"))
+    )
+    if hits.height == 0:
+        return empty_signals()
+    return conform(
+        hits.with_columns(
+            pl.lit("health_drop").alias("type"),
+            pl.lit("").alias("subject"),
+            (pl.col("drop") / 40.0).clip(0.3, 1.0).alias("severity"),
+            pl.lit(0.8).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.lit("health score"),
+                    pl.col("score").round(0),
+                    pl.format(
+                        "median {} over the {} days before last week",
+                        pl.col("baseline").round(0),
+                        b,
+                    ),
+                    "health_scores",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("score").round(0).alias("score"),
+                pl.col("baseline").round(0).alias("baseline"),
+                pl.col("drop").round(0).alias("drop_points"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_support_surge(
+    tickets: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: RiskSettings
+) -> pl.DataFrame:
+    """Priority-weighted tickets over the last window well above the account's own baseline, or an
+    urgent ticket opened in the last urgent_window_days."""
+    if tickets.height == 0:
+        return empty_signals()
+    w, b = s.support_window_days, s.support_baseline_days
+    events = tickets.select(
+        "customer_id",
+        pl.col("opened_at").dt.date().alias("date"),
+        pl.col("priority")
+        .replace_strict(s.priority_weights, default=1.0, return_dtype=pl.Float64)
+        .alias("weight"),
+        (pl.col("priority") == "urgent").cast(pl.Float64).alias("urgent"),
+    )
+    first = start - timedelta(days=w + b)
+    counts = daily_counts(events, accounts["customer_id"], first, end, weight="weight")
+    raw = rate_excess(daily_counts(events, accounts["customer_id"], first, end), w, b).select(
+        "customer_id", "date", pl.col("recent").alias("tickets"), pl.col("g").alias("g_count")
+    )
+    urgent = daily_counts(events, accounts["customer_id"], first, end, weight="urgent").rename(
+        {"n": "urgent"}
+    )
+    stats = (
+        rate_excess(counts, w, b)
+        .join(raw, on=["customer_id", "date"], how="left")
+        .join(urgent, on=["customer_id", "date"], how="left")
+        .with_columns(
+            pl.col("urgent")
+            .rolling_sum(window_size=s.urgent_window_days, min_samples=1)
+            .over("customer_id")
+            .alias("recent_urgent")
+        )
+        .filter(pl.col("date").is_between(start, end))
+    )
+    surge = (
+        (pl.col("recent") >= s.min_support_weight)
+        & (pl.col("recent") >= s.support_ratio * pl.col("expected"))
+        & (pl.col("tickets") >= s.min_support_tickets)
+        & (pl.col("g_count") >= s.support_g)
+    )
+    hits = (
+        stats.filter(surge | (pl.col("recent_urgent") > 0))
+        .rename({"date": "partition_date"})
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if hits.height == 0:
+        return empty_signals()
+    ratio = pl.col("recent") / pl.col("expected").clip(lower_bound=0.5)
+    return conform(
+        hits.with_columns(
+            pl.lit("support_surge").alias("type"),
+            pl.lit("").alias("subject"),
+            pl.max_horizontal(
+                (ratio.log() / pl.lit(16.0).log()).clip(0.2, 1.0),
+                pl.when(pl.col("recent_urgent") > 0).then(0.75).otherwise(0.0),
+            ).alias("severity"),
+            pl.lit(0.85).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format("priority-weighted tickets, last {} days", w),
+                    pl.col("recent"),
+                    pl.format("usual for {} days: {}", w, pl.col("expected").round(1)),
+                    "support_tickets",
+                ),
+                evidence_item(
+                    pl.format("urgent tickets, last {} days", s.urgent_window_days),
+                    pl.col("recent_urgent"),
+                    pl.lit("urgent = weight 4"),
+                    "support_tickets",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("recent").round(1).alias("weighted_tickets"),
+                pl.col("expected").round(1).alias("usual_weighted"),
+                pl.col("recent_urgent").cast(pl.Int64).alias("urgent_tickets"),
+                pl.lit(w).alias("window_days"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
+
+
+def detect_detractor_nps(
+    nps: pl.DataFrame,
+    contacts: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: RiskSettings,
+) -> pl.DataFrame:
+    """An NPS response of 0-6 in the last nps_window_days, weighted by the responder's role."""
+    if nps.height == 0:
+        return empty_signals()
+    roles = contacts.select("contact_id", "role", "name", "title") if contacts.height else None
+    frame = nps.filter(pl.col("score") <= s.detractor_max_score)
+    if roles is not None:
+        frame = frame.join(roles, on="contact_id", how="left")
+    else:
+        frame = frame.with_columns(
+            pl.lit(None, pl.String).alias("role"),
+            pl.lit(None, pl.String).alias("name"),
+            pl.lit(None, pl.String).alias("title"),
+        )
+    frame = (
+        frame.with_columns(
+            _window_days(frame, "responded_on", s.nps_window_days).alias("partition_date")
+        )
+        .explode("partition_date")
+        .filter(pl.col("partition_date").is_between(start, end))
+        .join(
+            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            on=["customer_id", "partition_date"],
+            how="semi",
+        )
+    )
+    if frame.height == 0:
+        return empty_signals()
+    weight = pl.col("role").replace_strict(s.role_weights, default=0.5, return_dtype=pl.Float64)
+    return conform(
+        frame.with_columns(
+            pl.lit("detractor_nps").alias("type"),
+            pl.col("contact_id").fill_null("").alias("subject"),
+            ((0.4 + 0.6 * (7.0 - pl.col("score")) / 7.0) * weight).clip(0.1, 1.0).alias("severity"),
+            pl.lit(0.9).alias("confidence"),
+            pl.concat_list(
+                evidence_item(
+                    pl.format(
+                        "NPS from {} ({})",
+                        pl.col("name").fill_null("a contact"),
+                        pl.col("role").fill_null("unknown role"),
+                    ),
+                    pl.col("score"),
+                    pl.format("responded on {}; 0-6 is a detractor", pl.col("responded_on")),
+                    "nps_responses",
+                )
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("score").cast(pl.Int64).alias("score"),
+                pl.col("name").fill_null("a contact").alias("contact_name"),
+                pl.col("role").fill_null("contact").str.replace("_", " ").alias("contact_role"),
+                pl.col("responded_on").cast(pl.String),
+                pl.col("comment"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
