@@ -12,7 +12,11 @@ from insight_pipeline.defs.baselines import assets as baselines
 from insight_pipeline.defs.benchmarks import assets as benchmarks
 from insight_pipeline.defs.detectors import assets as detectors
 from insight_pipeline.defs.detectors import families
+from insight_pipeline.defs.digest import assets as digest
+from insight_pipeline.defs.digest.resources import DigestResource, EmailResource
+from insight_pipeline.defs.digest.sensors import daily_digest_sensor
 from insight_pipeline.defs.insights import assets as insights
+from insight_pipeline.defs.insights import outcomes
 from insight_pipeline.defs.partitions import daily_partitions
 from insight_pipeline.defs.resources import (
     NarratorResource,
@@ -22,12 +26,26 @@ from insight_pipeline.defs.resources import (
     StoreResource,
 )
 from insight_pipeline.defs.sink import assets as sink
+from insight_pipeline.defs.sink import directory
 from insight_pipeline.defs.sources import activity
 from insight_pipeline.defs.sources import assets as sources
 
 ALL_ASSETS = dg.load_assets_from_modules(
-    [sources, activity, baselines, detectors, families, benchmarks, insights, sink]
+    [
+        sources,
+        activity,
+        baselines,
+        detectors,
+        families,
+        benchmarks,
+        outcomes,
+        insights,
+        sink,
+        directory,
+    ]
 )
+# The digest sends email: materialised by its sensor (or by hand), not by the daily job.
+DIGEST_ASSETS = dg.load_assets_from_modules([digest])
 
 daily_insights_job = dg.define_asset_job(
     "daily_insights_job",
@@ -49,13 +67,16 @@ def resources() -> dict[str, object]:
         "narrator": NarratorResource(),
         "settings": SettingsResource(),
         "io_manager": PolarsParquetIOManager(),
+        "email": EmailResource(),
+        "digest": DigestResource(),
     }
 
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, *DIGEST_ASSETS],
     jobs=[daily_insights_job],
     schedules=[daily_insights_schedule],
+    sensors=[daily_digest_sensor],
     resources=resources(),
     executor=dg.in_process_executor,
 )

@@ -36,8 +36,11 @@ EXPECTED_KEYS = {
     "usage_anomalies",
     "usage_trends",
     "insight_candidates",
+    "insight_outcome_rates",
     "insights",
     "insights_table",
+    "team_directory",
+    "daily_digest",
 }
 USER_COLUMNS = ["id", "status", "feedback"]
 CONTENT = ["id", "fingerprint", "partition_date", "last_seen_date", "score", "title", "status"]

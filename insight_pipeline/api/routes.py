@@ -5,11 +5,12 @@ applies the viewer's scope (lib/access.py). Out-of-scope ids answer 404 exactly 
 ones; filters and counts never include what the viewer may not see.
 """
 
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from insight_pipeline.api.auth import api_viewer, store_of
@@ -94,6 +95,7 @@ def me(viewer: CurrentViewer) -> MeOut:
 def list_insights(
     viewer: CurrentViewer,
     store: Store,
+    response: Response,
     customer_id: Annotated[PlainText | None, Query(max_length=200)] = None,
     category: Category | None = None,
     priority: Priority | None = None,
@@ -132,7 +134,10 @@ def list_insights(
         include_expired=include_expired,
         include_snoozed=include_snoozed,
     )
+    started = time.perf_counter()
     page = store.feed(viewer, filters, limit=limit, offset=offset)
+    took = (time.perf_counter() - started) * 1000
+    response.headers["Server-Timing"] = f'feed;dur={took:.2f};desc="store.feed"'
     return FeedOut(
         insights=[InsightOut.from_row(r) for r in page.rows.iter_rows(named=True)],
         total=page.total,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
@@ -337,6 +338,33 @@ class Source:
             pl.col(c).cast(pl.Float64) for c, t in frame.schema.items() if isinstance(t, pl.Decimal)
         )
 
+    def monthly_usage(self, date_from: date, date_to: date) -> pl.DataFrame:
+        """(customer_id, month, value): usage summed per calendar month over [date_from, date_to],
+        all metrics but seats_used. Aggregated while scanning, so 18 months of 100k accounts
+        never sit in memory as daily rows (SQL sources are aggregated after a windowed read)."""
+        if not self._is_url:
+            path = self._file("usage_daily")
+            if path is not None and path.suffix == ".parquet":
+                lf = pl.scan_parquet(path).select("customer_id", "date", "metric", "value")
+                lf = lf.with_columns(pl.col("date").cast(pl.Date))
+                return (
+                    lf.filter(
+                        pl.col("date").is_between(date_from, date_to)
+                        & (pl.col("metric") != "seats_used")
+                        & (pl.col("value") >= 0)
+                    )
+                    .group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
+                    .agg(pl.col("value").sum())
+                    .collect(engine="streaming")
+                )
+        usage = self.read("usage_daily", date_from=date_from, date_to=date_to)
+        assert usage is not None
+        return (
+            usage.filter((pl.col("metric") != "seats_used") & (pl.col("value") >= 0))
+            .group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
+            .agg(pl.col("value").sum())
+        )
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -392,6 +420,8 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
         raise ContractError(f"table {spec.name!r} cannot be typed: {exc}") from exc
     for name, target in spec.columns.items():
         before = raw.get_column(name)
+        if before.dtype == target:
+            continue  # text stays text (blank -> null on both sides), other types are unchanged
         if before.dtype == pl.String:
             before_null = before.str.strip_chars().replace("", None).is_null()
         else:
@@ -444,13 +474,19 @@ def quarantine(
                 (pl.col(column).is_not_null() & ~pl.col(column).is_in(ids.implode()), "unknown_id")
             )
     if spec.key:
-        conditions.append((pl.struct(list(spec.key)).is_first_distinct().not_(), "duplicate_key"))
+        frame = frame.with_columns(later_duplicates(frame, spec.key).alias("_duplicate"))
+        conditions.append((pl.col("_duplicate"), "duplicate_key"))
     for condition, label in reversed(conditions):
         reason = pl.when(condition.fill_null(False)).then(pl.lit(label)).otherwise(reason)
     tagged = frame.with_columns(reason.alias("_reason"))
+    if spec.key:
+        tagged = tagged.drop("_duplicate")
     # A duplicate is judged among rows that passed the other checks, so recount it that way.
     bad = tagged.filter(pl.col("_reason").is_not_null())
-    clean = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
+    if bad.height:
+        clean = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
+    else:
+        clean = tagged.drop("_reason")
     counts = dict(bad.group_by("_reason").len().iter_rows())
     report.null_keys = counts.get("null_key", 0)
     report.negative_values = counts.get("negative_value", 0)
@@ -458,3 +494,33 @@ def quarantine(
     report.duplicates = counts.get("duplicate_key", 0)
     report.rows_kept = clean.height
     return clean, bad.rename({"_reason": "quarantine_reason"}), report
+
+
+def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
+    """True for each row whose key already occurred on an earlier row: exactly
+    `pl.struct(key).is_first_distinct().not_()`, without hashing a struct of strings per row.
+
+    Equal keys always hash alike, so only rows sharing a 64-bit hash with another row can be
+    duplicates; those few (usually none) are then compared exactly.
+    """
+    later = np.zeros(frame.height, dtype=bool)
+    if frame.height > 1:
+        hashes = (
+            frame.select(
+                pl.reduce(
+                    lambda a, b: a ^ b,
+                    [pl.col(column).hash(seed) for seed, column in enumerate(key)],
+                )
+            )
+            .to_series()
+            .to_numpy()
+        )
+        ordered = np.sort(hashes)
+        shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        if shared.size:
+            at = np.minimum(np.searchsorted(shared, hashes), shared.size - 1)
+            rows = np.flatnonzero(shared[at] == hashes)
+            later[rows] = (
+                frame[rows].select(pl.struct(list(key)).is_first_distinct().not_()).to_series()
+            )
+    return pl.Series(later, dtype=pl.Boolean)

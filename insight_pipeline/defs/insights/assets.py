@@ -36,6 +36,17 @@ UPSERT_COLUMNS = [
 PREVIEW = ["priority", "score", "customer_name", "type", "title", "partition_date"]
 
 
+def with_base_rates(new: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
+    """Each new insight gets the base rate of its type as of the first day of its month."""
+    if new.height == 0 or rates.height == 0:
+        return new.with_columns(pl.lit(None, pl.String).alias("base_rate"))
+    return (
+        new.with_columns(pl.col("partition_date").dt.truncate("1mo").alias("_month"))
+        .join(rates.rename({"as_of": "_month"}), on=["_month", "type"], how="left")
+        .drop("_month")
+    )
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
@@ -49,6 +60,7 @@ def insights(
     store: StoreResource,
     narrator: NarratorResource,
     insight_candidates: pl.DataFrame,
+    insight_outcome_rates: pl.DataFrame,
 ):
     """The write plan for the insights table: new episodes (formulated, scored and narrated) and
     continuations of open insights (a persisting pattern moves last_seen_date, never re-raises).
@@ -59,6 +71,7 @@ def insights(
     try:
         existing = db.load_episodes(since=earliest_relevant_day(first, ranking))
         new, extensions = plan_episodes(insight_candidates, existing, ranking)
+        new = with_base_rates(new, insight_outcome_rates)
         narrate_with = narrator.narrator(cache=db)  # the store caches Claude's narratives
         new = evidence_json(narrate_frame(new, narrate_with))
     finally:

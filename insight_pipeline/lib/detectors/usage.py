@@ -539,6 +539,9 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     level_z = ((pl.col("recent3") / 3.0).log1p() - prior.log1p()) / pl.col("weekly_scale")
     shape_shift = pl.col("weekend_share") - pl.col("prior_weekend_share")
     enough = (prior >= s.min_weekly_volume) & (pl.col("history_days") >= 7 * s.trend_weeks)
+    # Usage that fell to (almost) nothing is a drop or a silent account, not a new pattern.
+    still_used = pl.col("recent3") / 3.0 >= 0.05 * prior
+    enough = enough & still_used
     level = enough & ((up_all & (level_z >= s.trend_z)) | (down_all & (level_z <= -s.trend_z)))
     # Binomial standard error of the change in weekend share (recent 3 weeks vs 8 before).
     p0 = pl.col("prior_weekend_share").clip(0.02, 0.98)

@@ -1,0 +1,106 @@
+"""insight_outcome_rates: the historical base rates behind every insight's "so what"."""
+
+import hashlib
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from insight_pipeline.defs.insights.assets import GROUP
+from insight_pipeline.defs.metadata import partition_days
+from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
+from insight_pipeline.defs.resources import SettingsResource, SourceResource
+from insight_pipeline.lib.contract import Source
+from insight_pipeline.lib.insights.outcomes import (
+    base_rate_json,
+    comparable_events,
+    history_start,
+    month_start,
+    outcome_rates,
+)
+from insight_pipeline.lib.paths import data_dir
+from insight_pipeline.lib.settings import OutcomeSettings
+
+
+def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
+    """Rates depend on the source and the month only: cache them per (source version, month)."""
+    stamp = source.location
+    if "://" not in source.location:
+        files = sorted(Path(source.location).glob("*.*"))
+        stamp += "|".join(f"{f.name}:{f.stat().st_mtime_ns}" for f in files)
+    stamp += f"|{s.history_months}|{s.horizon_days}|{s.min_accounts}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    return data_dir() / "outcome_rates" / key / f"{as_of.isoformat()}.parquet"
+
+
+def rates_as_of(source: Source, as_of: date, s: OutcomeSettings) -> pl.DataFrame:
+    path = _cache_path(source, as_of, s)
+    if path.exists():
+        return pl.read_parquet(path)
+    first = history_start(as_of, s) - timedelta(days=31)
+    last = as_of - timedelta(days=1)
+
+    def table(name: str) -> pl.DataFrame:
+        frame = source.read(name, date_from=first, date_to=last)
+        return frame if frame is not None else pl.DataFrame()
+
+    customers = source.read("customers")
+    assert customers is not None
+    contacts = table("contacts")
+    if contacts.height:
+        contacts = contacts.filter(pl.col("left_on").is_null() | (pl.col("left_on") <= last))
+    events = comparable_events(
+        source.monthly_usage(first, last),
+        contacts,
+        table("nps_responses"),
+        table("health_scores"),
+        table("support_tickets"),
+        table("meetings"),
+        table("communications"),
+        first,
+        last,
+    )
+    rates = outcome_rates(events, customers, as_of, s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rates.write_parquet(path)
+    return rates
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def insight_outcome_rates(
+    context: dg.AssetExecutionContext, source: SourceResource, settings: SettingsResource
+) -> pl.DataFrame:
+    """Per insight type and month: of the accounts that showed a comparable event in the past 18
+    months, how many churned within 90 days, against all accounts — computed from the source as
+    of the first day of each partition's month (cached per month), with the sample size, so the
+    narrative can say "of 41 accounts ..., 12 (29%) churned" or admit the sample is too small."""
+    first, last = partition_days(context)
+    s = settings.settings().outcomes
+    src = source.open()
+    months = sorted(
+        {month_start(first + timedelta(days=i)) for i in range((last - first).days + 1)}
+    )
+    try:
+        rates = pl.concat([rates_as_of(src, m, s) for m in months])
+    finally:
+        src.dispose()
+    latest = rates.filter(pl.col("as_of") == months[-1])
+    context.add_output_metadata(
+        {
+            "months": [m.isoformat() for m in months],
+            "rates": dg.MetadataValue.md(
+                "| event | accounts | churned | rate % | all accounts % |\n|---|---|---|---|---|\n"
+                + "\n".join(
+                    "| {label} | {n} | {k} | {rate_pct} | {baseline_pct} |".format(**r)
+                    for r in latest.iter_rows(named=True)
+                )
+            ),
+        }
+    )
+    return base_rate_json(rates)

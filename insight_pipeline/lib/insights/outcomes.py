@@ -1,0 +1,282 @@
+"""Historical base rates behind each insight's "so what": how often accounts that showed a
+comparable pattern churned within the horizon, against the rate for all accounts.
+
+Computed from the source as of the first day M of the partition's month, using only data before
+M (no look-ahead; every day of a month, and a range run or day-by-day runs, see the same rates).
+Each insight type maps to a *comparable event* that can be read cheaply off the source history —
+e.g. "a usage drop of 30% or more from one month to the next" for usage_drop — rather than
+re-running every detector over 18 months. An event at day e counts when e + horizon <= M, so its
+outcome is known at M; each account counts once (its first event in the window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import polars as pl
+
+from insight_pipeline.lib.settings import OutcomeSettings
+
+
+@dataclass(frozen=True)
+class Family:
+    label: str
+
+
+FAMILIES: dict[str, Family] = {
+    "usage_fall": Family("usage drop of 30% or more from one month to the next"),
+    "usage_rise": Family("usage rise of 30% or more from one month to the next"),
+    "champion_loss": Family("champion or executive sponsor leaving"),
+    "detractor": Family("detractor NPS response (0-6)"),
+    "promoter": Family("promoter NPS response (9-10)"),
+    "health_fall": Family("health score fall of 15 points or more within a month"),
+    "support_spike": Family("month with at least 3x the account's usual support tickets"),
+    "dark": Family("calendar month without any meeting or inbound message"),
+}
+
+FAMILY_OF_TYPE: dict[str, str] = {
+    "usage_drop": "usage_fall",
+    "declining_usage": "usage_fall",
+    "silent_account": "usage_fall",
+    "underperforming": "usage_fall",
+    "usage_spike": "usage_rise",
+    "adoption_trend": "usage_rise",
+    "usage_pattern_change": "usage_rise",
+    "feature_discovery": "usage_rise",
+    "entitlement_limit": "usage_rise",
+    "outperforming": "usage_rise",
+    "champion_left": "champion_loss",
+    "stakeholder_shift": "champion_loss",
+    "detractor_nps": "detractor",
+    "referral_candidate": "promoter",
+    "case_study_candidate": "promoter",
+    "outreach_window": "promoter",
+    "health_drop": "health_fall",
+    "support_surge": "support_spike",
+    "going_dark": "dark",
+}
+"""Types without a comparable event (increased_activity, qbr_due) say so plainly instead."""
+
+EVENT_SCHEMA = {"customer_id": pl.String, "event_date": pl.Date, "family": pl.String}
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def history_start(as_of: date, s: OutcomeSettings) -> date:
+    total = as_of.year * 12 + (as_of.month - 1) - s.history_months
+    return date(total // 12, total % 12 + 1, 1)
+
+
+def _month_over_month(frame: pl.DataFrame, value: str, family: str, rule: pl.Expr) -> pl.DataFrame:
+    """Events where `rule` holds between consecutive months (`prev` is the previous month)."""
+    return (
+        frame.sort("customer_id", "month")
+        .with_columns(
+            pl.col(value).shift(1).over("customer_id").alias("prev"),
+            pl.col("month").shift(1).over("customer_id").alias("prev_month"),
+        )
+        .filter(
+            (pl.col("prev_month").dt.offset_by("1mo") == pl.col("month")) & rule.fill_null(False)
+        )
+        .select("customer_id", pl.col("month").dt.month_end().alias("event_date"))
+        .with_columns(pl.lit(family).alias("family"))
+    )
+
+
+def comparable_events(
+    monthly_usage: pl.DataFrame,
+    contacts: pl.DataFrame,
+    nps: pl.DataFrame,
+    health: pl.DataFrame,
+    tickets: pl.DataFrame,
+    meetings: pl.DataFrame,
+    communications: pl.DataFrame,
+    first: date,
+    last: date,
+) -> pl.DataFrame:
+    """(customer_id, event_date, family) for every comparable event dated in [first, last]."""
+    parts = [pl.DataFrame(schema=EVENT_SCHEMA)]
+    if monthly_usage.height:
+        parts.append(
+            _month_over_month(
+                monthly_usage,
+                "value",
+                "usage_fall",
+                (pl.col("prev") > 0) & (pl.col("value") <= 0.7 * pl.col("prev")),
+            )
+        )
+        parts.append(
+            _month_over_month(
+                monthly_usage,
+                "value",
+                "usage_rise",
+                (pl.col("prev") > 0) & (pl.col("value") >= 1.3 * pl.col("prev")),
+            )
+        )
+    if contacts.height:
+        parts.append(
+            contacts.filter(
+                pl.col("role").is_in(["champion", "executive_sponsor"])
+                & pl.col("left_on").is_not_null()
+            ).select(
+                "customer_id",
+                pl.col("left_on").alias("event_date"),
+                pl.lit("champion_loss").alias("family"),
+            )
+        )
+    if nps.height:
+        parts.append(
+            nps.filter(pl.col("score") <= 6).select(
+                "customer_id",
+                pl.col("responded_on").alias("event_date"),
+                pl.lit("detractor").alias("family"),
+            )
+        )
+        parts.append(
+            nps.filter(pl.col("score") >= 9).select(
+                "customer_id",
+                pl.col("responded_on").alias("event_date"),
+                pl.lit("promoter").alias("family"),
+            )
+        )
+    if health.height:
+        monthly = health.group_by(
+            "customer_id", pl.col("date").dt.truncate("1mo").alias("month")
+        ).agg(pl.col("score").mean().alias("score"))
+        parts.append(
+            _month_over_month(
+                monthly, "score", "health_fall", pl.col("score") <= pl.col("prev") - 15
+            )
+        )
+    if tickets.height:
+        monthly = tickets.group_by(
+            "customer_id", pl.col("opened_at").dt.date().dt.truncate("1mo").alias("month")
+        ).agg(pl.len().alias("n"))
+        parts.append(
+            monthly.with_columns(pl.col("n").mean().over("customer_id").alias("usual"))
+            .filter((pl.col("n") >= 3) & (pl.col("n") >= 3 * pl.col("usual")))
+            .select("customer_id", pl.col("month").dt.month_end().alias("event_date"))
+            .with_columns(pl.lit("support_spike").alias("family"))
+        )
+    if meetings.height or communications.height:
+        two_way = pl.concat(
+            [
+                meetings.select("customer_id", pl.col("start_at").dt.date().alias("date")),
+                communications.filter(pl.col("direction") == "inbound").select(
+                    "customer_id", pl.col("sent_at").dt.date().alias("date")
+                ),
+            ]
+        )
+        monthly = two_way.group_by(
+            "customer_id", pl.col("date").dt.truncate("1mo").alias("month")
+        ).agg(pl.len().cast(pl.Float64).alias("n"))
+        months = pl.DataFrame(
+            {"month": pl.date_range(month_start(first), month_start(last), "1mo", eager=True)}
+        )
+        dense = (
+            monthly.select("customer_id")
+            .unique()
+            .join(months, how="cross")
+            .join(monthly, on=["customer_id", "month"], how="left")
+            .with_columns(pl.col("n").fill_null(0.0))
+        )
+        parts.append(
+            _month_over_month(dense, "n", "dark", (pl.col("prev") >= 2) & (pl.col("n") == 0))
+        )
+    events = pl.concat([p.cast(EVENT_SCHEMA) for p in parts])  # type: ignore[arg-type]
+    return events.filter(pl.col("event_date").is_between(first, last))
+
+
+def outcome_rates(
+    events: pl.DataFrame, customers: pl.DataFrame, as_of: date, s: OutcomeSettings
+) -> pl.DataFrame:
+    """Per family: n accounts with the event in [as_of - history, as_of - horizon], k of them
+    churned within the horizon after their first event, and the baseline churn rate within the
+    horizon of all accounts active at the start of each month of the window."""
+    start = history_start(as_of, s)
+    churn = customers.select(
+        "customer_id",
+        pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on")).alias("churned_on"),
+        "contract_start",
+    )
+    firsts = (
+        events.filter(pl.col("event_date").is_between(start, as_of))
+        .filter(pl.col("event_date") <= pl.lit(as_of) - pl.duration(days=s.horizon_days))
+        .group_by("family", "customer_id")
+        .agg(pl.col("event_date").min())
+        .join(churn, on="customer_id", how="inner")
+        .filter(pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("event_date")))
+        .with_columns(
+            (
+                pl.col("churned_on").is_not_null()
+                & (pl.col("churned_on") <= pl.col("event_date") + pl.duration(days=s.horizon_days))
+            ).alias("churned")
+        )
+    )
+    rates = firsts.group_by("family").agg(pl.len().alias("n"), pl.col("churned").sum().alias("k"))
+    months = pl.date_range(start, as_of, "1mo", eager=True)
+    month_frame = pl.DataFrame({"month": months}).filter(
+        pl.col("month") <= pl.lit(as_of) - pl.duration(days=s.horizon_days)
+    )
+    active = churn.join(month_frame, how="cross").filter(
+        (pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col("month")))
+        & (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("month")))
+    )
+    baseline = (
+        active.with_columns(
+            (
+                pl.col("churned_on").is_not_null()
+                & (pl.col("churned_on") <= pl.col("month") + pl.duration(days=s.horizon_days))
+            ).alias("churned")
+        )["churned"].mean()
+        if active.height
+        else None
+    )
+    families = pl.DataFrame(
+        {"family": list(FAMILIES), "label": [f.label for f in FAMILIES.values()]}
+    )
+    return (
+        families.join(rates, on="family", how="left")
+        .with_columns(
+            pl.col("n").fill_null(0).cast(pl.Int64),
+            pl.col("k").fill_null(0).cast(pl.Int64),
+            pl.lit(as_of).alias("as_of"),
+            pl.lit(s.history_months).alias("months"),
+            pl.lit(s.horizon_days).alias("horizon_days"),
+            pl.lit(s.min_accounts).alias("min_n"),
+            pl.lit("churned").alias("outcome"),
+            pl.lit(None if baseline is None else round(float(baseline) * 100, 1), pl.Float64).alias(
+                "baseline_pct"
+            ),
+        )
+        .with_columns(
+            pl.when(pl.col("n") > 0)
+            .then((pl.col("k") / pl.col("n") * 100).round(1))
+            .alias("rate_pct")
+        )
+    )
+
+
+def base_rate_json(rates: pl.DataFrame) -> pl.DataFrame:
+    """(as_of, type, base_rate JSON) for every insight type, for the narrative context."""
+    mapping = pl.DataFrame({"type": list(FAMILY_OF_TYPE), "family": list(FAMILY_OF_TYPE.values())})
+    return mapping.join(rates, on="family", how="inner").select(
+        "as_of",
+        "type",
+        pl.struct(
+            "n",
+            "k",
+            "rate_pct",
+            "baseline_pct",
+            "label",
+            "months",
+            "horizon_days",
+            "min_n",
+            "outcome",
+        )
+        .struct.json_encode()
+        .alias("base_rate"),
+    )
