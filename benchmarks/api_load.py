@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -50,12 +53,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from insight_pipeline.lib.access import FeedFilters, resolve_viewer  # noqa: E402
+from insight_pipeline.lib.settings import Settings  # noqa: E402
 from insight_pipeline.lib.signals import CATEGORY_OF_TYPE  # noqa: E402
 from insight_pipeline.lib.sql_files import load_sql  # noqa: E402
 from insight_pipeline.lib.store import InsightStore  # noqa: E402
 
-TTL = {"usage": 14, "engagement": 21, "risk": 30, "opportunity": 30, "benchmark": 30, "timing": 30}
-TYPES = list(CATEGORY_OF_TYPE)
+TTL = Settings().ranking.ttl_days
+TYPES = [t for t, c in CATEGORY_OF_TYPE.items() if c != "team"]  # account-level types only
 RESULTS = ROOT / "benchmarks" / "api_load_results.md"
 
 
@@ -91,7 +95,7 @@ def insights_chunk(
     seen = np.minimum(age, rng.integers(0, 12, n))
     score = np.round(rng.beta(2.0, 4.0, n), 4)
     priority = np.where(score >= 0.65, "high", np.where(score >= 0.4, "medium", "low"))
-    ttl = np.array([TTL[c] for c in categories])
+    ttl = np.array([TTL.get(c, 30) for c in categories])
     today_np = np.datetime64(today, "D")
     first = today_np - age
     last = today_np - (age - seen)
@@ -224,24 +228,51 @@ async def drive(
     return sample
 
 
-class BulkWriter(threading.Thread):
-    """The sink, meanwhile: re-upserts 50,000 existing insights per transaction, in a loop."""
+def bulk_write_loop(url: str, frame_path: str, stop: Any, durations: Any) -> None:
+    """The sink, meanwhile: re-upserts 50,000 existing insights per transaction, in a loop.
 
-    def __init__(self, store: InsightStore, frame: pl.DataFrame) -> None:
-        super().__init__(daemon=True)
-        self.store, self.frame = store, frame
-        self.stop = threading.Event()
-        self.durations: list[float] = []
-
-    def run(self) -> None:
-        rng = np.random.default_rng(1)
-        while not self.stop.is_set():
-            frame = self.frame.with_columns(
-                pl.Series("score", np.round(rng.beta(2.0, 4.0, self.frame.height), 4))
+    Runs in its own process, so it competes with the server for the machine as the real sink
+    would, and not for the load generator's interpreter lock."""
+    store = InsightStore(url, pool_size=1)
+    base = pl.read_parquet(frame_path)
+    rng = np.random.default_rng(1)
+    try:
+        while not stop.is_set():
+            frame = base.with_columns(
+                pl.Series("score", np.round(rng.beta(2.0, 4.0, base.height), 4))
             )
             t0 = time.perf_counter()
-            self.store.write_insights(frame, pl.DataFrame())
-            self.durations.append(time.perf_counter() - t0)
+            store.write_insights(frame, pl.DataFrame())
+            durations.append(time.perf_counter() - t0)
+    finally:
+        store.dispose()
+
+
+class BulkWriter:
+    """Starts and stops `bulk_write_loop` in a child process."""
+
+    def __init__(self, url: str, frame: pl.DataFrame, work: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.manager = context.Manager()
+        self.stop = self.manager.Event()
+        self.shared = self.manager.list()
+        path = work / "bulk_write.parquet"
+        frame.write_parquet(path)
+        self.process = context.Process(
+            target=bulk_write_loop, args=(url, str(path), self.stop, self.shared), daemon=True
+        )
+        self.durations: list[float] = []
+
+    def start(self) -> None:
+        self.process.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.process.is_alive() or self.process.exitcode is None:
+            if self.process.pid is not None:
+                self.process.join(timeout=180)
+        self.durations = list(self.shared)
+        self.manager.shutdown()
 
 
 def free_port() -> int:
@@ -318,8 +349,16 @@ def main() -> int:
         flush=True,
     )
 
+    first_chunk = insights_chunk(
+        0, min(100_000, args.insights), args.accounts, args.csms, today, args.seed
+    )
+    work = Path(tempfile.mkdtemp(prefix="api-load-"))
+    writer = BulkWriter(bench, first_chunk.head(50_000), work)  # existing ids: updates, as the sink
     port = free_port()
     env = {**os.environ, "INSIGHTS_DATABASE_URL": bench, "INSIGHTS_SOURCE": ""}
+    server_log = (work / "server.log").open("w")
+    # a timeout or Ctrl-C must still stop the server: SIGTERM becomes SystemExit -> finally
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = subprocess.Popen(
         [
             str(ROOT / ".venv/bin/insight-pipeline"),
@@ -336,13 +375,11 @@ def main() -> int:
         ],
         env=env,
         start_new_session=True,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     rows: list[tuple[str, Sample]] = []
-    first_chunk = insights_chunk(
-        0, min(100_000, args.insights), args.accounts, args.csms, today, args.seed
-    )
-    writer = BulkWriter(store, first_chunk.head(50_000))  # existing ids: updates, as the sink
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -388,6 +425,9 @@ def main() -> int:
             ("action (CSM)", action),
         ]
         asyncio.run(drive(base, args.clients, 3.0, scenarios[0][1], random.Random(0)))  # warm-up
+        # the floor: one client, nothing else of ours running (what a single CSM sees)
+        alone = asyncio.run(drive(base, 1, 5.0, scenarios[0][1], random.Random(99)))
+        rows.append(("feed, first page (CSM), 1 client, no bulk write", alone))
         if not args.no_writer:
             writer.start()
         for i, (name, make) in enumerate(scenarios):
@@ -397,17 +437,19 @@ def main() -> int:
             rows.append((name, sample))
             print(f"  {name}: {len(sample.client_ms) / sample.seconds:.0f} req/s", flush=True)
     finally:
-        writer.stop.set()
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        if writer.is_alive():
-            writer.join(timeout=120)
+        writer.finish()
+        server_log.close()
+        if server.returncode not in (0, -signal.SIGTERM, None):
+            print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
 
     header = (
-        f"| scenario ({args.clients} clients, {args.seconds:.0f} s each) | req/s | "
+        f"| scenario ({args.clients} clients unless said, {args.seconds:.0f} s each) | req/s | "
         "client p50 ms | client p99 ms | app p50 ms | app p99 ms | feed query p50 ms | "
         "feed query p99 ms | errors |"
     )
@@ -427,7 +469,11 @@ def main() -> int:
         else "No bulk write finished."
     )
     plan = explain(bench, csm_ids[0], [csm_ids[0]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average at the end {load_avg} (other work on the machine counts here)"
+    )
     report = "\n".join(lines)
     print("\n" + report + "\n\n" + bulk_line + "\n\n" + plan)
     RESULTS.write_text(

@@ -23,7 +23,7 @@ from insight_pipeline.defs.resources import (
     SourceResource,
     StoreResource,
 )
-from insight_pipeline.evaluation import detection_quality, false_alarm_rate
+from insight_pipeline.evaluation import churn_lead_times, detection_quality, false_alarm_rate
 from insight_pipeline.lib.contract import Source
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline.sample import generate_sample
@@ -77,6 +77,13 @@ def main() -> None:
         print(quality)
     print(f"false alarms: {rate:.3f} insights per clean account per quarter ({n_clean} clean)")
     print(f"insights raised: {insights.height}")
+    leads = churn_lead_times(insights, customers, first, end)
+    warned = leads.filter(pl.col("lead_days").is_not_null())
+    print(
+        f"churned accounts in range: {leads.height}; warned: {warned.height}; "
+        f"median lead {warned['lead_days'].median()} days; "
+        f"warned 30+ days ahead: {warned.filter(pl.col('lead_days') >= 30).height}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 For each size it generates (once, cached under benchmarks/.work/data/) a sample source of N
 accounts x 365 days with every optional table, then measures, as separate OS processes running
 `dagster asset materialize --select '*'` with their own DAGSTER_HOME (a copy of the root
-dagster.yaml: SQLite storage) and their own INSIGHTS_DATA_DIR / INSIGHTS_DATABASE_URL:
+dagster.yaml: SQLite storage; for backfills also deploy/postgres/dagster.yaml with Dagster's event
+batching, a fresh database per series) and their own INSIGHTS_DATA_DIR / INSIGHTS_DATABASE_URL:
 
 - one daily partition (the last day) end to end, and the same with an EMPTY graph of the same
   shape (benchmarks/empty_graph.py): the floor, i.e. Dagster's own fixed cost per run;
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,15 +158,76 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> Measurement:
 # ------------------------------------------------------------------------------------------
 # Scenarios
 # ------------------------------------------------------------------------------------------
-def make_env(run_dir: Path, source: Path, shape: Path) -> dict[str, str]:
-    """A private DAGSTER_HOME (root dagster.yaml) and data dir for one series of runs."""
+INSTANCES = {
+    "sqlite": "root dagster.yaml: SQLite run/event storage under DAGSTER_HOME",
+    "postgres": "deploy/postgres/dagster.yaml: PostgreSQL storage, with Dagster's event batching "
+    "(DAGSTER_EVENT_BATCH_SIZE=1000, DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true)",
+}
+
+
+@dataclass
+class Postgres:
+    """Throwaway databases for Dagster's storage on a PostgreSQL server."""
+
+    url: str
+    created: list[str] = field(default_factory=list)
+
+    def available(self) -> bool:
+        try:
+            self._admin(lambda conn: conn.exec_driver_sql("select 1"))
+            return True
+        except Exception as exc:
+            print(f"PostgreSQL not available at {self.url}: {exc}", flush=True)
+            return False
+
+    def _admin(self, action) -> None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                action(conn)
+        finally:
+            engine.dispose()
+
+    def create(self, name: str) -> dict[str, str]:
+        from sqlalchemy.engine import make_url
+
+        self._admin(lambda conn: conn.exec_driver_sql(f'drop database if exists "{name}"'))
+        self._admin(lambda conn: conn.exec_driver_sql(f'create database "{name}"'))
+        self.created.append(name)
+        url = make_url(self.url)
+        return {
+            "DAGSTER_PG_USERNAME": url.username or "postgres",
+            "DAGSTER_PG_PASSWORD": url.password or "",
+            "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+            "DAGSTER_PG_DB": name,
+            "DAGSTER_EVENT_BATCH_SIZE": "1000",
+            "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+        }
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            self._admin(lambda conn, n=name: conn.exec_driver_sql(f'drop database if exists "{n}"'))
+        self.created.clear()
+
+
+def make_env(
+    run_dir: Path, source: Path, shape: Path, instance: str, postgres: Postgres | None
+) -> dict[str, str]:
+    """A private DAGSTER_HOME and data dir (and database) for one series of runs."""
     home = run_dir / "dagster_home"
     data = run_dir / "data"
     for directory in (home, data):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     env = dict(os.environ)
+    if instance == "postgres":
+        assert postgres is not None
+        shutil.copy(ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
+        env.update(postgres.create(f"bench_{run_dir.parent.name}_{run_dir.name}".replace("-", "_")))
+    else:
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     env.update(
         DAGSTER_HOME=str(home),
         INSIGHTS_SOURCE=str(source),
@@ -178,14 +240,10 @@ def make_env(run_dir: Path, source: Path, shape: Path) -> dict[str, str]:
 
 
 def materialize_cmd(target: str, partition_args: list[str]) -> list[str]:
-    location = (
-        ["-f", str(BENCH / "empty_graph.py")]
-        if target == "empty"
-        else [
-            "-m",
-            "insight_pipeline.definitions",
-        ]
-    )
+    if target == "empty":
+        location = ["-f", str(BENCH / "empty_graph.py")]
+    else:
+        location = ["-m", "insight_pipeline.definitions"]
     return [DAGSTER, "asset", "materialize", *location, "--select", "*", *partition_args]
 
 
@@ -206,6 +264,18 @@ class Series:
         return f"{times[0]:.1f}–{times[-1]:.1f}" if len(times) > 1 else f"{times[0]:.1f}"
 
 
+@dataclass
+class Pair:
+    """The pipeline and the empty graph of the same shape, same partitions, same instance."""
+
+    pipeline: Series
+    empty: Series
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline.seconds / self.empty.seconds
+
+
 def run_pair(
     label: str,
     partition_args: list[str],
@@ -213,21 +283,28 @@ def run_pair(
     source: Path,
     run_root: Path,
     shape: Path,
-) -> tuple[Series, Series]:
+    instance: str,
+    postgres: Postgres | None,
+) -> Pair:
     """`runs` pipeline runs and `runs` empty-graph runs, alternating."""
     results = {"pipeline": Series(), "empty": Series()}
-    envs = {target: make_env(run_root / f"{label}-{target}", source, shape) for target in results}
+    envs = {
+        target: make_env(
+            run_root / f"{label}-{instance}-{target}", source, shape, instance, postgres
+        )
+        for target in results
+    }
     for i in range(runs):
         for target in ("pipeline", "empty"):
-            log = run_root / f"{label}-{target}" / f"run-{i}.log"
+            log = run_root / f"{label}-{instance}-{target}" / f"run-{i}.log"
             m = measure(materialize_cmd(target, partition_args), envs[target], log)
             results[target].runs.append(m)
             print(
-                f"  {label:>8} {target:>8} run {i + 1}/{runs}: {m.seconds:6.1f} s, "
+                f"  {label:>8} {instance:>8} {target:>8} run {i + 1}/{runs}: {m.seconds:6.1f} s, "
                 f"peak RSS {gb(max(m.peak_rss, m.max_rss)):.2f} GB",
                 flush=True,
             )
-    return results["pipeline"], results["empty"]
+    return Pair(results["pipeline"], results["empty"])
 
 
 def run_naive(source: Path, day: date, max_customers: int, log: Path) -> dict:
@@ -280,7 +357,7 @@ def machine() -> list[str]:
         f"- dagster {dagster.__version__}, polars {polars.__version__}, duckdb "
         f"{duckdb.__version__}, pandas {pandas.__version__}, numpy {numpy.__version__}",
         f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        "(the machine is shared: timings are noisy, hence medians and ratios)",
+        "(the machine is shared: timings are noisy, hence medians, ranges and ratios)",
     ]
 
 
@@ -294,55 +371,56 @@ def fmt_gb(series: Series | None) -> str:
     return "—" if series is None or not series.runs else f"{gb(series.peak_rss):.2f}"
 
 
-def report(rows: list[dict], args: argparse.Namespace, started: datetime) -> str:
+def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_assets: int) -> str:
+    instances = args.backfill_instances
     header = [
         "accounts",
         "usage rows",
-        "empty graph, 1 day (s)",
-        "pipeline, 1 day (s)",
-        "ratio",
-        "peak RSS 1 day (GB)",
-        "empty graph, 365 days (s)",
-        "pipeline, 365 days in 1 run (s)",
-        "peak RSS 365 days (GB)",
-        "naive usage detectors, 1 day (s)",
-        "lib usage detectors, 1 day (s)",
-        "speed-up",
+        "1 day: empty graph (s)",
+        "1 day: pipeline (s)",
+        "1 day: ratio",
+        "1 day: peak RSS (GB)",
     ]
+    for instance in instances:
+        header += [
+            f"365 days, {instance}: empty graph (s)",
+            f"365 days, {instance}: pipeline (s)",
+            f"365 days, {instance}: peak RSS (GB)",
+        ]
+    header += ["naive usage detectors, 1 day (s)", "lib, same data (s)", "speed-up"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for r in rows:
-        ratio = r["daily"].seconds / r["daily_empty"].seconds
+        cells = [
+            f"{r['accounts']:,}",
+            f"{r['usage_rows'] / 1e6:.1f}M",
+            fmt_s(r["daily"].empty),
+            fmt_s(r["daily"].pipeline),
+            f"{r['daily'].ratio:.2f}x",
+            fmt_gb(r["daily"].pipeline),
+        ]
+        for instance in instances:
+            pair = r.get("backfill", {}).get(instance)
+            cells += [
+                fmt_s(pair.empty if pair else None),
+                fmt_s(pair.pipeline if pair else None),
+                fmt_gb(pair.pipeline if pair else None),
+            ]
         naive = r.get("naive")
-        naive_cell = lib_cell = speed_cell = "—"
         if naive:
-            note = "" if naive["exact"] else f" (extrapolated from {naive['sampled']:,})"
-            naive_cell = f"{naive['naive_seconds_total']:.0f}{note}"
-            lib_cell = f"{naive['lib_seconds']:.2f}"
-            speed_cell = f"{naive['naive_seconds_total'] / naive['lib_seconds']:.0f}x"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"{r['accounts']:,}",
-                    f"{r['usage_rows'] / 1e6:.1f}M",
-                    fmt_s(r["daily_empty"]),
-                    fmt_s(r["daily"]),
-                    f"{ratio:.2f}x",
-                    fmt_gb(r["daily"]),
-                    fmt_s(r.get("backfill_empty")),
-                    fmt_s(r.get("backfill")),
-                    fmt_gb(r.get("backfill")),
-                    naive_cell,
-                    lib_cell,
-                    speed_cell,
-                ]
-            )
-            + " |"
-        )
+            note = "" if naive["exact"] else f" (extrapolated from {naive['sampled']:,} customers)"
+            cells += [
+                f"{naive['naive_seconds_total']:.0f}{note}",
+                f"{naive['lib_seconds']:.2f}",
+                f"{naive['naive_seconds_total'] / naive['lib_seconds']:.0f}x",
+            ]
+        else:
+            cells += ["—", "—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
     agreement = [
-        f"- {r['accounts']:,} accounts: naive and lib flag the same customer x metric days "
-        f"({r['naive']['naive_flags']} vs {r['naive']['lib_flags']} flagged day(s) on the "
-        f"{r['naive']['sampled']:,} customers compared; identical: {r['naive']['identical']})"
+        f"- {r['accounts']:,} accounts: {r['naive']['series_identical']:,} of "
+        f"{r['naive']['series_compared']:,} customer x metric series on the compared customers "
+        f"have the same direction, run length and z (to 1e-9); signals {r['naive']['naive_flags']}"
+        f" (naive) vs {r['naive']['lib_flags']} (lib); identical: {r['naive']['identical']}"
         for r in rows
         if r.get("naive")
     ]
@@ -350,70 +428,83 @@ def report(rows: list[dict], args: argparse.Namespace, started: datetime) -> str
         "# Benchmark results",
         "",
         f"Run {started:%Y-%m-%d %H:%M} UTC with `{' '.join(['benchmarks/run.py', *sys.argv[1:]])}`"
-        f"; {DAYS} days of data ending {END}, seed {SEED}; daily partition {END}; backfill "
-        f"{END - timedelta(days=DAYS - 1)}...{END} as one run.",
+        f"; {DAYS} days of data ending {END} (seed {SEED}, every optional table); graph of "
+        f"{n_assets} assets; daily partition {END}; backfill "
+        f"{END - timedelta(days=DAYS - 1)}...{END} as ONE run.",
         "",
         *machine(),
         "",
-        "Times are medians over runs (min–max in parentheses) of whole processes "
-        "(`dagster asset materialize --select '*'`, in-process executor, SQLite instance "
-        f"storage, DuckDB store); {args.runs} daily run(s) and {args.backfill_runs} backfill "
-        "run(s) per size. Peak RSS is the largest over runs of the summed resident memory of the "
-        "process tree. *ratio* = pipeline / empty graph of the same shape for one day.",
+        "Each cell is the median over runs (min–max in parentheses) of a whole process "
+        "`dagster asset materialize --select '*'` (in-process executor, DuckDB insights store); "
+        f"{args.runs} daily run(s) ({args.runs_100k} at 100k) and {args.backfill_runs} "
+        "backfill run(s) per size "
+        f"({args.backfill_runs_100k} at 100k; {args.sqlite_backfill_runs} on SQLite). "
+        "*empty graph* = the same asset graph with bodies "
+        "that do nothing (benchmarks/empty_graph.py): Dagster's own cost. *ratio* = pipeline / "
+        "empty graph. Peak RSS = the largest, over runs, of the summed resident memory of the "
+        "process tree. Instances:",
+        *[f"- *{name}*: {INSTANCES[name]}" for name in dict.fromkeys(["sqlite", *instances])],
         "",
         *lines,
         "",
-        "Naive reference (benchmarks/naive.py) vs `usage_baselines` + `detect_usage_anomalies` "
-        "on the same in-memory usage window for the last day (reading excluded from both):",
+        "Naive reference (benchmarks/naive.py, pandas, one loop per customer x metric over the "
+        "rolling windows) vs `usage_baselines` + `detect_usage_anomalies` on the same in-memory "
+        "usage window for the last day (reading excluded from both):",
         *agreement,
         "",
         "Targets: 10k one day <= 1.5x the empty graph; 100k one day <= 30 s and <= 4 GB; "
         "10k 365 days in one run <= 60 s; 100k <= 600 s and <= 12 GB; >= 100x faster than "
         "the naive reference.",
-        *target_lines(rows),
+        *target_lines(rows, instances),
         "",
     ]
     return "\n".join(out)
 
 
-def target_lines(rows: list[dict]) -> list[str]:
+def target_lines(rows: list[dict], instances: list[str]) -> list[str]:
     by = {r["accounts"]: r for r in rows}
-    checks: list[tuple[str, float | None, float, str]] = []
+    checks: list[tuple[str, float, float, str]] = []
     if 10_000 in by:
         r = by[10_000]
         checks.append(
-            (
-                "10k: 1 day / empty graph",
-                r["daily"].seconds / r["daily_empty"].seconds,
-                TARGETS["daily_ratio_10k"],
-                "x",
-            )
+            ("10k: 1 day / empty graph", r["daily"].ratio, TARGETS["daily_ratio_10k"], "x")
         )
-        if r.get("backfill"):
+        for instance, pair in r.get("backfill", {}).items():
             checks.append(
-                ("10k: 365 days, one run", r["backfill"].seconds, TARGETS["backfill_s_10k"], " s")
+                (
+                    f"10k: 365 days in one run ({instance})",
+                    pair.pipeline.seconds,
+                    TARGETS["backfill_s_10k"],
+                    " s",
+                )
             )
     if 100_000 in by:
         r = by[100_000]
-        checks.append(("100k: 1 day", r["daily"].seconds, TARGETS["daily_s_100k"], " s"))
+        daily = r["daily"].pipeline
+        checks.append(("100k: 1 day", daily.seconds, TARGETS["daily_s_100k"], " s"))
         checks.append(
-            ("100k: 1 day peak RSS", gb(r["daily"].peak_rss), TARGETS["daily_rss_gb_100k"], " GB")
+            ("100k: 1 day peak RSS", gb(daily.peak_rss), TARGETS["daily_rss_gb_100k"], " GB")
         )
-        if r.get("backfill"):
+        for instance, pair in r.get("backfill", {}).items():
             checks.append(
-                ("100k: 365 days", r["backfill"].seconds, TARGETS["backfill_s_100k"], " s")
+                (
+                    f"100k: 365 days ({instance})",
+                    pair.pipeline.seconds,
+                    TARGETS["backfill_s_100k"],
+                    " s",
+                )
             )
             checks.append(
                 (
-                    "100k: 365 days peak RSS",
-                    gb(r["backfill"].peak_rss),
+                    f"100k: 365 days peak RSS ({instance})",
+                    gb(pair.pipeline.peak_rss),
                     TARGETS["backfill_rss_gb_100k"],
                     " GB",
                 )
             )
     lines = []
     for name, value, limit, unit in checks:
-        verdict = "met" if value is not None and value <= limit else "NOT met"
+        verdict = "met" if value <= limit else "NOT met"
         lines.append(f"- {name}: {value:.2f}{unit} (target <= {limit:g}{unit}): {verdict}")
     for r in rows:
         naive = r.get("naive")
@@ -421,7 +512,7 @@ def target_lines(rows: list[dict]) -> list[str]:
             speedup = naive["naive_seconds_total"] / naive["lib_seconds"]
             verdict = "met" if speedup >= TARGETS["speedup"] else "NOT met"
             lines.append(
-                f"- {r['accounts']:,}: speed-up over the naive reference {speedup:.0f}x "
+                f"- {r['accounts']:,}: {speedup:.0f}x faster than the naive reference "
                 f"(target >= {TARGETS['speedup']:g}x): {verdict}"
             )
     return lines
@@ -432,17 +523,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--runs", type=int, default=5, help="daily runs per size (median)")
+    parser.add_argument("--runs-100k", type=int, default=3, help="daily runs at >= 100k accounts")
     parser.add_argument("--backfill-runs", type=int, default=3, help="365-day runs per size")
     parser.add_argument(
         "--backfill-runs-100k", type=int, default=1, help="365-day runs at >= 100k accounts"
     )
-    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument(
+        "--sqlite-backfill-runs",
+        type=int,
+        default=1,
+        help="365-day runs on the SQLite instance (its event writes alone take minutes)",
+    )
+    parser.add_argument(
+        "--backfill-instances",
+        nargs="*",
+        default=["sqlite", "postgres"],
+        choices=sorted(INSTANCES),
+        help="Dagster instance(s) for the 365-day run (none = skip the backfill)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "INSIGHTS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1/postgres"
+        ),
+        help="server for the postgres instance (a database per series is created and dropped)",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--naive-max-customers", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=BENCH / ".work")
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
     args = parser.parse_args()
-    started = datetime.utcnow()
+    started = datetime.now(UTC)
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
 
@@ -456,33 +567,56 @@ def main() -> None:
     n_assets = sum(len(node["specs"]) for node in json.loads(shape.read_text())["nodes"])
     print(f"graph: {n_assets} assets (empty graph of the same shape: {shape})", flush=True)
 
+    postgres = None
+    if "postgres" in args.backfill_instances:
+        postgres = Postgres(args.postgres_url)
+        if not postgres.available():
+            args.backfill_instances = [i for i in args.backfill_instances if i != "postgres"]
+            postgres = None
+
     rows = []
     day = END.isoformat()
     backfill = f"{(END - timedelta(days=DAYS - 1)).isoformat()}...{day}"
-    for accounts in args.accounts:
-        source = sample_dir(work, accounts)
-        run_root = work / "runs" / f"accounts-{accounts}"
-        run_root.mkdir(parents=True, exist_ok=True)
-        print(f"{accounts:,} accounts ({usage_rows(source):,} usage rows)", flush=True)
-        row: dict = {"accounts": accounts, "usage_rows": usage_rows(source)}
-        row["daily"], row["daily_empty"] = run_pair(
-            "daily", ["--partition", day], args.runs, source, run_root, shape
-        )
-        if not args.skip_backfill:
-            runs = args.backfill_runs_100k if accounts >= 100_000 else args.backfill_runs
-            row["backfill"], row["backfill_empty"] = run_pair(
-                "backfill", ["--partition-range", backfill], runs, source, run_root, shape
+    try:
+        for accounts in args.accounts:
+            source = sample_dir(work, accounts)
+            run_root = work / "runs" / f"accounts-{accounts}"
+            run_root.mkdir(parents=True, exist_ok=True)
+            print(f"{accounts:,} accounts ({usage_rows(source):,} usage rows)", flush=True)
+            row: dict = {"accounts": accounts, "usage_rows": usage_rows(source), "backfill": {}}
+            runs = args.runs_100k if accounts >= 100_000 else args.runs
+            row["daily"] = run_pair(
+                "daily", ["--partition", day], runs, source, run_root, shape, "sqlite", None
             )
-        if not args.skip_naive:
-            row["naive"] = run_naive(source, END, args.naive_max_customers, run_root / "naive.log")
-            n = row["naive"]
-            print(
-                f"  naive {n['naive_seconds_total']:.0f} s vs lib {n['lib_seconds']:.2f} s "
-                f"(identical: {n['identical']})",
-                flush=True,
-            )
-        rows.append(row)
-    text = report(rows, args, started)
+            for instance in args.backfill_instances:
+                runs = args.backfill_runs_100k if accounts >= 100_000 else args.backfill_runs
+                if instance == "sqlite":
+                    runs = min(runs, args.sqlite_backfill_runs)
+                row["backfill"][instance] = run_pair(
+                    "backfill",
+                    ["--partition-range", backfill],
+                    runs,
+                    source,
+                    run_root,
+                    shape,
+                    instance,
+                    postgres,
+                )
+            if not args.skip_naive:
+                row["naive"] = run_naive(
+                    source, END, args.naive_max_customers, run_root / "naive.log"
+                )
+                n = row["naive"]
+                print(
+                    f"  naive {n['naive_seconds_total']:.0f} s vs lib {n['lib_seconds']:.2f} s "
+                    f"(identical: {n['identical']})",
+                    flush=True,
+                )
+            rows.append(row)
+    finally:
+        if postgres is not None:
+            postgres.drop_all()
+    text = report(rows, args, started, n_assets)
     print()
     print(text)
     args.out.write_text(text)

@@ -184,6 +184,22 @@ def cmd_token(args: argparse.Namespace) -> int:
         store.dispose()
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The CSM feedback simulation; progress on stderr, the weekly table on stdout, and the
+    data contract's `relevance=<r> action=<a> critical_recall=<c>` as the last line."""
+    from insight_pipeline.simulation import format_result, run_simulation
+
+    result = run_simulation(
+        args.days,
+        accounts=args.accounts,
+        seed=args.seed,
+        workdir=Path(args.keep) if args.keep else None,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print("\n".join(format_result(result)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="insight-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     token.set_defaults(func=cmd_token)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="simulated CSMs react to the pipeline day by day; relevance and action by week",
+        description="Generates sample data, runs the real pipeline one day at a time while a "
+        "team of simulated CSMs with hidden preferences reacts to what they are pushed "
+        "(through the API's write path), and prints relevance and action rates by week. The "
+        "last line is `relevance=<r> action=<a> critical_recall=<c>` (last week; planted "
+        "critical risks pushed within 7 days).",
+    )
+    simulate.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
+    simulate.add_argument("--accounts", type=int, default=300)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--keep", default=None, help="keep the data and store in this folder")
+    simulate.set_defaults(func=cmd_simulate)
     return parser
 
 

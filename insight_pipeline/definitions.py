@@ -18,6 +18,7 @@ from insight_pipeline.defs.digest.sensors import daily_digest_sensor
 from insight_pipeline.defs.insights import assets as insights
 from insight_pipeline.defs.insights import outcomes
 from insight_pipeline.defs.partitions import daily_partitions
+from insight_pipeline.defs.ranking import assets as ranking
 from insight_pipeline.defs.resources import (
     NarratorResource,
     PolarsParquetIOManager,
@@ -29,6 +30,7 @@ from insight_pipeline.defs.sink import assets as sink
 from insight_pipeline.defs.sink import directory
 from insight_pipeline.defs.sources import activity
 from insight_pipeline.defs.sources import assets as sources
+from insight_pipeline.defs.team import assets as team
 
 ALL_ASSETS = dg.load_assets_from_modules(
     [
@@ -39,9 +41,11 @@ ALL_ASSETS = dg.load_assets_from_modules(
         families,
         benchmarks,
         outcomes,
+        ranking,
         insights,
         sink,
         directory,
+        team,
     ]
 )
 # The digest sends email: materialised by its sensor (or by hand), not by the daily job.
@@ -50,7 +54,7 @@ DIGEST_ASSETS = dg.load_assets_from_modules([digest])
 daily_insights_job = dg.define_asset_job(
     "daily_insights_job",
     selection=dg.AssetSelection.groups(
-        "sources", "baselines", "detectors", "benchmarks", "insights", "sink"
+        "sources", "baselines", "detectors", "benchmarks", "ranking", "insights", "sink", "team"
     ),
     partitions_def=daily_partitions,
 )

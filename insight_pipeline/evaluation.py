@@ -16,7 +16,7 @@ anyone tuning a threshold measure the same way.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -195,3 +195,33 @@ def false_alarm_rate(
     ).height
     quarters = ((last - first).days + 1) / 90.0
     return alerts / n_clean / quarters, n_clean
+
+
+def churn_lead_times(
+    insights: pl.DataFrame, customers: pl.DataFrame, first: date, last: date
+) -> pl.DataFrame:
+    """For each account that churned inside [first + 90 days, last]: days between its first risk
+    insight (risk category, or usage_drop / going_dark) in the 180 days before churn and the churn
+    date; null when no warning was raised."""
+    churned = customers.filter(
+        pl.col("churned_on").is_between(first + timedelta(days=90), last)
+    ).select("customer_id", "churned_on")
+    warnings_ = insights.filter(
+        (pl.col("category") == "risk") | pl.col("type").is_in(["usage_drop", "going_dark"])
+    ).select("customer_id", "partition_date")
+    return (
+        churned.join(warnings_, on="customer_id", how="left")
+        .filter(
+            pl.col("partition_date").is_null()
+            | (
+                (pl.col("partition_date") < pl.col("churned_on"))
+                & (pl.col("partition_date") >= pl.col("churned_on") - pl.duration(days=180))
+            )
+        )
+        .group_by("customer_id", "churned_on")
+        .agg(pl.col("partition_date").min().alias("first_warning"))
+        .with_columns(
+            (pl.col("churned_on") - pl.col("first_warning")).dt.total_days().alias("lead_days")
+        )
+        .sort("customer_id")
+    )

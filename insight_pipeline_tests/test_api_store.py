@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from insight_pipeline.lib.access import FeedFilters, Viewer, resolve_viewer, rollup
+from insight_pipeline.lib.sql_files import load_sql
 from insight_pipeline.lib.store import FEEDBACK_SCHEMA, InsightStore, StoreWriteError
 from insight_pipeline_tests.api_data import ID, KEY_OF, USERS, seed
 
@@ -289,3 +290,14 @@ def test_feedback_since_is_a_utc_day(store: InsightStore) -> None:
     store.record_action(ID["a"], "c1", "dismiss", at=at)
     assert store.feedback_events(since=date(2030, 1, 2)).height == 1
     assert store.feedback_events(since=date(2030, 1, 3)).height == 0
+
+
+def test_feed_page_and_count_share_their_visibility_and_filters() -> None:
+    """count_api_feed.sql answers for empty pages: it must mean exactly what the page means."""
+
+    def shared_part(name: str) -> str:
+        sql = load_sql(name, "postgresql")
+        start = sql.index("with visible as (")
+        return sql[start : sql.index("\n)", sql.index("matched as (")) + 2]
+
+    assert shared_part("select_api_feed") == shared_part("count_api_feed")

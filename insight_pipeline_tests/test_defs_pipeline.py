@@ -40,6 +40,11 @@ EXPECTED_KEYS = {
     "insights",
     "insights_table",
     "team_directory",
+    "user_preferences",
+    "insight_quality",
+    "cross_account_patterns",
+    "team_insights_table",
+    "team_rollups",
     "daily_digest",
 }
 USER_COLUMNS = ["id", "status", "feedback"]
@@ -141,3 +146,27 @@ def test_planted_usage_patterns_reach_the_store(sample_dir: Path, tmp_path: Path
     )
     recall = hits.select("customer_id", "subject", "start_date").n_unique() / usage_truth.height
     assert recall >= 0.8, f"recall {recall:.2f} of {usage_truth.height} planted usage events"
+
+
+def test_dagster_cli_validates_the_definitions() -> None:
+    """`dagster definitions validate` (what a data engineer and CI run) accepts the module."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-m",
+            "insight_pipeline.definitions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Validation successful" in result.stderr + result.stdout

@@ -37,7 +37,7 @@ from insight_pipeline.lib.insights.grounding import (
     validate_narrative,
 )
 from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
-from insight_pipeline.lib.signals import CATEGORY_OF_TYPE
+from insight_pipeline.lib.signals import ACCOUNT_TYPES, CATEGORY_OF_TYPE
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline_tests.fake_messages_api import (
     FakeMessagesAPI,
@@ -622,7 +622,7 @@ UNGROUPED = re.compile(r"(?<![\d,.])\d{5,}(?![\d,])")
 
 
 def test_the_contract_has_22_types_and_each_has_facts_here() -> None:
-    assert set(FACTS) == set(CATEGORY_OF_TYPE) and len(FACTS) == 22
+    assert set(FACTS) == ACCOUNT_TYPES and len(FACTS) == 22
 
 
 @pytest.mark.parametrize("kind", sorted(FACTS))

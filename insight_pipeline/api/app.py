@@ -6,19 +6,24 @@ INSIGHTS_SOURCE). The schema is migrated when the app is built, as the pipeline'
 resource does, so a fresh database serves straight away.
 """
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from insight_pipeline.api.charts import ChartSource
 from insight_pipeline.api.feed import STATIC_DIR
 from insight_pipeline.api.feed import router as feed_router
 from insight_pipeline.api.routes import health_router
 from insight_pipeline.api.routes import router as api_router
+from insight_pipeline.api.team import router as team_router
 from insight_pipeline.lib.paths import default_database_url, default_source
 from insight_pipeline.lib.store import InsightStore
 
@@ -28,6 +33,24 @@ Authenticate with `Authorization: Bearer <token>` (`insight-pipeline token creat
 A CSM sees their own insights and those shared with them; a manager their team's
 (transitively); a leader all. Anything else answers 404 for an id, and is never counted.
 """
+
+
+STORE_UNAVAILABLE = "the insights store is unavailable; try again shortly"
+_log = logging.getLogger(__name__)
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 + Retry-After when the store cannot be reached (server down, connection dropped or
+    terminated, DuckDB file locked, pool exhausted): a transient condition the client may retry,
+    not a bug (500). Every write is one transaction, so nothing was half-written. The log names
+    the error class only: SQLAlchemy's message would carry the statement's parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    _log.warning(
+        "store unavailable for %s %s: %s", request.method, request.url.path, type(cause).__name__
+    )
+    return JSONResponse(
+        {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 class ServerTiming:
@@ -92,7 +115,10 @@ def create_app(
     app.include_router(health_router)
     app.include_router(api_router)
     app.include_router(feed_router)
+    app.include_router(team_router)
     app.mount("/feed/static", StaticFiles(directory=STATIC_DIR), name="feed-static")
+    for error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(error, store_unavailable)
     app.add_middleware(ServerTiming)
     return app
 

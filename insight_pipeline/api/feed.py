@@ -34,7 +34,7 @@ STATIC_DIR = TEMPLATE_DIR / "static"
 PAGE_SIZE = 50
 MAX_FORM_BYTES = 16_384
 
-CATEGORIES = ("usage", "engagement", "risk", "opportunity", "benchmark", "timing")
+CATEGORIES = ("usage", "engagement", "risk", "opportunity", "benchmark", "timing", "team")
 PRIORITIES = ("high", "medium", "low")
 PERIODS = {"7": "Last 7 days", "30": "Last 30 days", "90": "Last 90 days", "all": "Any time"}
 DISMISS_REASONS = {
@@ -49,6 +49,7 @@ OPPORTUNITY_TYPES = {"usage_spike", "adoption_trend", "feature_discovery", "outp
 #: Feed sections in order; each insight goes to the first that takes it.
 GROUPS: list[tuple[str, str, Any]] = [
     ("shared", "Shared with you", lambda i: i.shared is not None),
+    ("team", "Across accounts", lambda i: i.category == "team"),
     ("high", "High priority", lambda i: i.priority == "high"),
     ("risks", "Risks", lambda i: i.category == "risk" or i.type == "usage_drop"),
     (
@@ -323,7 +324,9 @@ def account_page(request: Request, customer_id: str) -> Response:
         return _login_redirect(request)
     viewer, token = session
     store = store_of(request)
-    page = store.feed(viewer, FeedFilters(customer_id=customer_id[:200], **ANY_INSIGHT), limit=500)
+    if "\x00" in customer_id or len(customer_id) > 200:
+        return render("error.html", 404, message="No insights for that account.", viewer=viewer)
+    page = store.feed(viewer, FeedFilters(customer_id=customer_id, **ANY_INSIGHT), limit=500)
     if page.total == 0:
         return render("error.html", 404, message="No insights for that account.", viewer=viewer)
     rows = page.rows.sort(["partition_date", "score"], descending=True)
@@ -403,10 +406,10 @@ def share_form(request: Request, insight_id: str, form: Form) -> Response:
     insight = _insight_or_none(store, viewer, insight_id)
     if insight is None:
         return _refuse(request, 404, "No such insight.")
-    recipients = [u for u in form.get("user_id", []) if u]
+    recipients = [u for u in form.get("user_id", []) if u and "\x00" not in u][:50]
     if not recipients:
         return _refuse(request, 422, "Choose who to share it with.")
-    note = (_first(form, "note") or "").strip()[:1000] or None
+    note = (_first(form, "note") or "").replace("\x00", "").strip()[:1000] or None
     try:
         store.share_insight(insight.id, viewer.user_id, recipients, note)
     except ValueError as exc:

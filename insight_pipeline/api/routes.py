@@ -10,7 +10,8 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+import polars as pl
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from insight_pipeline.api.auth import api_viewer, store_of
@@ -57,11 +58,7 @@ InsightId = Annotated[uuid.UUID, Path(description="The insight's id (a UUID).")]
 CurrentViewer = Annotated[Viewer, Depends(api_viewer)]
 
 
-def _store(request: Request) -> InsightStore:
-    return store_of(request)
-
-
-Store = Annotated[InsightStore, Depends(_store)]
+Store = Annotated[InsightStore, Depends(store_of)]
 
 
 def _invalid(loc: tuple[str, ...], message: str, value: Any = None) -> RequestValidationError:
@@ -88,7 +85,9 @@ def health() -> dict[str, str]:
 def me(viewer: CurrentViewer) -> MeOut:
     """The authenticated user, with the owners whose insights they see."""
     team = list(viewer.owner_ids) if viewer.owner_ids is not None else None
-    return MeOut(user_id=viewer.user_id, name=viewer.name, role=viewer.role, team=team)  # type: ignore[arg-type]
+    return MeOut.model_validate(
+        {"user_id": viewer.user_id, "name": viewer.name, "role": viewer.role, "team": team}
+    )
 
 
 @router.get("/insights", response_model=FeedOut, tags=["insights"], summary="The feed")
@@ -258,7 +257,12 @@ def team_summary(
             out.append(RollupRow(key=key, label=label, **counts))
         return out
 
-    best = store.feed(viewer, FeedFilters(), limit=top) if top else None
+    # the team's own insights only: a manager's feed also holds what colleagues shared with them
+    top_items: list[InsightOut] = []
+    if top:
+        best = store.feed(viewer, FeedFilters(), limit=top + 50).rows
+        best = best.filter(pl.col("shared_by").is_null()).head(top)
+        top_items = [InsightOut.from_row(r) for r in best.iter_rows(named=True)]
     by_csm = sorted(rows("user_id"), key=lambda r: (-r.open_insights, r.label or ""))
     rank = {"high": 0, "medium": 1, "low": 2}
     return TeamOut(
@@ -268,7 +272,7 @@ def team_summary(
         by_csm=by_csm,
         by_category=rows("category"),
         by_priority=sorted(rows("priority"), key=lambda r: rank.get(r.key or "", 3)),
-        top=[InsightOut.from_row(r) for r in best.rows.iter_rows(named=True)] if best else [],
+        top=top_items,
     )
 
 

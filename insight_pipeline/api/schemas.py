@@ -27,7 +27,7 @@ Action = Literal["dismiss", "snooze", "actioned"]
 Feedback = Literal["not_relevant", "already_knew", "helpful", "took_action"]
 Priority = Literal["high", "medium", "low"]
 Status = Literal["new", "viewed", "actioned", "dismissed", "snoozed"]
-Category = Literal["usage", "engagement", "risk", "opportunity", "benchmark", "timing"]
+Category = Literal["usage", "engagement", "risk", "opportunity", "benchmark", "timing", "team"]
 InsightType = Literal[tuple(CATEGORY_OF_TYPE)]  # type: ignore[valid-type]
 Role = Literal["csm", "manager", "leader"]
 

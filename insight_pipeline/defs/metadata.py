@@ -1,15 +1,16 @@
 """Small helpers shared by assets: the partition days of a run and metadata formatting."""
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
 
 
 def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
-    """First and last day covered by this run (one day, or a whole range in a backfill)."""
-    keys = context.partition_key_range
-    return date.fromisoformat(keys.start), date.fromisoformat(keys.end)
+    """First and last day covered by this run (one day, or a whole range in a backfill); also
+    for the date x shard partitions of `insight_pipeline.sharded` (the date dimension)."""
+    window = context.partition_time_window
+    return window.start.date(), (window.end - timedelta(days=1)).date()
 
 
 def counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:

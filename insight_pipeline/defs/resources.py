@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from insight_pipeline.defs.sharding import SHARD_DIMENSION, FrameStream
 from insight_pipeline.lib.contract import Source
 from insight_pipeline.lib.insights.claude import (
     DEFAULT_MODEL,
@@ -128,7 +129,10 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
     """Intermediate polars frames as Parquet, one file per asset and partition range.
 
     A downstream asset run for a sub-range of what was materialised reads the covering file and
-    keeps its rows (by `partition_date`, when the frame has one).
+    keeps its rows (by `partition_date`, when the frame has one). Outputs may also be a
+    `FrameStream` (written part by part, never whole in memory) or a `pl.LazyFrame` (streamed to
+    the file); an input annotated `pl.LazyFrame` gets a lazy scan of the file instead of a read,
+    so the asset can take it one account shard at a time (see `defs/sharding.py`).
     """
 
     base_dir: str = Field(default="", description="Empty = <data dir>/intermediate.")
@@ -137,15 +141,19 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         from pathlib import Path
 
         root = Path(self.base_dir) if self.base_dir else intermediate_dir()
-        return root.joinpath(*context.asset_key.path)
+        directory = root.joinpath(*context.asset_key.path)
+        shard = _shard_keys(context)[0]
+        return directory / f"{SHARD_DIMENSION}={shard}" if shard is not None else directory
 
     @staticmethod
     def _range(context: dg.InputContext | dg.OutputContext) -> tuple[str, str]:
-        keys = context.asset_partition_keys
-        return min(keys), max(keys)
+        days = _shard_keys(context)[1]
+        return min(days), max(days)
 
     def handle_output(
-        self, context: dg.OutputContext, obj: pl.DataFrame | dict[str, pl.DataFrame]
+        self,
+        context: dg.OutputContext,
+        obj: pl.DataFrame | pl.LazyFrame | FrameStream | dict[str, pl.DataFrame],
     ) -> None:
         """A frame -> `<first>__<last>.parquet`; a dict of frames (a bundle of source tables)
         -> a folder `<first>__<last>/` with one file per key. Written aside, then renamed."""
@@ -168,37 +176,143 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
             return
         path = directory / f"{first}__{last}.parquet"
         tmp = path.with_suffix(".tmp")
-        obj.write_parquet(tmp, compression="lz4")
+        metadata: dict[str, Any] = {}
+        if isinstance(obj, FrameStream):
+            rows = _write_parts(tmp, obj)
+            metadata = obj.metadata
+        elif isinstance(obj, pl.LazyFrame):
+            obj.sink_parquet(tmp, compression="lz4")
+            rows = pl.scan_parquet(tmp).select(pl.len()).collect().item()
+        else:
+            obj.write_parquet(tmp, compression="lz4")
+            rows = obj.height
         tmp.replace(path)  # atomic: a reader never sees half a file
-        context.add_output_metadata({"path": str(path), "rows": obj.height})
+        context.add_output_metadata({**metadata, "path": str(path), "rows": rows})
 
     @staticmethod
-    def _read(path: Any) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    def _read(path: Any, lazy: bool) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
         if path.is_dir():
             return {f.stem: pl.read_parquet(f) for f in sorted(path.glob("*.parquet"))}
-        return pl.read_parquet(path)
+        return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    def load_input(
+        self, context: dg.InputContext
+    ) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
         from datetime import date
 
         directory = self._dir(context)
         first, last = self._range(context)
+        lazy = getattr(context.dagster_type, "typing_type", None) is pl.LazyFrame
         for exact in (directory / f"{first}__{last}.parquet", directory / f"{first}__{last}"):
             if exact.exists():
-                return self._read(exact)
+                return self._read(exact, lazy)
         candidates = [p for p in directory.glob("*__*") if not p.name.startswith(".")]
         for path in sorted(candidates, reverse=True):
             lo, hi = path.name.removesuffix(".parquet").split("__")
             if lo <= first and last <= hi:
-                stored = self._read(path)
-                if isinstance(stored, pl.DataFrame) and "partition_date" in stored.columns:
+                stored = self._read(path, lazy)
+                if isinstance(stored, pl.DataFrame | pl.LazyFrame) and (
+                    "partition_date" in stored.collect_schema().names()
+                ):
                     stored = stored.filter(
                         pl.col("partition_date").is_between(
                             date.fromisoformat(first), date.fromisoformat(last)
                         )
                     )
                 return stored
+        allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
+        stitched = _stitch(directory, first, last, lazy, allow_missing)
+        if stitched is not None:
+            return stitched
         raise FileNotFoundError(
             f"no stored output of {context.asset_key.to_user_string()} covers {first}...{last}; "
             "materialise its upstream assets for that range first"
         )
+
+
+def _stitch(
+    directory: Any, first: str, last: str, lazy: bool, allow_missing: bool
+) -> pl.DataFrame | pl.LazyFrame | None:
+    """A look-back input (`TimeWindowPartitionMapping(start_offset=-13)`: days D-13..D) spans
+    days that different runs stored in different files, so no single file covers it: each day is
+    taken from the newest file holding it (the latest materialisation), by `partition_date`.
+
+    None when some day is in no file, unless the input allows missing partitions
+    (`AssetIn(metadata={"allow_missing_partitions": True})`, Dagster's own convention): then
+    those days are simply absent - the days before the first run ever, say - and with no file at
+    all the frame is empty (no columns: the reader must cope).
+    """
+    from datetime import date, timedelta
+
+    lo_day, hi_day = date.fromisoformat(first), date.fromisoformat(last)
+    files = []
+    for path in directory.glob("*__*.parquet") if directory.exists() else []:
+        if path.name.startswith("."):
+            continue
+        lo, hi = path.name.removesuffix(".parquet").split("__")
+        if lo <= last and first <= hi:
+            files.append((path.stat().st_mtime_ns, path.name, path, lo, hi))
+    taken: set[date] = set()
+    parts = []
+    for _mtime, _name, path, lo, hi in sorted(files, reverse=True):
+        start = max(date.fromisoformat(lo), lo_day)
+        days = [
+            start + timedelta(days=i)
+            for i in range((min(date.fromisoformat(hi), hi_day) - start).days + 1)
+        ]
+        days = [d for d in days if d not in taken]
+        if not days:
+            continue
+        scan = pl.scan_parquet(path)
+        if "partition_date" not in scan.collect_schema().names():
+            return None  # not a daily frame: stitching would mix runs
+        parts.append(scan.filter(pl.col("partition_date").is_in(days)))
+        taken.update(days)
+    if len(taken) < (hi_day - lo_day).days + 1 and not allow_missing:
+        return None
+    if not parts:
+        return pl.LazyFrame() if lazy else pl.DataFrame()
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    return frame if lazy else frame.collect()
+
+
+def _write_parts(path: Any, stream: FrameStream) -> int:
+    """Append each part of `stream` to one Parquet file (row groups); returns the rows written."""
+    import pyarrow.parquet as pq
+
+    writer: pq.ParquetWriter | None = None
+    columns: list[str] = []
+    rows = 0
+    try:
+        for part in stream.parts:
+            if writer is None:
+                columns = part.columns
+                table = part.to_arrow()
+                writer = pq.ParquetWriter(path, table.schema, compression="lz4")
+            else:
+                table = part.select(columns).to_arrow().cast(writer.schema)
+            writer.write_table(table)
+            rows += part.height
+        if writer is None:
+            pl.DataFrame(schema=stream.schema).write_parquet(path, compression="lz4")
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _shard_keys(context: dg.InputContext | dg.OutputContext) -> tuple[str | None, list[str]]:
+    """(account shard or None, the day keys) of the partitions an output or input covers: date x
+    shard partitions are stored per shard (one folder each), by date range inside it."""
+    keys = list(context.asset_partition_keys)
+    partitions = context.asset_partitions_def
+    if not isinstance(partitions, dg.MultiPartitionsDefinition):
+        return None, keys
+    time_dimension = partitions.time_window_dimension.name
+    parsed = [partitions.get_partition_key_from_str(key).keys_by_dimension for key in keys]
+    shards = {k[SHARD_DIMENSION] for k in parsed}
+    if len(shards) != 1:
+        raise dg.DagsterInvariantViolationError(
+            f"{context.asset_key.to_user_string()}: one account shard per run, not {sorted(shards)}"
+        )
+    return shards.pop(), [k[time_dimension] for k in parsed]

@@ -11,7 +11,7 @@ not exist (404 for an id, an empty page and zero counts for a filter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +114,6 @@ class FeedPage:
     rows: pl.DataFrame
     total: int
     unread: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 ROLLUP_COUNTS = ("insights", "open_insights", "unread", "dismissed", "actioned", "snoozed")

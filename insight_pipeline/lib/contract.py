@@ -231,6 +231,18 @@ class TableReport:
             "null_keys": self.null_keys,
         }
 
+    def add(self, other: TableReport) -> None:
+        """Count `other` (the same table, other rows: e.g. another account shard) in this one."""
+        for name in (
+            "rows_read",
+            "rows_kept",
+            "duplicates",
+            "negative_values",
+            "unknown_ids",
+            "null_keys",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 class Source:
     """Reads contract tables from a directory or a SQLAlchemy URL, typed and windowed."""
@@ -258,6 +270,11 @@ class Source:
             self._engine = sa.create_engine(self.location)
         return self._engine
 
+    @property
+    def is_database(self) -> bool:
+        """A SQLAlchemy URL (reads are queries) rather than a directory of files."""
+        return self._is_url
+
     def has(self, table: str) -> bool:
         if not self._is_url:
             return self._file(table) is not None
@@ -270,30 +287,78 @@ class Source:
         *,
         date_from: date | None = None,
         date_to: date | None = None,
+        where: pl.Expr | None = None,
     ) -> pl.DataFrame | None:
         """The typed table (only rows with date_column in [date_from, date_to]); None if an
-        optional table is absent. Raises ContractError for anything structural."""
+        optional table is absent. Raises ContractError for anything structural.
+
+        `where` (on the raw columns, e.g. one account shard) is pushed into the file scan, so
+        only matching rows are decoded; a SQL source applies it after reading."""
         spec = CONTRACT[table]
         if not self.has(table):
             if spec.required:
                 raise ContractError(f"required table {table!r} is missing from {self.location}")
             return None
-        raw = self._read_raw(spec, date_from, date_to)
+        raw = self._read_raw(spec, date_from, date_to, where)
+        if not self._is_url and self._file(table).suffix == ".csv":  # type: ignore[union-attr]
+            _require_utf8(spec, raw)
         return _typed(spec, raw)
 
+    def count(
+        self, table: str, *, date_from: date | None = None, date_to: date | None = None
+    ) -> int:
+        """Rows `read` would return (before typing and validation); 0 for an absent table.
+
+        A file source only decodes the date column (often only reads the Parquet footer)."""
+        if not self.has(table):
+            return 0
+        spec = CONTRACT[table]
+        if self._is_url:
+            table = sa.table(spec.name, *[sa.column(c) for c in spec.columns])
+            query = _sql_window(spec, table, sa.select(sa.func.count()), date_from, date_to)
+            with self._sql_engine().connect() as conn:
+                return int(conn.execute(query.select_from(table)).scalar_one())
+        try:
+            return int(self._scan(spec, date_from, date_to).select(pl.len()).collect().item())
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ContractError(
+                f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
+            ) from exc
+
     def _read_raw(
-        self, spec: TableSpec, date_from: date | None, date_to: date | None
+        self,
+        spec: TableSpec,
+        date_from: date | None,
+        date_to: date | None,
+        where: pl.Expr | None = None,
     ) -> pl.DataFrame:
         wanted = list(spec.columns)
         if self._is_url:
-            return self._read_sql(spec, wanted, date_from, date_to)
+            frame = self._read_sql(spec, wanted, date_from, date_to)
+            return frame if where is None else frame.filter(where)
+        lf = self._scan(spec, date_from, date_to)
+        if where is not None:
+            lf = lf.filter(where)
+        try:
+            return lf.collect()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ContractError(
+                f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
+            ) from exc
+
+    def _scan(self, spec: TableSpec, date_from: date | None, date_to: date | None) -> pl.LazyFrame:
+        """The file, lazily: the contract's columns, rows in the date window."""
+        wanted = list(spec.columns)
         path = self._file(spec.name)
         assert path is not None
-        if path.suffix == ".csv":
-            lf = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
-        else:
-            lf = pl.scan_parquet(path)
-        schema = lf.collect_schema()
+        try:
+            if path.suffix == ".csv":
+                lf = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+            else:
+                lf = pl.scan_parquet(path)
+            schema = lf.collect_schema()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ContractError(f"table {spec.name!r} cannot be read from {path}: {exc}") from exc
         _require_columns(spec, list(schema.names()))
         lf = lf.select(wanted)
         column = spec.date_column
@@ -301,20 +366,24 @@ class Source:
             dtype = schema[column]
             col = pl.col(column)
             if dtype == pl.String:
-                # ISO strings sort like dates; bad strings fail later in typing with a clear error.
+                # ISO strings sort like dates. Anything else is kept, whatever the window, so
+                # that typing fails on it with a clear error rather than the window silently
+                # dropping every row of a file written with 03/01/2026-style dates.
+                col = col.str.strip_chars()
+                keep = col.is_null() | ~col.str.contains(r"^\d{4}-\d{2}-\d{2}")
                 col = col.str.slice(0, 10)
                 lo, hi = (str(date_from) if date_from else None, str(date_to) if date_to else None)
-            else:
+            elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
                 col = col.cast(pl.Date) if dtype != pl.Date else col
+                keep = col.is_null()
                 lo, hi = date_from, date_to
+            else:  # not a date at all: typing says so
+                lo = hi = None
             if lo is not None:
-                lf = lf.filter(col.is_null() | (col >= lo))
+                lf = lf.filter(keep | (col >= lo))
             if hi is not None:
-                lf = lf.filter(col.is_null() | (col <= hi))
-        try:
-            return lf.collect()
-        except pl.exceptions.ComputeError as exc:
-            raise ContractError(f"table {spec.name!r} cannot be read from {path}: {exc}") from exc
+                lf = lf.filter(keep | (col <= hi))
+        return lf
 
     def _read_sql(
         self, spec: TableSpec, wanted: list[str], date_from: date | None, date_to: date | None
@@ -323,14 +392,9 @@ class Source:
         columns = [c["name"] for c in sa.inspect(engine).get_columns(spec.name)]
         _require_columns(spec, columns)
         table = sa.table(spec.name, *[sa.column(c) for c in wanted])
-        query = sa.select(*[table.c[c] for c in wanted])
-        if spec.date_column and date_from is not None:
-            query = query.where(table.c[spec.date_column] >= date_from)
-        if spec.date_column and date_to is not None:
-            # timestamps: anything before the next midnight belongs to date_to
-            bound = date_to if spec.columns[spec.date_column] == DATE else _next_day(date_to)
-            op = "__le__" if spec.columns[spec.date_column] == DATE else "__lt__"
-            query = query.where(getattr(table.c[spec.date_column], op)(bound))
+        query = _sql_window(
+            spec, table, sa.select(*[table.c[c] for c in wanted]), date_from, date_to
+        )
         with engine.connect() as conn:
             frame = pl.read_database(query, connection=conn, infer_schema_length=None)
         # Decimal and other driver types become the contract's types in _typed.
@@ -368,6 +432,24 @@ class Source:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _sql_window(
+    spec: TableSpec,
+    table: sa.TableClause,
+    query: sa.Select,
+    date_from: date | None,
+    date_to: date | None,
+) -> sa.Select:
+    """`query` restricted to rows whose date column lies in [date_from, date_to]."""
+    if spec.date_column and date_from is not None:
+        query = query.where(table.c[spec.date_column] >= date_from)
+    if spec.date_column and date_to is not None:
+        # timestamps: anything before the next midnight belongs to date_to
+        bound = date_to if spec.columns[spec.date_column] == DATE else _next_day(date_to)
+        op = "__le__" if spec.columns[spec.date_column] == DATE else "__lt__"
+        query = query.where(getattr(table.c[spec.date_column], op)(bound))
+    return query
 
 
 def _next_day(day: date) -> date:
@@ -408,28 +490,106 @@ def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     return col.cast(target, strict=False)
 
 
+def _require_utf8(spec: TableSpec, raw: pl.DataFrame) -> None:
+    """CSV files are read leniently (undecodable bytes become U+FFFD) so that a bad byte is
+    reported with its table, column and row here, instead of failing the whole scan or
+    silently garbling a name or an id."""
+    for name, dtype in raw.schema.items():
+        if dtype != pl.String:
+            continue
+        bad = raw.get_column(name).str.contains("\ufffd", literal=True).fill_null(False)
+        if bad.any():
+            idx = int(bad.arg_max())
+            raise ContractError(
+                f"table {spec.name!r}, column {name!r}: row {idx + 1} is not valid UTF-8 "
+                f"({json.dumps(_example(raw, idx), default=str)}); "
+                f"{int(bad.sum())} such row(s). Export the file as UTF-8."
+            )
+
+
+_FIRST_DAY, _LAST_DAY = date(1, 1, 1), date(9999, 12, 31)
+
+
+def _type_mismatch(source: pl.DataType, target: pl.DataType) -> bool:
+    """A column of a type that cannot mean the contract's: numbers or booleans for dates (an
+    integer would silently become days since 1970), booleans or dates for numbers. Anything
+    renders as text, and text is parsed value by value."""
+    if source in (pl.String, pl.Null) or source == target:
+        return False
+    if target in (DATE, TS):
+        return not (source == pl.Date or isinstance(source, pl.Datetime))
+    if target in (FLOAT, INT):
+        return not source.is_numeric()
+    return False
+
+
+def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
+    """Typed values that parsed but cannot be right: non-finite numbers, fractions in an integer
+    column, and dates outside what a calendar (and Python) can hold."""
+    col = pl.col(name)
+    if target == FLOAT:
+        return ~col.is_finite()
+    if target == INT and source.is_float():
+        return pl.col(f"__raw_{name}") != pl.col(f"__raw_{name}").floor()
+    if target == DATE:
+        return (col < _FIRST_DAY) | (col > _LAST_DAY)
+    if target == TS:
+        return (col.dt.year() < 1) | (col.dt.year() > 9999)
+    return pl.lit(False)
+
+
 def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     """Cast every column to its contract type; an unparseable value fails with an example."""
+    for name, target in spec.columns.items():
+        source = raw.schema[name]
+        if _type_mismatch(source, target):
+            example = _example(raw, 0) if raw.height else {}
+            raise ContractError(
+                f"table {spec.name!r}, column {name!r} holds {source} values, not {target} "
+                f"(row 1: {json.dumps(example, default=str)})"
+            )
+    # Text that needs no trimming and has no blanks is kept as it is: one scan that allocates
+    # nothing instead of a trimmed copy per column (ids repeat in every row of a large table).
+    text = [n for n, t in spec.columns.items() if t == TEXT and raw.schema[n] == pl.String]
+    untouched = set()
+    if text and raw.height:
+        needs = raw.select(pl.col(n).str.contains(r"^\s|\s$|^$").any().alias(n) for n in text)
+        untouched = {n for n in text if not needs.get_column(n)[0]}
     exprs = [
-        _cast_expr(name, raw.schema[name], target).alias(name)
+        pl.col(name)
+        if name in untouched
+        else _cast_expr(name, raw.schema[name], target).alias(name)
         for name, target in spec.columns.items()
     ]
+    # Only the columns whose values can be impossible are checked (text cannot be).
+    checked = {
+        name: _invalid(name, target, raw.schema[name])
+        for name, target in spec.columns.items()
+        if target in (FLOAT, DATE, TS) or (target == INT and raw.schema[name].is_float())
+    }
     try:
         typed = raw.select(exprs)
+        invalid = pl.concat(
+            [typed, raw.select(pl.col(n).alias(f"__raw_{n}") for n in checked)], how="horizontal"
+        ).select(check.fill_null(False).alias(name) for name, check in checked.items())
     except pl.exceptions.PolarsError as exc:
         raise ContractError(f"table {spec.name!r} cannot be typed: {exc}") from exc
     for name, target in spec.columns.items():
         before = raw.get_column(name)
-        if before.dtype == target:
-            continue  # text stays text (blank -> null on both sides), other types are unchanged
-        if before.dtype == pl.String:
-            before_null = before.str.strip_chars().replace("", None).is_null()
-        else:
-            before_null = before.is_null()
-        broken = typed.get_column(name).is_null() & ~before_null
+        parts = [invalid.get_column(name)] if name in checked else []
+        # A cast to the column's own type changes nothing (text: blank -> null on both sides).
+        if before.dtype != target:
+            if before.dtype == pl.String:
+                before_null = before.str.strip_chars().replace("", None).is_null()
+            else:
+                before_null = before.is_null()
+            parts.append(typed.get_column(name).is_null() & ~before_null)
+        if not parts:
+            continue
+        broken = parts[0] if len(parts) == 1 else parts[0] | parts[1]
         if broken.any():
             idx = int(broken.arg_max())  # first failing row
-            example = {k: _jsonable(v) for k, v in raw.row(idx, named=True).items()}
+            example = _example(raw, idx)
             raise ContractError(
                 f"table {spec.name!r}, column {name!r}: value {example[name]!r} is not a valid "
                 f"{target} (row {idx + 1}: {json.dumps(example, default=str)}); "
@@ -443,6 +603,16 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
                 f"{list(allowed)} (row: {json.dumps(bad.row(0, named=True), default=str)})"
             )
     return typed
+
+
+def _example(frame: pl.DataFrame, idx: int) -> dict[str, object]:
+    """Row `idx` for an error message, as text: a value Python cannot hold (a date in year
+    57,440) must not turn the message into a crash."""
+    try:
+        row = frame.slice(idx, 1).cast(pl.String).row(0, named=True)
+    except pl.exceptions.PolarsError:
+        row = {k: repr(v) for k, v in frame.slice(idx, 1).to_dict(as_series=True).items()}
+    return {k: _jsonable(v) for k, v in row.items()}
 
 
 def _jsonable(value: object) -> object:

@@ -14,13 +14,16 @@ Rules (the product's, in one place):
 - Items are grouped as high priority, opportunities, then trends (everything else worth a look).
 - Anyone with reports (transitively through `manager_id`) also gets a team section: counts by
   CSM and priority, and the top items across the team.
+- Team-level insights (cross-account patterns, category `team`, lib/team.py) are never lines of
+  the own groups or team counts: they go to the team section's "across accounts" list of the
+  manager or leader they are for and of everyone above them.
 - Users whose preference is off, or who would get an empty digest, get nothing.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
@@ -43,6 +46,9 @@ OPPORTUNITY_TYPES = frozenset(
 )
 
 _PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+
+#: The category of team-level insights (no customer; lib/team.py).
+TEAM_CATEGORY = "team"
 
 USER_COLUMNS = ("user_id", "name", "email", "role", "manager_id")
 
@@ -129,6 +135,8 @@ class TeamMember:
 class TeamSection:
     members: list[TeamMember]
     top: list[Item]
+    patterns: list[Item] = field(default_factory=list)
+    """Cross-account patterns for this user or their reports, best first (capped)."""
 
     @property
     def totals(self) -> dict[str, int]:
@@ -182,11 +190,12 @@ class Digest:
     @property
     def item_count(self) -> int:
         """Lines in the email, own and team: what the ledger records."""
-        return self.shown + (len(self.team.top) if self.team else 0)
+        team = len(self.team.top) + len(self.team.patterns) if self.team else 0
+        return self.shown + team
 
     @property
     def is_empty(self) -> bool:
-        return self.shown == 0 and (self.team is None or not self.team.top)
+        return self.shown == 0 and (self.team is None or not (self.team.top or self.team.patterns))
 
 
 def one_line(value: object) -> str:
@@ -307,6 +316,8 @@ def build_digests(
     """The digests of `window` for `recipients` (ids), skipping empty ones and users without an
     email address. `users` holds USER_COLUMNS; `insights` the store's candidates."""
     ranked = rank_items(insights, window)
+    strategic = ranked.filter(pl.col("category") == TEAM_CATEGORY)
+    ranked = ranked.filter(pl.col("category") != TEAM_CATEGORY)
     names = dict(users.select("user_id", "name").iter_rows())
     pairs = team_pairs(users)
     people = users.filter(pl.col("user_id").is_in(recipients)).sort("user_id")
@@ -320,7 +331,8 @@ def build_digests(
         own = by_user.get((person["user_id"],), empty)
         groups = _groups(own, cap, names)
         reports = pairs.filter(pl.col("manager_id") == person["user_id"])["user_id"].to_list()
-        team = _team(ranked.filter(pl.col("user_id").is_in(reports)), names, team_top)
+        patterns = strategic.filter(pl.col("user_id").is_in([person["user_id"], *reports]))
+        team = _team(ranked.filter(pl.col("user_id").is_in(reports)), names, team_top, patterns)
         digest = Digest(
             user_id=person["user_id"],
             name=one_line(person["name"] or person["user_id"]),
@@ -366,10 +378,15 @@ def _groups(own: pl.DataFrame, cap: int, names: dict[str, str]) -> list[Group]:
     return groups
 
 
-def _team(team: pl.DataFrame, names: dict[str, str], top: int) -> TeamSection | None:
-    """Counts by CSM and priority plus the best `top` items across the team (None if quiet)."""
+def _team(
+    team: pl.DataFrame, names: dict[str, str], top: int, patterns: pl.DataFrame | None = None
+) -> TeamSection | None:
+    """Counts by CSM and priority plus the best `top` items across the team, and the best `top`
+    cross-account patterns (None if all are quiet)."""
+    patterns = patterns if patterns is not None else team.clear()
+    best_patterns = _items(_best(patterns).head(top), names)
     if team.is_empty():
-        return None
+        return TeamSection(members=[], top=[], patterns=best_patterns) if best_patterns else None
     counts = (
         team.group_by("user_id")
         .agg(
@@ -388,7 +405,13 @@ def _team(team: pl.DataFrame, names: dict[str, str], top: int) -> TeamSection | 
         TeamMember(r["user_id"], r["name"], r["high"], r["medium"], r["low"], r["new"])
         for r in counts.iter_rows(named=True)
     ]
-    best = team.with_columns(
+    return TeamSection(
+        members=members, top=_items(_best(team).head(top), names), patterns=best_patterns
+    )
+
+
+def _best(frame: pl.DataFrame) -> pl.DataFrame:
+    """Priority, then score, then newest, then id: a total order."""
+    return frame.with_columns(
         pl.col("priority").replace_strict(_PRIORITY_RANK, default=3).alias("_prio")
     ).sort(["_prio", "score", "partition_date", "id"], descending=[False, True, True, False])
-    return TeamSection(members=members, top=_items(best.head(top), names))

@@ -283,10 +283,13 @@ def subject_for(digest: Digest) -> str:
         what = _plural(digest.open_total, "insight")
     else:
         totals = digest.team.totals if digest.team else {"high": 0, "total": 0}
+        patterns = len(digest.team.patterns) if digest.team else 0
         what = (
             f"team: {totals['high']} high priority"
             if totals["high"]
             else f"team: {_plural(totals['total'], 'insight')}"
+            if totals["total"] or not patterns
+            else f"team: {_plural(patterns, 'cross-account pattern')}"
         )
     return f"Your {digest.kind} insights — {what} · {date_label(digest)}"
 

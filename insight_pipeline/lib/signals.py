@@ -50,7 +50,14 @@ CATEGORY_OF_TYPE: dict[str, str] = {
     "underperforming": "benchmark",
     "qbr_due": "timing",
     "outreach_window": "timing",
+    # Team-level (customer_id null, for a manager or leader): lib/team.py, not a detector.
+    "cross_account_pattern": "team",
 }
+
+#: Types raised by lib/team.py about many accounts at once; never in a detector's Signals.
+TEAM_TYPES: frozenset[str] = frozenset(t for t, c in CATEGORY_OF_TYPE.items() if c == "team")
+#: The per-account types of the contract, the ones detectors raise.
+ACCOUNT_TYPES: frozenset[str] = frozenset(CATEGORY_OF_TYPE) - TEAM_TYPES
 
 
 def evidence_item(metric: pl.Expr, value: pl.Expr, comparison: pl.Expr, source: str) -> pl.Expr:

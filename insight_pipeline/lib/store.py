@@ -18,17 +18,19 @@ Conventions of the frames going in and out:
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from sqlalchemy import Connection, Engine, String, Uuid, bindparam, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeEngine
 
@@ -77,6 +79,13 @@ EXTENSION_SCHEMA: dict[str, pl.DataType] = {
     "expires_at": _UTC,
 }
 
+#: Ranking columns an upsert may carry (ranking's daily cap, migration 005); a frame without
+#: them is written as pushed (everything was delivered before ranking decided).
+PUSH_SCHEMA: dict[str, pl.DataType] = {
+    "pushed": pl.Boolean(),
+    "rank_in_day": pl.Int32(),
+}
+
 #: Columns of `load_episodes`.
 EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
@@ -97,6 +106,69 @@ INSIGHT_SCHEMA: dict[str, pl.DataType] = {
     "created_at": _UTC,
     "viewed_at": _UTC,
     "actioned_at": _UTC,
+}
+
+# --- ranking ---
+
+#: Columns of `pushed_insights`.
+PUSHED_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "customer_id": pl.String(),
+    "customer_name": pl.String(),
+    "user_id": pl.String(),
+    "partition_date": pl.Date(),
+    "category": pl.String(),
+    "type": pl.String(),
+    "subject": pl.String(),
+    "priority": pl.String(),
+    "score": pl.Float64(),
+    "rank_in_day": pl.Int32(),
+    "status": pl.String(),
+    "feedback": pl.String(),
+    "snoozed_until": _UTC,
+    "expires_at": _UTC,
+    "score_parts": pl.String(),
+    "title": pl.String(),
+}
+
+#: Columns of the insight_quality table (`write_quality`, `quality`).
+QUALITY_COLUMNS: dict[str, pl.DataType] = {
+    "quality_date": pl.Date(),
+    "window_days": pl.Int32(),
+    "scope": pl.String(),
+    "scope_key": pl.String(),
+    "acted": pl.Int64(),
+    "relevant": pl.Int64(),
+    "actioned": pl.Int64(),
+    "relevance_rate": pl.Float64(),
+    "action_rate": pl.Float64(),
+}
+
+# --- team and strategic ---
+
+#: Columns of `rollup_insights`: what the team rollups (lib/team.py) count.
+ROLLUP_INSIGHT_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "customer_id": pl.String(),
+    "user_id": pl.String(),
+    "category": pl.String(),
+    "type": pl.String(),
+    "priority": pl.String(),
+    "score": pl.Float64(),
+    "partition_date": pl.Date(),
+    "expires_at": _UTC,
+    "created_at": _UTC,
+    "actioned_at": _UTC,
+}
+
+#: Columns of `team_rollup_history`: one rollup row's daily series.
+ROLLUP_HISTORY_SCHEMA: dict[str, pl.DataType] = {
+    "rollup_date": pl.Date(),
+    "open_insights": pl.Int64(),
+    "open_high": pl.Int64(),
+    "arr_at_risk": pl.Float64(),
+    "expansion_arr": pl.Float64(),
+    "raised_7d": pl.Int64(),
 }
 
 # --- users, tokens, feedback, shares (API) ---
@@ -171,8 +243,31 @@ _MIGRATION_LOCK_KEY = 7_351_946_020_001  # arbitrary, fixed: "insight_pipeline m
 _COPY_CHUNK_ROWS = 50_000
 
 
+_CONFLICT_RETRIES = 3
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the server rolled the transaction back and says
+    that running it again can succeed (SQLSTATE class 40)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in ("40P01", "40001")
+
+
 class StoreWriteError(RuntimeError):
-    """A write failed and was rolled back: the insights table is exactly as before the call."""
+    """A write failed and was rolled back: the insights table is exactly as before the call.
+
+    Except when the connection was lost while committing: the server may have committed before
+    the client heard back, so the outcome is unknown (the message says so). Every write is
+    idempotent, so re-running it is safe either way."""
+
+
+def _outcome(step: str) -> str:
+    """What a failed write left behind, as its error message says it."""
+    if step == "committing":
+        return (
+            "the commit's outcome is unknown (the server may have applied it before the "
+            "connection failed); the write is idempotent, re-run it"
+        )
+    return "rolled back, nothing was written"
 
 
 class InsightStore:
@@ -194,7 +289,7 @@ class InsightStore:
             else:
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 engine = create_engine(parsed, poolclass=NullPool)
-                _retry_duckdb_lock(engine, lock_timeout)
+                _retry_duckdb_lock(engine, database, lock_timeout)
         elif backend in ("postgresql", "postgres"):
             driver = parsed.get_driver_name()
             if parsed.drivername in ("postgresql", "postgres"):
@@ -263,13 +358,31 @@ class InsightStore:
 
         Upserts insert as status 'new'; an existing id gets fresh content, the earliest
         partition_date and the latest last_seen_date/expires_at, and keeps every user column
-        (status, feedback, snoozed_until, viewed_at, actioned_at) and created_at. Extensions
+        (status, feedback, snoozed_until, viewed_at, actioned_at) and created_at. Upserts may
+        carry ranking's `pushed` and `rank_in_day` (PUSH_SCHEMA; absent = pushed). Extensions
         (id, last_seen_date, expires_at) only move those two later; unknown ids are ignored.
         Duplicate ids within a frame are rejected (their outcome would depend on row order).
 
+        A transaction PostgreSQL fails to break a deadlock (the sink rewriting rows a user's
+        mark-all-read is updating in another order) is run again, up to 3 times.
+
         Returns {"inserted", "updated", "extended"}. Raises StoreWriteError after rollback.
         """
-        ups = _prepare(upserts, UPSERT_SCHEMA, "upserts")
+        attempt = 0
+        while True:
+            try:
+                return self._write_insights_once(upserts, extensions)
+            except StoreWriteError as exc:
+                if attempt == _CONFLICT_RETRIES or not _is_conflict(exc.__cause__):
+                    raise
+                time.sleep(0.05 * 2**attempt)
+                attempt += 1
+
+    def _write_insights_once(
+        self, upserts: pl.DataFrame, extensions: pl.DataFrame
+    ) -> dict[str, int]:
+        """One attempt of `write_insights`: one transaction, rolled back on any error."""
+        ups = _prepare(_with_push_defaults(upserts), UPSERT_SCHEMA | PUSH_SCHEMA, "upserts")
         ext = _prepare(extensions, EXTENSION_SCHEMA, "extensions")
         counts = {"inserted": 0, "updated": 0, "extended": 0}
         if ups.is_empty() and ext.is_empty():
@@ -298,7 +411,7 @@ class InsightStore:
             cause = getattr(exc, "orig", None) or exc
             raise StoreWriteError(
                 f"write_insights failed while {step} ({ups.height} upserts, {ext.height} "
-                f"extensions) on {self.dialect}; rolled back, nothing was written: "
+                f"extensions) on {self.dialect}; {_outcome(step)}: "
                 f"{type(cause).__name__}: {cause}"
             ) from exc
         return counts
@@ -605,6 +718,141 @@ class InsightStore:
             },
         )
 
+    # --- ranking ---
+
+    def pushed_insights(
+        self, day: date, *, as_of: datetime, user_ids: list[str] | None = None
+    ) -> pl.DataFrame:
+        """What CSMs are pushed on `day` (PUSHED_SCHEMA), each CSM's best first: their new
+        insights of that day that made the daily cap (`pushed`), plus snoozed insights whose
+        snooze ends during that day; dismissed, actioned and insights expired at `as_of` left
+        out. `user_ids=None` means every CSM."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_pushed",
+                _expanding={"user_ids": String()},
+                all_users=user_ids is None,
+                user_ids=list(user_ids or []),
+                day=day,
+                day_start=start,
+                day_end=start + timedelta(days=1),
+                as_of=_utc(as_of),
+            )
+        return _frame(rows, PUSHED_SCHEMA)
+
+    def write_quality(self, frame: pl.DataFrame, first_day: date, last_day: date) -> int:
+        """Replace the quality metrics of [first_day, last_day] with `frame` (QUALITY_SCHEMA of
+        lib/ranking/quality.py), in ONE transaction; returns the rows written."""
+        rows = frame.select([pl.col(c).cast(t) for c, t in QUALITY_COLUMNS.items()])
+        with self._engine.begin() as conn:
+            self._run(conn, "delete_quality", first_day=first_day, last_day=last_day)
+            if rows.height:
+                with self._staged(conn, "quality", "stage_insight_quality", rows):
+                    self._run(conn, "insert_quality", computed_at=datetime.now(UTC))
+        return rows.height
+
+    def quality(
+        self,
+        first_day: date,
+        last_day: date,
+        *,
+        window_days: int | None = None,
+        scope: str | None = None,
+    ) -> pl.DataFrame:
+        """Relevance and action rates of [first_day, last_day] (QUALITY_COLUMNS), optionally of
+        one window length (1 or 28 days by default) and one scope (overall, user, type): what the
+        API shows as "how useful are the insights"."""
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_quality",
+                first_day=first_day,
+                last_day=last_day,
+                window_days=window_days,
+                scope=scope,
+            )
+        return _frame(rows, QUALITY_COLUMNS)
+
+    # --- team and strategic ---
+
+    def rollup_insights(
+        self, first_day: date, last_day: date, *, lookback_days: int
+    ) -> pl.DataFrame:
+        """The account insights the team rollups of [first_day, last_day] count
+        (ROLLUP_INSIGHT_SCHEMA): raised by `last_day` and able to matter from `lookback_days`
+        before `first_day` on (not expired by then, actioned since, raised since, or with
+        feedback since). Team insights (no customer) are left out."""
+        since_day = first_day - timedelta(days=lookback_days)
+        since = datetime(since_day.year, since_day.month, since_day.day, tzinfo=UTC)
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_rollup_insights",
+                last_day=last_day,
+                since=since,
+                since_day=since_day,
+            )
+        return _frame(rows, ROLLUP_INSIGHT_SCHEMA)
+
+    def write_team_rollups(self, frame: pl.DataFrame, first_day: date, last_day: date) -> int:
+        """Replace the team rollups of [first_day, last_day] with `frame` (lib/team.py's
+        ROLLUP_COLUMNS), in ONE transaction; returns the rows written."""
+        from insight_pipeline.lib.team import ROLLUP_COLUMNS
+
+        rows = frame.select([pl.col(c).cast(t) for c, t in ROLLUP_COLUMNS.items()])
+        with self._engine.begin() as conn:
+            self._run(conn, "delete_team_rollups", first_day=first_day, last_day=last_day)
+            if rows.height:
+                with self._staged(conn, "team_rollups", "stage_team_rollups", rows):
+                    self._run(conn, "insert_team_rollups", computed_at=datetime.now(UTC))
+        return rows.height
+
+    def team_rollups(
+        self,
+        group_by: str,
+        *,
+        day: date | None = None,
+        keys: list[str] | None = None,
+        scope_id: str | None = None,
+    ) -> pl.DataFrame:
+        """One grouping (csm, manager, segment, total) of the team rollups on the latest day on
+        or before `day` (the newest without one), ROLLUP_COLUMNS: only the groups in `keys`
+        (None = all) and of `scope_id` (None = every scope). Who may see which rows is the
+        caller's business (api/team.py, from lib/access.py's Viewer)."""
+        from insight_pipeline.lib.team import ROLLUP_COLUMNS
+
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_team_rollups",
+                _expanding={"keys": String()},
+                group_by=group_by,
+                day=day,
+                all_keys=keys is None,
+                keys=list(keys or []),
+                scope_id=scope_id,
+            )
+        return _frame(rows, ROLLUP_COLUMNS)
+
+    def team_rollup_history(
+        self, group_by: str, scope_id: str, group_key: str, first_day: date, last_day: date
+    ) -> pl.DataFrame:
+        """One rollup row's daily series over [first_day, last_day] (ROLLUP_HISTORY_SCHEMA):
+        what the leader view charts."""
+        with self._engine.connect() as conn:
+            rows = self._run(
+                conn,
+                "select_team_rollup_history",
+                group_by=group_by,
+                scope_id=scope_id,
+                group_key=group_key,
+                first_day=first_day,
+                last_day=last_day,
+            )
+        return _frame(rows, ROLLUP_HISTORY_SCHEMA)
+
     # --- users, tokens, feedback, shares (API) ---
 
     def sync_users(self, frame: pl.DataFrame, *, at: datetime | None = None) -> dict[str, int]:
@@ -628,11 +876,12 @@ class InsightStore:
                     self._run(conn, "upsert_users", synced_at=_utc(at) or datetime.now(UTC))
                     step = "deactivating users"
                     gone = self._run(conn, "deactivate_users")
+                step = "committing"
         except Exception as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StoreWriteError(
                 f"sync_users failed while {step} ({users.height} users) on {self.dialect}; "
-                f"rolled back, nothing was written: {type(cause).__name__}: {cause}"
+                f"{_outcome(step)}: {type(cause).__name__}: {cause}"
             ) from exc
         return {
             "inserted": users.height - existing,
@@ -818,10 +1067,21 @@ class InsightStore:
         and whatever else they see that was raised or shared before `at` counts as read.
         Returns how many of their own insights changed."""
         when = _utc(at) or datetime.now(UTC)
-        with self._engine.begin() as conn:
-            changed = self._run(conn, "mark_all_viewed", user_id=str(user_id), at=when)
-            self._run(conn, "set_read_all", user_id=str(user_id), at=when)
-        return len(changed)
+        attempt = 0
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    changed = self._run(conn, "mark_all_viewed", user_id=str(user_id), at=when)
+                    self._run(conn, "set_read_all", user_id=str(user_id), at=when)
+                return len(changed)
+            except OperationalError as exc:
+                # It updates many rows the sink may be rewriting in another order: PostgreSQL
+                # then breaks the deadlock by failing one side. The whole transaction was
+                # rolled back and is idempotent, so it is simply run again.
+                if attempt == _CONFLICT_RETRIES or not _is_conflict(exc):
+                    raise
+                time.sleep(0.05 * 2**attempt)
+                attempt += 1
 
     def share_insight(
         self,
@@ -907,8 +1167,12 @@ class InsightStore:
                 offset=int(offset),
                 **params,
             )
-            total, unread = self._run(conn, "count_api_feed", _expanding=owners, **params)[0]
-        return FeedPage(_frame(rows, FEED_SCHEMA), int(total), int(unread or 0))
+            if rows:  # the page's rows carry the totals (window counts)
+                total, unread = rows[0][-2:]
+            else:
+                total, unread = self._run(conn, "count_api_feed", _expanding=owners, **params)[0]
+        frame = _frame([r[:-2] for r in rows], FEED_SCHEMA)
+        return FeedPage(frame, int(total), int(unread or 0))
 
     def team_rollup(
         self, viewer: Viewer, date_from: date, date_to: date, *, as_of: datetime | None = None
@@ -980,22 +1244,58 @@ class InsightStore:
                 raw.unregister(table)
 
 
-def _retry_duckdb_lock(engine: Engine, timeout: float) -> None:
-    """Retry opening a DuckDB file while another process holds its lock, up to `timeout` s."""
+# Connections of one process to one DuckDB file, one at a time (connect to close). DuckDB 2.0
+# misbehaves when threads of a process hold connections to the same file at once, and the store
+# runs in threaded servers (the API) and threaded tests:
+# - opening races: a connection can get the database instance before the client registered its
+#   Arrow scan, and `register` then fails ("Table Function with name python_arrow_scan does not
+#   exist");
+# - lost updates: an `update .. returning` (record_action's set_status) running while another
+#   connection upserts other columns of the same row can silently put back the row's older
+#   values (the sink's new title is gone, no error raised), even with the transactions
+#   themselves serialised.
+# Both reproduce in test_reliability_faults.py. Other processes cannot use the file meanwhile
+# anyway (DuckDB's file lock), and a store call holds its connection for milliseconds.
+_DUCKDB_FILE_LOCKS: dict[str, threading.RLock] = {}
+_DUCKDB_FILE_LOCKS_GUARD = threading.Lock()
+_HOLDS_FILE_LOCK = "insight_pipeline_file_lock"
+
+
+def _retry_duckdb_lock(engine: Engine, database: str, timeout: float) -> None:
+    """Retry opening a DuckDB file while another process holds its lock, up to `timeout` s;
+    and hold this process's lock of the file from connect to close (see above)."""
+    key = str(Path(database).expanduser().resolve())
+    with _DUCKDB_FILE_LOCKS_GUARD:
+        file_lock = _DUCKDB_FILE_LOCKS.setdefault(key, threading.RLock())
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Mapping[str, Any]) -> Any:
         deadline = time.monotonic() + timeout
         delay = 0.02
-        while True:
-            try:
-                # duckdb_engine pops keys out of cparams, so every attempt gets a fresh copy
-                return dialect.connect(*cargs, **copy.deepcopy(dict(cparams)))
-            except Exception as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        file_lock.acquire()
+        try:
+            while True:
+                try:
+                    # duckdb_engine pops keys out of cparams, so every attempt gets a fresh copy
+                    conn = dialect.connect(*cargs, **copy.deepcopy(dict(cparams)))
+                    conn_rec.info[_HOLDS_FILE_LOCK] = True
+                    return conn
+                except Exception as exc:
+                    if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+        except BaseException:
+            file_lock.release()
+            raise
+
+    def _closed(dbapi_conn: Any, conn_rec: Any, *_: Any) -> None:
+        # invalidation is followed by close: release once
+        if conn_rec.info.pop(_HOLDS_FILE_LOCK, False):
+            file_lock.release()
+
+    event.listen(engine, "close", _closed)
+    event.listen(engine, "invalidate", _closed)
 
 
 def _fetch(result: Any) -> list[tuple[Any, ...]]:
@@ -1004,6 +1304,14 @@ def _fetch(result: Any) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
     finally:
         result.close()
+
+
+def _with_push_defaults(frame: pl.DataFrame) -> pl.DataFrame:
+    """Upserts written without ranking's decision are pushed, with no rank (as before 005)."""
+    missing = {"pushed": pl.lit(True), "rank_in_day": pl.lit(None, dtype=pl.Int32)}
+    return frame.with_columns(
+        expr.alias(name) for name, expr in missing.items() if name not in frame.columns
+    )
 
 
 def _prepare(frame: pl.DataFrame, schema: dict[str, pl.DataType], label: str) -> pl.DataFrame:

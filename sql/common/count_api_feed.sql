@@ -39,8 +39,7 @@ matched as (
         )
         and (
             cast(:include_expired as boolean)
-            or v.expires_at is null
-            or v.expires_at > cast(:as_of as timestamptz)
+            or coalesce(v.expires_at, cast('infinity' as timestamptz)) > cast(:as_of as timestamptz)
         )
         and (
             cast(:include_snoozed as boolean)

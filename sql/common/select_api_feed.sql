@@ -1,7 +1,9 @@
 -- The API feed for one viewer: insights of the owners the viewer may see (every owner for a
 -- leader) plus those shared with the viewer, filtered, best first (priority, score, newest,
 -- id: a total order, so pages are stable), with who shared each one and whether it is unread
--- to the viewer. count_api_feed.sql repeats visible and matched word for word: keep them equal.
+-- to the viewer, and the totals over all pages (window counts, computed in the same scan: one
+-- statement instead of two halves the work for large scopes). An empty page carries no totals:
+-- count_api_feed.sql, which repeats visible and matched word for word, answers then.
 with visible as (
     select
         i.id, i.user_id, i.status, i.priority, i.score, i.partition_date, i.category, i.type,
@@ -41,8 +43,7 @@ matched as (
         )
         and (
             cast(:include_expired as boolean)
-            or v.expires_at is null
-            or v.expires_at > cast(:as_of as timestamptz)
+            or coalesce(v.expires_at, cast('infinity' as timestamptz)) > cast(:as_of as timestamptz)
         )
         and (
             cast(:include_snoozed as boolean)
@@ -60,7 +61,9 @@ page as (
     select
         m.*,
         case m.priority when 'high' then 0 when 'medium' then 1 when 'low' then 2 else 3 end
-            as priority_rank
+            as priority_rank,
+        count(*) over () as total_count,
+        count(case when m.unread then 1 end) over () as unread_count
     from matched as m
     order by priority_rank, m.score desc, m.partition_date desc, m.id
     limit :limit offset :offset
@@ -73,7 +76,7 @@ select
     cast(i.score_parts as text) as score_parts, i.status, i.feedback, i.snoozed_until,
     i.expires_at, i.created_at, i.viewed_at, i.actioned_at,
     owner_user.name as user_name, p.shared_by, sharer.name as shared_by_name, p.share_note,
-    p.shared_at, p.unread
+    p.shared_at, p.unread, p.total_count, p.unread_count
 from page as p
 join insights as i on i.id = p.id
 left join users as owner_user on owner_user.user_id = i.user_id

@@ -18,5 +18,7 @@ create temp table stage_insight_upserts (
     recommended_action jsonb,
     fingerprint text,
     score_parts jsonb,
-    expires_at timestamptz
+    expires_at timestamptz,
+    pushed boolean,
+    rank_in_day integer
 ) on commit drop

@@ -3,12 +3,13 @@
 insert into insights (
     id, customer_id, customer_name, user_id, partition_date, last_seen_date, category, type,
     subject, priority, score, title, summary, evidence, so_what, recommended_action,
-    fingerprint, score_parts, expires_at, created_at
+    fingerprint, score_parts, expires_at, pushed, rank_in_day, created_at
 )
 select
     s.id, s.customer_id, s.customer_name, s.user_id, s.partition_date, s.last_seen_date,
     s.category, s.type, s.subject, s.priority, s.score, s.title, s.summary, s.evidence,
-    s.so_what, s.recommended_action, s.fingerprint, s.score_parts, s.expires_at, :created_at
+    s.so_what, s.recommended_action, s.fingerprint, s.score_parts, s.expires_at,
+    coalesce(s.pushed, true), s.rank_in_day, :created_at
 from stage_insight_upserts as s
 on conflict (id) do update set
     customer_name = excluded.customer_name,
@@ -25,6 +26,8 @@ on conflict (id) do update set
     recommended_action = excluded.recommended_action,
     score_parts = excluded.score_parts,
     fingerprint = excluded.fingerprint,
+    pushed = excluded.pushed,
+    rank_in_day = excluded.rank_in_day,
     partition_date = least(insights.partition_date, excluded.partition_date),
     last_seen_date = greatest(insights.last_seen_date, excluded.last_seen_date),
     expires_at = case

@@ -32,6 +32,8 @@ UPSERT_COLUMNS = [
     "fingerprint",
     "score_parts",
     "expires_at",
+    "pushed",
+    "rank_in_day",
 ]
 PREVIEW = ["priority", "score", "customer_name", "type", "title", "partition_date"]
 

@@ -11,12 +11,21 @@ from insight_pipeline.defs.resources import StoreResource
 
 GROUP = "sink"
 
+#: A dropped connection, a terminated backend, a failover or a DuckDB file held by another
+#: process fails the write whole (one transaction, rolled back) and the upsert is idempotent,
+#: so running the step again is safe and usually all it takes (test_reliability_pipeline.py).
+#: Waits 2, 4 and 8 s (with jitter), enough for a server restart or a lock to clear.
+SINK_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
     kinds={"duckdb", "postgres"},
+    retry_policy=SINK_RETRY_POLICY,
 )
 def insights_table(
     context: dg.AssetExecutionContext, store: StoreResource, insights: pl.DataFrame

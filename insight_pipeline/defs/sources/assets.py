@@ -1,5 +1,6 @@
 """Source slices as of each partition day: validated, typed, bad rows quarantined and counted."""
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import dagster as dg
@@ -8,8 +9,10 @@ import polars as pl
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.lib.contract import CONTRACT, ContractError, quarantine
+from insight_pipeline.defs.sharding import FrameStream, run_shard
+from insight_pipeline.lib.contract import CONTRACT, ContractError, TableReport, quarantine
 from insight_pipeline.lib.paths import data_dir
+from insight_pipeline.lib.sharding import in_part, in_shard, part_count
 
 GROUP = "sources"
 
@@ -49,13 +52,18 @@ def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.Da
     if customers_clean.height == 0:
         raise ContractError("table 'customers' has no valid rows after validation")
     customers_clean = customers_clean.with_columns(
-        pl.when(pl.col("churned_on") <= last).then(pl.col("churned_on")).alias("churned_on")
+        pl.when(pl.col("churned_on") <= last).then(pl.col("churned_on")).alias("churned_on"),
+        # among all customers, also when this run only keeps one account shard
+        (pl.col("arr").rank("average") / pl.col("arr").count()).alias("arr_percentile"),
     )
+    shard, shards = run_shard(context)
+    customers_clean = customers_clean.filter(in_shard(shard, shards))
     q_users = write_quarantine("users", users_bad, str(first), str(last))
     q_customers = write_quarantine("customers", customers_bad, str(first), str(last))
     context.add_output_metadata(
         {
             "customers": customers_clean.height,
+            "account_shard": f"{shard + 1} of {shards}",
             "users": users_clean.height,
             "customers_validation": customers_report.as_metadata(),
             "users_validation": users_report.as_metadata(),
@@ -81,30 +89,65 @@ def usage_window(
     source: SourceResource,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-) -> pl.DataFrame:
+) -> FrameStream:
     """usage_daily rows from the look-back before the first day up to the last day of the run.
 
     Only the date window is read (rows after the partition day never are). Negative values,
     duplicate (customer, date, metric) rows and unknown customers are quarantined and counted.
+    A large window (a long backfill of many accounts) is read, validated and written one account
+    shard at a time, so it never sits in memory whole.
     """
     first, last = partition_days(context)
-    lookback = settings.settings().lookback_days
+    window_start = first - timedelta(days=settings.settings().lookback_days)
+    shard, shards = run_shard(context)
     src = source.open()
-    usage = src.read("usage_daily", date_from=first - timedelta(days=lookback), date_to=last)
-    assert usage is not None
-    clean, bad, report = quarantine(
-        CONTRACT["usage_daily"], usage, {"customers": accounts["customer_id"]}
-    )
-    path = write_quarantine("usage_daily", bad, str(first), str(last))
-    context.add_output_metadata(
-        {
-            "window_start": str(first - timedelta(days=lookback)),
-            "window_end": str(last),
-            "validation": report.as_metadata(),
-            "quarantine_file": path or "",
-            "customers_with_usage": clean["customer_id"].n_unique(),
-            "metrics": sorted(clean["metric"].unique().to_list()),
-        }
-    )
-    src.dispose()
-    return clean
+    rows = src.count("usage_daily", date_from=window_start, date_to=last)
+    parts_count = part_count(rows // shards)
+    known = {"customers": accounts["customer_id"]}
+    metadata: dict[str, object] = {
+        "window_start": str(window_start),
+        "window_end": str(last),
+        "account_shard": f"{shard + 1} of {shards}",
+        "parts": parts_count,
+    }
+
+    def parts() -> Iterator[pl.DataFrame]:
+        report = TableReport("usage_daily")
+        quarantined, customers, metrics = [], 0, set()
+        # A database is queried once and split here; a file is scanned once per part.
+        whole = None
+        if src.is_database and parts_count > 1:
+            whole = src.read(
+                "usage_daily", date_from=window_start, date_to=last, where=in_shard(shard, shards)
+            )
+        try:
+            for index in range(parts_count):
+                if whole is not None:
+                    usage = whole.filter(in_part(index, parts_count))
+                else:
+                    usage = src.read(
+                        "usage_daily",
+                        date_from=window_start,
+                        date_to=last,
+                        where=in_shard(shard, shards) & in_part(index, parts_count),
+                    )
+                assert usage is not None
+                clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
+                report.add(part_report)
+                quarantined.append(bad)
+                customers += clean["customer_id"].n_unique()
+                metrics.update(clean["metric"].unique().to_list())
+                yield clean
+        finally:
+            src.dispose()
+        path = write_quarantine("usage_daily", pl.concat(quarantined), str(first), str(last))
+        metadata.update(
+            {
+                "validation": report.as_metadata(),
+                "quarantine_file": path or "",
+                "customers_with_usage": customers,
+                "metrics": sorted(metrics),
+            }
+        )
+
+    return FrameStream(parts(), metadata=metadata)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
@@ -46,67 +47,104 @@ def dense_usage(
     """
     if usage.height == 0:
         return usage.select(*KEYS, "date", "value")
-    return _dense_grid(usage, end, churned)[0]
+    return _DenseGrid.build(usage, end, churned).frame()
 
 
-def _dense_grid(
-    usage: pl.DataFrame, end: date, churned: pl.DataFrame | None
-) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """`dense_usage` (sorted by customer, metric, date), the position of each row in its series
-    (0 = first observed day) and the series number of each row.
+@dataclass(frozen=True)
+class _DenseGrid:
+    """`dense_usage` as arrays: row i is day `day[i]` (days since 1970-01-01), the
+    `position[i]`-th day (0 = first observed) of series `series[i]` (a row of `keys`); rows are
+    sorted by customer, metric and date. Built with one hash group-by on the string keys and
+    array arithmetic (series offsets, a bincount for the values) instead of a string-keyed join
+    and sort; the string columns are only materialised for the rows a caller asks for."""
 
-    One hash group-by on the string keys; the grid itself is laid out with array arithmetic
-    (offsets of each series, a bincount for the values) instead of a string-keyed join and sort.
-    """
-    series = (
-        usage.group_by(KEYS)
-        .agg(
-            pl.col("date").cast(pl.Int32).alias("_days"),
-            pl.col("value").fill_null(0.0).alias("_values"),
-            pl.col("date").min().alias("first"),
+    keys: pl.DataFrame
+    series: np.ndarray
+    position: np.ndarray
+    day: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def build(cls, usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
+        if usage.height == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(usage.select(KEYS), empty, empty, empty, np.zeros(0))
+        spans = (
+            usage.group_by(KEYS)
+            .agg(
+                pl.col("date").cast(pl.Int32).alias("_days"),
+                pl.col("value").fill_null(0.0).alias("_values"),
+                pl.col("date").min().alias("first"),
+            )
+            .sort(KEYS)
         )
-        .sort(KEYS)
-    )
-    if churned is not None and churned.height:
-        series = series.join(churned, on="customer_id", how="left").with_columns(
-            pl.min_horizontal(
-                pl.lit(end), (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end))
-            ).alias("last")
+        if churned is not None and churned.height:
+            spans = spans.join(churned, on="customer_id", how="left").with_columns(
+                pl.min_horizontal(
+                    pl.lit(end),
+                    (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end)),
+                ).alias("last")
+            )
+        else:
+            spans = spans.with_columns(pl.lit(end).alias("last"))
+        first = spans["first"].cast(pl.Int32).to_numpy().astype(np.int64)
+        length = (
+            spans.select(
+                (pl.col("last") - pl.col("first")).dt.total_days().clip(lower_bound=-1) + 1
+            )
+            .to_series()
+            .to_numpy()
+            .astype(np.int64)
         )
+        offset = np.zeros(len(length), dtype=np.int64)
+        np.cumsum(length[:-1], out=offset[1:])
+        # Observed rows in series order; rows after the series' last day (churn) are dropped.
+        observed = np.repeat(np.arange(spans.height), spans["_days"].list.len().to_numpy())
+        day = spans["_days"].explode().to_numpy().astype(np.int64) - first[observed]
+        values = spans["_values"].explode().to_numpy()
+        if spans["customer_id"].null_count() or spans["metric"].null_count():
+            # as with a join, a row whose key is null matches no grid row: its value is not counted
+            null_key = (spans["customer_id"].is_null() | spans["metric"].is_null()).to_numpy()
+            values = np.where(null_key[observed], 0.0, values)
+        kept = day < length[observed]
+        value = np.bincount(
+            offset[observed[kept]] + day[kept], weights=values[kept], minlength=int(length.sum())
+        )
+        series = np.repeat(np.arange(spans.height), length)
+        position = np.arange(series.size, dtype=np.int64) - offset[series]
+        return cls(spans.select(KEYS), series, position, first[series] + position, value)
+
+    def frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
+        """customer_id, metric, date, value of `rows` (all rows when None)."""
+        series = self.series if rows is None else self.series[rows]
+        day = self.day if rows is None else self.day[rows]
+        value = self.value if rows is None else self.value[rows]
+        return pl.DataFrame(
+            {
+                "customer_id": self.keys["customer_id"].gather(series),
+                "metric": self.keys["metric"].gather(series),
+                "date": pl.Series(day, dtype=pl.Int32).cast(pl.Date),
+                "value": pl.Series(value, dtype=pl.Float64),
+            }
+        )
+
+
+def _index_within(groups: np.ndarray, starts: bool = False) -> np.ndarray:
+    """0, 1, 2, ... within each run of consecutive rows: of equal `groups` values, or (with
+    `starts`) of rows between the True flags of `groups`."""
+    index = np.arange(groups.size)
+    if starts:
+        first = groups.astype(bool)
     else:
-        series = series.with_columns(pl.lit(end).alias("last"))
-    first = series["first"].cast(pl.Int32).to_numpy().astype(np.int64)
-    length = (
-        series.select((pl.col("last") - pl.col("first")).dt.total_days().clip(lower_bound=-1) + 1)
-        .to_series()
-        .to_numpy()
-        .astype(np.int64)
-    )
-    offset = np.zeros(len(length), dtype=np.int64)
-    np.cumsum(length[:-1], out=offset[1:])
-    # Observed rows in series order; rows after the series' last day (churn) are not produced.
-    observed = np.repeat(np.arange(series.height), series["_days"].list.len().to_numpy())
-    day = series["_days"].explode().to_numpy().astype(np.int64) - first[observed]
-    values = series["_values"].explode().to_numpy()
-    if series["customer_id"].null_count() or series["metric"].null_count():
-        # as with a join, a row whose key is null matches no grid row: its value is not counted
-        null_key = (series["customer_id"].is_null() | series["metric"].is_null()).to_numpy()
-        values = np.where(null_key[observed], 0.0, values)
-    kept = day < length[observed]
-    value = np.bincount(
-        offset[observed[kept]] + day[kept], weights=values[kept], minlength=int(length.sum())
-    )
-    row_series = np.repeat(np.arange(series.height), length)
-    position = np.arange(row_series.size, dtype=np.int64) - offset[row_series]
-    grid = pl.DataFrame(
-        {
-            "customer_id": series["customer_id"].gather(row_series),
-            "metric": series["metric"].gather(row_series),
-            "date": pl.Series(first[row_series] + position, dtype=pl.Int32).cast(pl.Date),
-            "value": pl.Series(value, dtype=pl.Float64),
-        }
-    )
-    return grid, position, row_series
+        first = np.ones(groups.size, dtype=bool)
+        first[1:] = groups[1:] != groups[:-1]
+    if groups.size:
+        first[0] = True
+    return index - np.maximum.accumulate(np.where(first, index, 0))
+
+
+def _epoch_day(day: date) -> int:
+    return (day - date(1970, 1, 1)).days
 
 
 def _lagged_median(
@@ -161,30 +199,25 @@ def usage_baselines(
     usage = usage.filter(pl.col("date") <= end)
     first_judged = start - timedelta(days=s.persistence_days + 7)
     needs_expected = first_judged - timedelta(days=s.scale_days)
-    if usage.height:
-        grid, position, series = _dense_grid(usage, end, churned)
-    else:
-        grid = usage.select(*KEYS, "date", "value")
-        position = series = np.zeros(0, dtype=np.int64)
+    grid = _DenseGrid.build(usage, end, churned)
     # The two rolling medians, computed only on the rows whose result is used: the expected
     # value from `needs_expected` on (the scale's residuals), the scale from `first_judged` on.
-    y = grid["value"].log1p()
-    dates = grid["date"]
-    y_expected = np.full(grid.height, np.nan)
-    rows = np.flatnonzero((dates >= needs_expected).to_numpy())
+    y = pl.Series(grid.value, dtype=pl.Float64).log1p().to_numpy()
+    y_expected = np.full(y.size, np.nan)
+    rows = np.flatnonzero(grid.day >= _epoch_day(needs_expected))
     y_expected[rows] = _lagged_median(
-        y.to_numpy(),
-        position,
+        y,
+        grid.position,
         rows,
         [7 * week for week in range(1, s.baseline_weeks + 1)],
         max(3, s.baseline_weeks // 2),
     )
-    judged_rows = np.flatnonzero((dates >= first_judged).to_numpy())
-    abs_resid = np.abs(y.to_numpy() - y_expected)
-    if 2 * judged_rows.size > grid.height:
+    judged_rows = np.flatnonzero(grid.day >= _epoch_day(first_judged))
+    abs_resid = np.abs(y - y_expected)
+    if 2 * judged_rows.size > y.size:
         # long ranges: polars' sliding-window median over every row is the cheaper way
         scale = (
-            pl.DataFrame({"r": pl.Series(abs_resid, nan_to_null=True), "s": series})
+            pl.DataFrame({"r": pl.Series(abs_resid, nan_to_null=True), "s": grid.series})
             .select(
                 pl.col("r")
                 .shift(1)
@@ -196,17 +229,18 @@ def usage_baselines(
         )
     else:
         scale = _lagged_median(
-            abs_resid, position, judged_rows, range(1, s.scale_days + 1), s.scale_days // 2
+            abs_resid, grid.position, judged_rows, range(1, s.scale_days + 1), s.scale_days // 2
         )
     frame = (
-        grid.with_columns(
-            dates.dt.weekday().alias("weekday"),
-            y.alias("y"),
-            pl.Series(np.minimum(position, HISTORY_CAP)).alias("history_days"),
-            pl.Series(y_expected, nan_to_null=True).alias("y_expected"),
-            pl.Series(series, dtype=pl.UInt32).alias("_series"),
+        grid.frame(judged_rows)
+        .with_columns(
+            pl.col("date").dt.weekday().alias("weekday"),
+            pl.Series(y[judged_rows]).alias("y"),
+            pl.Series(np.minimum(grid.position[judged_rows], HISTORY_CAP)).alias("history_days"),
+            pl.Series(y_expected[judged_rows], nan_to_null=True).alias("y_expected"),
+            pl.Series(grid.series[judged_rows], dtype=pl.UInt32).alias("_series"),
         )
-        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))[judged_rows]
+        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))
         .with_columns(
             (pl.Series(scale, nan_to_null=True) * MAD_TO_SD)
             .clip(lower_bound=SCALE_FLOOR)
@@ -246,30 +280,33 @@ def usage_baselines(
         .cast(pl.Int8)
     )
     frame = frame.with_columns(direction.alias("direction"))
+    # Rows are sorted by series and date, each series contiguous, so "the previous row of the
+    # same series" is a plain shift masked at each series' first rows: no group-by needed.
+    frame = frame.with_columns(pl.Series("_pos", _index_within(frame["_series"].to_numpy())))
+
+    def previous(column: str, lag: int) -> pl.Expr:
+        return pl.when(pl.col("_pos") >= lag).then(pl.col(column).shift(lag))
+
     # Length of the current run of same-direction deviating days (0 when not deviating).
+    run_starts = frame.select(
+        (pl.col("direction") != previous("direction", 1)).fill_null(True)
+    ).to_series()
     frame = (
         frame.with_columns(
-            (pl.col("direction") != pl.col("direction").shift(1).over("_series"))
-            .fill_null(True)
-            .cum_sum()
-            .over("_series")
-            .alias("_run_id")
-        )
-        .with_columns(
             pl.when(pl.col("direction") != 0)
-            .then(pl.int_range(1, pl.len() + 1).over(["_series", "_run_id"]))
+            .then(pl.Series(_index_within(run_starts.to_numpy(), starts=True) + 1))
             .otherwise(0)
             .clip(upper_bound=s.persistence_days + 7)  # capped: same value in range and daily runs
             .cast(pl.Int32)
             .alias("run_days"),
             # explicit mean (not rolling_mean): bit-identical however long the run's range is
             pl.mean_horizontal(
-                [pl.col("rel_change").shift(i).over("_series") for i in range(s.persistence_days)]
+                [previous("rel_change", i) for i in range(s.persistence_days)]
             ).alias("run_effect"),
-            pl.col("rel_change").shift(1).over("_series").alias("prev_rel_change"),
+            previous("rel_change", 1).alias("prev_rel_change"),
         )
         .filter(pl.col("date").is_between(start, end))
-        .drop("_run_id", "_series", "y", "abs_resid")
+        .drop("_pos", "_series", "y", "abs_resid")
         .rename({"date": "partition_date"})
     )
     return frame
@@ -360,37 +397,51 @@ def weekly_trend_stats(
     consecutive rises/falls, and the log-linear slope with its t-statistic."""
     s = settings
     k = s.trend_weeks
-    grid = dense_usage(usage.filter(pl.col("date") <= end), end, churned)
+    grid = _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
+    # Windows run per series: "_series" (an integer) groups exactly as customer_id x metric does.
+    series = pl.Series("_series", grid.series, dtype=pl.UInt32)
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
-    frame = grid.with_columns(
-        pl.col("value").rolling_sum(window_size=7, min_samples=7).over(KEYS).alias("w0"),
-        pl.int_range(pl.len()).over(KEYS).clip(upper_bound=HISTORY_CAP).alias("history_days"),
-    ).with_columns([pl.col("w0").shift(7 * i).over(KEYS).alias(week[i]) for i in range(1, k)])
+    frame = (
+        grid.frame()
+        .with_columns(series)
+        .with_columns(
+            pl.col("value").rolling_sum(window_size=7, min_samples=7).over("_series").alias("w0"),
+            pl.Series(np.minimum(grid.position, HISTORY_CAP)).alias("history_days"),
+        )
+        .with_columns(
+            [pl.col("w0").shift(7 * i).over("_series").alias(week[i]) for i in range(1, k)]
+        )
+    )
     # The account's own week-to-week variability: robust scale of past weekly log changes,
     # taken from before the current run could have started (shifted by the trend window).
-    frame = frame.with_columns(
-        (pl.col("w0").log1p() - pl.col("w1").log1p()).alias("_wow")
-    ).with_columns(
-        (
-            pl.col("_wow")
-            .abs()
-            .shift(7 * (k - 1))
-            .rolling_median(window_size=56, min_samples=28)
-            .over(KEYS)
-            * MAD_TO_SD
+    # The median is only evaluated on the rows of [start, end], the ones returned.
+    frame = frame.with_columns((pl.col("w0").log1p() - pl.col("w1").log1p()).alias("_wow"))
+    wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
+    if 2 * wanted.size > frame.height:  # long ranges: one sliding-window pass is cheaper
+        median = pl.col("_wow").abs().shift(7 * (k - 1)).rolling_median(56, min_samples=28)
+        median = median.over("_series")
+    else:
+        values = np.full(frame.height, np.nan)
+        values[wanted] = _lagged_median(
+            frame["_wow"].abs().to_numpy(),
+            grid.position,
+            wanted,
+            range(7 * (k - 1), 7 * (k - 1) + 56),
+            28,
         )
-        .clip(lower_bound=SCALE_FLOOR)
-        .alias("weekly_scale")
+        median = pl.lit(pl.Series(values, nan_to_null=True))
+    frame = frame.with_columns(
+        (median * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale")
     )
     # Level and weekly shape of the last 3 weeks against the 8 weeks before them (change point).
     weekend = pl.when(pl.col("date").dt.weekday() >= 6).then(pl.col("value")).otherwise(0.0)
     frame = frame.with_columns(
-        (pl.col("value").rolling_sum(21, min_samples=21).over(KEYS)).alias("recent3"),
-        (pl.col("value").shift(21).rolling_sum(56, min_samples=56).over(KEYS) / 8.0).alias(
+        (pl.col("value").rolling_sum(21, min_samples=21).over("_series")).alias("recent3"),
+        (pl.col("value").shift(21).rolling_sum(56, min_samples=56).over("_series") / 8.0).alias(
             "prior_week"
         ),
-        weekend.rolling_sum(21, min_samples=21).over(KEYS).alias("_we_recent"),
-        weekend.shift(21).rolling_sum(56, min_samples=56).over(KEYS).alias("_we_prior"),
+        weekend.rolling_sum(21, min_samples=21).over("_series").alias("_we_recent"),
+        weekend.shift(21).rolling_sum(56, min_samples=56).over("_series").alias("_we_prior"),
     ).with_columns(
         pl.when(pl.col("recent3") > 0)
         .then(pl.col("_we_recent") / pl.col("recent3"))
@@ -401,7 +452,7 @@ def weekly_trend_stats(
     )
     frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
     if frame.height == 0:
-        return frame.rename({"date": "partition_date"})
+        return frame.drop("_series").rename({"date": "partition_date"})
     # Consecutive rises (falls) counted back from the latest week.
     rises = pl.lit(0, dtype=pl.Int32)
     falls = pl.lit(0, dtype=pl.Int32)
@@ -442,7 +493,7 @@ def weekly_trend_stats(
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
         )
-        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior")
+        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior", "_series")
         .rename({"date": "partition_date"})
     )
 

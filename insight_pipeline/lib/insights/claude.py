@@ -152,6 +152,11 @@ class ClaudeSettings:
     input_usd_per_mtok: float = 3.0
     output_usd_per_mtok: float = 15.0
     limits: Limits = DEFAULT_LIMITS
+    #: After this many requests in a row failed on connection errors, timeouts, 5xx or rate
+    #: limits (each after the SDK's own retries), the API is taken as down and the rest of the
+    #: run's insights get templates without asking: an unreachable or black-holed API then costs
+    #: a few timeouts, not timeout x retries for every insight (hours on a large backfill).
+    give_up_after: int = 4
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,8 @@ class _Run:
     cache_rejected: int = 0
     cache_errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    failures_in_a_row: int = 0
+    api_down: bool = False
 
     def reserve(self, estimate: int) -> bool:
         """Take one call and `estimate` tokens from the budget, or say it is spent."""
@@ -317,6 +324,26 @@ class _Run:
     def retried(self) -> None:
         with self.lock:
             self.validation_retries += 1
+
+    def answered(self) -> None:
+        with self.lock:
+            self.failures_in_a_row = 0
+
+    def failed(self, reason: str) -> None:
+        """Count a request that failed; after `give_up_after` transport-level failures in a row
+        the API is taken as down for the rest of the run."""
+        if reason not in _OUTAGE_REASONS:
+            return
+        with self.lock:
+            self.failures_in_a_row += 1
+            limit = self.settings.give_up_after
+            if limit and self.failures_in_a_row >= limit and not self.api_down:
+                self.api_down = True
+                logger.warning(
+                    "Claude API looks down (%d requests in a row failed): templates for the "
+                    "rest of this run",
+                    self.failures_in_a_row,
+                )
 
 
 class ClaudeNarrator:
@@ -406,6 +433,8 @@ class ClaudeNarrator:
         messages: list[dict[str, str]] = [{"role": "user", "content": user_message(p.payload)}]
         total_in = total_out = 0
         for attempt in range(2):
+            if run.api_down:
+                return _Outcome(None, "api_down", total_in, total_out)
             estimate = (
                 estimate_tokens(SYSTEM_PROMPT + "".join(m["content"] for m in messages))
                 + s.max_tokens
@@ -425,6 +454,7 @@ class ClaudeNarrator:
             except Exception as exc:  # an API failure must never fail the run
                 run.settle(estimate, estimate, (0, 0), time.perf_counter() - began)
                 reason = _error_reason(exc)
+                run.failed(reason)
                 logger.warning(
                     "Claude narrative for a %s insight failed (%s): %s: %.200s",
                     p.insight_type,
@@ -434,6 +464,7 @@ class ClaudeNarrator:
                     exc_info=reason == "error",  # not an API failure: maybe a bug, show where
                 )
                 return _Outcome(None, reason, total_in, total_out)
+            run.answered()
             usage = response.usage
             used_in, used_out = int(usage.input_tokens or 0), int(usage.output_tokens or 0)
             total_in, total_out = total_in + used_in, total_out + used_out
@@ -542,6 +573,9 @@ class ClaudeNarrator:
             "latency_ms_max": round(latencies[-1] * 1000, 1) if latencies else 0.0,
             "seconds": round(time.perf_counter() - started, 3),
         }
+
+
+_OUTAGE_REASONS = frozenset({"connection_error", "timeout", "server_error", "rate_limited"})
 
 
 def _error_reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import polars as pl
 
 from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
 from insight_pipeline.lib.insights.narrate import Narrator, narrative_context
+from insight_pipeline.lib.ranking.preferences import attach_preferences
 from insight_pipeline.lib.ranking.scoring import score_insights
 from insight_pipeline.lib.settings import RankingSettings
 from insight_pipeline.lib.signals import CATEGORY_OF_TYPE
@@ -30,13 +31,17 @@ ACCOUNT_COLUMNS = [
 
 
 def account_context(customers: pl.DataFrame) -> pl.DataFrame:
-    """The per-customer columns formulation needs, with the ARR percentile among all customers."""
+    """The per-customer columns formulation needs, with the ARR percentile among all customers
+    (as given by the `accounts` asset, which ranks all customers before keeping one shard)."""
+    percentile = pl.col("arr").rank("average") / pl.col("arr").count()
+    if "arr_percentile" in customers.columns:
+        percentile = pl.col("arr_percentile")
     return customers.select(
         "customer_id",
         pl.col("name").alias("customer_name"),
         pl.col("csm_user_id").alias("user_id"),
         "arr",
-        (pl.col("arr").rank("average") / pl.col("arr").count()).alias("arr_percentile"),
+        percentile.alias("arr_percentile"),
         "segment",
         "industry",
         "renewal_date",
@@ -45,12 +50,16 @@ def account_context(customers: pl.DataFrame) -> pl.DataFrame:
 
 
 def formulate(
-    signals: pl.DataFrame, customers: pl.DataFrame, settings: RankingSettings
+    signals: pl.DataFrame,
+    customers: pl.DataFrame,
+    settings: RankingSettings,
+    preferences: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Day-level insight candidates: one row per fingerprint and partition day, scored.
 
     Signals of customers that are unknown, have no CSM, or churned on or before the day are
-    dropped here (the contract: no insight on or after churned_on).
+    dropped here (the contract: no insight on or after churned_on). `preferences` are the
+    learned ones of each day (lib/ranking/preferences.py); None scores everyone neutrally.
     """
     accounts = account_context(customers)
     frame = (
@@ -76,6 +85,7 @@ def formulate(
     frame = frame.sort(
         ["fingerprint", "partition_date", "severity"], descending=[False, False, True]
     ).unique(["fingerprint", "partition_date"], keep="first", maintain_order=True)
+    frame = attach_preferences(frame, preferences)
     return score_insights(frame, settings).drop("churned_on")
 
 

@@ -5,6 +5,13 @@ detection; within the dismissal cooldown after a dismissal) continues that insig
 last_seen_date and expires_at move. Anything else opens a new episode whose id is derived from
 (fingerprint, first day), so re-running a partition updates rather than duplicates, and a range
 run decides exactly what day-by-day runs in date order would.
+
+Novelty: a new episode of a pattern whose previous episode ended less than `novelty_days`
+before scores as less new (novelty 0.5 rising to 1), so a flapping pattern fades.
+
+The daily cap: each CSM's new insights of a day are ranked (critical first, then by score) and
+at most `daily_cap` of them are *pushed* (digest, notifications) - only critical ones and those
+scoring at least `push_min_score`; the rest are kept in the table and the feed, not pushed.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from insight_pipeline.lib.ranking.scoring import score_insights
 from insight_pipeline.lib.settings import RankingSettings
 
 EPISODE_NAMESPACE = uuid.UUID("5d8f3c1e-6a1b-4c0e-9b7a-2f4e8d9c0a11")
+# columns of scored candidates (insight_candidates); bare test frames skip scoring and the cap
+_SCORED = {"user_id", "score", "severity", "confidence", "arr_percentile", "days_to_renewal"}
 
 
 def episode_id(fingerprint: str, first_day: date) -> str:
@@ -34,8 +44,51 @@ def ttl_expr(settings: RankingSettings) -> pl.Expr:
 
 def earliest_relevant_day(start: date, settings: RankingSettings) -> date:
     """Existing episodes last seen before this day cannot be continued by [start, ...]."""
-    longest = max([settings.dismiss_cooldown_days, *settings.ttl_days.values()])
+    longest = max(
+        [settings.dismiss_cooldown_days, settings.novelty_days, *settings.ttl_days.values()]
+    )
     return start - timedelta(days=longest)
+
+
+def novelty_expr(previous_last: pl.Expr, settings: RankingSettings) -> pl.Expr:
+    """Novelty of an episode starting on `first_day` after its pattern's previous episode
+    ended on `previous_last` (null: none known): 1 when new or back after more than
+    `novelty_days`, else from 0.5 (back at once) rising linearly to 1. A pattern that keeps
+    expiring and coming back (a flapping metric) is less and less news."""
+    gap = (pl.col("first_day") - previous_last).dt.total_days()
+    return (
+        pl.when(previous_last.is_null() | (gap > settings.novelty_days))
+        .then(1.0)
+        .otherwise(0.5 * (1.0 + gap.clip(lower_bound=0) / settings.novelty_days))
+        .cast(pl.Float64)
+    )
+
+
+def rank_for_push(new: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
+    """Adds rank_in_day (1 = first, per user_id and partition_date: critical first, then score,
+    then id) and pushed (critical or score >= push_min_score, and rank_in_day <= daily_cap).
+
+    Depends only on the day's new insights of that CSM, so a range run and day-by-day runs
+    push exactly the same insights.
+    """
+    critical = pl.col("critical").fill_null(False) if "critical" in new.columns else pl.lit(False)
+    ranked = new.with_columns(critical.alias("_critical")).sort(
+        ["user_id", "partition_date", "_critical", "score", "id"],
+        descending=[False, False, True, True, False],
+    )
+    ranked = ranked.with_columns(
+        (pl.int_range(pl.len()).over(["user_id", "partition_date"]) + 1)
+        .cast(pl.Int32)
+        .alias("rank_in_day")
+    )
+    eligible = pl.col("_critical") | (pl.col("score") >= settings.push_min_score)
+    return (
+        ranked.with_columns(
+            (eligible & (pl.col("rank_in_day") <= settings.daily_cap)).alias("pushed")
+        )
+        .drop("_critical")
+        .sort("id")
+    )
 
 
 def plan_episodes(
@@ -45,8 +98,9 @@ def plan_episodes(
 
     candidates: one row per fingerprint x partition_date with `category` and the content.
     existing:   id, fingerprint, partition_date, last_seen_date, status from the store.
-    Returns upserts (first row of each new episode + id, last_seen_date, expires_at) and
-    extensions (id, last_seen_date, expires_at).
+    Returns upserts (first row of each new episode + id, last_seen_date, expires_at; for
+    scored candidates also novelty, scored again, and rank_in_day and pushed: see
+    `novelty_expr` and `rank_for_push`) and extensions (id, last_seen_date, expires_at).
     """
     if candidates.height == 0:
         empty_ext = pl.DataFrame(
@@ -60,6 +114,8 @@ def plan_episodes(
             pl.lit(None, dtype=pl.String).alias("id"),
             pl.lit(None, dtype=pl.Date).alias("last_seen_date"),
             pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("expires_at"),
+            pl.lit(None, dtype=pl.Int32).alias("rank_in_day"),
+            pl.lit(None, dtype=pl.Boolean).alias("pushed"),
         )
         return empty_new, empty_ext
     cands = candidates.with_columns(ttl_expr(settings)).sort(["fingerprint", "partition_date"])
@@ -110,6 +166,7 @@ def plan_episodes(
         pl.col("last_day").shift(1).over("fingerprint"), pl.col("existing_last")
     )
     segments = segments.with_columns(
+        novelty_expr(previous_last, settings).alias("_novelty"),
         (
             pl.col("existing_id").is_not_null()
             & ((pl.col("first_day") - previous_last).dt.total_days() <= threshold)
@@ -118,7 +175,7 @@ def plan_episodes(
         .cum_min()
         .over("fingerprint")
         .cast(pl.Boolean)
-        .alias("_continues")
+        .alias("_continues"),
     )
     expires = (
         (pl.col("last_seen_date") + pl.duration(days=pl.col("ttl_days")))
@@ -140,7 +197,7 @@ def plan_episodes(
         .sort("id")
     )
     new_segments = segments.filter(~pl.col("_continues")).select(
-        "fingerprint", "_segment", "last_day"
+        "fingerprint", "_segment", "last_day", "_novelty"
     )
     upserts = (
         cands.join(new_segments, on=["fingerprint", "_segment"], how="inner")
@@ -157,7 +214,10 @@ def plan_episodes(
             )
             .alias("id")
         )
-        .drop("_gap", "_segment", "ttl_days")
-        .sort("id")
+        .with_columns(pl.col("_novelty").alias("novelty"))
+        .drop("_gap", "_segment", "ttl_days", "_novelty")
     )
-    return upserts, extensions
+    if _SCORED <= set(upserts.columns):
+        # novelty is only known here, against the episodes before: score again, then cap
+        upserts = rank_for_push(score_insights(upserts, settings), settings)
+    return upserts.sort("id"), extensions

@@ -1,0 +1,54 @@
+"""Account shards: customers split into N disjoint groups by a hash of `customer_id`.
+
+Every per-account computation (the usage baselines, anomalies and trends, the engagement, risk,
+opportunity and timing detectors) gives the same rows for a customer whatever other customers are
+in the frame, so running it shard by shard and concatenating the parts gives exactly the rows of
+one run over everything. Two independent splits use this:
+
+- *deployment shards* (`SHARD_SEED`): a day fans out over N runs, one per shard, on as many
+  workers (the date x shard partitions of `insight_pipeline.sharded`);
+- *parts* (`PART_SEED`): inside one run, a large input (a long backfill of many accounts) is
+  processed one part at a time to bound memory. A different seed keeps the two independent, so a
+  deployment shard still splits evenly into parts.
+
+The hash is polars' own with fixed seeds: stable for a given polars version, which every process
+of one deployment shares (intermediates are rewritten by each run, never read across versions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+SHARD_SEED = 0x5A4D
+PART_SEED = 0x9A27
+ROWS_PER_PART = 20_000_000
+"""Rows of a large input processed at once: 1-2 GB of working memory for the usage detectors.
+A daily partition of 10k accounts (4.5M usage rows) is one part; 100k accounts x 365 days (150M
+rows) are eight."""
+
+
+def shard_of(count: int, column: str = "customer_id", seed: int = SHARD_SEED) -> pl.Expr:
+    """The shard (0..count-1) of each row's customer; a null id falls in shard 0."""
+    return (pl.col(column).hash(seed) % max(count, 1)).fill_null(0)
+
+
+def in_shard(
+    index: int, count: int, column: str = "customer_id", seed: int = SHARD_SEED
+) -> pl.Expr:
+    """True for the rows whose customer belongs to shard `index` of `count`."""
+    if count <= 1:
+        return pl.lit(True)
+    return shard_of(count, column, seed) == index
+
+
+def in_part(index: int, count: int, column: str = "customer_id") -> pl.Expr:
+    """True for the rows whose customer belongs to in-run part `index` of `count`."""
+    return in_shard(index, count, column, PART_SEED)
+
+
+def part_count(rows: int, rows_per_part: int | None = None) -> int:
+    """How many parts keep each under `rows_per_part` (default ROWS_PER_PART) rows."""
+    limit = ROWS_PER_PART if rows_per_part is None else rows_per_part
+    return max(1, math.ceil(rows / max(limit, 1)))
