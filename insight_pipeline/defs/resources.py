@@ -10,7 +10,12 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from insight_pipeline.defs.sharding import SHARD_DIMENSION, FrameStream
+from insight_pipeline.defs.sharding import (
+    PARTS_METADATA,
+    SHARD_DIMENSION,
+    FrameParts,
+    FrameStream,
+)
 from insight_pipeline.lib.contract import Source
 from insight_pipeline.lib.insights.claude import (
     DEFAULT_MODEL,
@@ -197,32 +202,37 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(
         self, context: dg.InputContext
-    ) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
+    ) -> pl.DataFrame | pl.LazyFrame | FrameParts | dict[str, pl.DataFrame]:
         from datetime import date
 
         directory = self._dir(context)
         first, last = self._range(context)
-        lazy = getattr(context.dagster_type, "typing_type", None) is pl.LazyFrame
+        wanted = getattr(context.dagster_type, "typing_type", None)
+        lazy = wanted in (pl.LazyFrame, FrameParts)
         for exact in (directory / f"{first}__{last}.parquet", directory / f"{first}__{last}"):
             if exact.exists():
-                return self._read(exact, lazy)
+                return _as_parts(exact) if wanted is FrameParts else self._read(exact, lazy)
         candidates = [p for p in directory.glob("*__*") if not p.name.startswith(".")]
         for path in sorted(candidates, reverse=True):
             lo, hi = path.name.removesuffix(".parquet").split("__")
             if lo <= first and last <= hi:
                 stored = self._read(path, lazy)
+                days = None
                 if isinstance(stored, pl.DataFrame | pl.LazyFrame) and (
                     "partition_date" in stored.collect_schema().names()
                 ):
-                    stored = stored.filter(
-                        pl.col("partition_date").is_between(
-                            date.fromisoformat(first), date.fromisoformat(last)
-                        )
+                    days = pl.col("partition_date").is_between(
+                        date.fromisoformat(first), date.fromisoformat(last)
                     )
-                return stored
+                    stored = stored.filter(days)
+                return _as_parts(path, days) if wanted is FrameParts else stored
         allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
         stitched = _stitch(directory, first, last, lazy, allow_missing)
         if stitched is not None:
+            if wanted is FrameParts:
+                return FrameParts(
+                    stitched if isinstance(stitched, pl.LazyFrame) else stitched.lazy()
+                )
             return stitched
         raise FileNotFoundError(
             f"no stored output of {context.asset_key.to_user_string()} covers {first}...{last}; "
@@ -277,12 +287,15 @@ def _stitch(
 
 
 def _write_parts(path: Any, stream: FrameStream) -> int:
-    """Append each part of `stream` to one Parquet file (row groups); returns the rows written."""
+    """Append each part of `stream` to one Parquet file (row groups), recording each part's row
+    count in the file's metadata so that a reader can take one part's slice; returns the rows."""
+    import json
+
     import pyarrow.parquet as pq
 
     writer: pq.ParquetWriter | None = None
     columns: list[str] = []
-    rows = 0
+    heights: list[int] = []
     try:
         for part in stream.parts:
             if writer is None:
@@ -292,13 +305,26 @@ def _write_parts(path: Any, stream: FrameStream) -> int:
             else:
                 table = part.select(columns).to_arrow().cast(writer.schema)
             writer.write_table(table)
-            rows += part.height
+            heights.append(part.height)
         if writer is None:
             pl.DataFrame(schema=stream.schema).write_parquet(path, compression="lz4")
+        else:
+            writer.add_key_value_metadata({PARTS_METADATA: json.dumps(heights)})
     finally:
         if writer is not None:
             writer.close()
-    return rows
+    return sum(heights)
+
+
+def _as_parts(path: Any, where: pl.Expr | None = None) -> FrameParts:
+    """A stored frame as `FrameParts`: its recorded parts, or none (then cut by customer hash)."""
+    import json
+
+    if path.is_dir():
+        raise TypeError(f"{path} is a bundle of frames, not one frame to read in parts")
+    recorded = pl.read_parquet_metadata(path).get(PARTS_METADATA)
+    heights = json.loads(recorded) if recorded else None
+    return FrameParts(pl.scan_parquet(path), heights, where)
 
 
 def _shard_keys(context: dg.InputContext | dg.OutputContext) -> tuple[str | None, list[str]]:

@@ -1,11 +1,12 @@
 """Account shards in the asset graph: large outputs written part by part, and the shard of a run.
 
 *Parts* bound memory inside one run. An asset whose input or output would not fit in memory at
-once (a 365-day range over 100k accounts holds ~150M usage rows) declares its large inputs as
-`pl.LazyFrame` (the IO manager then scans the stored file instead of reading it) and returns a
-`FrameStream`: a generator of parts, one per group of accounts (`lib/sharding.py`), that the IO
-manager writes to one Parquet file as they come. Downstream assets read that file as usual. Small
-runs are one part, so the default path costs nothing extra.
+once (a 365-day range over 100k accounts holds ~150M usage rows) returns a `FrameStream`: a
+generator of parts, one per group of whole accounts (`lib/sharding.py`), that the IO manager
+writes to one Parquet file as they come, recording where each part lies. A consumer that wants it
+part by part declares the input as `FrameParts` (and reads each part's slice of the file); one
+that declares `pl.DataFrame` reads the whole file as usual. Small runs are one part, so the
+default path costs nothing extra.
 
 *Shards* spread a day over several runs: in `insight_pipeline.sharded` every asset is partitioned
 by date x shard, and the source assets keep only the accounts of the run's shard.
@@ -58,30 +59,53 @@ def run_shard(context: dg.AssetExecutionContext) -> tuple[int, int]:
     return shards.index(keys.pop()), len(shards)
 
 
-def parts_of(frame: pl.LazyFrame, rows_per_part: int | None = None) -> int:
-    """How many parts to process a stored frame in (its row count is in the file footer)."""
-    return part_count(int(frame.select(pl.len()).collect().item()), rows_per_part)
+PARTS_METADATA = "insight_pipeline.parts"
+"""Parquet key-value metadata of a `FrameStream` output: the row count of each part, in order."""
 
 
-def by_part(
-    frame: pl.LazyFrame, count: int, column: str = "customer_id"
-) -> Iterator[tuple[int, pl.DataFrame]]:
-    """(index, rows of the customers in part `index`) for each of `count` parts."""
-    if count <= 1:
-        yield 0, frame.collect()
-        return
-    for index in range(count):
-        yield index, frame.filter(in_part(index, count, column)).collect()
+@dataclass
+class FrameParts:
+    """A stored frame read one part (a group of whole accounts) at a time: an input annotated
+    `FrameParts` gets this from the IO manager instead of the frame.
+
+    A `FrameStream` output is stored as consecutive parts, so a part is a slice of the file (only
+    its row groups are read). A frame written whole is cut into parts by a hash of customer_id.
+    """
+
+    scan: pl.LazyFrame
+    heights: list[int] | None = None
+    where: pl.Expr | None = None
+
+    @property
+    def rows(self) -> int:
+        if self.heights is not None:
+            return sum(self.heights)
+        return int(self.scan.select(pl.len()).collect().item())
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        if self.heights is not None:
+            offset = 0
+            for height in self.heights:
+                yield self._restrict(self.scan.slice(offset, height)).collect()
+                offset += height
+            return
+        count = part_count(self.rows)
+        for index in range(count):
+            part = self.scan if count == 1 else self.scan.filter(in_part(index, count))
+            yield self._restrict(part).collect()
+
+    def lazy(self) -> pl.LazyFrame:
+        """The whole frame, lazily."""
+        return self._restrict(self.scan)
+
+    def _restrict(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame if self.where is None else frame.filter(self.where)
 
 
 def concat_by_part(
-    compute: Callable[[pl.DataFrame], pl.DataFrame],
-    frame: pl.LazyFrame,
-    count: int | None = None,
-    column: str = "customer_id",
+    compute: Callable[[pl.DataFrame], pl.DataFrame], frame: FrameParts
 ) -> pl.DataFrame:
     """`compute` over each part of `frame`, concatenated: for a per-account computation with a
-    small result (signals) this equals `compute(frame.collect())` in bounded memory."""
-    count = parts_of(frame) if count is None else count
-    results = [compute(part) for _, part in by_part(frame, count, column)]
+    small result (signals) this equals `compute(whole frame)` in bounded memory."""
+    results = [compute(part) for part in frame]
     return results[0] if len(results) == 1 else pl.concat(results, how="vertical_relaxed")

@@ -23,10 +23,13 @@ import polars as pl
 
 SHARD_SEED = 0x5A4D
 PART_SEED = 0x9A27
-ROWS_PER_PART = 20_000_000
-"""Rows of a large input processed at once: 1-2 GB of working memory for the usage detectors.
-A daily partition of 10k accounts (4.5M usage rows) is one part; 100k accounts x 365 days (150M
-rows) are eight."""
+ROWS_PER_PART = 5_000_000
+"""Usage rows processed at once: about 1-1.5 GB of working memory for the usage detectors (their
+frames carry ~25 columns per row). A daily partition of 10k accounts (4.5M rows) is one part;
+100k accounts x 365 days (150M rows) are thirty."""
+PARTS_PER_SCAN = 4
+"""Parts read from the source with one scan of its file, then split in memory: fewer passes over
+a large file, at most ~20M rows held at once."""
 
 
 def shard_of(count: int, column: str = "customer_id", seed: int = SHARD_SEED) -> pl.Expr:

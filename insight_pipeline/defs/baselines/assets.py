@@ -8,7 +8,7 @@ import polars as pl
 from insight_pipeline.defs.metadata import markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
-from insight_pipeline.defs.sharding import FrameStream, by_part, parts_of
+from insight_pipeline.defs.sharding import FrameParts, FrameStream
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 
 GROUP = "baselines"
@@ -27,7 +27,7 @@ def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:
 def usage_baselines(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
-    usage_window: pl.LazyFrame,
+    usage_window: FrameParts,
     accounts: pl.DataFrame,
 ) -> FrameStream:
     """Expected value (median of the same weekday over the previous weeks), robust scale (MAD of
@@ -37,13 +37,13 @@ def usage_baselines(
     first, last = partition_days(context)
     usage_settings = settings.settings().usage
     churned = churn_dates(accounts)
-    parts_count = parts_of(usage_window)
-    metadata: dict[str, object] = {"parts": parts_count}
+    metadata: dict[str, object] = {}
 
     def parts() -> Iterator[pl.DataFrame]:
-        rows = series = deviating_days = 0
+        rows = series = deviating_days = parts_count = 0
         strongest = []
-        for _, usage in by_part(usage_window, parts_count):
+        for usage in usage_window:  # one part (a group of whole accounts) at a time
+            parts_count += 1
             frame = compute_usage_baselines(usage, first, last, usage_settings, churned)
             deviating = frame.filter(pl.col("direction") != 0)
             rows += frame.height
@@ -53,6 +53,7 @@ def usage_baselines(
             yield frame
         metadata.update(
             {
+                "parts": parts_count,
                 "rows": rows,
                 "customer_metrics": series,
                 "deviating_days": deviating_days,

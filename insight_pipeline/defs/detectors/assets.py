@@ -7,7 +7,7 @@ from insight_pipeline.defs.baselines.assets import churn_dates
 from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
-from insight_pipeline.defs.sharding import concat_by_part
+from insight_pipeline.defs.sharding import FrameParts, concat_by_part
 from insight_pipeline.lib.detectors.usage import (
     detect_usage_anomalies,
     detect_usage_trends,
@@ -49,7 +49,7 @@ def signal_metadata(frame: pl.DataFrame) -> dict:
     kinds={"polars"},
 )
 def usage_anomalies(
-    context: dg.AssetExecutionContext, settings: SettingsResource, usage_baselines: pl.LazyFrame
+    context: dg.AssetExecutionContext, settings: SettingsResource, usage_baselines: FrameParts
 ) -> pl.DataFrame:
     """usage_spike / usage_drop: days beyond the robust band with an effect size, persisting (or
     one extreme day for a spike)."""
@@ -70,7 +70,7 @@ def usage_anomalies(
 def usage_trends(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
-    usage_window: pl.LazyFrame,
+    usage_window: FrameParts,
     accounts: pl.DataFrame,
 ) -> pl.DataFrame:
     """adoption_trend / declining_usage: consecutive weekly rises or falls with a significant

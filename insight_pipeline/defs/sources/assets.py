@@ -1,5 +1,6 @@
 """Source slices as of each partition day: validated, typed, bad rows quarantined and counted."""
 
+import math
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,7 +13,13 @@ from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import FrameStream, run_shard
 from insight_pipeline.lib.contract import CONTRACT, ContractError, TableReport, quarantine
 from insight_pipeline.lib.paths import data_dir
-from insight_pipeline.lib.sharding import in_part, in_shard, part_count
+from insight_pipeline.lib.sharding import (
+    PART_SEED,
+    PARTS_PER_SCAN,
+    in_shard,
+    part_count,
+    shard_of,
+)
 
 GROUP = "sources"
 
@@ -94,8 +101,8 @@ def usage_window(
 
     Only the date window is read (rows after the partition day never are). Negative values,
     duplicate (customer, date, metric) rows and unknown customers are quarantined and counted.
-    A large window (a long backfill of many accounts) is read, validated and written one account
-    shard at a time, so it never sits in memory whole.
+    A large window (a long backfill of many accounts) is read, validated and written one part
+    (a group of whole accounts) at a time, so it never sits in memory whole.
     """
     first, last = partition_days(context)
     window_start = first - timedelta(days=settings.settings().lookback_days)
@@ -103,6 +110,7 @@ def usage_window(
     src = source.open()
     rows = src.count("usage_daily", date_from=window_start, date_to=last)
     parts_count = part_count(rows // shards)
+    scans = math.ceil(parts_count / PARTS_PER_SCAN)
     known = {"customers": accounts["customer_id"]}
     metadata: dict[str, object] = {
         "window_start": str(window_start),
@@ -111,33 +119,45 @@ def usage_window(
         "parts": parts_count,
     }
 
+    def split(usage: pl.DataFrame, members: list[int]) -> Iterator[pl.DataFrame]:
+        """The rows of each part in `members` (one scan read them all)."""
+        if len(members) == 1:
+            yield usage
+            return
+        by_part = usage.with_columns(shard_of(parts_count, seed=PART_SEED).alias("_part"))
+        groups = by_part.partition_by("_part", as_dict=True, include_key=False)
+        for index in members:
+            yield groups.get((index,), usage.clear())
+
     def parts() -> Iterator[pl.DataFrame]:
         report = TableReport("usage_daily")
         quarantined, customers, metrics = [], 0, set()
-        # A database is queried once and split here; a file is scanned once per part.
+        # A database is queried once and split here; a file is scanned once per few parts.
         whole = None
         if src.is_database and parts_count > 1:
             whole = src.read(
                 "usage_daily", date_from=window_start, date_to=last, where=in_shard(shard, shards)
             )
         try:
-            for index in range(parts_count):
+            for scan in range(scans):
+                members = list(range(scan, parts_count, scans))
+                where = in_shard(shard, shards)
+                if parts_count > 1:
+                    where = where & shard_of(parts_count, seed=PART_SEED).is_in(members)
                 if whole is not None:
-                    usage = whole.filter(in_part(index, parts_count))
+                    read = whole.filter(where)
                 else:
-                    usage = src.read(
-                        "usage_daily",
-                        date_from=window_start,
-                        date_to=last,
-                        where=in_shard(shard, shards) & in_part(index, parts_count),
+                    read = src.read(
+                        "usage_daily", date_from=window_start, date_to=last, where=where
                     )
-                assert usage is not None
-                clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
-                report.add(part_report)
-                quarantined.append(bad)
-                customers += clean["customer_id"].n_unique()
-                metrics.update(clean["metric"].unique().to_list())
-                yield clean
+                assert read is not None
+                for usage in split(read, members):
+                    clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
+                    report.add(part_report)
+                    quarantined.append(bad)
+                    customers += clean["customer_id"].n_unique()
+                    metrics.update(clean["metric"].unique().to_list())
+                    yield clean
         finally:
             src.dispose()
         path = write_quarantine("usage_daily", pl.concat(quarantined), str(first), str(last))

@@ -129,16 +129,11 @@ class _DenseGrid:
         )
 
 
-def _index_within(groups: np.ndarray, starts: bool = False) -> np.ndarray:
-    """0, 1, 2, ... within each run of consecutive rows: of equal `groups` values, or (with
-    `starts`) of rows between the True flags of `groups`."""
-    index = np.arange(groups.size)
-    if starts:
-        first = groups.astype(bool)
-    else:
-        first = np.ones(groups.size, dtype=bool)
-        first[1:] = groups[1:] != groups[:-1]
-    if groups.size:
+def _index_since(starts: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... counting rows since the last True in `starts` (the first row always starts)."""
+    index = np.arange(starts.size)
+    first = starts.astype(bool)
+    if first.size:
         first[0] = True
     return index - np.maximum.accumulate(np.where(first, index, 0))
 
@@ -282,7 +277,9 @@ def usage_baselines(
     frame = frame.with_columns(direction.alias("direction"))
     # Rows are sorted by series and date, each series contiguous, so "the previous row of the
     # same series" is a plain shift masked at each series' first rows: no group-by needed.
-    frame = frame.with_columns(pl.Series("_pos", _index_within(frame["_series"].to_numpy())))
+    # The frame starts at first_judged (or at the series' first day, if later).
+    within = np.minimum(grid.position, grid.day - _epoch_day(first_judged))[judged_rows]
+    frame = frame.with_columns(pl.Series("_pos", within))
 
     def previous(column: str, lag: int) -> pl.Expr:
         return pl.when(pl.col("_pos") >= lag).then(pl.col(column).shift(lag))
@@ -294,7 +291,7 @@ def usage_baselines(
     frame = (
         frame.with_columns(
             pl.when(pl.col("direction") != 0)
-            .then(pl.Series(_index_within(run_starts.to_numpy(), starts=True) + 1))
+            .then(pl.Series(_index_since(run_starts.to_numpy()) + 1))
             .otherwise(0)
             .clip(upper_bound=s.persistence_days + 7)  # capped: same value in range and daily runs
             .cast(pl.Int32)
@@ -309,7 +306,9 @@ def usage_baselines(
         .drop("_pos", "_series", "y", "abs_resid")
         .rename({"date": "partition_date"})
     )
-    return frame
+    # Masked shifts leave some columns in more chunks than others; polars' string functions
+    # (pl.format in the detectors) can fail on such a frame, so hand it over in one chunk.
+    return frame.rechunk()
 
 
 def _severity_of_ratio(ratio: pl.Expr) -> pl.Expr:
@@ -403,13 +402,17 @@ def weekly_trend_stats(
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
     frame = (
         grid.frame()
-        .with_columns(series)
+        .with_columns(series, pl.Series("_pos", grid.position))
         .with_columns(
             pl.col("value").rolling_sum(window_size=7, min_samples=7).over("_series").alias("w0"),
             pl.Series(np.minimum(grid.position, HISTORY_CAP)).alias("history_days"),
         )
         .with_columns(
-            [pl.col("w0").shift(7 * i).over("_series").alias(week[i]) for i in range(1, k)]
+            # within the series: rows are contiguous and daily, so a shift masked by position
+            [
+                pl.when(pl.col("_pos") >= 7 * i).then(pl.col("w0").shift(7 * i)).alias(week[i])
+                for i in range(1, k)
+            ]
         )
     )
     # The account's own week-to-week variability: robust scale of past weekly log changes,
@@ -452,7 +455,7 @@ def weekly_trend_stats(
     )
     frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
     if frame.height == 0:
-        return frame.drop("_series").rename({"date": "partition_date"})
+        return frame.drop("_series", "_pos").rename({"date": "partition_date"})
     # Consecutive rises (falls) counted back from the latest week.
     rises = pl.lit(0, dtype=pl.Int32)
     falls = pl.lit(0, dtype=pl.Int32)
@@ -493,8 +496,9 @@ def weekly_trend_stats(
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
         )
-        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior", "_series")
+        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior", "_series", "_pos")
         .rename({"date": "partition_date"})
+        .rechunk()  # one chunk per column (see usage_baselines)
     )
 
 
