@@ -57,7 +57,7 @@ run_launcher:
   module: dagster._core.launcher
   class: DefaultRunLauncher
 """
-PER_ACCOUNT = ~pl.col("type").is_in(["outperforming", "underperforming"])
+PER_ACCOUNT = ~pl.col("type").is_in(["outperforming", "underperforming", "cross_account_pattern"])
 NOT_COMPARED = ["pushed", "rank_in_day", "created_at", "viewed_at", "actioned_at"]
 
 
@@ -95,8 +95,8 @@ def wait_for_backfill(env: dict[str, str], backfill_id: str, runs: int) -> list[
         "inst = dg.DagsterInstance.get()\n"
         f"rs = inst.get_run_records(RunsFilter(tags={{'dagster/backfill': '{backfill_id}'}}))\n"
         "print(json.dumps([{'status': r.dagster_run.status.value, 'start': r.start_time,"
-        " 'end': r.end_time, 'partition': r.dagster_run.tags.get('dagster/partition')}"
-        " for r in rs]))\n"
+        " 'end': r.end_time, 'partition': r.dagster_run.tags.get('dagster/partition'),"
+        " 'run_id': r.dagster_run.run_id} for r in rs]))\n"
     )
     while True:
         out = subprocess.run(
@@ -107,6 +107,20 @@ def wait_for_backfill(env: dict[str, str], backfill_id: str, runs: int) -> list[
         if len(records) == runs and len(done) == runs:
             return records
         time.sleep(2)
+
+
+def failures(env: dict[str, str], run_ids: list[str]) -> str:
+    """The error messages of the failed steps of `run_ids`, from the instance's event log."""
+    probe = (
+        "import dagster as dg\n"
+        "inst = dg.DagsterInstance.get()\n"
+        f"for run_id in {run_ids!r}:\n"
+        "    for e in inst.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):\n"
+        "        err = e.dagster_event.step_failure_data.error\n"
+        "        print(run_id, e.step_key, err.message if err else '')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    return out.stdout or out.stderr[-2000:]
 
 
 def insights(url: str) -> pl.DataFrame:
@@ -149,6 +163,8 @@ def main() -> None:
             env,
             work / "single.log",
         )
+        if single.outcome != "ok":
+            raise SystemExit(f"the single run {single.outcome}: {work / 'single.log'}")
         single_url = env["INSIGHTS_DATABASE_URL"]
         print(f"one run, daily graph: {single.seconds:.1f} s, peak {gb(single.peak_rss):.2f} GB")
 
@@ -172,6 +188,8 @@ def main() -> None:
             env,
             work / "backfill.log",
         )
+        if launched.outcome != "ok":
+            raise SystemExit(f"dagster job backfill {launched.outcome}: {work / 'backfill.log'}")
         backfill_id = re.findall(
             r"Launched backfill job `([^`]+)`", (work / "backfill.log").read_text()
         )[0]
@@ -184,7 +202,8 @@ def main() -> None:
         for r in sorted(records, key=lambda r: r["partition"]):
             print(f"  {r['partition']}: {r['status']}, {r['end'] - r['start']:.1f} s")
         if any(r["status"] != "SUCCESS" for r in records):
-            raise SystemExit("a shard run failed; see the runs in the Dagster UI / logs")
+            print(failures(env, [r["run_id"] for r in records if r["status"] != "SUCCESS"]))
+            raise SystemExit("a shard run failed")
         expected, got = insights(single_url), insights(env["INSIGHTS_DATABASE_URL"])
         print(
             f"insights (per-account types): one run {expected.height}, shards {got.height}; "

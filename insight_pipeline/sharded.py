@@ -52,11 +52,32 @@ def sharded_partitions(shards: int) -> dg.MultiPartitionsDefinition:
 
 
 def sharded_assets(shards: int) -> list[dg.AssetsDefinition]:
-    """The daily graph's assets (same keys, code and checks), partitioned by day x shard."""
+    """The daily graph's assets (same keys, code and checks), partitioned by day x shard.
+
+    A dependency with a partition mapping (a look-back over days) keeps it on the date and
+    stays within its own shard."""
     partitions = sharded_partitions(shards)
-    return dg.map_asset_specs(
-        lambda spec: spec.replace_attributes(partitions_def=partitions), ALL_ASSETS
-    )
+
+    def within_shard(mapping: dg.PartitionMapping | None) -> dg.PartitionMapping | None:
+        if mapping is None:
+            return None
+        return dg.MultiPartitionMapping(
+            {
+                "date": dg.DimensionPartitionMapping("date", mapping),
+                SHARD_DIMENSION: dg.DimensionPartitionMapping(
+                    SHARD_DIMENSION, dg.IdentityPartitionMapping()
+                ),
+            }
+        )
+
+    def reshard(spec: dg.AssetSpec) -> dg.AssetSpec:
+        deps = [
+            dg.AssetDep(dep.asset_key, partition_mapping=within_shard(dep.partition_mapping))
+            for dep in spec.deps
+        ]
+        return spec.replace_attributes(partitions_def=partitions, deps=deps)
+
+    return dg.map_asset_specs(reshard, ALL_ASSETS)
 
 
 def build_defs(shards: int) -> dg.Definitions:

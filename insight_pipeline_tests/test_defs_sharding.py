@@ -1,0 +1,153 @@
+"""Account shards: a run processed in several parts (to bound memory) writes exactly what one
+part writes, and the date x shard graph of `insight_pipeline.sharded` - one run per shard - fills
+the insights table with the rows of the daily graph (the union of the shards equals the unsharded
+result), apart from the documented cross-account steps."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+import insight_pipeline.lib.sharding as sharding
+from insight_pipeline.definitions import ALL_ASSETS
+from insight_pipeline.defs.resources import (
+    NarratorResource,
+    PolarsParquetIOManager,
+    SettingsResource,
+    SourceResource,
+    StoreResource,
+)
+from insight_pipeline.lib.sharding import in_part, in_shard
+from insight_pipeline.lib.store import InsightStore
+from insight_pipeline.sample import generate_sample
+from insight_pipeline.sharded import build_defs, sharded_assets
+
+END = date(2026, 6, 30)
+FIRST = END - timedelta(days=9)
+SHARDS = 3
+# Cross-account, so not comparable shard by shard (README, "Scaling out"): peer cohorts, team
+# patterns across accounts, and the per-CSM daily push cap and rank.
+CROSS_ACCOUNT_TYPES = ["outperforming", "underperforming", "cross_account_pattern"]
+CROSS_ACCOUNT_COLUMNS = ["pushed", "rank_in_day"]
+WALL_CLOCK = ["created_at", "viewed_at", "actioned_at"]
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample(out, accounts=300, days=240, seed=5, end_date=END)
+    return out
+
+
+def resources(source: Path, db_url: str, work: Path) -> dict[str, object]:
+    return {
+        "source": SourceResource(location=str(source)),
+        "store": StoreResource(url=db_url),
+        "narrator": NarratorResource(use_claude=False),
+        "settings": SettingsResource(),
+        "io_manager": PolarsParquetIOManager(base_dir=str(work / "intermediate")),
+    }
+
+
+def run_range(assets: list, res: dict, first: str, last: str, instance) -> None:
+    tags = {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+    assert dg.materialize(assets, resources=res, tags=tags, instance=instance).success
+
+
+def table(db_url: str) -> pl.DataFrame:
+    """The insights table without the columns stamped with the time of writing."""
+    store = InsightStore(db_url)
+    try:
+        insights = store.get_insights().sort("id")
+    finally:
+        store.dispose()
+    return insights.drop([c for c in WALL_CLOCK if c in insights.columns])
+
+
+def test_shards_and_parts_are_disjoint_and_cover_every_customer() -> None:
+    ids = pl.DataFrame({"customer_id": [f"C{i:06d}" for i in range(5000)] + [None]})
+    for split in (in_shard, in_part):
+        counts = [ids.filter(split(i, 4)).height for i in range(4)]
+        assert sum(counts) == ids.height
+        assert min(counts) > 1000  # roughly even
+    # the two splits are independent: every shard divides into every part
+    for shard in range(2):
+        for part in range(2):
+            assert ids.filter(in_shard(shard, 2) & in_part(part, 2)).height > 1000
+
+
+def test_a_run_in_many_parts_writes_what_one_part_writes(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.instance_for_test() as instance:
+        whole = f"duckdb:///{tmp_path / 'whole.duckdb'}"
+        run_range(
+            ALL_ASSETS, resources(sample_dir, whole, tmp_path / "a"), str(FIRST), str(END), instance
+        )
+        monkeypatch.setattr(sharding, "ROWS_PER_PART", 20_000)  # ~8 parts, read in 2 scans
+        parted = f"duckdb:///{tmp_path / 'parted.duckdb'}"
+        run_range(
+            ALL_ASSETS,
+            resources(sample_dir, parted, tmp_path / "b"),
+            str(FIRST),
+            str(END),
+            instance,
+        )
+    name = f"{FIRST}__{END}.parquet"
+    for asset in ("usage_window", "usage_baselines"):
+        one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)
+        many = pl.read_parquet(tmp_path / "b" / "intermediate" / asset / name)
+        keys = ["customer_id", "metric", "partition_date" if asset == "usage_baselines" else "date"]
+        assert many.height == one.height
+        assert many.sort(keys).equals(one.sort(keys))
+    assert table(whole).height > 0
+    assert table(parted).equals(table(whole))
+
+
+def test_union_of_shard_runs_equals_the_unsharded_run(sample_dir: Path, tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        unsharded = f"duckdb:///{tmp_path / 'unsharded.duckdb'}"
+        res = resources(sample_dir, unsharded, tmp_path / "u")
+        run_range(ALL_ASSETS, res, str(FIRST), str(END), instance)
+        sharded = f"duckdb:///{tmp_path / 'sharded.duckdb'}"
+        res = resources(sample_dir, sharded, tmp_path / "s")
+        assets = sharded_assets(SHARDS)
+        for shard in range(SHARDS):
+            run_range(assets, res, f"{FIRST}|{shard}", f"{END}|{shard}", instance)
+    per_account = ~pl.col("type").is_in(CROSS_ACCOUNT_TYPES)
+    expected = table(unsharded).filter(per_account)
+    got = table(sharded).filter(per_account)
+    cross = [c for c in CROSS_ACCOUNT_COLUMNS if c in expected.columns]
+    expected, got = expected.drop(cross), got.drop(cross)
+    assert expected.height > 20
+    assert got.equals(expected)
+    # each shard's intermediates hold only its own accounts, and together all of them
+    folder = tmp_path / "s" / "intermediate" / "accounts"
+    parts = [pl.read_parquet(folder / f"shard={s}" / f"{FIRST}__{END}.parquet") for s in range(3)]
+    assert sum(p.height for p in parts) == pl.concat(parts)["customer_id"].n_unique() == 300
+
+
+def test_sharded_definitions_load_with_a_schedule_per_shard() -> None:
+    defs = build_defs(SHARDS)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {k.to_user_string() for a in ALL_ASSETS for k in a.keys}
+    schedule = defs.resolve_schedule_def("sharded_insights_schedule")
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=_utc(END + timedelta(days=1))
+        )
+        requests = schedule.evaluate_tick(context).run_requests or []
+    assert sorted(r.partition_key for r in requests) == [f"{END}|{s}" for s in range(SHARDS)]
+
+
+def _utc(day: date):
+    from datetime import datetime
+
+    return datetime(day.year, day.month, day.day, 5, 30, tzinfo=UTC)
