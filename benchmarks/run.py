@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,20 +127,32 @@ class Measurement:
     seconds: float
     peak_rss: int  # bytes, sum over the process tree (sampled)
     max_rss: int  # bytes, kernel's ru_maxrss of the largest process in the tree
+    outcome: str = "ok"  # or "failed" (non-zero exit) or "killed" (over the memory limit)
+
+
+RSS_LIMIT = {"bytes": 16 * 1024**3}
+"""A run whose process tree goes over this is stopped (the machine is shared): --rss-limit-gb."""
 
 
 def measure(cmd: list[str], env: dict[str, str], log: Path) -> Measurement:
-    """Run `cmd` as a new process; wall time, peak tree RSS; fail loudly on a non-zero exit."""
+    """Run `cmd` as a new process group; wall time and peak tree RSS. A run over the memory
+    limit is killed (its group only) and reported as such; a failing run is reported, not fatal."""
     with log.open("w") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         peak = 0
+        killed = False
         done = threading.Event()
 
         def poll() -> None:
-            nonlocal peak
+            nonlocal peak, killed
             while not done.is_set():
                 peak = max(peak, tree_rss(proc.pid))
+                if peak > RSS_LIMIT["bytes"] and not killed:
+                    killed = True
+                    os.killpg(proc.pid, signal.SIGKILL)
                 done.wait(0.05)
 
         poller = threading.Thread(target=poll, daemon=True)
@@ -149,10 +162,10 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> Measurement:
         done.set()
         poller.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = log.read_text()[-3000:]
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return Measurement(seconds, peak, usage.ru_maxrss * 1024)
+    outcome = "killed" if killed else ("ok" if proc.returncode == 0 else "failed")
+    if outcome == "failed":
+        print(f"    run failed ({proc.returncode}), log: {log}", flush=True)
+    return Measurement(seconds, peak, usage.ru_maxrss * 1024, outcome)
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,16 +265,29 @@ class Series:
     runs: list[Measurement] = field(default_factory=list)
 
     @property
+    def ok(self) -> list[Measurement]:
+        return [m for m in self.runs if m.outcome == "ok"]
+
+    @property
     def seconds(self) -> float:
-        return statistics.median(m.seconds for m in self.runs)
+        return statistics.median(m.seconds for m in self.ok) if self.ok else float("nan")
 
     @property
     def peak_rss(self) -> int:
         return max(max(m.peak_rss, m.max_rss) for m in self.runs)
 
     def spread(self) -> str:
-        times = sorted(m.seconds for m in self.runs)
+        times = sorted(m.seconds for m in self.ok)
+        if not times:
+            return "no run finished"
         return f"{times[0]:.1f}–{times[-1]:.1f}" if len(times) > 1 else f"{times[0]:.1f}"
+
+    def notes(self) -> str:
+        killed = sum(m.outcome == "killed" for m in self.runs)
+        failed = sum(m.outcome == "failed" for m in self.runs)
+        parts = [f"{killed} killed over {gb(RSS_LIMIT['bytes']):.0f} GB"] if killed else []
+        parts += [f"{failed} failed"] if failed else []
+        return f" [{', '.join(parts)}]" if parts else ""
 
 
 @dataclass
@@ -301,7 +327,7 @@ def run_pair(
             results[target].runs.append(m)
             print(
                 f"  {label:>8} {instance:>8} {target:>8} run {i + 1}/{runs}: {m.seconds:6.1f} s, "
-                f"peak RSS {gb(max(m.peak_rss, m.max_rss)):.2f} GB",
+                f"peak RSS {gb(max(m.peak_rss, m.max_rss)):.2f} GB ({m.outcome})",
                 flush=True,
             )
     return Pair(results["pipeline"], results["empty"])
@@ -364,11 +390,16 @@ def machine() -> list[str]:
 def fmt_s(series: Series | None) -> str:
     if series is None or not series.runs:
         return "—"
-    return f"{series.seconds:.1f} ({series.spread()})"
+    if not series.ok:
+        return f"—{series.notes()}"
+    return f"{series.seconds:.1f} ({series.spread()}){series.notes()}"
 
 
 def fmt_gb(series: Series | None) -> str:
-    return "—" if series is None or not series.runs else f"{gb(series.peak_rss):.2f}"
+    if series is None or not series.runs:
+        return "—"
+    over = ">" if any(m.outcome == "killed" for m in series.runs) else ""
+    return f"{over}{gb(series.peak_rss):.2f}"
 
 
 def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_assets: int) -> str:
@@ -529,6 +560,12 @@ def main() -> None:
         "--backfill-runs-100k", type=int, default=1, help="365-day runs at >= 100k accounts"
     )
     parser.add_argument(
+        "--sqlite-backfill-max-accounts",
+        type=int,
+        default=10_000,
+        help="skip the SQLite backfill above this size (its floor does not depend on the size)",
+    )
+    parser.add_argument(
         "--sqlite-backfill-runs",
         type=int,
         default=1,
@@ -548,12 +585,19 @@ def main() -> None:
         ),
         help="server for the postgres instance (a database per series is created and dropped)",
     )
+    parser.add_argument(
+        "--rss-limit-gb",
+        type=float,
+        default=16.0,
+        help="stop a run whose process tree goes over this (the machine is shared)",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--naive-max-customers", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=BENCH / ".work")
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
     args = parser.parse_args()
     started = datetime.now(UTC)
+    RSS_LIMIT["bytes"] = int(args.rss_limit_gb * 1024**3)
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
 
@@ -591,6 +635,8 @@ def main() -> None:
             for instance in args.backfill_instances:
                 runs = args.backfill_runs_100k if accounts >= 100_000 else args.backfill_runs
                 if instance == "sqlite":
+                    if accounts > args.sqlite_backfill_max_accounts:
+                        continue
                     runs = min(runs, args.sqlite_backfill_runs)
                 row["backfill"][instance] = run_pair(
                     "backfill",

@@ -1,14 +1,13 @@
 """Faults around a whole partition run (the real Dagster graph, in process, on a small sample).
 
-- Claude unreachable (the narrator pointed at a closed port): the run completes with template
-  narratives for every new insight and its metadata says why (`narration_fallbacks`,
-  `narration_fallback_reasons`).
+- A bad day on PostgreSQL: Claude unreachable (the narrator pointed at a closed port) and the
+  store terminating the sink's backend in the middle of its first attempt. The run completes:
+  template narratives for every new insight, the metadata says why (`narration_fallbacks`,
+  `narration_fallback_reasons`), and the sink's retry policy runs the step again so the table
+  is whole.
 - Claude black-holed (connections accepted, never answered - a dead proxy, a firewall that
   drops): the narrator stops asking after a few consecutive failures, so the run costs a few
   timeouts, not timeout x retries x every insight.
-- The store dropping the sink's connection on the first attempt (pg_terminate_backend of the
-  sink's backend on PostgreSQL): the sink's retry policy re-runs the step, the run succeeds and
-  the table is whole.
 """
 
 from __future__ import annotations
@@ -73,10 +72,13 @@ def resources(source: Path, db_url: str, work: Path, narrator: NarratorResource)
     }
 
 
-def materialize(res: dict[str, Any]) -> dg.ExecuteInProcessResult:
+def materialize(res: dict[str, Any], target: str) -> dg.ExecuteInProcessResult:
+    """One partition of `target` and everything upstream of it (the rest of the graph - team
+    rollups, digests - is not what these faults are about)."""
     with dg.instance_for_test() as instance:
         return dg.materialize(
             ALL_ASSETS,
+            selection=dg.AssetSelection.assets(target).upstream(),
             resources=res,
             partition_key=DAY.isoformat(),
             instance=instance,
@@ -84,24 +86,48 @@ def materialize(res: dict[str, Any]) -> dg.ExecuteInProcessResult:
         )
 
 
-def test_claude_unreachable_the_run_completes_on_templates_and_says_so(
-    sample_dir: Path, tmp_path: Path
+def test_a_bad_day_claude_unreachable_and_the_sink_dropped_the_run_still_completes(
+    sample_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One partition run on PostgreSQL where both go wrong (one run: the graph's fixed cost is
+    most of the time): Claude's port is closed, and the sink's first attempt loses its server
+    mid-transaction. Templates narrate every new insight and the metadata says why; the sink's
+    retry policy runs the step again and the table is whole."""
+    db_url = empty_database("postgres", request, tmp_path_factory)
+    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    original = InsightStore._upsert
+    attempts: list[int] = []
+
+    def dropped_once(self: InsightStore, conn: Any) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:  # the first attempt loses its server mid-transaction
+            pid = conn.connection.driver_connection.info.backend_pid
+            with admin.connect() as a:
+                a.execute(text("select pg_terminate_backend(:p, 5000)"), {"p": pid})
+        original(self, conn)
+
+    monkeypatch.setattr(InsightStore, "_upsert", dropped_once)
     narrator = NarratorResource(
         api_key="sk-test",
         base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         max_retries=1,
         timeout_seconds=2,
     )
-    db_url = f"duckdb:///{tmp_path / 'store.duckdb'}"
     started = time.perf_counter()
-    result = materialize(resources(sample_dir, db_url, tmp_path, narrator))
+    try:
+        result = materialize(resources(sample_dir, db_url, tmp_path, narrator), "insights_table")
+    finally:
+        admin.dispose()
     assert result.success
-    assert time.perf_counter() - started < 60
-    meta = {
-        k: v.value
-        for k, v in result.asset_materializations_for_node("insights")[0].metadata.items()
-    }
+    assert time.perf_counter() - started < 90
+
+    # Claude: every new insight got its template, and the run says why
+    insights_meta = result.asset_materializations_for_node("insights")[0].metadata
+    meta = {k: v.value for k, v in insights_meta.items()}
     assert meta["narration_narrator"] == "claude"
     items = meta["narration_items"]
     assert items > 0, "the sample must raise new insights on the day"
@@ -110,13 +136,20 @@ def test_claude_unreachable_the_run_completes_on_templates_and_says_so(
     reasons = meta["narration_fallback_reasons"]
     assert sum(reasons.values()) == items
     assert set(reasons) <= {"connection_error", "api_down"} and reasons.get("connection_error")
+
+    # the sink: retried once, then whole
+    assert len(attempts) == 2
+    kinds = [e.event_type_value for e in result.all_events if e.step_key == "insights_table"]
+    assert kinds.count("STEP_UP_FOR_RETRY") == 1 and kinds.count("STEP_RESTARTED") == 1
+    sink_meta = result.asset_materializations_for_node("insights_table")[0].metadata
     store = InsightStore(db_url)
     try:
         table = store.get_insights()
     finally:
         store.dispose()
-    assert table.height >= items
-    assert table["title"].str.len_chars().min() > 0  # every insight has its template narrative
+    assert table.height == sink_meta["table_rows"].value == sink_meta["inserted"].value >= items
+    assert table.select(pl.col("id").n_unique()).item() == table.height
+    assert table["title"].str.len_chars().min() > 0  # every insight has its narrative
 
 
 class BlackHole:
@@ -174,47 +207,3 @@ def test_a_black_holed_api_costs_a_few_timeouts_not_one_per_insight(
     assert stats["api_calls"] <= settings.give_up_after + settings.concurrency, stats
     assert stats["fallback_reasons"].get("api_down", 0) >= 40 - stats["api_calls"], stats
     assert took < 8, took
-
-
-# ------------------------------------------------------------------------------ sink retry
-
-
-def test_the_sink_retries_a_dropped_connection_and_the_run_succeeds(
-    sample_dir: Path,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    db_url = empty_database("postgres", request, tmp_path_factory)
-    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    original = InsightStore._upsert
-    attempts: list[int] = []
-
-    def dropped_once(self: InsightStore, conn: Any) -> None:
-        attempts.append(1)
-        if len(attempts) == 1:  # the first attempt loses its server mid-transaction
-            pid = conn.connection.driver_connection.info.backend_pid
-            with admin.connect() as a:
-                a.execute(text("select pg_terminate_backend(:p, 5000)"), {"p": pid})
-        original(self, conn)
-
-    monkeypatch.setattr(InsightStore, "_upsert", dropped_once)
-    narrator = NarratorResource(use_claude=False)
-    try:
-        result = materialize(resources(sample_dir, db_url, tmp_path, narrator))
-    finally:
-        admin.dispose()
-    assert result.success
-    assert len(attempts) == 2
-    sink_events = [e for e in result.all_events if e.step_key == "insights_table"]
-    kinds = [e.event_type_value for e in sink_events]
-    assert kinds.count("STEP_UP_FOR_RETRY") == 1 and kinds.count("STEP_RESTARTED") == 1
-    meta = result.asset_materializations_for_node("insights_table")[0].metadata
-    store = InsightStore(db_url)
-    try:
-        table = store.get_insights()
-    finally:
-        store.dispose()
-    assert table.height == meta["table_rows"].value == meta["inserted"].value > 0
-    assert table.select(pl.col("id").n_unique()).item() == table.height

@@ -157,7 +157,9 @@ def main() -> int:
             "settings": SettingsResource(),
             "io_manager": PolarsParquetIOManager(base_dir=str(work / "intermediate")),
         }
-        everything = [*ALL_ASSETS, *dg.load_assets_from_modules([team])]
+        loaded = {k for a in ALL_ASSETS for k in a.keys}
+        extra = [a for a in dg.load_assets_from_modules([team]) if not set(a.keys) & loaded]
+        everything = [*ALL_ASSETS, *extra]
         run(
             everything, dg.AssetSelection.all() - dg.AssetSelection.groups("team"), res, first, last
         )
