@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 
@@ -26,19 +27,66 @@ def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFram
 def daily_counts(
     events: pl.DataFrame, customers: pl.Series, first: date, last: date, weight: str | None = None
 ) -> pl.DataFrame:
-    """Dense (customer_id, date, n) from event rows (customer_id, date[, weight]); 0 where none."""
-    days = pl.DataFrame({"date": pl.date_range(first, last, eager=True)})
-    grid = pl.DataFrame({"customer_id": customers.unique()}).join(days, how="cross")
-    value = pl.col(weight).sum() if weight else pl.len()
-    counts = (
-        events.filter(pl.col("date").is_between(first, last))
-        .group_by("customer_id", "date")
-        .agg(value.cast(pl.Float64).alias("n"))
+    """Dense (customer_id, date, n) from event rows (customer_id, date[, weight]); 0 where none.
+
+    Rows come sorted by customer, then date, every customer with the same days, so a row's
+    position within its customer is `(date - first).days`: rolling windows need no group-by
+    (`trailing_sum`). Built with array offsets and a bincount, not a join and a sort.
+    """
+    ids = customers.unique().sort()
+    n_days = (last - first).days + 1
+    index = pl.DataFrame({"customer_id": ids, "_c": pl.int_range(ids.len(), eager=True)})
+    rows = events.filter(pl.col("date").is_between(first, last)).join(index, on="customer_id")
+    cell = rows["_c"].to_numpy() * n_days + (rows["date"] - first).dt.total_days().to_numpy()
+    weights = rows[weight].cast(pl.Float64).fill_null(0.0).to_numpy() if weight else None
+    n = np.bincount(cell, weights=weights, minlength=ids.len() * n_days).astype(np.float64)
+    epoch_day = (first - date(1970, 1, 1)).days
+    return pl.DataFrame(
+        {
+            "customer_id": ids.gather(np.repeat(np.arange(ids.len()), n_days)),
+            "date": pl.Series(
+                np.tile(np.arange(n_days, dtype=np.int32) + epoch_day, ids.len())
+            ).cast(pl.Date),
+            "n": n,
+        }
     )
+
+
+def day_position() -> pl.Expr:
+    """A row's index within its customer in a `daily_counts` grid (days since its first day)."""
+    return (pl.col("date") - pl.col("date").min()).dt.total_days()
+
+
+def trailing_sum(column: str, window: int, *, lag: int = 0, partial: bool = False) -> pl.Expr:
+    """Sum of `column` over the `window` rows ending `lag` rows before this one, within the
+    customer, in a `daily_counts` grid: a plain rolling sum masked where it would reach into the
+    previous customer's rows. Null where the window is incomplete, unless `partial` (then the sum
+    of the rows there are, as polars' `min_samples=1`)."""
+    value = pl.col(column).shift(lag) if lag else pl.col(column)
+    full = value.rolling_sum(window_size=window, min_samples=window)
+    position = day_position() - lag
+    if not partial:
+        return pl.when(position >= window - 1).then(full)
+    running = value.fill_null(0.0).cum_sum()
+    before_customer = pl.when(day_position() == 0).then(running - pl.col(column)).forward_fill()
     return (
-        grid.join(counts, on=["customer_id", "date"], how="left")
-        .with_columns(pl.col("n").fill_null(0.0))
-        .sort("customer_id", "date")
+        pl.when(position >= window - 1)
+        .then(full)
+        .when(position >= 0)
+        .then(running - before_customer)
+    )
+
+
+def last_flagged_date(flag: pl.Expr) -> pl.Expr:
+    """In a `daily_counts` grid: the date of the latest row up to this one, within the customer,
+    where `flag` holds (null if none): a forward fill of row numbers, masked at customer starts."""
+    row = pl.int_range(pl.len())
+    last_row = pl.when(flag).then(row).forward_fill()
+    first_row = row - day_position()
+    return (
+        pl.when(last_row >= first_row)
+        .then(pl.col("date") - pl.duration(days=row - last_row))
+        .cast(pl.Date)
     )
 
 
@@ -53,18 +101,8 @@ def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:
 
 def rate_excess(counts: pl.DataFrame, window: int, baseline: int) -> pl.DataFrame:
     """Adds recent (sum over the last `window` days), expected (the previous `baseline` days'
-    rate x window) and g to dense daily counts."""
+    rate x window) and g to dense daily counts (`daily_counts`)."""
     return counts.with_columns(
-        pl.col("n")
-        .rolling_sum(window_size=window, min_samples=window)
-        .over("customer_id")
-        .alias("recent"),
-        (
-            pl.col("n")
-            .shift(window)
-            .rolling_sum(window_size=baseline, min_samples=baseline)
-            .over("customer_id")
-            / baseline
-            * window
-        ).alias("expected"),
+        trailing_sum("n", window).alias("recent"),
+        (trailing_sum("n", baseline, lag=window) / baseline * window).alias("expected"),
     ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))

@@ -27,17 +27,28 @@ def detect_feature_discovery(
     used = features.filter((pl.col("active_users") > 0) & (pl.col("date") <= end))
     # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
     # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
-    # a run happened to read.
+    # a run happened to read. Only days from `opened` on can start a discovery shown in the run,
+    # so only those are sorted; for the earliest of them the previous active day is the last
+    # one before `opened` (one aggregate over the older rows).
+    opened = start - timedelta(days=DISCOVERY_WINDOW_DAYS)
+    used = used.filter(pl.col("date") >= opened)
+    before = (
+        features.filter((pl.col("active_users") > 0) & (pl.col("date") < opened))
+        .group_by("customer_id", "feature")
+        .agg(pl.col("date").max().alias("last_before"))
+    )
     firsts = (
         used.select("customer_id", "feature", "date")
         .unique()
         .sort("customer_id", "feature", "date")
         .with_columns(pl.col("date").shift(1).over("customer_id", "feature").alias("previous"))
+        .join(before, on=["customer_id", "feature"], how="left")
+        .with_columns(pl.coalesce("previous", "last_before").alias("previous"))
+        .drop("last_before")
         .filter(
             pl.col("previous").is_null()
             | ((pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS)
         )
-        .filter(pl.col("date") >= start - timedelta(days=DISCOVERY_WINDOW_DAYS))
         .rename({"date": "first_used"})
         .join(accounts.select("customer_id", "contract_start"), on="customer_id")
         .filter(

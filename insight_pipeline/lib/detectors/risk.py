@@ -9,7 +9,13 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import customer_days, daily_counts, rate_excess
+from insight_pipeline.lib.detectors.common import (
+    customer_days,
+    daily_counts,
+    last_flagged_date,
+    rate_excess,
+    trailing_sum,
+)
 from insight_pipeline.lib.settings import RiskSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -38,13 +44,18 @@ def detect_silent_account(
     activity = pl.concat(parts)
     if activity.height == 0:
         return empty_signals()
-    first = min(activity["date"].min(), start)  # type: ignore[type-var]
-    grid = daily_counts(activity, accounts["customer_id"], first, end).with_columns(
-        pl.when(pl.col("n") > 0)
-        .then(pl.col("date"))
-        .forward_fill()
-        .over("customer_id")
-        .alias("last_active")
+    # The last active day up to each partition day: the latest before the range (one aggregate),
+    # else the latest within it (a grid of the range's days only).
+    before = (
+        activity.filter(pl.col("date") < start)
+        .group_by("customer_id")
+        .agg(pl.col("date").max().alias("active_before"))
+    )
+    grid = (
+        daily_counts(activity, accounts["customer_id"], start, end)
+        .with_columns(last_flagged_date(pl.col("n") > 0).alias("last_active"))
+        .join(before, on="customer_id", how="left", maintain_order="left")
+        .with_columns(pl.coalesce("last_active", "active_before").alias("last_active"))
     )
     silent = (pl.col("date") - pl.col("last_active")).dt.total_days()
     hits = (
@@ -170,7 +181,7 @@ def detect_health_drop(
         return empty_signals()
     first = start - timedelta(days=s.health_baseline_days + s.health_gap_days + 30)
     daily = (
-        health.filter(pl.col("date") <= end)
+        health.filter(pl.col("date").is_between(first, end))  # the grid starts at `first`
         .group_by("customer_id", "date")
         .agg(pl.col("score").mean())
     )
@@ -261,22 +272,17 @@ def detect_support_surge(
         (pl.col("priority") == "urgent").cast(pl.Float64).alias("urgent"),
     )
     first = start - timedelta(days=w + b)
-    counts = daily_counts(events, accounts["customer_id"], first, end, weight="weight")
-    raw = rate_excess(daily_counts(events, accounts["customer_id"], first, end), w, b).select(
-        "customer_id", "date", pl.col("recent").alias("tickets"), pl.col("g").alias("g_count")
-    )
-    urgent = daily_counts(events, accounts["customer_id"], first, end, weight="urgent").rename(
-        {"n": "urgent"}
-    )
+    customers = accounts["customer_id"]
+    # Three grids of the same customers and days, so their rows line up one to one.
+    raw = rate_excess(daily_counts(events, customers, first, end), w, b)
+    urgent = daily_counts(events, customers, first, end, weight="urgent")["n"]
     stats = (
-        rate_excess(counts, w, b)
-        .join(raw, on=["customer_id", "date"], how="left")
-        .join(urgent, on=["customer_id", "date"], how="left")
+        rate_excess(daily_counts(events, customers, first, end, weight="weight"), w, b)
         .with_columns(
-            pl.col("urgent")
-            .rolling_sum(window_size=s.urgent_window_days, min_samples=1)
-            .over("customer_id")
-            .alias("recent_urgent")
+            raw["recent"].alias("tickets"), raw["g"].alias("g_count"), urgent.alias("urgent")
+        )
+        .with_columns(
+            trailing_sum("urgent", s.urgent_window_days, partial=True).alias("recent_urgent")
         )
         .filter(pl.col("date").is_between(start, end))
     )
