@@ -37,9 +37,7 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import anthropic
+from typing import TYPE_CHECKING, Any, Protocol
 
 from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
 from insight_pipeline.lib.insights.grounding import (
@@ -51,6 +49,9 @@ from insight_pipeline.lib.insights.grounding import (
     validate_narrative,
 )
 from insight_pipeline.lib.insights.narrate import Narrator, TemplateNarrator
+
+if TYPE_CHECKING:  # the SDK takes ~1 s to import: only a run that narrates with Claude pays it
+    import anthropic
 
 logger = logging.getLogger(__name__)
 
@@ -361,6 +362,8 @@ class ClaudeNarrator:
     ) -> None:
         """`base_url=None` lets the SDK apply $ANTHROPIC_BASE_URL or its default, as it does
         everywhere; `cache=None` narrates without a cache (every new insight costs a call)."""
+        import anthropic
+
         self.settings = settings or ClaudeSettings()
         self.client = client or anthropic.Anthropic(
             api_key=resolve_api_key(api_key) or None,
@@ -580,6 +583,8 @@ _OUTAGE_REASONS = frozenset({"connection_error", "timeout", "server_error", "rat
 
 def _error_reason(exc: BaseException) -> str:
     """A short, countable name for why a request failed (after the SDK's own retries)."""
+    import anthropic
+
     if isinstance(exc, anthropic.APITimeoutError):
         return "timeout"
     if isinstance(exc, anthropic.RateLimitError):
