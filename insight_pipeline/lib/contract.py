@@ -675,21 +675,16 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
     """
     later = np.zeros(frame.height, dtype=bool)
     if frame.height > 1:
-        hashes = (
-            frame.select(
-                pl.reduce(
-                    lambda a, b: a ^ b,
-                    [pl.col(column).hash(seed) for seed, column in enumerate(key)],
-                )
+        hashed = frame.select(
+            pl.reduce(
+                lambda a, b: a ^ b,
+                [pl.col(column).hash(seed) for seed, column in enumerate(key)],
             )
-            .to_series()
-            .to_numpy()
-        )
-        ordered = np.sort(hashes)
+        ).to_series()
+        ordered = hashed.sort().to_numpy()  # polars' parallel sort: ~4x numpy's here
         shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         if shared.size:
-            at = np.minimum(np.searchsorted(shared, hashes), shared.size - 1)
-            rows = np.flatnonzero(shared[at] == hashes)
+            rows = np.flatnonzero(hashed.is_in(pl.Series(shared).implode()).to_numpy())
             later[rows] = (
                 frame[rows].select(pl.struct(list(key)).is_first_distinct().not_()).to_series()
             )
