@@ -385,6 +385,16 @@ def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> 
     )
 
 
+def _series_sum(value: pl.Expr, window: int, lag: int = 0) -> pl.Expr:
+    """Sum of `value` over `window` days ending `lag` days back, within the series (null where
+    the series is shorter): rows are contiguous and daily, so a plain rolling sum masked by the
+    row's position `_pos` in its series, with no group-by."""
+    shifted = value.shift(lag) if lag else value
+    return pl.when(pl.col("_pos") >= lag + window - 1).then(
+        shifted.rolling_sum(window_size=window, min_samples=window)
+    )
+
+
 def weekly_trend_stats(
     usage: pl.DataFrame,
     start: date,
@@ -397,65 +407,80 @@ def weekly_trend_stats(
     s = settings
     k = s.trend_weeks
     grid = _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
-    # Windows run per series: "_series" (an integer) groups exactly as customer_id x metric does.
-    series = pl.Series("_series", grid.series, dtype=pl.UInt32)
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
-    frame = (
-        grid.frame()
-        .with_columns(series, pl.Series("_pos", grid.position))
-        .with_columns(
-            pl.col("value").rolling_sum(window_size=7, min_samples=7).over("_series").alias("w0"),
-            pl.Series(np.minimum(grid.position, HISTORY_CAP)).alias("history_days"),
-        )
-        .with_columns(
-            # within the series: rows are contiguous and daily, so a shift masked by position
-            [
-                pl.when(pl.col("_pos") >= 7 * i).then(pl.col("w0").shift(7 * i)).alias(week[i])
-                for i in range(1, k)
-            ]
-        )
+    # Rolling sums need every day of a series; everything else only the rows of [start, end]
+    # (`wanted`), so those are taken out first and the week sums gathered at their lags.
+    wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
+    weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    sums = pl.DataFrame(
+        {
+            "value": grid.value,
+            "_pos": grid.position,
+            "_weekend": np.where(weekend_day, grid.value, 0.0),
+        }
+    ).select(
+        _series_sum(pl.col("value"), 7).alias("w0"),
+        _series_sum(pl.col("value"), 21).alias("recent3"),
+        (_series_sum(pl.col("value"), 56, lag=21) / 8.0).alias("prior_week"),
+        _series_sum(pl.col("_weekend"), 21).alias("_we_recent"),
+        _series_sum(pl.col("_weekend"), 56, lag=21).alias("_we_prior"),
     )
+    w0 = sums["w0"].to_numpy()  # NaN where the series is shorter than a week
+
+    def weeks_back(i: int, rows: np.ndarray) -> np.ndarray:
+        """w0 of `rows` i weeks earlier in the same series (NaN before the series starts)."""
+        lag = 7 * i
+        return np.where(grid.position[rows] >= lag, w0.take(rows - lag, mode="clip"), np.nan)
+
     # The account's own week-to-week variability: robust scale of past weekly log changes,
     # taken from before the current run could have started (shifted by the trend window).
-    # The median is only evaluated on the rows of [start, end], the ones returned.
-    frame = frame.with_columns((pl.col("w0").log1p() - pl.col("w1").log1p()).alias("_wow"))
-    wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
-    if 2 * wanted.size > frame.height:  # long ranges: one sliding-window pass is cheaper
-        median = pl.col("_wow").abs().shift(7 * (k - 1)).rolling_median(56, min_samples=28)
-        median = median.over("_series")
-    else:
-        values = np.full(frame.height, np.nan)
-        values[wanted] = _lagged_median(
-            frame["_wow"].abs().to_numpy(),
-            grid.position,
-            wanted,
-            range(7 * (k - 1), 7 * (k - 1) + 56),
-            28,
+    every_row = np.arange(grid.position.size)
+    w1 = pl.Series(weeks_back(1, every_row), nan_to_null=True)
+    wow = (sums["w0"].log1p() - w1.log1p()).abs().to_numpy()  # polars' log1p, as the rest
+    lags = range(7 * (k - 1), 7 * (k - 1) + 56)
+    if 2 * wanted.size > grid.position.size:  # long ranges: one sliding-window pass is cheaper
+        scale = (
+            pl.DataFrame(
+                {"_wow": pl.Series(wow, nan_to_null=True), "_series": grid.series},
+                schema_overrides={"_series": pl.UInt32},
+            )
+            .select(
+                pl.col("_wow")
+                .shift(lags[0])
+                .rolling_median(56, min_samples=28)
+                .over("_series")
+                .alias("median")
+            )
+            .to_series()
+            .gather(wanted)
         )
-        median = pl.lit(pl.Series(values, nan_to_null=True))
-    frame = frame.with_columns(
-        (median * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale")
+    else:
+        scale = pl.Series(_lagged_median(wow, grid.position, wanted, lags, 28), nan_to_null=True)
+    picked = sums[wanted]
+    frame = (
+        grid.frame(wanted)
+        .with_columns(
+            pl.Series("w0", w0[wanted], nan_to_null=True),
+            pl.Series("history_days", np.minimum(grid.position[wanted], HISTORY_CAP)),
+            *[pl.Series(week[i], weeks_back(i, wanted), nan_to_null=True) for i in range(1, k)],
+            (scale * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale"),
+            picked["recent3"],
+            picked["prior_week"],
+            picked["_we_recent"],
+            picked["_we_prior"],
+        )
+        .with_columns(
+            pl.when(pl.col("recent3") > 0)
+            .then(pl.col("_we_recent") / pl.col("recent3"))
+            .alias("weekend_share"),
+            pl.when(pl.col("prior_week") > 0)
+            .then(pl.col("_we_prior") / (8.0 * pl.col("prior_week")))
+            .alias("prior_weekend_share"),
+        )
+        .drop_nulls(week)
     )
-    # Level and weekly shape of the last 3 weeks against the 8 weeks before them (change point).
-    weekend = pl.when(pl.col("date").dt.weekday() >= 6).then(pl.col("value")).otherwise(0.0)
-    frame = frame.with_columns(
-        (pl.col("value").rolling_sum(21, min_samples=21).over("_series")).alias("recent3"),
-        (pl.col("value").shift(21).rolling_sum(56, min_samples=56).over("_series") / 8.0).alias(
-            "prior_week"
-        ),
-        weekend.rolling_sum(21, min_samples=21).over("_series").alias("_we_recent"),
-        weekend.shift(21).rolling_sum(56, min_samples=56).over("_series").alias("_we_prior"),
-    ).with_columns(
-        pl.when(pl.col("recent3") > 0)
-        .then(pl.col("_we_recent") / pl.col("recent3"))
-        .alias("weekend_share"),
-        pl.when(pl.col("prior_week") > 0)
-        .then(pl.col("_we_prior") / (8.0 * pl.col("prior_week")))
-        .alias("prior_weekend_share"),
-    )
-    frame = frame.filter(pl.col("date").is_between(start, end)).drop_nulls(week)
     if frame.height == 0:
-        return frame.drop("_series", "_pos").rename({"date": "partition_date"})
+        return frame.drop("value", "_we_recent", "_we_prior").rename({"date": "partition_date"})
     # Consecutive rises (falls) counted back from the latest week.
     rises = pl.lit(0, dtype=pl.Int32)
     falls = pl.lit(0, dtype=pl.Int32)
@@ -496,7 +521,7 @@ def weekly_trend_stats(
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
         )
-        .drop("_ymean", "value", "_wow", "_we_recent", "_we_prior", "_series", "_pos")
+        .drop("_ymean", "value", "_we_recent", "_we_prior")
         .rename({"date": "partition_date"})
         .rechunk()  # one chunk per column (see usage_baselines)
     )
