@@ -195,9 +195,19 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({**metadata, "path": str(path), "rows": rows})
 
     @staticmethod
-    def _read(path: Any, lazy: bool) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
+    def _read(
+        path: Any, lazy: bool, tables: list[str] | None = None
+    ) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
+        """A file as a frame (or a scan); a bundle folder as a dict of frames, only the
+        `tables` asked for (`AssetIn(metadata={"tables": [...]})`) when the input names them."""
         if path.is_dir():
-            return {f.stem: pl.read_parquet(f) for f in sorted(path.glob("*.parquet"))}
+            files = sorted(path.glob("*.parquet"))
+            if tables is not None:
+                missing = set(tables) - {f.stem for f in files}
+                if missing:
+                    raise KeyError(f"{path} holds no table(s) {sorted(missing)}")
+                files = [f for f in files if f.stem in tables]
+            return {f.stem: pl.read_parquet(f) for f in files}
         return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
 
     def load_input(
@@ -209,14 +219,17 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         first, last = self._range(context)
         wanted = getattr(context.dagster_type, "typing_type", None)
         lazy = wanted in (pl.LazyFrame, FrameParts)
+        tables = (context.definition_metadata or {}).get("tables")
         for exact in (directory / f"{first}__{last}.parquet", directory / f"{first}__{last}"):
             if exact.exists():
-                return _as_parts(exact) if wanted is FrameParts else self._read(exact, lazy)
+                if wanted is FrameParts:
+                    return _as_parts(exact)
+                return self._read(exact, lazy, tables)
         candidates = [p for p in directory.glob("*__*") if not p.name.startswith(".")]
         for path in sorted(candidates, reverse=True):
             lo, hi = path.name.removesuffix(".parquet").split("__")
             if lo <= first and last <= hi:
-                stored = self._read(path, lazy)
+                stored = self._read(path, lazy, tables)
                 days = None
                 if isinstance(stored, pl.DataFrame | pl.LazyFrame) and (
                     "partition_date" in stored.collect_schema().names()

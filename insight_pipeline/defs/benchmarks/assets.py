@@ -7,6 +7,7 @@ from insight_pipeline.defs.detectors.assets import signal_metadata
 from insight_pipeline.defs.metadata import markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
+from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors.benchmarks import detect_benchmarks, peer_percentiles
 from insight_pipeline.lib.signals import empty_signals
 
@@ -18,6 +19,7 @@ GROUP = "benchmarks"
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
     kinds={"polars"},
+    ins={"activity_window": activity_tables("entitlements")},
 )
 def peer_benchmarks(
     context: dg.AssetExecutionContext,

@@ -11,6 +11,7 @@ from insight_pipeline.defs.detectors.assets import GROUP, signal_metadata
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
+from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
 from insight_pipeline.lib.signals import conform, empty_signals
@@ -39,7 +40,13 @@ def _asset(**kwargs):
     )
 
 
-@_asset()
+@_asset(
+    ins={
+        "activity_window": activity_tables(
+            "meetings", "communications", "contacts", "meeting_attendees"
+        )
+    }
+)
 def engagement_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
@@ -80,7 +87,13 @@ def engagement_signals(
     return signals
 
 
-@_asset()
+@_asset(
+    ins={
+        "activity_window": activity_tables(
+            "communications", "contacts", "meeting_attendees", "health", "support_tickets", "nps"
+        )
+    }
+)
 def risk_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
@@ -131,7 +144,13 @@ def risk_signals(
     return signals
 
 
-@_asset()
+@_asset(
+    ins={
+        "activity_window": activity_tables(
+            "entitlements", "nps", "health", "meetings", "feature_usage"
+        )
+    }
+)
 def opportunity_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
@@ -179,7 +198,7 @@ def opportunity_signals(
     return signals
 
 
-@_asset()
+@_asset(ins={"activity_window": activity_tables("meetings", "nps")})
 def timing_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,

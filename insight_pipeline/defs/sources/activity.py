@@ -31,6 +31,16 @@ ACTIVITY_TABLES: dict[str, str] = {
 }
 
 
+def activity_tables(*keys: str) -> dg.AssetIn:
+    """The `activity_window` input of a consumer that reads only these tables of the bundle:
+    the IO manager loads just those files (the bundle holds ~10 tables, some of millions of
+    rows, and each consumer needs a few)."""
+    unknown = set(keys) - set(ACTIVITY_TABLES)
+    if unknown:
+        raise ValueError(f"not tables of activity_window: {sorted(unknown)}")
+    return dg.AssetIn(metadata={"tables": list(keys)})
+
+
 def history_days(table: str, settings: Settings) -> int:
     """How far before the first day each table is read (enough for every detector using it)."""
     return {
