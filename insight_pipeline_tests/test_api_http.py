@@ -183,6 +183,35 @@ def test_openapi_documents_the_behaviour(api: Api) -> None:
     assert not any(p.startswith("/feed") for p in paths)  # the HTML feed is not the API
 
 
+def test_openapi_documents_the_503_of_every_store_backed_operation(api: Api) -> None:
+    paths = api.client.get("/openapi.json").json()["paths"]
+    operations = {(p, m): op for p, ops in paths.items() for m, op in ops.items()}
+    # every operation but the health check authenticates, so reads the store's tokens at least
+    store_backed = {key for key in operations if key[0] != "/api/health"}
+    assert {
+        ("/api/me", "get"),
+        ("/api/insights", "get"),
+        ("/api/insights/{insight_id}", "get"),
+        ("/api/insights/{insight_id}/action", "post"),
+        ("/api/insights/{insight_id}/share", "post"),
+        ("/api/insights/mark-all-read", "post"),
+        ("/api/accounts/{customer_id}/insights", "get"),
+        ("/api/team/insights", "get"),
+        ("/api/team/rollups", "get"),
+        ("/api/team/rollups/history", "get"),
+    } <= store_backed
+    for key in sorted(store_backed):
+        operation = operations[key]
+        assert operation["security"] == [{"bearer": []}], key
+        unavailable = operation["responses"].get("503")
+        assert unavailable is not None, key
+        assert "store is unreachable" in unavailable["description"], key
+        assert unavailable["headers"]["Retry-After"]["schema"]["type"] == "integer", key
+        schema = unavailable["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorOut"}, key
+    assert "503" not in operations[("/api/health", "get")]["responses"]  # never reads the store
+
+
 def test_customer_data_is_escaped_in_the_feed(api: Api) -> None:
     api.store.share_insight(ID["i"], "c4", ["c1"], note="<script>alert(1)</script>")
     api.client.cookies.set(COOKIE, api.tokens["c1"])

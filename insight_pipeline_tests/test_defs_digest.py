@@ -172,28 +172,27 @@ def resources(
     }
 
 
-_INSTANCE: list[dg.DagsterInstance] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    """One Dagster instance for the module: creating one costs ~1.5 s."""
-    with dg.instance_for_test() as shared:
-        _INSTANCE.append(shared)
-        yield shared
-        _INSTANCE.clear()
+    """A Dagster instance of the test's own, closed when the test ends: none outlives the test
+    that made it (nor is left for the next module in the same pytest-xdist worker)."""
+    with dg.instance_for_test() as own:
+        yield own
 
 
 def materialize(
     res: dict[str, object], first: date, last: date | None = None
 ) -> dg.ExecuteInProcessResult:
-    """One run of daily_digest for [first, last] (a single-run range when they differ)."""
+    """One run of daily_digest for [first, last] (a single-run range when they differ), on an
+    ephemeral instance of its own, closed before it returns (the digest's state is the store's
+    ledger, not Dagster's)."""
     last = last or first
     tags = {
         "dagster/asset_partition_range_start": first.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat(),
     }
-    result = dg.materialize([daily_digest], resources=res, tags=tags, instance=_INSTANCE[0])
+    with dg.DagsterInstance.ephemeral() as own:
+        result = dg.materialize([daily_digest], resources=res, tags=tags, instance=own)
     assert result.success
     return result
 
@@ -518,13 +517,13 @@ def _tick(
     instance: dg.DagsterInstance,
     cursor: str | None,
 ) -> tuple[list[str], str | None]:
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
         definitions=defs,
         resources={"digest": DigestResource(send_hour_utc=6, max_age_days=2)},
-    )
-    result = sensor.evaluate_tick(context)
+    ) as context:  # closes the resources it built on the instance
+        result = sensor.evaluate_tick(context)
     keys = [r.partition_key for r in result.run_requests or []]
     assert all(r.run_key == f"daily_digest:{r.partition_key}" for r in result.run_requests or [])
     return keys, result.cursor
@@ -537,7 +536,7 @@ def _materialized(instance: dg.DagsterInstance, day: date) -> None:
 
 
 # Sensor tests run in the past (a daily partition exists only once its day is over), each on
-# days of its own so that they can share the module's instance.
+# an instance of its own (the `instance` fixture).
 
 
 def at(day: date, hour: int, minute: int = 0) -> datetime:

@@ -23,6 +23,7 @@ from insight_pipeline.api.feed import STATIC_DIR
 from insight_pipeline.api.feed import router as feed_router
 from insight_pipeline.api.routes import health_router
 from insight_pipeline.api.routes import router as api_router
+from insight_pipeline.api.schemas import ErrorOut
 from insight_pipeline.api.team import router as team_router
 from insight_pipeline.lib.paths import default_database_url, default_source
 from insight_pipeline.lib.store import InsightStore
@@ -36,6 +37,24 @@ A CSM sees their own insights and those shared with them; a manager their team's
 
 
 STORE_UNAVAILABLE = "the insights store is unavailable; try again shortly"
+RETRY_AFTER_SECONDS = 5
+
+#: The 503 of `store_unavailable`, as OpenAPI documents it: added to every operation of the
+#: routers whose routes touch the store (authentication alone reads the tokens table).
+STORE_UNAVAILABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "The insights store is unreachable (server down, connection dropped, "
+        "DuckDB file locked, connection pool exhausted): a transient condition, retry after "
+        "`Retry-After` seconds. Nothing was half-written.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "example": RETRY_AFTER_SECONDS},
+            }
+        },
+    }
+}
 _log = logging.getLogger(__name__)
 
 
@@ -49,7 +68,9 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         "store unavailable for %s %s: %s", request.method, request.url.path, type(cause).__name__
     )
     return JSONResponse(
-        {"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"}
+        {"detail": STORE_UNAVAILABLE},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -113,9 +134,9 @@ def create_app(
     app.state.store = insight_store
     app.state.charts = ChartSource(default_source() if source is None else source)
     app.include_router(health_router)
-    app.include_router(api_router)
+    app.include_router(api_router, responses=STORE_UNAVAILABLE_RESPONSES)
     app.include_router(feed_router)
-    app.include_router(team_router)
+    app.include_router(team_router, responses=STORE_UNAVAILABLE_RESPONSES)
     app.mount("/feed/static", StaticFiles(directory=STATIC_DIR), name="feed-static")
     for error in (OperationalError, InterfaceError, PoolTimeoutError):
         app.add_exception_handler(error, store_unavailable)

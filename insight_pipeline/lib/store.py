@@ -363,8 +363,10 @@ class InsightStore:
         (id, last_seen_date, expires_at) only move those two later; unknown ids are ignored.
         Duplicate ids within a frame are rejected (their outcome would depend on row order).
 
-        A transaction PostgreSQL fails to break a deadlock (the sink rewriting rows a user's
-        mark-all-read is updating in another order) is run again, up to 3 times.
+        On PostgreSQL the transaction first locks every existing row it will change, in id
+        order, as mark-all-read does, so the two queue rather than deadlock. A transaction
+        PostgreSQL still fails to break a deadlock (with some other writer) or a serialization
+        conflict is run again, up to 3 times.
 
         Returns {"inserted", "updated", "extended"}. Raises StoreWriteError after rollback.
         """
@@ -390,6 +392,9 @@ class InsightStore:
         step = "opening a transaction"
         try:
             with self._engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    step = "locking rows"
+                    self._lock_rows(conn, ups, ext)
                 if not ups.is_empty():
                     step = "staging upserts"
                     with self._staged(conn, "upserts", _STAGE_UPSERTS, ups):
@@ -415,6 +420,11 @@ class InsightStore:
                 f"{type(cause).__name__}: {cause}"
             ) from exc
         return counts
+
+    def _lock_rows(self, conn: Connection, ups: pl.DataFrame, ext: pl.DataFrame) -> None:
+        """Lock the existing insights among the write's ids, in id order (PostgreSQL only)."""
+        ids = pl.concat([ups.get_column("id"), ext.get_column("id")]).unique().to_list()
+        self._run(conn, "lock_insights", ids=ids)
 
     def _upsert(self, conn: Connection) -> None:
         """The upsert statement; a separate method so tests can inject a failure after it."""
@@ -1075,9 +1085,10 @@ class InsightStore:
                     self._run(conn, "set_read_all", user_id=str(user_id), at=when)
                 return len(changed)
             except OperationalError as exc:
-                # It updates many rows the sink may be rewriting in another order: PostgreSQL
-                # then breaks the deadlock by failing one side. The whole transaction was
-                # rolled back and is idempotent, so it is simply run again.
+                # It updates many rows. It locks them in id order, as the sink does, but any
+                # other writer locking several of them in another order can still deadlock
+                # with it: PostgreSQL then fails one side. The whole transaction was rolled
+                # back and is idempotent, so it is simply run again.
                 if attempt == _CONFLICT_RETRIES or not _is_conflict(exc):
                     raise
                 time.sleep(0.05 * 2**attempt)

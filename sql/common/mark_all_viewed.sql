@@ -1,4 +1,5 @@
 -- Mark all read, for the owner's own insights: every new one becomes viewed.
+-- (PostgreSQL runs sql/postgres/mark_all_viewed.sql: the same, locking the rows in id order.)
 update insights
 set
     status = 'viewed',

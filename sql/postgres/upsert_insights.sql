@@ -1,5 +1,7 @@
 -- Insert the staged insights as new; on an existing id refresh the content, widen the episode
 -- (first seen earliest, last seen and expiry latest) and never touch the user's columns.
+-- Rows are taken in id order: existing ones are already locked (lock_insights.sql), and two
+-- writers inserting the same new ids then wait in one order, never in a cycle.
 insert into insights (
     id, customer_id, customer_name, user_id, partition_date, last_seen_date, category, type,
     subject, priority, score, title, summary, evidence, so_what, recommended_action,
@@ -11,6 +13,7 @@ select
     s.so_what, s.recommended_action, s.fingerprint, s.score_parts, s.expires_at,
     coalesce(s.pushed, true), s.rank_in_day, :created_at
 from stage_insight_upserts as s
+order by s.id
 on conflict (id) do update set
     customer_name = excluded.customer_name,
     user_id = excluded.user_id,
