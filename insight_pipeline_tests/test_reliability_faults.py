@@ -476,12 +476,14 @@ def test_the_api_with_its_store_down_answers_503_and_stays_alive() -> None:
 # ------------------------------------------------------------------------------ races
 
 
-def test_mark_all_read_deadlocked_by_a_concurrent_writer_is_retried_not_failed(
+def test_mark_all_read_crossing_a_concurrent_writer_succeeds(
     pg: InsightStore, pg_url: str, admin: Engine
 ) -> None:
-    """Mark-all-read updates many rows; a sink transaction rewriting the same rows in the other
-    order deadlocks with it and PostgreSQL fails one side (the soak saw it as a 503). The store
-    runs the rolled-back transaction again, so the user's click succeeds."""
+    """Mark-all-read updates many rows while another transaction updates two of them one after
+    the other (the soak saw this as a deadlock and a 503). Mark-all-read now locks in id order, so
+    it queues rather than deadlocks; where a deadlock still happens (a writer locking in the
+    opposite order, test_reliability_lock_order.py) the rolled-back transaction is run again.
+    Either way the user's click succeeds and the other writer's change is kept."""
     plan = frame(range(2)).with_columns(user_id=pl.lit("u1"))
     plan = plan.with_columns(expires_at=pl.Series([EXPIRES, EXPIRES + timedelta(days=1)]))
     pg.write_insights(plan, pl.DataFrame())
@@ -496,8 +498,8 @@ def test_mark_all_read_deadlocked_by_a_concurrent_writer_is_retried_not_failed(
                 target=lambda: outcome.append(_attempt(lambda: pg.mark_all_read("u1")))
             )
             thread.start()
-            _wait_for_lock_wait(admin)  # mark-all-read holds `first`, waits for `second`
-            # and now the other way round: a deadlock, which PostgreSQL breaks after 1 s
+            _wait_for_lock_wait(admin)  # mark-all-read waits for the row the writer holds
+            # the writer takes the other row too (before the lock ordering: a deadlock)
             writer.execute(text("update insights set title = 'w' where id = :i"), {"i": first})
             writer.commit()
     finally:
@@ -508,11 +510,11 @@ def test_mark_all_read_deadlocked_by_a_concurrent_writer_is_retried_not_failed(
     assert set(table["status"]) == {"viewed"} and set(table["title"]) == {"w"}
 
 
-def test_a_sink_write_deadlocked_by_a_concurrent_writer_is_retried_not_failed(
+def test_a_sink_write_crossing_a_concurrent_writer_lands_whole(
     pg: InsightStore, pg_url: str, admin: Engine
 ) -> None:
-    """The same deadlock with the sink as PostgreSQL's victim (the soak saw that too): the
-    rolled-back write runs again and lands whole."""
+    """The same crossing with the sink (the soak saw it deadlock too): the sink queues behind
+    the writer (or, in a deadlock, is rolled back and run again) and lands whole."""
     base = frame(range(2))
     pg.write_insights(base, pl.DataFrame())
     first, second = base["id"].to_list()

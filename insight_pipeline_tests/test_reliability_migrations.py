@@ -252,3 +252,41 @@ def test_two_migrators_racing_on_a_fresh_database_apply_each_migration_once(
     finally:
         for s in stores:
             s.dispose()
+
+
+FIRST_FORM_OF_002 = [  # the feed indexes of 002 as first written (changed before release)
+    "create index insights_owner_expiry_idx on insights (user_id, expires_at)",
+    "create index insights_expiry_idx on insights (expires_at)",
+]
+
+
+def _indexes(store: InsightStore) -> set[str]:
+    with store._engine.connect() as conn:
+        rows = conn.execute(text("select indexname from pg_indexes where tablename = 'insights'"))
+        return {r[0] for r in rows}
+
+
+def test_a_store_that_ran_the_first_form_of_002_gets_the_current_feed_indexes(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """002's indexes were changed after it was written; 007 converges both forms."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("DuckDB keeps no secondary indexes")
+    store = old_store(store_url, 2, monkeypatch)
+    try:
+        with store._engine.begin() as conn:  # rewind to the first form of 002
+            conn.execute(text("drop index insights_open_owner_idx"))
+            conn.execute(text("drop index insights_open_idx"))
+            for statement in FIRST_FORM_OF_002:
+                conn.execute(text(statement))
+        insert_old_insights(store)
+        before = old_columns(store)
+        assert "insights_owner_expiry_idx" in _indexes(store)
+        store.migrate()
+        indexes = _indexes(store)
+        assert {"insights_open_owner_idx", "insights_open_idx"} <= indexes
+        assert not {"insights_owner_expiry_idx", "insights_expiry_idx"} & indexes
+        assert old_columns(store) == before and len(before) == 3
+        assert_versions_once_in_order(store)
+    finally:
+        store.dispose()

@@ -55,7 +55,7 @@ UserId = Annotated[PlainText, Field(min_length=1, max_length=200)]
 
 
 class ErrorOut(BaseModel):
-    """An error the API chose to return (401, 403, 404): `detail` says why."""
+    """An error the API chose to return (401, 403, 404, 503): `detail` says why."""
 
     detail: str
 
