@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import dense_usage
+from insight_pipeline.lib.detectors.usage import _epoch_day, dense_usage, usage_grid
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -26,28 +27,35 @@ def detect_entitlement_limit(
         return empty_signals()
     k = s.projection_weeks
     metrics = entitlements["metric"].unique()
-    grid = dense_usage(
+    grid = usage_grid(
         usage.filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end)), end
     )
     weeks = [f"m{i}" for i in range(k)]
+    # Windows over every day of a series (rolling, masked at series starts: rows are contiguous
+    # and daily), results only for the run's days, the weekly means gathered at their lags.
+    wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
+    windows = pl.DataFrame({"value": grid.value, "_pos": grid.position}).select(
+        pl.when(pl.col("_pos") >= 6)
+        .then(pl.col("value").rolling_max(7, min_samples=7))
+        .alias("peak7"),
+        pl.when(pl.col("_pos") >= 6)
+        .then(pl.col("value").rolling_mean(7, min_samples=7))
+        .alias("m0"),
+    )
+    m0 = windows["m0"].to_numpy()
+
+    def weeks_back(i: int) -> pl.Series:
+        lag = 7 * i
+        back = np.where(grid.position[wanted] >= lag, m0.take(wanted - lag, mode="clip"), np.nan)
+        return pl.Series(weeks[i], back, nan_to_null=True)
+
     stats = (
-        grid.with_columns(
-            pl.col("value")
-            .rolling_max(7, min_samples=7)
-            .over("customer_id", "metric")
-            .alias("peak7"),
-            pl.col("value")
-            .rolling_mean(7, min_samples=7)
-            .over("customer_id", "metric")
-            .alias("m0"),
-        )
+        grid.frame(wanted)
         .with_columns(
-            [
-                pl.col("m0").shift(7 * i).over("customer_id", "metric").alias(weeks[i])
-                for i in range(1, k)
-            ]
+            windows["peak7"].gather(wanted),
+            windows["m0"].gather(wanted),
+            *[weeks_back(i) for i in range(1, k)],
         )
-        .filter(pl.col("date").is_between(start, end))
         .join(entitlements, on=["customer_id", "metric"], how="inner")
         .filter(pl.col("entitled_value") > 0)
         .join(accounts.select("customer_id", "renewal_date"), on="customer_id", how="inner")

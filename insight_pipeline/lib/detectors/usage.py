@@ -50,6 +50,12 @@ def dense_usage(
     return _DenseGrid.build(usage, end, churned).frame()
 
 
+def usage_grid(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None = None) -> _DenseGrid:
+    """`dense_usage` as arrays (series, position in series, day, value), for detectors that
+    compute windows on every row but need results only on a few (see `_DenseGrid`)."""
+    return _DenseGrid.build(usage, end, churned)
+
+
 @dataclass(frozen=True)
 class _DenseGrid:
     """`dense_usage` as arrays: row i is day `day[i]` (days since 1970-01-01), the
