@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -180,11 +180,40 @@ _ROLLUP_DIMENSION_LABELS = {
 # ---------------------------------------------------------------------------- statistics
 
 
+def _upper_tails(
+    start: np.ndarray, stop: np.ndarray, log_pmf: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """sum_{j = start_i}^{stop_i} exp(log_pmf(i, j)) for every i at once (0 where stop < start):
+    all the terms of all the tails laid out in one array (segment i = the terms of tail i),
+    each tail summed relative to its largest term. Chunks of ~2M terms bound the memory."""
+    count = np.maximum(stop - start + 1, 0)
+    out = np.zeros(start.size, dtype=np.float64)
+    begin = 0
+    while begin < start.size:
+        # as many tails as fit in the chunk (at least one)
+        cum = np.cumsum(count[begin:])
+        end = begin + max(1, int(np.searchsorted(cum, 2_000_000, side="right")))
+        rows = np.arange(begin, end)[count[begin:end] > 0]
+        if rows.size:
+            n_terms = count[rows]
+            offset = np.zeros(rows.size, dtype=np.int64)
+            np.cumsum(n_terms[:-1], out=offset[1:])
+            tail = np.repeat(np.arange(rows.size), n_terms)
+            j = start[rows][tail] + (np.arange(int(n_terms.sum())) - offset[tail])
+            terms = log_pmf(rows[tail], j)
+            peak = np.maximum.reduceat(terms, offset)
+            total = np.add.reduceat(np.exp(terms - peak[tail]), offset)
+            out[rows] = np.minimum(1.0, np.exp(peak) * total)
+        begin = end
+    return out
+
+
 def binomial_sf(x: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     """P(X >= x) for X ~ Binomial(n, p), elementwise; exact (sum of the upper tail in log space).
 
-    No scipy here, so the tail is summed directly: from x up to where the terms are negligible
-    (30 standard deviations past the larger of x and the mean, never beyond n). x <= 0 gives 1.
+    No scipy here, so the tail is summed directly, for all tests at once: from x up to where the
+    terms are negligible (30 standard deviations past the larger of x and the mean, never
+    beyond n). x <= 0 gives 1.
     """
     x = np.asarray(x, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
@@ -194,20 +223,21 @@ def binomial_sf(x: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
         return out
     top = int(n.max(initial=0))
     log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, top + 1, dtype=np.float64)))])
-    for i in np.flatnonzero((x > 0) & (x <= n)):
-        ni, xi, pi = int(n[i]), int(x[i]), float(p[i])
-        sd = math.sqrt(ni * pi * (1 - pi))
-        stop = min(ni, int(max(xi, ni * pi) + 30 * sd + 30))
-        k = np.arange(xi, stop + 1)
-        log_pmf = (
-            log_fact[ni]
+    tested = np.flatnonzero((x > 0) & (x <= n))
+    ni, xi, pi = n[tested], x[tested], p[tested]
+    sd = np.sqrt(ni * pi * (1 - pi))
+    stop = np.minimum(ni, (np.maximum(xi, ni * pi) + 30 * sd + 30).astype(np.int64))
+
+    def log_pmf(i: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return (
+            log_fact[ni[i]]
             - log_fact[k]
-            - log_fact[ni - k]
-            + k * math.log(pi)
-            + (ni - k) * math.log1p(-pi)
+            - log_fact[ni[i] - k]
+            + k * np.log(pi[i])
+            + (ni[i] - k) * np.log1p(-pi[i])
         )
-        peak = log_pmf.max()
-        out[i] = min(1.0, math.exp(peak) * float(np.exp(log_pmf - peak).sum()))
+
+    out[tested] = _upper_tails(xi, stop, log_pmf)
     out[x > n] = 0.0
     return out
 
@@ -215,7 +245,7 @@ def binomial_sf(x: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 def hypergeometric_sf(x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int) -> np.ndarray:
     """P(X >= x) for X ~ Hypergeometric(total, k, n): of `total` accounts, `k` show a pattern;
     how likely is a group of `n` to hold `x` or more of them by chance. Exact (the one-sided
-    Fisher test), elementwise; x <= 0 gives 1."""
+    Fisher test), elementwise, all tests at once; x <= 0 gives 1."""
     x = np.asarray(x, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(k, dtype=np.int64)
@@ -224,23 +254,23 @@ def hypergeometric_sf(x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int) -
         return out
     log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, total + 1, dtype=np.float64)))])
 
-    def log_choose(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
-        return log_fact[a] - log_fact[b] - log_fact[np.subtract(a, b)]
+    def log_choose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return log_fact[a] - log_fact[b] - log_fact[a - b]
 
-    for i in np.flatnonzero(x > 0):
-        top = min(int(k[i]), int(n[i]))
-        if int(x[i]) > top:
-            out[i] = 0.0
-            continue
-        # the group cannot hold fewer than n - (total - k) of the k: start the sum there
-        j = np.arange(max(int(x[i]), int(n[i]) - (total - int(k[i]))), top + 1)
-        log_pmf = (
-            log_choose(int(k[i]), j)
-            + log_choose(total - int(k[i]), int(n[i]) - j)
-            - log_choose(total, int(n[i]))
+    tested = np.flatnonzero(x > 0)
+    xi, ni, ki = x[tested], n[tested], k[tested]
+    top = np.minimum(ki, ni)
+    # the group cannot hold fewer than n - (total - k) of the k: start the sum there
+    start = np.maximum(xi, ni - (total - ki))
+
+    def log_pmf(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return (
+            log_choose(ki[i], j)
+            + log_choose(total - ki[i], ni[i] - j)
+            - log_choose(np.full(i.size, total), ni[i])
         )
-        peak = log_pmf.max()
-        out[i] = min(1.0, math.exp(peak) * float(np.exp(log_pmf - peak).sum()))
+
+    out[tested] = np.where(xi > top, 0.0, _upper_tails(start, top, log_pmf))
     return out
 
 
