@@ -29,6 +29,7 @@ from insight_pipeline.lib.team import (
     cross_account_patterns,
     hypergeometric_sf,
     open_at,
+    pattern_hits,
     pattern_owner,
     rollup_frame,
 )
@@ -574,3 +575,26 @@ def test_digests_of_managers_and_leaders_carry_the_patterns_of_their_teams() -> 
     )
     assert alone.team is not None and not alone.team.members and alone.item_count == 1
     assert "1 cross-account pattern" in subject_for(alone)
+
+
+def test_the_window_before_a_day_is_the_window_of_the_day_one_window_earlier() -> None:
+    """cross_account_patterns computes the hits once and shifts them for the window before."""
+    rng = np.random.default_rng(3)
+    n = 600
+    candidates = pl.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in rng.integers(0, 40, n)],
+            "type": rng.choice(["usage_drop", "going_dark", "feature_discovery"], n).tolist(),
+            "subject": rng.choice(["", "dau", "reports"], n).tolist(),
+            "partition_date": [D - timedelta(days=int(d)) for d in rng.integers(0, 90, n)],
+        }
+    )
+    first, last = D - timedelta(days=20), D
+    lag = timedelta(days=TEAM.window_days)
+    direct = pattern_hits(candidates, first, last, TEAM, windows_back=1)
+    once = pattern_hits(candidates, first - lag, last, TEAM)
+    shifted = once.filter(pl.col("partition_date") <= last - lag).with_columns(
+        pl.col("partition_date") + lag
+    )
+    assert direct.height > 100
+    assert shifted.equals(direct)

@@ -260,8 +260,12 @@ def hypergeometric_sf(x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int) -
     tested = np.flatnonzero(x > 0)
     xi, ni, ki = x[tested], n[tested], k[tested]
     top = np.minimum(ki, ni)
-    # the group cannot hold fewer than n - (total - k) of the k: start the sum there
+    # the group cannot hold fewer than n - (total - k) of the k: start the sum there; stop where
+    # the terms are negligible (30 standard deviations past the larger of x and the mean)
     start = np.maximum(xi, ni - (total - ki))
+    share = ki / total
+    sd = np.sqrt(ni * share * (1 - share) * (total - ni) / max(total - 1, 1))
+    stop = np.minimum(top, (np.maximum(xi, ni * share) + 30 * sd + 30).astype(np.int64))
 
     def log_pmf(i: np.ndarray, j: np.ndarray) -> np.ndarray:
         return (
@@ -270,7 +274,7 @@ def hypergeometric_sf(x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int) -
             - log_choose(np.full(i.size, total), ni[i])
         )
 
-    out[tested] = np.where(xi > top, 0.0, _upper_tails(start, top, log_pmf))
+    out[tested] = np.where(xi > top, 0.0, _upper_tails(start, stop, log_pmf))
     return out
 
 
@@ -677,11 +681,12 @@ def team_insights(
         ).iter_rows(named=True)
     }
     names = {str(u): str(n) for u, n in users.select("user_id", "name").iter_rows()}
-    seen = {
+    keys = ["partition_date", "pattern_type", "pattern_subject"]
+    seen = {  # first sightings of the raised patterns' members only (hits has millions of rows)
         (d, c, t, s): f
-        for d, c, t, s, f in hits.select(
-            "partition_date", "customer_id", "pattern_type", "pattern_subject", "first_seen"
-        ).iter_rows()
+        for d, c, t, s, f in hits.join(patterns.select(keys).unique(), on=keys, how="semi")
+        .select("partition_date", "customer_id", "pattern_type", "pattern_subject", "first_seen")
+        .iter_rows()
     }
     narrator = TemplateNarrator()
     rows: list[dict[str, Any]] = []
@@ -847,8 +852,14 @@ def cross_account_patterns(
     """(team insight candidates of [first, last], every test run) from the account-level
     insight candidates of [first - 2 x window + 1, last] (this window and the one before), the
     accounts and the users directory."""
-    hits = pattern_hits(candidates, first, last, team)
-    before = pattern_hits(candidates, first, last, team, windows_back=1)
+    # The window before day D's is day (D - window)'s window: both from one pass over the days
+    # [first - window, last] (equal to pattern_hits(..., windows_back=1), tested).
+    lag = timedelta(days=team.window_days)
+    every = pattern_hits(candidates, first - lag, last, team)
+    hits = every.filter(pl.col("partition_date") >= first)
+    before = every.filter(pl.col("partition_date") <= last - lag).with_columns(
+        pl.col("partition_date") + lag
+    )
     tested = tested_patterns(hits, before, accounts, first, last, team)
     raised = distinct_patterns(tested, team.overlap)
     return team_insights(raised, hits, accounts, users, team, ranking), tested
