@@ -37,11 +37,23 @@ def detect_feature_discovery(
         .group_by("customer_id", "feature")
         .agg(pl.col("date").max().alias("last_before"))
     )
+    # Sorted by (customer, feature, date) through one integer key (category codes and the day),
+    # so "the previous active day of the same feature" is a shift masked at group changes.
+    # Rows are unique by (customer, date, feature) after quarantine; a repeated row would only
+    # see itself as its previous day (gap 0) and drop out.
+    day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
+    groups = used.select("customer_id", "feature").unique().with_row_index("_group")
     firsts = (
         used.select("customer_id", "feature", "date")
-        .unique()
-        .sort("customer_id", "feature", "date")
-        .with_columns(pl.col("date").shift(1).over("customer_id", "feature").alias("previous"))
+        .join(groups, on=["customer_id", "feature"])
+        .with_columns(pl.col("_group").cast(pl.UInt64), day.alias("_day"))
+        .sort(pl.col("_group") * (1 << 20) + pl.col("_day"))  # < 2^52: days < 2^20
+        .with_columns(
+            pl.when(pl.col("_group") == pl.col("_group").shift(1))
+            .then(pl.col("date").shift(1))
+            .alias("previous")
+        )
+        .drop("_group", "_day")
         .join(before, on=["customer_id", "feature"], how="left")
         .with_columns(pl.coalesce("previous", "last_before").alias("previous"))
         .drop("last_before")
@@ -74,13 +86,37 @@ def detect_feature_discovery(
     )
     if firsts.height == 0:
         return empty_signals()
-    latest = (
-        used.join(
-            firsts.select("customer_id", "feature", "partition_date"), on=["customer_id", "feature"]
+    # active users on the latest active day up to each partition day: an as-of join (a plain
+    # join on (customer, feature) would pair every active day with every partition day)
+    # only the active days a discovery's window can reach: from its first use on
+    reach = (
+        used.select("customer_id", "feature", "date", "active_users")
+        .join(
+            firsts.select("customer_id", "feature", "first_used").unique(),
+            on=["customer_id", "feature"],
         )
-        .filter(pl.col("date") <= pl.col("partition_date"))
-        .group_by("customer_id", "feature", "partition_date")
-        .agg(pl.col("active_users").sort_by("date").last().alias("active_users"))
+        .filter(
+            pl.col("date").is_between(
+                pl.col("first_used"),
+                pl.col("first_used") + pl.duration(days=DISCOVERY_WINDOW_DAYS - 1),
+            )
+        )
+        .drop("first_used")
+        .unique()
+    )
+    latest = (
+        firsts.select("customer_id", "feature", "partition_date")
+        .unique()
+        .sort("partition_date")
+        .join_asof(
+            reach.sort("date"),
+            left_on="partition_date",
+            right_on="date",
+            by=["customer_id", "feature"],
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .drop("date")
     )
     hits = firsts.join(latest, on=["customer_id", "feature", "partition_date"], how="left")
     return conform(
