@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import dense_usage
+from insight_pipeline.lib.detectors.usage import _epoch_day, usage_grid
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -32,16 +33,16 @@ def peer_percentiles(
     )
     if wanted.filter(pl.col("metric") == s.metric).height == 0:
         return pl.DataFrame()
-    grid = (
-        dense_usage(wanted, end)
-        .with_columns(
-            pl.col("value")
-            .rolling_mean(w, min_samples=w)
-            .over("customer_id", "metric")
-            .alias("mean")
-        )
-        .filter(pl.col("date").is_between(start, end))
+    # the rolling mean over every day of a series (masked at series starts: rows are contiguous
+    # and daily), kept only for the run's days
+    dense = usage_grid(wanted, end)
+    rows = np.flatnonzero((dense.day >= _epoch_day(start)) & (dense.day <= _epoch_day(end)))
+    means = pl.DataFrame({"value": dense.value, "_pos": dense.position}).select(
+        pl.when(pl.col("_pos") >= w - 1)
+        .then(pl.col("value").rolling_mean(w, min_samples=w))
+        .alias("mean")
     )
+    grid = dense.frame(rows).with_columns(means["mean"].gather(rows))
     wide = grid.pivot(on="metric", index=["customer_id", "date"], values="mean")
     if "seats_used" not in wide.columns:
         wide = wide.with_columns(pl.lit(None, pl.Float64).alias("seats_used"))
