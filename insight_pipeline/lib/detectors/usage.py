@@ -416,7 +416,13 @@ def weekly_trend_stats(
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
     # Rolling sums need every day of a series; everything else only the rows of [start, end]
     # (`wanted`), so those are taken out first and the week sums gathered at their lags.
-    wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
+    # ... and of those only the rows with all k weeks inside their series (the others would be
+    # dropped for a missing week sum: w_i needs 7 i + 7 days of history)
+    wanted = np.flatnonzero(
+        (grid.day >= _epoch_day(start))
+        & (grid.day <= _epoch_day(end))
+        & (grid.position >= 7 * (k - 1) + 6)
+    )
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
     sums = pl.DataFrame(
         {
@@ -483,7 +489,6 @@ def weekly_trend_stats(
             .then(pl.col("_we_prior") / (8.0 * pl.col("prior_week")))
             .alias("prior_weekend_share"),
         )
-        .drop_nulls(week)
     )
     if frame.height == 0:
         return frame.drop("value", "_we_recent", "_we_prior").rename({"date": "partition_date"})
