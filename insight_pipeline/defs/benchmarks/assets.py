@@ -25,16 +25,16 @@ def peer_benchmarks(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-    usage_window: pl.DataFrame,
+    usage_window: pl.LazyFrame,
     activity_window: dict[str, pl.DataFrame],
 ) -> pl.DataFrame:
     """outperforming / underperforming: the account's usage per seat in the top or bottom decile
     of its peer cohort (percentile in the evidence; small cohorts fall back to the segment)."""
     first, last = partition_days(context)
     s = settings.settings().benchmark
-    percentiles = peer_percentiles(
-        usage_window, activity_window["entitlements"], accounts, first, last, s
-    )
+    # only the benchmarked metric and seats are read from the (large) usage window
+    usage = usage_window.filter(pl.col("metric").is_in([s.metric, "seats_used"])).collect()
+    percentiles = peer_percentiles(usage, activity_window["entitlements"], accounts, first, last, s)
     signals = detect_benchmarks(percentiles, s) if percentiles.height else empty_signals()
     meta = signal_metadata(signals)
     if percentiles.height:

@@ -17,17 +17,25 @@ from insight_pipeline.lib.detectors.features import detect_feature_discovery
 from insight_pipeline.lib.signals import conform, empty_signals
 
 
-def _run(detectors: dict[str, tuple[list[pl.DataFrame], object]]) -> tuple[pl.DataFrame, dict]:
-    """detector name -> (required frames, thunk). A detector whose inputs are empty is skipped."""
+def _run(
+    detectors: dict[str, tuple[list[pl.DataFrame | int], object]],
+) -> tuple[pl.DataFrame, dict]:
+    """detector name -> (required frames or row counts, thunk). A detector whose inputs are
+    empty is skipped."""
     frames, ran, skipped = [], [], []
     for name, (required, thunk) in detectors.items():
-        if any(f.height == 0 for f in required):
+        if any((f if isinstance(f, int) else f.height) == 0 for f in required):
             skipped.append(name)
             continue
         frames.append(conform(thunk()))  # type: ignore[operator]
         ran.append(name)
     signals = pl.concat(frames) if frames else empty_signals()
     return signals, {"detectors_run": ran, "detectors_skipped_missing_data": skipped}
+
+
+def rows_of(frame: pl.LazyFrame) -> int:
+    """Row count of a stored frame (from the Parquet footer: nothing is read)."""
+    return int(frame.select(pl.len()).collect().item())
 
 
 def _asset(**kwargs):
@@ -99,18 +107,23 @@ def risk_signals(
     settings: SettingsResource,
     accounts: pl.DataFrame,
     activity_window: dict[str, pl.DataFrame],
-    usage_window: pl.DataFrame,
+    usage_window: pl.LazyFrame,
 ) -> pl.DataFrame:
     """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
     first, last = partition_days(context)
     act = activity_window
     s = settings.settings().risk
+    # silent accounts look only at the days an account used anything: scan just those rows
+    # and columns of the (large) usage window
+    active_usage = (
+        usage_window.filter(pl.col("value") > 0).select("customer_id", "date", "value").collect()
+    )
     signals, meta = _run(
         {
             "silent_account": (
-                [usage_window],
+                [rows_of(usage_window)],
                 lambda: risk.detect_silent_account(
-                    usage_window, act["communications"], accounts, first, last, s
+                    active_usage, act["communications"], accounts, first, last, s
                 ),
             ),
             "champion_left": (
@@ -156,7 +169,7 @@ def opportunity_signals(
     settings: SettingsResource,
     accounts: pl.DataFrame,
     activity_window: dict[str, pl.DataFrame],
-    usage_window: pl.DataFrame,
+    usage_window: pl.LazyFrame,
 ) -> pl.DataFrame:
     """entitlement_limit (at 90% or on course to exceed before renewal), case_study_candidate,
     referral_candidate (promoters with healthy, growing usage), feature_discovery."""
@@ -164,19 +177,27 @@ def opportunity_signals(
     act = activity_window
     cfg = settings.settings()
     s = cfg.opportunity
+    # Each detector reads only its rows of the (large) usage window: the entitled metrics, and
+    # the accounts that answered NPS (advocacy looks at promoters' usage only).
+    entitled_usage = usage_window.filter(
+        pl.col("metric").is_in(act["entitlements"]["metric"].unique().implode())
+    ).collect()
+    respondents_usage = usage_window.filter(
+        pl.col("customer_id").is_in(act["nps"]["customer_id"].unique().implode())
+    ).collect()
     signals, meta = _run(
         {
             "entitlement_limit": (
-                [act["entitlements"], usage_window],
+                [act["entitlements"], rows_of(usage_window)],
                 lambda: opportunity.detect_entitlement_limit(
-                    usage_window, act["entitlements"], accounts, first, last, s
+                    entitled_usage, act["entitlements"], accounts, first, last, s
                 ),
             ),
             "case_study_and_referral": (
                 [act["nps"]],
                 lambda: opportunity.detect_advocacy(
                     act["nps"],
-                    usage_window,
+                    respondents_usage,
                     act["health"],
                     act["meetings"],
                     accounts,
