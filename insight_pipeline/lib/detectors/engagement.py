@@ -46,33 +46,43 @@ def detect_going_dark(
     own median gap)."""
     if events.height == 0:
         return empty_signals()
+    # Distinct contact days sorted by (customer, date) through one integer key (the customer's
+    # index x the day): a numeric sort, duplicates adjacent, "the previous contact day" a shift
+    # masked where the customer changes; windows grouped by the integer index.
+    contact = events.filter(pl.col("date") <= end).select("customer_id", "date")
+    customers = contact.select("customer_id").unique().with_row_index("_c")
+    day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
+    same_customer = pl.col("_c") == pl.col("_c").shift(1)
+    window = f"{s.cadence_days}d"
     contact_days = (
-        events.filter(pl.col("date") <= end)
-        .select("customer_id", "date")
-        .unique()
-        .sort("customer_id", "date")
+        contact.join(customers, on="customer_id")
+        .with_columns((pl.col("_c").cast(pl.UInt64) * (1 << 20) + day).alias("_key"))
+        .sort("_key")
+        .filter((pl.col("_key") != pl.col("_key").shift(1)).fill_null(True))
         .with_columns(
-            (pl.col("date") - pl.col("date").shift(1).over("customer_id"))
+            pl.when(same_customer)
+            .then(pl.col("date") - pl.col("date").shift(1))
             .dt.total_days()
             .cast(pl.Float64)
             .alias("gap")
         )
         .with_columns(
             pl.col("gap")
-            .rolling_median_by("date", window_size=f"{s.cadence_days}d")
-            .over("customer_id")
+            .rolling_median_by("date", window_size=window)
+            .over("_c")
             .alias("median_gap"),
             pl.col("gap")
-            .rolling_quantile_by("date", window_size=f"{s.cadence_days}d", quantile=0.95)
-            .over("customer_id")
+            .rolling_quantile_by("date", window_size=window, quantile=0.95)
+            .over("_c")
             .alias("long_gap"),
             pl.col("gap")
             .is_not_null()
             .cast(pl.Int32)
-            .rolling_sum_by("date", window_size=f"{s.cadence_days}d")
-            .over("customer_id")
+            .rolling_sum_by("date", window_size=window)
+            .over("_c")
             .alias("gaps"),
         )
+        .drop("_c", "_key")
     )
     days = customer_days(accounts, start, end).sort("partition_date")
     joined = days.join_asof(
