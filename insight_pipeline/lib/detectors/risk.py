@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
@@ -16,6 +17,7 @@ from insight_pipeline.lib.detectors.common import (
     rate_excess,
     trailing_sum,
 )
+from insight_pipeline.lib.detectors.usage import _epoch_day, _lagged_median
 from insight_pipeline.lib.settings import RiskSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -185,29 +187,38 @@ def detect_health_drop(
         .group_by("customer_id", "date")
         .agg(pl.col("score").mean())
     )
-    days = pl.DataFrame({"date": pl.date_range(first, end, eager=True)})
-    grid = (
-        pl.DataFrame({"customer_id": daily["customer_id"].unique()})
-        .join(days, how="cross")
-        .join(daily, on=["customer_id", "date"], how="left")
-        .sort("customer_id", "date")
-        .with_columns(pl.col("score").forward_fill().over("customer_id"))
-    )
     b, gap = s.health_baseline_days, s.health_gap_days
-    stats = grid.with_columns(
-        pl.col("score")
-        .shift(gap)
-        .rolling_median(b, min_samples=b // 2)
-        .over("customer_id")
-        .alias("baseline"),
-        pl.col("score")
-        .diff()
-        .abs()
-        .shift(gap)
-        .rolling_median(b, min_samples=b // 2)
-        .over("customer_id")
-        .alias("noise_mad"),
-    ).filter(pl.col("date").is_between(start, end))
+    # A dense customer x day matrix (customers sorted, days from `first`), scores carried
+    # forward within the customer; the two medians evaluated only on the run's days, over the
+    # b days ending `gap` days back (`_lagged_median`: polars' rolling median on those rows).
+    ids = daily["customer_id"].unique().sort()
+    n_days = (end - first).days + 1
+    index = pl.DataFrame({"customer_id": ids, "_c": pl.int_range(ids.len(), eager=True)})
+    seen = daily.join(index, on="customer_id")
+    cells = seen["_c"].to_numpy() * n_days + (seen["date"] - first).dt.total_days().to_numpy()
+    matrix = np.full((ids.len(), n_days), np.nan)
+    matrix.flat[cells] = seen["score"].cast(pl.Float64).to_numpy()
+    last_seen = np.maximum.accumulate(np.where(np.isnan(matrix), 0, np.arange(n_days)), axis=1)
+    score = np.take_along_axis(matrix, last_seen, axis=1)  # forward filled (NaN before any)
+    change = np.full_like(score, np.nan)
+    change[:, 1:] = np.abs(score[:, 1:] - score[:, :-1])
+    position = np.tile(np.arange(n_days), ids.len())
+    wanted_day = np.arange(n_days)[(start - first).days :]
+    rows = (np.arange(ids.len())[:, None] * n_days + wanted_day[None, :]).ravel()
+    lags = range(gap, gap + b)
+    stats = pl.DataFrame(
+        {
+            "customer_id": ids.gather(rows // n_days),
+            "date": pl.Series((rows % n_days).astype(np.int32) + _epoch_day(first)).cast(pl.Date),
+            "score": pl.Series(score.ravel()[rows], nan_to_null=True),
+            "baseline": pl.Series(
+                _lagged_median(score.ravel(), position, rows, lags, b // 2), nan_to_null=True
+            ),
+            "noise_mad": pl.Series(
+                _lagged_median(change.ravel(), position, rows, lags, b // 2), nan_to_null=True
+            ),
+        }
+    )
     drop = pl.col("baseline") - pl.col("score")
     noise = (MAD_TO_SD * pl.col("noise_mad")).clip(lower_bound=1.0)
     hits = (
