@@ -38,7 +38,7 @@ from insight_pipeline.api.app import STORE_UNAVAILABLE, create_app
 from insight_pipeline.api.auth import COOKIE
 from insight_pipeline.lib.digest import build_digests, digest_window
 from insight_pipeline.lib.email import SmtpConfig, SmtpTransport, deliver_digests
-from insight_pipeline.lib.store import InsightStore, StoreWriteError
+from insight_pipeline.lib.store import STATUS_OF_ACTION, InsightStore, StoreWriteError
 from insight_pipeline_tests.api_data import ID, empty_database, seed, tokens
 
 D0 = date(2026, 3, 1)
@@ -543,6 +543,43 @@ def test_a_sink_write_crossing_a_concurrent_writer_lands_whole(
     table = pg.get_insights()
     assert set(table["title"].str.extract(r"^(\w+)")) == {"Rewritten"}
     assert set(table["status"]) == {"viewed"}  # and the other writer's change is kept
+
+
+def test_two_actions_on_one_insight_end_with_the_status_of_the_last_in_the_history(
+    pg: InsightStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users act on the same insight at once (the soak saw it once in 3,460 actions): one
+    requested first reaches the database last. The status the row keeps must be the history's
+    last action: an action is stamped only once it holds the row."""
+    pg.write_insights(frame(range(1)), pl.DataFrame())
+    insight = str(frame(range(1))["id"][0])
+    slow: dict[str, Any] = {}
+    original = pg._run
+
+    def delayed(conn: Any, sql_name: str, /, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is slow.get("thread") and not slow.get("slept"):
+            slow["slept"] = True
+            time.sleep(0.5)  # requested, but not yet at the database
+        return original(conn, sql_name, *args, **kwargs)
+
+    monkeypatch.setattr(pg, "_run", delayed)
+    outcome: list[Any] = []
+    first = threading.Thread(
+        target=lambda: outcome.append(
+            _attempt(lambda: pg.record_action(insight, "u0", "dismiss", "not_relevant"))
+        )
+    )
+    slow["thread"] = first
+    first.start()
+    time.sleep(0.1)
+    pg.record_action(insight, "u1", "actioned", "took_action")  # requested second, lands first
+    first.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
+    events = pg.feedback_events().filter(pl.col("insight_id") == insight).sort("created_at")
+    assert events.height == 2
+    status = pg.get_insights([insight])["status"][0]
+    assert events["action"][-1] == "dismiss"
+    assert status == STATUS_OF_ACTION[events["action"][-1]] == "dismissed"
 
 
 def _attempt(call: Callable[[], Any]) -> Any:

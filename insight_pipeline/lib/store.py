@@ -1032,6 +1032,14 @@ class InsightStore:
         key = _uuid_text(insight_id)
         event_id = str(uuid.uuid4())
         with self._engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Stamp the action only once its row is locked: a concurrent action on the same
+                # insight then commits either wholly before (earlier time) or after (later
+                # time), so the history's last action is the status the row shows. (DuckDB
+                # runs one transaction at a time per file here.)
+                if not self._run(conn, "lock_insight", id=key):
+                    raise LookupError(f"no insight with id {insight_id!r}")
+                when = _utc(at) or datetime.now(UTC)
             if not self._run(
                 conn,
                 "set_status",
