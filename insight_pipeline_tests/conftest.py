@@ -58,14 +58,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "duckdb":
         return f"duckdb:///{tmp_path_factory.mktemp('store') / 'insights.duckdb'}"
     url: str = request.getfixturevalue("postgres_url")
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("drop schema public cascade"))
-            conn.execute(text("create schema public"))
-    finally:
-        engine.dispose()
-    return url
+    return _emptied(url)
 
 
 @pytest.fixture
@@ -77,3 +70,33 @@ def store(store_url: str) -> Iterator[InsightStore]:
         yield insight_store
     finally:
         insight_store.dispose()
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The session's PostgreSQL database, emptied (for tests that run on PostgreSQL only)."""
+    url: str = request.getfixturevalue("postgres_url")
+    return _emptied(url)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[InsightStore]:
+    """A migrated InsightStore on that PostgreSQL database, disposed after the test."""
+    store = InsightStore(pg_url)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+def _emptied(url: str) -> str:
+    """`url` after dropping and re-creating its public schema (every test starts from nothing)."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("drop schema public cascade"))
+            conn.execute(text("create schema public"))
+    finally:
+        engine.dispose()
+    return url

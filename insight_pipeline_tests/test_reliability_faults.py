@@ -175,22 +175,6 @@ def _close(s: socket.socket) -> None:
 
 
 @pytest.fixture
-def pg_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The session's PostgreSQL database, emptied."""
-    return empty_database("postgres", request, tmp_path_factory)
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[InsightStore]:
-    store = InsightStore(pg_url)
-    store.migrate()
-    try:
-        yield store
-    finally:
-        store.dispose()
-
-
-@pytest.fixture
 def admin(pg_url: str) -> Iterator[Engine]:
     """A second connection's engine, for pg_terminate_backend."""
     engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")

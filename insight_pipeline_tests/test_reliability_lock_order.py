@@ -28,7 +28,6 @@ from sqlalchemy.exc import OperationalError
 
 import insight_pipeline.lib.store as store_module
 from insight_pipeline.lib.store import UPSERT_SCHEMA, InsightStore
-from insight_pipeline_tests.api_data import empty_database
 
 D0 = date(2026, 3, 1)
 EXPIRES = datetime(2026, 4, 1, tzinfo=UTC)
@@ -84,21 +83,6 @@ def stored_in_descending_id_order(store: InsightStore, ids: list[str]) -> None:
     """One write per row, highest id first: the heap (a sequential scan) lists them backwards."""
     for key in reversed(ids):
         store.write_insights(insights([key]), pl.DataFrame())
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return empty_database("postgres", request, tmp_path_factory)
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[InsightStore]:
-    store = InsightStore(pg_url)
-    store.migrate()
-    try:
-        yield store
-    finally:
-        store.dispose()
 
 
 @pytest.fixture
