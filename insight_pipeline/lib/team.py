@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -242,36 +242,41 @@ def binomial_sf(x: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return out
 
 
-def hypergeometric_sf(x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int) -> np.ndarray:
+def hypergeometric_sf(
+    x: np.ndarray, n: np.ndarray, k: np.ndarray, total: int | np.ndarray
+) -> np.ndarray:
     """P(X >= x) for X ~ Hypergeometric(total, k, n): of `total` accounts, `k` show a pattern;
     how likely is a group of `n` to hold `x` or more of them by chance. Exact (the one-sided
-    Fisher test), elementwise, all tests at once; x <= 0 gives 1."""
+    Fisher test), elementwise (`total` one number or one per test), all tests at once; x <= 0
+    gives 1."""
     x = np.asarray(x, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(k, dtype=np.int64)
+    everyone = np.broadcast_to(np.asarray(total, dtype=np.int64), x.shape)
     out = np.ones(x.shape, dtype=np.float64)
     if x.size == 0:
         return out
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, total + 1, dtype=np.float64)))])
+    top_total = int(everyone.max())
+    log_fact = np.concatenate(
+        [[0.0], np.cumsum(np.log(np.arange(1, top_total + 1, dtype=np.float64)))]
+    )
 
     def log_choose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return log_fact[a] - log_fact[b] - log_fact[a - b]
 
     tested = np.flatnonzero(x > 0)
-    xi, ni, ki = x[tested], n[tested], k[tested]
+    xi, ni, ki, ti = x[tested], n[tested], k[tested], everyone[tested]
     top = np.minimum(ki, ni)
     # the group cannot hold fewer than n - (total - k) of the k: start the sum there; stop where
     # the terms are negligible (30 standard deviations past the larger of x and the mean)
-    start = np.maximum(xi, ni - (total - ki))
-    share = ki / total
-    sd = np.sqrt(ni * share * (1 - share) * (total - ni) / max(total - 1, 1))
+    start = np.maximum(xi, ni - (ti - ki))
+    share = ki / ti
+    sd = np.sqrt(ni * share * (1 - share) * (ti - ni) / np.maximum(ti - 1, 1))
     stop = np.minimum(top, (np.maximum(xi, ni * share) + 30 * sd + 30).astype(np.int64))
 
     def log_pmf(i: np.ndarray, j: np.ndarray) -> np.ndarray:
         return (
-            log_choose(ki[i], j)
-            + log_choose(total - ki[i], ni[i] - j)
-            - log_choose(np.full(i.size, total), ni[i])
+            log_choose(ki[i], j) + log_choose(ti[i] - ki[i], ni[i] - j) - log_choose(ti[i], ni[i])
         )
 
     out[tested] = np.where(xi > top, 0.0, _upper_tails(start, stop, log_pmf))
@@ -362,10 +367,14 @@ def pattern_hits(
     )
 
 
-def _group_members(active: pl.DataFrame, dimensions: Iterable[str]) -> pl.DataFrame:
-    """(customer_id, dimension, group_value) of every active account and dimension it has."""
+def _group_members(
+    active: pl.DataFrame, dimensions: Iterable[str], keep: Sequence[str] = ()
+) -> pl.DataFrame:
+    """(customer_id, dimension, group_value) of every active account and dimension it has
+    (with the `keep` columns first, e.g. the day)."""
     parts = [
         active.select(
+            *keep,
             "customer_id",
             pl.lit(dim).alias("dimension"),
             pl.col(dim).cast(pl.String).alias("group_value"),
@@ -375,7 +384,8 @@ def _group_members(active: pl.DataFrame, dimensions: Iterable[str]) -> pl.DataFr
     ]
     if not parts:
         return pl.DataFrame(
-            schema={"customer_id": pl.String, "dimension": pl.String, "group_value": pl.String}
+            schema={k: active.schema[k] for k in keep}
+            | {"customer_id": pl.String, "dimension": pl.String, "group_value": pl.String}
         )
     return pl.concat(parts).drop_nulls("group_value")
 
@@ -391,77 +401,83 @@ def tested_patterns(
     """Every (day, pattern, group) tested, with its count, the count in the window before
     (`before`: pattern_hits with windows_back=1), base rate, p- and q-value, and whether it
     passes (`significant`); PATTERN_COLUMNS plus `significant`. Tests where no account of the
-    group showed the pattern are counted in `tests` but not returned (their p-value is 1)."""
-    by_day = hits.partition_by("partition_date", as_dict=True)
-    before_by_day = before.partition_by("partition_date", as_dict=True)
-    out = []
-    day = first
-    while day <= last:
-        day_hits = by_day.get((day,), hits.clear())
-        day_before = before_by_day.get((day,), before.clear())
-        out.append(_test_day(day, day_hits, day_before, accounts, settings))
-        day += timedelta(days=1)
-    frame = pl.concat(out, how="vertical_relaxed") if out else pl.DataFrame()
-    if frame.height == 0:
-        return pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
-    return frame
+    group showed the pattern are counted in `tests` but not returned (their p-value is 1).
 
-
-def _test_day(
-    day: date,
-    hits: pl.DataFrame,
-    before: pl.DataFrame,
-    accounts: pl.DataFrame,
-    settings: TeamSettings,
-) -> pl.DataFrame:
+    All days at once: the accounts active on each day (a customers x days frame), the groups'
+    sizes and the patterns' totals per day, one test per (day, pattern, group), and the
+    Benjamini-Hochberg adjustment within each day's family of tests."""
     empty = pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
-    active = active_accounts(accounts, day)
-    total = active.height
-    if total == 0 or hits.height == 0:
-        return empty
-    hits = hits.join(active.select("customer_id"), on="customer_id", how="semi")
-    members = _group_members(active, settings.dimensions)
-    sizes = (
-        members.group_by("dimension", "group_value")
-        .len("group_size")
-        .filter(
-            (pl.col("group_size") >= settings.min_group_accounts) & (pl.col("group_size") < total)
+    day = "partition_date"
+    days = pl.DataFrame({day: pl.date_range(first, last, eager=True)})
+    active = accounts.filter(pl.col("csm_user_id").is_not_null()).join(days, how="cross")
+    if "contract_start" in active.columns:
+        active = active.filter(
+            pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col(day))
         )
+    if "churned_on" in active.columns:
+        active = active.filter(
+            pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col(day))
+        )
+    if active.height == 0 or hits.height == 0:
+        return empty
+    totals = active.group_by(day).len("total")
+    members = _group_members(active, settings.dimensions, keep=[day])
+    sizes = (
+        members.group_by(day, "dimension", "group_value")
+        .len("group_size")
+        .join(totals, on=day)
+        .filter(
+            (pl.col("group_size") >= settings.min_group_accounts)
+            & (pl.col("group_size") < pl.col("total"))
+        )
+        .drop("total")
     )
     pattern_keys = ["pattern_type", "pattern_subject"]
+    on_day = [day, "customer_id"]
+    hits = hits.join(active.select(on_day), on=on_day, how="semi")
     pattern_totals = (
-        hits.group_by(pattern_keys)
+        hits.group_by(day, *pattern_keys)
         .agg(pl.col("customer_id").n_unique().alias("pattern_total"))
         .filter(pl.col("pattern_total") >= settings.min_accounts)
     )
-    tests = pattern_totals.height * sizes.height
-    if tests == 0:
+    tests = (
+        pattern_totals.group_by(day)
+        .len("patterns")
+        .join(sizes.group_by(day).len("groups"), on=day)
+        .select(day, (pl.col("patterns") * pl.col("groups")).alias("tests"))
+    )
+    if tests.height == 0:
         return empty
     group_keys = [*pattern_keys, "dimension", "group_value"]
     previous = (
-        before.join(active.select("customer_id"), on="customer_id", how="semi")
-        .join(members, on="customer_id", how="inner")
-        .group_by(group_keys)
+        before.join(active.select(on_day), on=on_day, how="semi")
+        .join(members, on=on_day, how="inner")
+        .group_by(day, *group_keys)
         .agg(pl.col("customer_id").n_unique().alias("accounts_before"))
     )
     observed = (
-        hits.join(pattern_totals, on=pattern_keys, how="semi")
-        .join(members, on="customer_id", how="inner")
-        .join(sizes, on=["dimension", "group_value"], how="semi")
-        .group_by([*pattern_keys, "dimension", "group_value"])
+        hits.join(pattern_totals, on=[day, *pattern_keys], how="semi")
+        .join(members, on=on_day, how="inner")
+        .join(sizes, on=[day, "dimension", "group_value"], how="semi")
+        .group_by(day, *group_keys)
         .agg(
             pl.col("customer_id").n_unique().alias("accounts"),
             pl.col("customer_id").unique().sort().alias("members"),
         )
-        .join(sizes, on=["dimension", "group_value"], how="inner")
-        .join(pattern_totals, on=pattern_keys, how="inner")
-        .with_columns((pl.col("pattern_total") / total).alias("base_rate"))
+        .join(sizes, on=[day, "dimension", "group_value"], how="inner")
+        .join(pattern_totals, on=[day, *pattern_keys], how="inner")
+        .join(totals, on=day, how="inner")
+        .join(tests, on=day, how="inner")
+        # k x (1 / N), as polars divides a column by a number: the same bits as one day's test
+        .with_columns((pl.col("pattern_total") * (1.0 / pl.col("total"))).alias("base_rate"))
         .with_columns((pl.col("group_size") * pl.col("base_rate")).alias("expected"))
         .with_columns((pl.col("accounts") / pl.col("expected")).alias("lift"))
-        .join(previous, on=group_keys, how="left")
+        .join(previous, on=[day, *group_keys], how="left")
         .with_columns(pl.col("accounts_before").fill_null(0).cast(pl.Int64))
-        .sort(group_keys)
+        .sort(day, *group_keys)
     )
+    if observed.height == 0:
+        return empty
     if settings.test == "binomial":
         p_values = binomial_sf(
             observed["accounts"].to_numpy(),
@@ -473,15 +489,25 @@ def _test_day(
             observed["accounts"].to_numpy(),
             observed["group_size"].to_numpy(),
             observed["pattern_total"].to_numpy(),
-            total,
+            observed["total"].to_numpy(),
         )
-    q_values = benjamini_hochberg(p_values, tests)
+    # Benjamini-Hochberg within each day: rank by p (ties in row order), p x m / rank, then the
+    # running minimum from the largest p down; m = the day's tests (at least those listed).
+    m = pl.max_horizontal(pl.col("tests"), pl.len().over(day)).cast(pl.Float64)
+    q_values = (
+        observed.select(day, "tests", pl.Series("p", p_values))
+        .with_row_index("_row")
+        .sort(day, "p", "_row")
+        .with_columns((pl.col("p") * m / pl.int_range(1, pl.len() + 1).over(day)).alias("q"))
+        .with_columns(pl.col("q").cum_min(reverse=True).over(day).clip(upper_bound=1.0))
+        .sort("_row")["q"]
+        .to_numpy()
+    )
     return (
         observed.with_columns(
-            pl.lit(day).alias("partition_date"),
             pl.Series("p_value", _round_sig(p_values), pl.Float64),
             pl.Series("q_value", _round_sig(q_values), pl.Float64),
-            pl.lit(tests, pl.Int64).alias("tests"),
+            pl.col("tests").cast(pl.Int64),
         )
         .with_columns(
             (
