@@ -8,13 +8,14 @@ viewer must see. Times are relative to now, since the API judges expiry and snoo
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import polars as pl
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from insight_pipeline.lib.store import InsightStore
 
@@ -156,3 +157,20 @@ def empty_database(kind: str, request: Any, tmp_path_factory: Any) -> str:
     finally:
         engine.dispose()
     return url
+
+
+def wait_for_a_lock_wait(engine: Engine) -> None:
+    """Return once some session of `engine`'s database waits for a row lock (10 s at most)."""
+    deadline = time.monotonic() + 10
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                text(
+                    "select count(*) from pg_stat_activity where datname = current_database() "
+                    "and wait_event_type = 'Lock'"
+                )
+            ).scalar()
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session ever waited for a row lock")

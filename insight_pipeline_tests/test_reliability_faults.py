@@ -39,7 +39,7 @@ from insight_pipeline.api.auth import COOKIE
 from insight_pipeline.lib.digest import build_digests, digest_window
 from insight_pipeline.lib.email import SmtpConfig, SmtpTransport, deliver_digests
 from insight_pipeline.lib.store import STATUS_OF_ACTION, InsightStore, StoreWriteError
-from insight_pipeline_tests.api_data import ID, empty_database, seed, tokens
+from insight_pipeline_tests.api_data import ID, empty_database, seed, tokens, wait_for_a_lock_wait
 
 D0 = date(2026, 3, 1)
 EXPIRES = datetime(2026, 4, 1, tzinfo=UTC)
@@ -482,7 +482,7 @@ def test_mark_all_read_crossing_a_concurrent_writer_succeeds(
                 target=lambda: outcome.append(_attempt(lambda: pg.mark_all_read("u1")))
             )
             thread.start()
-            _wait_for_lock_wait(admin)  # mark-all-read waits for the row the writer holds
+            wait_for_a_lock_wait(admin)  # mark-all-read waits for the row the writer holds
             # the writer takes the other row too (before the lock ordering: a deadlock)
             writer.execute(text("update insights set title = 'w' where id = :i"), {"i": first})
             writer.commit()
@@ -516,7 +516,7 @@ def test_a_sink_write_crossing_a_concurrent_writer_lands_whole(
                 )
             )
             thread.start()
-            _wait_for_lock_wait(admin)
+            wait_for_a_lock_wait(admin)
             writer.execute(text("update insights set status = 'viewed' where id = :i"),
                            {"i": first})  # fmt: skip
             writer.commit()
@@ -571,22 +571,6 @@ def _attempt(call: Callable[[], Any]) -> Any:
         return call()
     except Exception as exc:
         return exc
-
-
-def _wait_for_lock_wait(admin: Engine) -> None:
-    deadline = time.monotonic() + 10
-    with admin.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(
-                text(
-                    "select count(*) from pg_stat_activity where datname = current_database() "
-                    "and wait_event_type = 'Lock'"
-                )
-            ).scalar()
-            if waiting:
-                return
-            time.sleep(0.01)
-    raise AssertionError("mark-all-read never waited for the row lock")
 
 
 @pytest.mark.parametrize("backend", ["postgres", "duckdb"])

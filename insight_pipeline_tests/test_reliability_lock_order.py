@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
@@ -28,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 import insight_pipeline.lib.store as store_module
 from insight_pipeline.lib.store import UPSERT_SCHEMA, InsightStore
+from insight_pipeline_tests.api_data import wait_for_a_lock_wait
 
 D0 = date(2026, 3, 1)
 EXPIRES = datetime(2026, 4, 1, tzinfo=UTC)
@@ -127,22 +127,6 @@ def at_once(*calls: Callable[[], Any]) -> list[Any]:
         assert not thread.is_alive()
         outcomes.extend(outcome)
     return outcomes
-
-
-def wait_for_a_lock_wait(engine: Engine) -> None:
-    deadline = time.monotonic() + 10
-    with engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(
-                text(
-                    "select count(*) from pg_stat_activity where datname = current_database() "
-                    "and wait_event_type = 'Lock'"
-                )
-            ).scalar()
-            if waiting:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the store's call never waited for the held row")
 
 
 def lockable_now(engine: Engine, ids: list[str]) -> list[str]:

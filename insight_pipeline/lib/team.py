@@ -301,8 +301,10 @@ def benjamini_hochberg(p_values: np.ndarray, m: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- patterns
 
 
-def active_accounts(accounts: pl.DataFrame, day: date) -> pl.DataFrame:
-    """Customers on `day`: with a CSM, started (when contract_start is known) and not churned."""
+def active_accounts(accounts: pl.DataFrame, day: date | pl.Expr) -> pl.DataFrame:
+    """Customers on `day` (a date, or a column of dates: each row judged on its own day): with
+    a CSM, started (when contract_start is known) and not churned."""
+    day = day if isinstance(day, pl.Expr) else pl.lit(day)
     frame = accounts.filter(pl.col("csm_user_id").is_not_null())
     if "contract_start" in frame.columns:
         frame = frame.filter(pl.col("contract_start").is_null() | (pl.col("contract_start") <= day))
@@ -409,15 +411,7 @@ def tested_patterns(
     empty = pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
     day = "partition_date"
     days = pl.DataFrame({day: pl.date_range(first, last, eager=True)})
-    active = accounts.filter(pl.col("csm_user_id").is_not_null()).join(days, how="cross")
-    if "contract_start" in active.columns:
-        active = active.filter(
-            pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col(day))
-        )
-    if "churned_on" in active.columns:
-        active = active.filter(
-            pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col(day))
-        )
+    active = active_accounts(accounts.join(days, how="cross"), pl.col(day))
     if active.height == 0 or hits.height == 0:
         return empty
     totals = active.group_by(day).len("total")

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import _epoch_day, usage_grid
+from insight_pipeline.lib.detectors.usage import _epoch_day, usage_grid, within_series
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -38,9 +38,7 @@ def peer_percentiles(
     dense = usage_grid(wanted, end)
     rows = np.flatnonzero((dense.day >= _epoch_day(start)) & (dense.day <= _epoch_day(end)))
     means = pl.DataFrame({"value": dense.value, "_pos": dense.position}).select(
-        pl.when(pl.col("_pos") >= w - 1)
-        .then(pl.col("value").rolling_mean(w, min_samples=w))
-        .alias("mean")
+        within_series(pl.col("value").rolling_mean(w, min_samples=w), w - 1).alias("mean")
     )
     grid = dense.frame(rows).with_columns(means["mean"].gather(rows))
     wide = grid.pivot(on="metric", index=["customer_id", "date"], values="mean")

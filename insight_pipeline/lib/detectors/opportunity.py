@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import _epoch_day, dense_usage, usage_grid
+from insight_pipeline.lib.detectors.usage import _epoch_day, dense_usage, usage_grid, within_series
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -35,12 +35,8 @@ def detect_entitlement_limit(
     # and daily), results only for the run's days, the weekly means gathered at their lags.
     wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
     windows = pl.DataFrame({"value": grid.value, "_pos": grid.position}).select(
-        pl.when(pl.col("_pos") >= 6)
-        .then(pl.col("value").rolling_max(7, min_samples=7))
-        .alias("peak7"),
-        pl.when(pl.col("_pos") >= 6)
-        .then(pl.col("value").rolling_mean(7, min_samples=7))
-        .alias("m0"),
+        within_series(pl.col("value").rolling_max(7, min_samples=7), 6).alias("peak7"),
+        within_series(pl.col("value").rolling_mean(7, min_samples=7), 6).alias("m0"),
     )
     m0 = windows["m0"].to_numpy()
 

@@ -391,13 +391,18 @@ def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> 
     )
 
 
+def within_series(window: pl.Expr, reach: int) -> pl.Expr:
+    """A rolling `window` over a grid's rows (contiguous and daily per series, the row's
+    position in its series in `_pos`), kept where it reaches back `reach` rows without leaving
+    the series, null elsewhere: the `.over(series)` result without a group-by."""
+    return pl.when(pl.col("_pos") >= reach).then(window)
+
+
 def _series_sum(value: pl.Expr, window: int, lag: int = 0) -> pl.Expr:
-    """Sum of `value` over `window` days ending `lag` days back, within the series (null where
-    the series is shorter): rows are contiguous and daily, so a plain rolling sum masked by the
-    row's position `_pos` in its series, with no group-by."""
+    """Sum of `value` over `window` days ending `lag` days back, within the series."""
     shifted = value.shift(lag) if lag else value
-    return pl.when(pl.col("_pos") >= lag + window - 1).then(
-        shifted.rolling_sum(window_size=window, min_samples=window)
+    return within_series(
+        shifted.rolling_sum(window_size=window, min_samples=window), lag + window - 1
     )
 
 
