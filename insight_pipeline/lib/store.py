@@ -755,13 +755,9 @@ class InsightStore:
     def write_quality(self, frame: pl.DataFrame, first_day: date, last_day: date) -> int:
         """Replace the quality metrics of [first_day, last_day] with `frame` (QUALITY_SCHEMA of
         lib/ranking/quality.py), in ONE transaction; returns the rows written."""
-        rows = frame.select([pl.col(c).cast(t) for c, t in QUALITY_COLUMNS.items()])
-        with self._engine.begin() as conn:
-            self._run(conn, "delete_quality", first_day=first_day, last_day=last_day)
-            if rows.height:
-                with self._staged(conn, "quality", "stage_insight_quality", rows):
-                    self._run(conn, "insert_quality", computed_at=datetime.now(UTC))
-        return rows.height
+        return self._replace_days(
+            "quality", "stage_insight_quality", QUALITY_COLUMNS, frame, first_day, last_day
+        )
 
     def quality(
         self,
@@ -811,13 +807,9 @@ class InsightStore:
         ROLLUP_COLUMNS), in ONE transaction; returns the rows written."""
         from insight_pipeline.lib.team import ROLLUP_COLUMNS
 
-        rows = frame.select([pl.col(c).cast(t) for c, t in ROLLUP_COLUMNS.items()])
-        with self._engine.begin() as conn:
-            self._run(conn, "delete_team_rollups", first_day=first_day, last_day=last_day)
-            if rows.height:
-                with self._staged(conn, "team_rollups", "stage_team_rollups", rows):
-                    self._run(conn, "insert_team_rollups", computed_at=datetime.now(UTC))
-        return rows.height
+        return self._replace_days(
+            "team_rollups", "stage_team_rollups", ROLLUP_COLUMNS, frame, first_day, last_day
+        )
 
     def team_rollups(
         self,
@@ -1237,6 +1229,26 @@ class InsightStore:
     def _scalar(self, conn: Connection, sql_name: str, /, **params: Any) -> int:
         rows = self._run(conn, sql_name, **params)
         return int(rows[0][0])
+
+    def _replace_days(
+        self,
+        kind: str,
+        stage: str,
+        columns: Mapping[str, pl.DataType],
+        frame: pl.DataFrame,
+        first_day: date,
+        last_day: date,
+    ) -> int:
+        """Replace a day-keyed table's rows of [first_day, last_day] with `frame` in ONE
+        transaction (`delete_<kind>`, then `insert_<kind>` from the staged rows); returns the
+        rows written. Re-running a range is idempotent."""
+        rows = frame.select([pl.col(c).cast(t) for c, t in columns.items()])
+        with self._engine.begin() as conn:
+            self._run(conn, f"delete_{kind}", first_day=first_day, last_day=last_day)
+            if rows.height:
+                with self._staged(conn, kind, stage, rows):
+                    self._run(conn, f"insert_{kind}", computed_at=datetime.now(UTC))
+        return rows.height
 
     @contextmanager
     def _staged(
