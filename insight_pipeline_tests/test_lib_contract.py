@@ -68,6 +68,31 @@ def test_reads_typed_tables_and_window(tmp_path: Path, fmt: str) -> None:
     assert src.read("meetings") is None  # optional and absent: reported, not an error
 
 
+@pytest.mark.parametrize("distinct", [True, False], ids=["many-values", "few-values"])
+@pytest.mark.parametrize("padding", [" C7", "C7\t", "", "\u00a0C7"])
+def test_padded_or_blank_text_is_trimmed_among_many_rows(
+    tmp_path: Path, distinct: bool, padding: str
+) -> None:
+    """One padded or blank id among 30,000 rows is found, whether the column holds a few
+    repeated values (checked on its distinct values) or a new value on every row."""
+    n = 30_000
+    ids = [f"C{i}" for i in range(n)] if distinct else ["C1", "C2", "C3"] * (n // 3)
+    ids[-1] = padding
+    usage = pl.DataFrame(
+        {
+            "customer_id": ids,
+            "date": ["2026-01-01"] * n,
+            "metric": ["dau"] * n,
+            "value": [1.0] * n,
+        }
+    )
+    src = Source(str(write_source(tmp_path, "parquet", usage_daily=usage)))
+    typed = src.read("usage_daily")
+    assert typed is not None
+    assert typed["customer_id"][-1] == (padding.strip() or None)
+    assert typed["customer_id"][:-1].to_list() == ids[:-1]
+
+
 def test_sql_source_reads_the_same(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'src.db'}"
     engine = sa.create_engine(url)

@@ -324,8 +324,13 @@ class InsightStore:
 
         Returns the names applied by this call (empty when the schema is current).
         """
+        pending = migrations(self.dialect)
+        # Fast path (every run opens the store several times): one read of what is applied.
+        # Anything missing goes through the locked loop below, which checks again under the lock.
+        if {version for version, _, _ in pending} <= {v for v, _, _ in self.schema_versions()}:
+            return []
         applied: list[str] = []
-        for version, name, statements in migrations(self.dialect):
+        for version, name, statements in pending:
             with self._engine.begin() as conn:
                 if self.dialect == "postgresql":
                     self._run(conn, "migration_lock", lock_key=_MIGRATION_LOCK_KEY)
