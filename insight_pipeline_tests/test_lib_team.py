@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from insight_pipeline.defs.insights.checks import run_checks
+from insight_pipeline.lib import team as team_module
 from insight_pipeline.lib.digest import build_digests, digest_window
 from insight_pipeline.lib.email import render_parts, subject_for
 from insight_pipeline.lib.settings import RankingSettings, TeamSettings
@@ -498,6 +499,19 @@ def test_teams_are_transitive_and_segments_are_scoped_to_them() -> None:
     assert row(frame, "segment", "enterprise", scope="M")["accounts"] == 1  # E
     assert row(frame, "segment", "smb", scope="M")["arr_at_risk"] == pytest.approx(80_000)
     assert frame.filter(pl.col("scope_id") == "c1").height == 0  # CSMs have no scope
+
+
+def test_a_range_in_several_passes_matches_day_by_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long range is rolled up in blocks of days; block edges (and the week-before rows
+    they need) change nothing: the range equals the days one by one."""
+    monkeypatch.setattr(team_module, "ROLLUP_CELLS_PER_PASS", 3 * R_ACCOUNTS.height)  # 3 days
+    first, last = date(2026, 5, 28), date(2026, 6, 14)
+    ranged = rollup_frame(INSIGHTS, EVENTS, R_ACCOUNTS, R_USERS, first, last, TEAM)
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    one_by_one = pl.concat([rollups(day) for day in days])
+    assert ranged.equals(one_by_one)
+    assert ranged["rollup_date"].n_unique() == len(days)
+    assert ranged["open_insights"].sum() > 0 and ranged["open_insights_prev"].sum() > 0
 
 
 def test_a_quiet_csm_still_has_a_row() -> None:

@@ -304,13 +304,18 @@ def benjamini_hochberg(p_values: np.ndarray, m: int) -> np.ndarray:
 def active_accounts(accounts: pl.DataFrame, day: date | pl.Expr) -> pl.DataFrame:
     """Customers on `day` (a date, or a column of dates: each row judged on its own day): with
     a CSM, started (when contract_start is known) and not churned."""
+    return accounts.filter(is_active(accounts.columns, day))
+
+
+def is_active(columns: Sequence[str], day: date | pl.Expr) -> pl.Expr:
+    """`active_accounts`' test as an expression over a frame with these account columns."""
     day = day if isinstance(day, pl.Expr) else pl.lit(day)
-    frame = accounts.filter(pl.col("csm_user_id").is_not_null())
-    if "contract_start" in frame.columns:
-        frame = frame.filter(pl.col("contract_start").is_null() | (pl.col("contract_start") <= day))
-    if "churned_on" in frame.columns:
-        frame = frame.filter(pl.col("churned_on").is_null() | (pl.col("churned_on") > day))
-    return frame
+    active = pl.col("csm_user_id").is_not_null()
+    if "contract_start" in columns:
+        active &= pl.col("contract_start").is_null() | (pl.col("contract_start") <= day)
+    if "churned_on" in columns:
+        active &= pl.col("churned_on").is_null() | (pl.col("churned_on") > day)
+    return active
 
 
 def pattern_hits(
@@ -932,47 +937,116 @@ def _utc(col: str) -> pl.Expr:
 
 
 def open_at(insights: pl.DataFrame, events: pl.DataFrame, day: date) -> pl.DataFrame:
-    """The insights open at the end of `day`, with the columns given.
+    """The insights open at the end of `day`, with the columns given (see `open_on_days`)."""
+    return open_on_days(insights, events, day, day).drop("rollup_date")
 
-    Open: raised on or before `day`, not expired at the instant, and - by the latest feedback
+
+def _on_days(frame: pl.DataFrame, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
+    """`frame` with one row per day in [start, end] of each row (none when start > end), the
+    day in `rollup_date`: per-day questions answered for many days in one pass."""
+    return (
+        frame.with_columns(pl.date_ranges(start, end).alias("rollup_date"))
+        .explode("rollup_date")
+        .filter(pl.col("rollup_date").is_not_null())
+    )
+
+
+def _day_end() -> pl.Expr:
+    """`end_of_day` of each row's rollup_date."""
+    return (
+        (pl.col("rollup_date") + pl.duration(days=1))
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone("UTC")
+        .alias("_instant")
+    )
+
+
+def open_on_days(
+    insights: pl.DataFrame, events: pl.DataFrame, first: date, last: date
+) -> pl.DataFrame:
+    """The insights open at the end of each day in [first, last]: a row per insight and day,
+    the day in `rollup_date`.
+
+    Open: raised on or before the day, not expired at the instant, and - by the latest feedback
     event at or before it - not dismissed, not actioned and not snoozed past it. An insight
     with no event yet counts as actioned once its actioned_at has passed (set without an event);
     a dismissal without an event cannot be dated and is not seen.
     """
-    instant = end_of_day(day)
-    last = (
-        events.filter(_utc("created_at") <= instant)
-        .sort("created_at", "id")
-        .group_by("insight_id", maintain_order=True)
-        .agg(pl.col("action").last(), pl.col("snoozed_until").last())
+    pairs = _on_days(
+        insights, pl.max_horizontal(pl.col("partition_date"), pl.lit(first)), pl.lit(last)
+    ).with_columns(_day_end())
+    pairs = pairs.filter(pl.col("expires_at").is_null() | (_utc("expires_at") > pl.col("_instant")))
+    # The latest event at or before each instant: of events at the same instant, the last by id.
+    latest = (
+        events.select(
+            "insight_id",
+            _utc("created_at").alias("_event_at"),
+            "id",
+            "action",
+            _utc("snoozed_until").alias("snoozed_until"),
+        )
+        .sort("_event_at", "id")
+        .unique(["insight_id", "_event_at"], keep="last", maintain_order=True)
+        .drop("id")
     )
-    frame = insights.filter(
-        (pl.col("partition_date") <= day)
-        & (pl.col("expires_at").is_null() | (_utc("expires_at") > instant))
-    ).join(last, left_on="id", right_on="insight_id", how="left")
+    pairs = pairs.sort("_instant").join_asof(
+        latest,
+        left_on="_instant",
+        right_on="_event_at",
+        by_left="id",
+        by_right="insight_id",
+        strategy="backward",
+        check_sortedness=False,  # both sorted on the instants above; `by` hides it from polars
+    )
     closed = (
         pl.when(pl.col("action").is_null())
-        .then(pl.col("actioned_at").is_not_null() & (_utc("actioned_at") <= instant))
+        .then(pl.col("actioned_at").is_not_null() & (_utc("actioned_at") <= pl.col("_instant")))
         .otherwise(
             pl.col("action").is_in(["dismiss", "actioned"])
-            | ((pl.col("action") == "snooze") & (_utc("snoozed_until") > instant))
+            | ((pl.col("action") == "snooze") & (pl.col("snoozed_until") > pl.col("_instant")))
         )
     )
-    return frame.filter(~closed.fill_null(False)).drop("action", "snoozed_until")
+    return pairs.filter(~closed.fill_null(False)).drop(
+        "action", "snoozed_until", "_event_at", "_instant"
+    )
+
+
+def _within_window(
+    frame: pl.DataFrame, at: str, first: date, last: date, window_days: int
+) -> pl.DataFrame:
+    """`frame` once per day D in [first, last] whose `window_days` ending with D (the instants
+    in (end_of_day(D) - window, end_of_day(D)]) hold the row's `at`."""
+    when = _utc(at)
+    return (
+        _on_days(
+            frame.filter(when.is_not_null()),
+            pl.max_horizontal(when.dt.date() - pl.duration(days=1), pl.lit(first)),
+            pl.min_horizontal(when.dt.date() + pl.duration(days=window_days), pl.lit(last)),
+        )
+        .with_columns(_day_end())
+        .filter(
+            (when <= pl.col("_instant"))
+            & (when > pl.col("_instant") - pl.duration(days=window_days))
+        )
+        .drop("_instant")
+    )
 
 
 def feedback_window(events: pl.DataFrame, day: date, window_days: int) -> pl.DataFrame:
-    """Each insight acted on in the `window_days` ending with `day`: insight_id, relevant,
-    actioned - lib/ranking/quality.py's definitions (latest action decides relevance; any
-    action or took_action counts as actioned)."""
-    instant = end_of_day(day)
+    """Each insight acted on in the `window_days` ending with `day` (see `feedback_on_days`)."""
+    return feedback_on_days(events, day, day, window_days).drop("rollup_date")
+
+
+def feedback_on_days(
+    events: pl.DataFrame, first: date, last: date, window_days: int
+) -> pl.DataFrame:
+    """For each day in [first, last], each insight acted on in the `window_days` ending with
+    it: rollup_date, insight_id, relevant, actioned - lib/ranking/quality.py's definitions
+    (latest action decides relevance; any action or took_action counts as actioned)."""
     return (
-        events.filter(
-            (_utc("created_at") <= instant)
-            & (_utc("created_at") > instant - timedelta(days=window_days))
-        )
+        _within_window(events, "created_at", first, last, window_days)
         .sort("created_at", "id")
-        .group_by("insight_id", maintain_order=True)
+        .group_by("rollup_date", "insight_id", maintain_order=True)
         .agg(
             (
                 ~((pl.col("action") == "dismiss") & (pl.col("feedback") == "not_relevant"))
@@ -1034,19 +1108,24 @@ def _assign(frame: pl.DataFrame, assignments: pl.DataFrame) -> pl.DataFrame:
 KEYS = ["group_by", "scope_id", "group_key"]
 
 
-def _day_counts(
+DAY_KEYS = ["rollup_date", *KEYS]
+
+
+def _range_counts(
     insights: pl.DataFrame,
     events: pl.DataFrame,
     accounts: pl.DataFrame,
     assignments: pl.DataFrame,
-    day: date,
+    first: date,
+    last: date,
     window_days: int,
 ) -> pl.DataFrame:
-    """The additive and account-level metrics of one day, per rollup row that has any."""
-    opened = open_at(insights, events, day)
+    """The additive and account-level metrics of each day in [first, last], per rollup row that
+    has any (DAY_KEYS); each day judged on its own (open insights, active accounts, windows)."""
+    opened = open_on_days(insights, events, first, last)
     risky = (pl.col("category") == "risk") | pl.col("type").is_in(list(RISK_TYPES))
     rows = _assign(opened, assignments)
-    counts = rows.group_by(KEYS).agg(
+    counts = rows.group_by(DAY_KEYS).agg(
         pl.len().cast(pl.Int64).alias("open_insights"),
         *(
             (pl.col("priority") == level).sum().cast(pl.Int64).alias(f"open_{level}")
@@ -1054,10 +1133,10 @@ def _day_counts(
         ),
     )
     by_category = (
-        rows.group_by([*KEYS, "category", "priority"])
+        rows.group_by([*DAY_KEYS, "category", "priority"])
         .len()
-        .sort([*KEYS, "category", "priority"])
-        .group_by(KEYS, maintain_order=True)
+        .sort([*DAY_KEYS, "category", "priority"])
+        .group_by(DAY_KEYS, maintain_order=True)
         .agg(pl.struct("category", "priority", "len").alias("_cells"))
         .with_columns(
             pl.col("_cells")
@@ -1067,14 +1146,32 @@ def _day_counts(
         .drop("_cells")
     )
     per_account = (
-        rows.group_by([*KEYS, "customer_id"])
+        rows.group_by([*DAY_KEYS, "customer_id"])
         .agg(
             pl.col("score").filter(risky).max().alias("_risk_score"),
             (pl.col("category") == "opportunity").any().alias("_opportunity"),
         )
-        .join(accounts.select("customer_id", "arr"), on="customer_id", how="left")
-        .with_columns(pl.col("arr").fill_null(0.0))
-        .group_by(KEYS)
+        .join(
+            accounts.select(
+                "customer_id",
+                "arr",
+                *(
+                    c
+                    for c in ("csm_user_id", "contract_start", "churned_on")
+                    if c in accounts.columns
+                ),
+            ),
+            on="customer_id",
+            how="left",
+        )
+        # an account that is not active that day (or not known) counts with no ARR
+        .with_columns(
+            pl.when(is_active(accounts.columns, pl.col("rollup_date")))
+            .then(pl.col("arr"))
+            .fill_null(0.0)
+            .alias("arr")
+        )
+        .group_by(DAY_KEYS)
         .agg(
             pl.col("_risk_score").is_not_null().sum().cast(pl.Int64).alias("risk_accounts"),
             (pl.col("arr") * pl.col("_risk_score").fill_null(0.0)).sum().alias("arr_at_risk"),
@@ -1088,37 +1185,36 @@ def _day_counts(
     )
     raised = (
         _assign(
-            insights.filter(pl.col("partition_date").is_between(day - timedelta(days=6), day)),
+            _on_days(
+                insights,
+                pl.max_horizontal(pl.col("partition_date"), pl.lit(first)),
+                pl.min_horizontal(pl.col("partition_date") + pl.duration(days=6), pl.lit(last)),
+            ),
             assignments,
         )
-        .group_by(KEYS)
+        .group_by(DAY_KEYS)
         .agg(pl.len().cast(pl.Int64).alias("raised_7d"))
     )
-    judged = feedback_window(events, day, window_days).join(
+    judged = feedback_on_days(events, first, last, window_days).join(
         insights.select("id", "owner", "segment"), left_on="insight_id", right_on="id"
     )
     feedback = (
         _assign(judged, assignments)
-        .group_by(KEYS)
+        .group_by(DAY_KEYS)
         .agg(
             pl.len().cast(pl.Int64).alias("acted"),
             pl.col("relevant").sum().cast(pl.Int64),
             pl.col("actioned").sum().cast(pl.Int64),
         )
     )
-    instant = end_of_day(day)
-    timed = insights.filter(
-        pl.col("actioned_at").is_not_null()
-        & (_utc("actioned_at") <= instant)
-        & (_utc("actioned_at") > instant - timedelta(days=window_days))
-    ).with_columns(
+    timed = _within_window(insights, "actioned_at", first, last, window_days).with_columns(
         ((_utc("actioned_at") - _utc("created_at")).dt.total_seconds() / 3600.0)
         .clip(lower_bound=0.0)
         .alias("_hours")
     )
     speed = (
         _assign(timed, assignments)
-        .group_by(KEYS)
+        .group_by(DAY_KEYS)
         .agg(
             pl.len().cast(pl.Int64).alias("actions_timed"),
             pl.col("_hours").median().alias("median_hours_to_action"),
@@ -1126,7 +1222,7 @@ def _day_counts(
     )
     out = counts
     for part in (by_category, per_account, raised, feedback, speed):
-        out = out.join(part, on=KEYS, how="full", coalesce=True)
+        out = out.join(part, on=DAY_KEYS, how="full", coalesce=True)
     return out
 
 
@@ -1138,12 +1234,22 @@ def _category_json(cells: list[dict[str, Any]]) -> str:
 
 
 def _universe(
-    accounts: pl.DataFrame, users: pl.DataFrame, assignments: pl.DataFrame
+    accounts: pl.DataFrame,
+    users: pl.DataFrame,
+    assignments: pl.DataFrame,
+    first: date,
+    last: date,
 ) -> pl.DataFrame:
-    """Every rollup row a day has, even when quiet: CSMs, managers, segments of each scope and
-    the total, with their accounts and ARR (active accounts of the day)."""
+    """Every rollup row each day in [first, last] has, even when quiet: CSMs, managers,
+    segments of each scope and the total, with their accounts and ARR (accounts active that
+    day)."""
+    days = pl.DataFrame({"rollup_date": pl.date_range(first, last, eager=True)})
+    on_days = accounts.join(days, how="cross").filter(
+        is_active(accounts.columns, pl.col("rollup_date"))
+    )
     books = _assign(
-        accounts.select(
+        on_days.select(
+            "rollup_date",
             "customer_id",
             pl.col("csm_user_id").alias("owner"),
             pl.col("segment").fill_null("unknown"),
@@ -1151,7 +1257,7 @@ def _universe(
         ),
         assignments,
     )
-    sized = books.group_by(KEYS).agg(
+    sized = books.group_by(DAY_KEYS).agg(
         pl.len().cast(pl.Int64).alias("accounts"), pl.col("arr").sum().alias("arr_total")
     )
     people = users.filter(pl.col("role") == "csm").select(
@@ -1165,10 +1271,16 @@ def _universe(
         pl.col("manager_id").alias("group_key"),
     )
     total = pl.DataFrame({"group_by": ["total"], "scope_id": [EVERYONE], "group_key": [EVERYONE]})
-    keys = pl.concat([people, managers, total, sized.select(KEYS)]).unique()
-    return keys.join(sized, on=KEYS, how="left").with_columns(
+    every_day = pl.concat([people, managers, total]).join(days, how="cross").select(DAY_KEYS)
+    keys = pl.concat([every_day, sized.select(DAY_KEYS)]).unique()
+    return keys.join(sized, on=DAY_KEYS, how="left").with_columns(
         pl.col("accounts").fill_null(0), pl.col("arr_total").fill_null(0.0)
     )
+
+
+ROLLUP_CELLS_PER_PASS = 3_000_000
+"""Account-days rolled up in one pass: a long range goes in blocks of days, so a year of 100k
+accounts never expands into one frame of every account and day."""
 
 
 def rollup_frame(
@@ -1196,33 +1308,32 @@ def rollup_frame(
     assignments = _assignments(users, frame["owner"].unique().drop_nulls().to_list())
     names = {str(u): str(n) for u, n in users.select("user_id", "name").iter_rows()}
     window = settings.rollup_window_days
-    counted: dict[date, pl.DataFrame] = {}
-
-    def counts(day: date) -> pl.DataFrame:
-        # D - 7 of a range's later days is an earlier day of the range: count it once (each
-        # day with its own customers, so a range run and day-by-day runs agree)
-        if day not in counted:
-            active = active_accounts(accounts, day)
-            counted[day] = _day_counts(frame, events, active, assignments, day, window)
-        return counted[day]
-
+    block = max(1, min(31, ROLLUP_CELLS_PER_PASS // max(accounts.height, 1)))
     parts = []
-    day = first
-    while day <= last:
-        active = active_accounts(accounts, day)
-        current = counts(day)
-        before = counts(day - timedelta(days=7)).select(
+    begin = first
+    while begin <= last:  # one pass per block of days (all accounts, all days of the block)
+        end = min(last, begin + timedelta(days=block - 1))
+        # each day's counts come with those of the same day a week before
+        counts = _range_counts(
+            frame, events, accounts, assignments, begin - timedelta(days=7), end, window
+        )
+        before = counts.select(
+            pl.col("rollup_date") + pl.duration(days=7),
             *KEYS,
             pl.col("open_insights").alias("open_insights_prev"),
             pl.col("arr_at_risk").alias("arr_at_risk_prev"),
+        ).filter(pl.col("rollup_date") <= end)
+        parts.append(
+            _universe(accounts, users, assignments, begin, end)
+            .join(
+                counts.filter(pl.col("rollup_date") >= begin),
+                on=DAY_KEYS,
+                how="full",
+                coalesce=True,
+            )
+            .join(before, on=DAY_KEYS, how="left")
         )
-        rows = (
-            _universe(active, users, assignments)
-            .join(current, on=KEYS, how="full", coalesce=True)
-            .join(before, on=KEYS, how="left")
-        )
-        parts.append(rows.with_columns(pl.lit(day).alias("rollup_date")))
-        day += timedelta(days=1)
+        begin = end + timedelta(days=1)
     if not parts:
         return pl.DataFrame(schema=ROLLUP_COLUMNS)
     out = pl.concat(parts, how="diagonal_relaxed")
