@@ -28,9 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Connection, Engine, String, Uuid, bindparam, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Uuid,
+    bindparam,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeEngine
 
@@ -327,7 +336,7 @@ class InsightStore:
         pending = migrations(self.dialect)
         # Fast path (every run opens the store several times): one read of what is applied.
         # Anything missing goes through the locked loop below, which checks again under the lock.
-        if {version for version, _, _ in pending} <= {v for v, _, _ in self.schema_versions()}:
+        if {version for version, _, _ in pending} <= self._recorded_versions():
             return []
         applied: list[str] = []
         for version, name, statements in pending:
@@ -349,6 +358,15 @@ class InsightStore:
                 )
             applied.append(name)
         return applied
+
+    def _recorded_versions(self) -> set[int]:
+        """The versions in schema_version, creating nothing (two creators racing on PostgreSQL
+        collide in its catalog; creation happens under the migration lock only)."""
+        try:
+            with self._engine.connect() as conn:
+                return {int(row[0]) for row in self._run(conn, "schema_version_select")}
+        except DBAPIError:  # no such table yet (or no database): the locked path decides
+            return set()
 
     def schema_versions(self) -> list[tuple[int, str, datetime]]:
         """The applied migrations as (version, name, applied_at), oldest first."""
