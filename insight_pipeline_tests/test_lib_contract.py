@@ -93,6 +93,28 @@ def test_padded_or_blank_text_is_trimmed_among_many_rows(
     assert typed["customer_id"][:-1].to_list() == ids[:-1]
 
 
+@pytest.mark.parametrize("micros", [-62_135_596_800_000_001, 253_402_300_800_000_000])
+def test_a_timestamp_outside_years_1_to_9999_is_an_error(tmp_path: Path, micros: int) -> None:
+    """A Parquet timestamp one microsecond before year 1 or at the start of year 10000 cannot
+    be a real event (nor become a Python datetime): the read fails naming the column."""
+    in_range = 1_780_000_000_000_000
+    meetings = pl.DataFrame(
+        {
+            "meeting_id": ["m1", "m2"],
+            "customer_id": ["C1", "C1"],
+            "start_at": pl.Series([in_range, micros]).cast(pl.Datetime("us", "UTC")),
+            "meeting_type": ["qbr", "qbr"],
+            "sentiment": [0.5, 0.5],
+        }
+    )
+    src = Source(str(write_source(tmp_path, "parquet", meetings=meetings)))
+    with pytest.raises(ContractError, match=r"'start_at'.*row 2"):
+        src.read("meetings")
+    ok = meetings.head(1)
+    src = Source(str(write_source(tmp_path / "ok", "parquet", meetings=ok)))
+    assert src.read("meetings")["start_at"].dt.year().to_list() == [2026]
+
+
 def test_sql_source_reads_the_same(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'src.db'}"
     engine = sa.create_engine(url)

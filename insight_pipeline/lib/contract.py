@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -508,6 +508,8 @@ def _require_utf8(spec: TableSpec, raw: pl.DataFrame) -> None:
 
 
 _FIRST_DAY, _LAST_DAY = date(1, 1, 1), date(9999, 12, 31)
+_FIRST_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
+_LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def _type_mismatch(source: pl.DataType, target: pl.DataType) -> bool:
@@ -533,8 +535,8 @@ def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
         return pl.col(f"__raw_{name}") != pl.col(f"__raw_{name}").floor()
     if target == DATE:
         return (col < _FIRST_DAY) | (col > _LAST_DAY)
-    if target == TS:
-        return (col.dt.year() < 1) | (col.dt.year() > 9999)
+    if target == TS:  # years 1..9999, compared as instants (no calendar per value)
+        return (col < _FIRST_INSTANT) | (col > _LAST_INSTANT)
     return pl.lit(False)
 
 
