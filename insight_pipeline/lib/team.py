@@ -1124,33 +1124,50 @@ def _range_counts(
     has any (DAY_KEYS); each day judged on its own (open insights, active accounts, windows)."""
     opened = open_on_days(insights, events, first, last)
     risky = (pl.col("category") == "risk") | pl.col("type").is_in(list(RISK_TYPES))
-    rows = _assign(opened, assignments)
-    counts = rows.group_by(DAY_KEYS).agg(
-        pl.len().cast(pl.Int64).alias("open_insights"),
+    # Counted per owner and segment first, then spread over the rollup rows each counts in
+    # (a CSM's count goes to their managers, segments and the total): fewer rows to group.
+    cells = _assign(
+        opened.group_by("rollup_date", "owner", "segment", "category", "priority").len(),
+        assignments,
+    )
+    counts = cells.group_by(DAY_KEYS).agg(
+        pl.col("len").sum().cast(pl.Int64).alias("open_insights"),
         *(
-            (pl.col("priority") == level).sum().cast(pl.Int64).alias(f"open_{level}")
+            pl.col("len")
+            .filter(pl.col("priority") == level)
+            .sum()
+            .cast(pl.Int64)
+            .alias(f"open_{level}")
             for level in ("high", "medium", "low")
         ),
     )
+    # {"category": {"priority": n, ...}, ...} with sorted keys, as json.dumps(sort_keys=True)
+    # writes it, built with string expressions (one Python call per row was most of the time)
     by_category = (
-        rows.group_by([*DAY_KEYS, "category", "priority"])
-        .len()
+        cells.group_by([*DAY_KEYS, "category", "priority"])
+        .agg(pl.col("len").sum())
         .sort([*DAY_KEYS, "category", "priority"])
+        .group_by([*DAY_KEYS, "category"], maintain_order=True)
+        .agg(pl.format("{}: {}", _json_text("priority"), pl.col("len")).str.join(", "))
         .group_by(DAY_KEYS, maintain_order=True)
-        .agg(pl.struct("category", "priority", "len").alias("_cells"))
-        .with_columns(
-            pl.col("_cells")
-            .map_elements(_category_json, return_dtype=pl.String)
-            .alias("open_by_category")
+        .agg(
+            pl.concat_str(_json_text("category"), pl.lit(": {"), "priority", pl.lit("}")).str.join(
+                ", "
+            )
         )
-        .drop("_cells")
+        .select(
+            *DAY_KEYS,
+            pl.concat_str(pl.lit("{"), "category", pl.lit("}")).alias("open_by_category"),
+        )
+    )
+    accounts_of_owners = opened.group_by("rollup_date", "owner", "segment", "customer_id").agg(
+        pl.col("score").filter(risky).max().alias("_risk_score"),
+        (pl.col("category") == "opportunity").any().alias("_opportunity"),
     )
     per_account = (
-        rows.group_by([*DAY_KEYS, "customer_id"])
-        .agg(
-            pl.col("score").filter(risky).max().alias("_risk_score"),
-            (pl.col("category") == "opportunity").any().alias("_opportunity"),
-        )
+        _assign(accounts_of_owners, assignments)
+        .group_by([*DAY_KEYS, "customer_id"])
+        .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
         .join(
             accounts.select(
                 "customer_id",
@@ -1183,17 +1200,18 @@ def _range_counts(
             pl.col("arr").filter(pl.col("_opportunity")).sum().alias("expansion_arr"),
         )
     )
+    raised_per_day = insights.group_by("partition_date", "owner", "segment").len()
     raised = (
         _assign(
             _on_days(
-                insights,
+                raised_per_day,
                 pl.max_horizontal(pl.col("partition_date"), pl.lit(first)),
                 pl.min_horizontal(pl.col("partition_date") + pl.duration(days=6), pl.lit(last)),
             ),
             assignments,
         )
         .group_by(DAY_KEYS)
-        .agg(pl.len().cast(pl.Int64).alias("raised_7d"))
+        .agg(pl.col("len").sum().cast(pl.Int64).alias("raised_7d"))
     )
     judged = feedback_on_days(events, first, last, window_days).join(
         insights.select("id", "owner", "segment"), left_on="insight_id", right_on="id"
@@ -1226,11 +1244,11 @@ def _range_counts(
     return out
 
 
-def _category_json(cells: list[dict[str, Any]]) -> str:
-    nested: dict[str, dict[str, int]] = {}
-    for cell in cells:
-        nested.setdefault(cell["category"], {})[cell["priority"]] = int(cell["len"])
-    return json.dumps(nested, sort_keys=True)
+def _json_text(column: str) -> pl.Expr:
+    """A text column as a JSON string literal (quotes and backslashes escaped; the category
+    and priority names it is used for are plain words)."""
+    escaped = pl.col(column).str.replace_all("\\", "\\\\", literal=True)
+    return pl.format('"{}"', escaped.str.replace_all('"', '\\"', literal=True))
 
 
 def _universe(
