@@ -407,23 +407,46 @@ def tested_patterns(
 ) -> pl.DataFrame:
     """Every (day, pattern, group) tested, with its count, the count in the window before
     (`before`: pattern_hits with windows_back=1), base rate, p- and q-value, and whether it
-    passes (`significant`); PATTERN_COLUMNS plus `significant`. Tests where no account of the
-    group showed the pattern are counted in `tests` but not returned (their p-value is 1).
+    passes (`significant`); PATTERN_COLUMNS plus `significant`, `members` listed for the
+    significant tests only (null on the others). Tests where no account of the group showed
+    the pattern are counted in `tests` but not returned (their p-value is 1).
 
-    All days at once: the accounts active on each day (a customers x days frame), the groups'
-    sizes and the patterns' totals per day, one test per (day, pattern, group), and the
-    Benjamini-Hochberg adjustment within each day's family of tests."""
+    All days at once: the accounts active on each day (only accounts that start or churn
+    within the range are laid out per day), the groups' sizes and the patterns' totals per
+    day, one test per (day, pattern, group), and the Benjamini-Hochberg adjustment within each
+    day's family of tests."""
     empty = pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
     day = "partition_date"
     days = pl.DataFrame({day: pl.date_range(first, last, eager=True)})
-    active = active_accounts(accounts.join(days, how="cross"), pl.col(day))
-    if active.height == 0 or hits.height == 0:
+    # An account's groups do not change over the days; whether it is active does. Accounts
+    # active on the first and the last day are active on every day between (activity is one
+    # interval), so only the others are laid out per day to count the groups' sizes.
+    throughout = is_active(accounts.columns, first) & is_active(accounts.columns, last)
+    steady = accounts.filter(throughout)
+    changing = active_accounts(accounts.filter(~throughout).join(days, how="cross"), pl.col(day))
+    totals = (
+        days.join(changing.group_by(day).len("total"), on=day, how="left")
+        .with_columns(pl.col("total").fill_null(0) + steady.height)
+        .filter(pl.col("total") > 0)
+    )
+    if totals.height == 0 or hits.height == 0:
         return empty
-    totals = active.group_by(day).len("total")
-    members = _group_members(active, settings.dimensions, keep=[day])
+    groups = _group_members(accounts, settings.dimensions)
     sizes = (
-        members.group_by(day, "dimension", "group_value")
-        .len("group_size")
+        pl.concat(
+            [
+                _group_members(steady, settings.dimensions)
+                .group_by("dimension", "group_value")
+                .len("group_size")
+                .join(days, how="cross")
+                .select(day, "dimension", "group_value", "group_size"),
+                _group_members(changing, settings.dimensions, keep=[day])
+                .group_by(day, "dimension", "group_value")
+                .len("group_size"),
+            ]
+        )
+        .group_by(day, "dimension", "group_value")
+        .agg(pl.col("group_size").sum())
         .join(totals, on=day)
         .filter(
             (pl.col("group_size") >= settings.min_group_accounts)
@@ -432,8 +455,20 @@ def tested_patterns(
         .drop("total")
     )
     pattern_keys = ["pattern_type", "pattern_subject"]
-    on_day = [day, "customer_id"]
-    hits = hits.join(active.select(on_day), on=on_day, how="semi")
+    activity = accounts.select(
+        "customer_id",
+        *(c for c in ("csm_user_id", "contract_start", "churned_on") if c in accounts.columns),
+    )
+
+    def on_active_days(frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of accounts active on the row's day (accounts' own order kept)."""
+        return (
+            frame.join(activity, on="customer_id", how="inner", maintain_order="left")
+            .filter(is_active(activity.columns, pl.col(day)))
+            .select(frame.columns)
+        )
+
+    hits = on_active_days(hits)
     pattern_totals = (
         hits.group_by(day, *pattern_keys)
         .agg(pl.col("customer_id").n_unique().alias("pattern_total"))
@@ -449,20 +484,19 @@ def tested_patterns(
         return empty
     group_keys = [*pattern_keys, "dimension", "group_value"]
     previous = (
-        before.join(active.select(on_day), on=on_day, how="semi")
-        .join(members, on=on_day, how="inner")
+        on_active_days(before)
+        .join(groups, on="customer_id", how="inner")
         .group_by(day, *group_keys)
         .agg(pl.col("customer_id").n_unique().alias("accounts_before"))
     )
-    observed = (
+    in_groups = (
         hits.join(pattern_totals, on=[day, *pattern_keys], how="semi")
-        .join(members, on=on_day, how="inner")
+        .join(groups, on="customer_id", how="inner")
         .join(sizes, on=[day, "dimension", "group_value"], how="semi")
-        .group_by(day, *group_keys)
-        .agg(
-            pl.col("customer_id").n_unique().alias("accounts"),
-            pl.col("customer_id").unique().sort().alias("members"),
-        )
+    )
+    observed = (
+        in_groups.group_by(day, *group_keys)
+        .agg(pl.col("customer_id").n_unique().alias("accounts"))
         .join(sizes, on=[day, "dimension", "group_value"], how="inner")
         .join(pattern_totals, on=[day, *pattern_keys], how="inner")
         .join(totals, on=day, how="inner")
@@ -502,23 +536,29 @@ def tested_patterns(
         .sort("_row")["q"]
         .to_numpy()
     )
-    return (
-        observed.with_columns(
-            pl.Series("p_value", _round_sig(p_values), pl.Float64),
-            pl.Series("q_value", _round_sig(q_values), pl.Float64),
-            pl.col("tests").cast(pl.Int64),
-        )
-        .with_columns(
-            (
-                (pl.col("q_value") <= settings.fdr)
-                & (pl.col("accounts") >= settings.min_accounts)
-                & (pl.col("lift") >= settings.min_lift)
-                & (pl.col("accounts") >= settings.min_rise * (pl.col("accounts_before") + 1))
-            ).alias("significant"),
-            # rounded like Signals: what is stored never depends on the last bits of a float sum
-            pl.col("base_rate", "expected", "lift").round(6),
-        )
-        .select([*PATTERN_COLUMNS, "significant"])
+    judged = observed.with_columns(
+        pl.Series("p_value", _round_sig(p_values), pl.Float64),
+        pl.Series("q_value", _round_sig(q_values), pl.Float64),
+        pl.col("tests").cast(pl.Int64),
+    ).with_columns(
+        (
+            (pl.col("q_value") <= settings.fdr)
+            & (pl.col("accounts") >= settings.min_accounts)
+            & (pl.col("lift") >= settings.min_lift)
+            & (pl.col("accounts") >= settings.min_rise * (pl.col("accounts_before") + 1))
+        ).alias("significant"),
+        # rounded like Signals: what is stored never depends on the last bits of a float sum
+        pl.col("base_rate", "expected", "lift").round(6),
+    )
+    # The member accounts are listed for the significant tests only (a year of days holds
+    # millions of tests; the others are counted, and their lists were most of the time).
+    listed = (
+        in_groups.join(judged.filter("significant"), on=[day, *group_keys], how="semi")
+        .group_by(day, *group_keys)
+        .agg(pl.col("customer_id").unique().sort().alias("members"))
+    )
+    return judged.join(listed, on=[day, *group_keys], how="left", maintain_order="left").select(
+        [*PATTERN_COLUMNS, "significant"]
     )
 
 
