@@ -136,6 +136,18 @@ def test_hypergeometric_tail_equals_brute_force(x: int, n: int, k: int, total: i
     assert got == pytest.approx(exact / math.comb(total, n), rel=1e-9)
 
 
+def test_p_values_are_rounded_to_six_significant_digits_down_to_subnormals() -> None:
+    """A pattern so strong that its p-value is subnormal (1e-310) stays a number: it once
+    became NaN (an overflowing scale) and so never passed the significance test."""
+    p = np.array([0.123456789, 1.23456789e-200, 1e-310, 5e-324, 0.0, 1.0])
+    rounded = team_module._round_sig(p)
+    assert not np.isnan(rounded).any()
+    assert rounded[0] == 0.123457 and rounded[1] == pytest.approx(1.23457e-200, rel=1e-12)
+    assert rounded[2:].tolist() == [1e-310, 5e-324, 0.0, 1.0]
+    q = benjamini_hochberg(rounded, 10)
+    assert not np.isnan(q).any() and q[2] == pytest.approx(1e-309)
+
+
 def test_benjamini_hochberg_matches_the_textbook_procedure() -> None:
     p = np.array([0.01, 0.04, 0.03, 0.005])
     m = 10  # six more tests with p = 1 were run

@@ -565,9 +565,12 @@ def tested_patterns(
 def _round_sig(values: np.ndarray, digits: int = 6) -> np.ndarray:
     """Round to `digits` significant digits (p-values span many orders of magnitude)."""
     values = np.asarray(values, dtype=np.float64)
-    safe = np.where(values > 0, values, 1.0)
+    # Below ~1e-290 the scale 10^(digits - 1 - exponent) overflows (a p-value of 1e-310 would
+    # become inf / inf = NaN): such values are kept as they are.
+    roundable = (values > 1e-290) & np.isfinite(values)
+    safe = np.where(roundable, values, 1.0)
     scale = 10.0 ** (digits - 1 - np.floor(np.log10(safe)))
-    return np.where(values > 0, np.round(values * scale) / scale, values)
+    return np.where(roundable, np.round(safe * scale) / scale, values)
 
 
 def distinct_patterns(tested: pl.DataFrame, overlap: float) -> pl.DataFrame:
