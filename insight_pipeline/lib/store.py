@@ -28,16 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import (
-    Connection,
-    Engine,
-    String,
-    Uuid,
-    bindparam,
-    create_engine,
-    event,
-    text,
-)
+from sqlalchemy import Connection, Engine, String, Uuid, bindparam, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, StaticPool

@@ -68,7 +68,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -307,6 +307,13 @@ def active_accounts(accounts: pl.DataFrame, day: date | pl.Expr) -> pl.DataFrame
     return accounts.filter(is_active(accounts.columns, day))
 
 
+def account_activity(accounts: pl.DataFrame, *extra: str) -> pl.DataFrame:
+    """customer_id, the `extra` columns and those of `is_active` that `accounts` has: what a
+    frame joined on customer_id needs to judge each row's account on the row's own day."""
+    present = [c for c in ("csm_user_id", "contract_start", "churned_on") if c in accounts.columns]
+    return accounts.select("customer_id", *extra, *present)
+
+
 def is_active(columns: Sequence[str], day: date | pl.Expr) -> pl.Expr:
     """`active_accounts`' test as an expression over a frame with these account columns."""
     day = day if isinstance(day, pl.Expr) else pl.lit(day)
@@ -455,10 +462,7 @@ def tested_patterns(
         .drop("total")
     )
     pattern_keys = ["pattern_type", "pattern_subject"]
-    activity = accounts.select(
-        "customer_id",
-        *(c for c in ("csm_user_id", "contract_start", "churned_on") if c in accounts.columns),
-    )
+    activity = account_activity(accounts)
 
     def on_active_days(frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of accounts active on the row's day (accounts' own order kept)."""
@@ -970,11 +974,6 @@ ROLLUP_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
-def end_of_day(day: date) -> datetime:
-    """The instant a day is judged at: midnight UTC after it (as the digest does)."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
-
-
 def _utc(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("us", "UTC"))
 
@@ -995,7 +994,8 @@ def _on_days(frame: pl.DataFrame, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
 
 
 def _day_end() -> pl.Expr:
-    """`end_of_day` of each row's rollup_date."""
+    """The instant each row's rollup_date is judged at: midnight UTC after it (as the digest
+    does)."""
     return (
         (pl.col("rollup_date") + pl.duration(days=1))
         .cast(pl.Datetime("us"))
@@ -1058,7 +1058,7 @@ def _within_window(
     frame: pl.DataFrame, at: str, first: date, last: date, window_days: int
 ) -> pl.DataFrame:
     """`frame` once per day D in [first, last] whose `window_days` ending with D (the instants
-    in (end_of_day(D) - window, end_of_day(D)]) hold the row's `at`."""
+    in (midnight after D - window, midnight after D]) hold the row's `at`."""
     when = _utc(at)
     return (
         _on_days(
@@ -1211,19 +1211,7 @@ def _range_counts(
         _assign(accounts_of_owners, assignments)
         .group_by([*DAY_KEYS, "customer_id"])
         .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
-        .join(
-            accounts.select(
-                "customer_id",
-                "arr",
-                *(
-                    c
-                    for c in ("csm_user_id", "contract_start", "churned_on")
-                    if c in accounts.columns
-                ),
-            ),
-            on="customer_id",
-            how="left",
-        )
+        .join(account_activity(accounts, "arr"), on="customer_id", how="left")
         # an account that is not active that day (or not known) counts with no ARR
         .with_columns(
             pl.when(is_active(accounts.columns, pl.col("rollup_date")))
