@@ -113,17 +113,17 @@ def risk_signals(
     first, last = partition_days(context)
     act = activity_window
     s = settings.settings().risk
-    # silent accounts look only at the days an account used anything: scan just those rows
-    # and columns of the (large) usage window
-    active_usage = (
-        usage_window.filter(pl.col("value") > 0).select("customer_id", "date", "value").collect()
+    # silent accounts look only at the days an account used anything: one row per such day
+    # (not per metric) from a scan of the (large) usage window - a fifth of the rows in memory
+    active_days = (
+        usage_window.filter(pl.col("value") > 0).select("customer_id", "date").unique().collect()
     )
     signals, meta = _run(
         {
             "silent_account": (
                 [rows_of(usage_window)],
                 lambda: risk.detect_silent_account(
-                    active_usage, act["communications"], accounts, first, last, s
+                    active_days, act["communications"], accounts, first, last, s
                 ),
             ),
             "champion_left": (

@@ -30,15 +30,18 @@ def _window_days(frame: pl.DataFrame, start_col: str, days: int) -> pl.Expr:
 
 
 def detect_silent_account(
-    usage: pl.DataFrame,
+    active_days: pl.DataFrame,
     communications: pl.DataFrame,
     accounts: pl.DataFrame,
     start: date,
     end: date,
     s: RiskSettings,
 ) -> pl.DataFrame:
-    """No usage (any metric above 0) and no communication (either direction) for silent_days."""
-    parts = [usage.filter(pl.col("value") > 0).select("customer_id", "date")]
+    """No usage and no communication (either direction) for silent_days.
+
+    `active_days`: (customer_id, date) of the days a customer used anything (any metric above
+    0); repeated rows are allowed and change nothing."""
+    parts = [active_days.select("customer_id", "date")]
     if communications.height:
         parts.append(
             communications.select("customer_id", pl.col("sent_at").dt.date().alias("date"))
