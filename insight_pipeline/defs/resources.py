@@ -15,6 +15,7 @@ from insight_pipeline.defs.sharding import (
     SHARD_DIMENSION,
     FrameParts,
     FrameStream,
+    TableStream,
 )
 from insight_pipeline.lib.contract import Source
 from insight_pipeline.lib.insights.claude import (
@@ -158,26 +159,29 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(
         self,
         context: dg.OutputContext,
-        obj: pl.DataFrame | pl.LazyFrame | FrameStream | dict[str, pl.DataFrame],
+        obj: pl.DataFrame | pl.LazyFrame | FrameStream | TableStream | dict[str, pl.DataFrame],
     ) -> None:
-        """A frame -> `<first>__<last>.parquet`; a dict of frames (a bundle of source tables)
-        -> a folder `<first>__<last>/` with one file per key. Written aside, then renamed."""
+        """A frame -> `<first>__<last>.parquet`; a dict of frames or a `TableStream` (a bundle
+        of source tables) -> a folder `<first>__<last>/` with one file per key. Written aside,
+        then renamed."""
         import shutil
 
         directory = self._dir(context)
         directory.mkdir(parents=True, exist_ok=True)
         first, last = self._range(context)
-        if isinstance(obj, dict):
+        if isinstance(obj, dict | TableStream):
             path = directory / f"{first}__{last}"
             tmp = directory / f".{first}__{last}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            for key, frame in obj.items():
+            table_rows: dict[str, int] = {}
+            for key, frame in obj.items() if isinstance(obj, dict) else obj.tables:
                 frame.write_parquet(tmp / f"{key}.parquet", compression="lz4")
+                table_rows[key] = frame.height
             shutil.rmtree(path, ignore_errors=True)
             tmp.rename(path)
-            rows = {key: frame.height for key, frame in obj.items()}
-            context.add_output_metadata({"path": str(path), "rows": rows})
+            metadata = obj.metadata if isinstance(obj, TableStream) else {}
+            context.add_output_metadata({**metadata, "path": str(path), "rows": table_rows})
             return
         path = directory / f"{first}__{last}.parquet"
         tmp = path.with_suffix(".tmp")

@@ -39,6 +39,17 @@ class FrameStream:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TableStream:
+    """A bundle of frames (one file per key) produced one frame at a time: the IO manager writes
+    each as it comes and drops it, so only one table is in memory at once (the activity bundle
+    of a 100k-account day holds ~60M rows in all). `metadata` is filled while the tables are
+    produced, as for `FrameStream`."""
+
+    tables: Iterable[tuple[str, pl.DataFrame]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 def run_shard(context: dg.AssetExecutionContext) -> tuple[int, int]:
     """(index, count) of the account shard this run covers: (0, 1) for the daily graph, the
     `shard` key of the partition for the date x shard graph."""

@@ -5,6 +5,7 @@ An absent optional table is an empty frame with the contract's columns and is li
 `missing_optional_tables` in the asset's metadata; the detectors that need it skip and say so.
 """
 
+from collections.abc import Iterator
 from datetime import date, timedelta
 
 import dagster as dg
@@ -13,6 +14,7 @@ import polars as pl
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
+from insight_pipeline.defs.sharding import TableStream
 from insight_pipeline.defs.sources.assets import GROUP, write_quarantine
 from insight_pipeline.lib.contract import CONTRACT, quarantine
 from insight_pipeline.lib.settings import Settings
@@ -68,52 +70,53 @@ def activity_window(
     source: SourceResource,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-) -> dict[str, pl.DataFrame]:
+) -> TableStream:
     """The optional tables as of the run's days (contacts, meetings and attendees,
     communications, tickets, NPS, health, entitlements, feature usage), each read over the
     look-back its detectors need, validated, bad rows quarantined and counted. One asset for the
-    bundle: a range run records one materialisation per day, not one per table and day."""
+    bundle: a range run records one materialisation per day, not one per table and day. The
+    tables are read and written one at a time (`TableStream`), so only one is in memory."""
     first, last = partition_days(context)
     cfg = settings.settings()
-    src = source.open()
     known = {"customers": accounts["customer_id"]}
-    bundle: dict[str, pl.DataFrame] = {}
     report: dict[str, dict] = {}
     missing: list[str] = []
-    try:
-        for key, table in ACTIVITY_TABLES.items():
-            spec = CONTRACT[table]
-            days = history_days(table, cfg)
-            frame = src.read(
-                table,
-                date_from=first - timedelta(days=days) if spec.date_column else None,
-                date_to=last if spec.date_column else None,
-            )
-            if frame is None:
-                bundle[key] = empty_table(table)
-                missing.append(table)
-                continue
-            if table == "meeting_attendees":
-                # Attendees of meetings outside the window are not needed, not bad.
-                frame = frame.filter(
-                    pl.col("meeting_id").is_in(bundle["meetings"]["meeting_id"].implode())
+    metadata: dict[str, object] = {"missing_optional_tables": missing, "validation": report}
+
+    def tables() -> Iterator[tuple[str, pl.DataFrame]]:
+        src = source.open()
+        meeting_ids = pl.Series("meeting_id", [], pl.String)
+        try:
+            for key, table in ACTIVITY_TABLES.items():
+                spec = CONTRACT[table]
+                days = history_days(table, cfg)
+                frame = src.read(
+                    table,
+                    date_from=first - timedelta(days=days) if spec.date_column else None,
+                    date_to=last if spec.date_column else None,
                 )
-            if table == "contacts":
-                frame = _contacts_as_of(frame, last)
-            clean, bad, table_report = quarantine(spec, frame, known)
-            bundle[key] = clean
-            path = write_quarantine(table, bad, str(first), str(last))
-            report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
-    finally:
-        src.dispose()
-    context.add_output_metadata(
-        {
-            "missing_optional_tables": missing,
-            "validation": report,
-            "rows": {key: frame.height for key, frame in bundle.items()},
-        }
-    )
-    return bundle
+                if frame is None:
+                    missing.append(table)
+                    yield key, empty_table(table)
+                    continue
+                if table == "meeting_attendees":
+                    # Attendees of meetings outside the window are not needed, not bad.
+                    frame = frame.filter(pl.col("meeting_id").is_in(meeting_ids.implode()))
+                if table == "contacts":
+                    frame = _contacts_as_of(frame, last)
+                clean, bad, table_report = quarantine(spec, frame, known)
+                del frame
+                if table == "meetings":
+                    meeting_ids = clean["meeting_id"]
+                path = write_quarantine(table, bad, str(first), str(last))
+                report[table] = table_report.as_metadata() | (
+                    {"quarantine_file": path} if path else {}
+                )
+                yield key, clean
+        finally:
+            src.dispose()
+
+    return TableStream(tables(), metadata=metadata)
 
 
 def _contacts_as_of(contacts: pl.DataFrame, last: date) -> pl.DataFrame:
