@@ -13,9 +13,70 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import _epoch_day, usage_grid, within_series
+from insight_pipeline.lib.detectors.usage import (
+    _DenseGrid,
+    _epoch_day,
+    evidence_list,
+    usage_grid,
+    within_series,
+)
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
+
+
+def _metric_with_seats(
+    dense: _DenseGrid, rows: np.ndarray, means: pl.Series, metric: str
+) -> pl.DataFrame:
+    """`dense.frame(rows)` with `means` pivoted on metric (`metric` and seats_used) by customer_id
+    and date, only the rows with a `metric` mean (the only ones benchmarked): the rows, order and
+    columns of that pivot, without its string-keyed group-by.
+
+    A customer has at most one series per metric, adjacent in the grid (sorted by customer and
+    metric) and running to the last day, so the seats row of a day is found by offset. The pivot
+    orders rows by first appearance: per customer, the days of its first series, then the days
+    of its second series before the first one starts; its columns by first appearance too.
+    """
+    keys = dense.keys
+    customer = keys["customer_id"]
+    same_customer = customer.eq_missing(customer.shift(1)).fill_null(False).to_numpy().copy()
+    same_customer[0] = False  # as the previous series (eq_missing: a null id is a customer too)
+    start_row = np.searchsorted(dense.series, np.arange(keys.height))
+    first_day = dense.day[start_row]
+    is_metric = (keys["metric"] == metric).to_numpy()
+    picked = rows[is_metric[dense.series[rows]]]
+    series = dense.series[picked]
+    day = dense.day[picked]
+    if metric == "seats_used":
+        partner = np.full(series.size, -1)
+    else:
+        after = np.append(same_customer[1:], False)  # the next series is the same customer's
+        partner = np.where(
+            same_customer[series], series - 1, np.where(after[series], series + 1, -1)
+        )
+    # `metric` second in its customer: its days before the first series starts come last
+    late = (partner == series - 1) & (day < first_day[np.maximum(partner, 0)])
+    if late.any():
+        order = np.lexsort((late, np.cumsum(~same_customer)[series]))
+        picked, series, day, partner = picked[order], series[order], day[order], partner[order]
+    covered = (partner >= 0) & (day >= first_day[np.maximum(partner, 0)])
+    other = np.maximum(partner, 0)
+    seat_row = np.where(covered, start_row[other] + day - first_day[other], 0)
+    frame = pl.DataFrame(
+        {
+            "customer_id": customer.gather(series),
+            "date": pl.Series(day, dtype=pl.Int32).cast(pl.Date),
+            metric: means.gather(picked),
+            "_seats": means.gather(seat_row),
+            "_covered": covered,
+        }
+    ).filter(pl.col(metric).is_not_null())
+    if metric == "seats_used":
+        return frame.drop("_seats", "_covered")
+    frame = frame.with_columns(pl.when("_covered").then("_seats").alias("seats_used"))
+    metrics = [metric, "seats_used"] if (~is_metric).any() else [metric]
+    if keys["metric"][int(dense.series[rows[0]])] != metric:
+        metrics.reverse()
+    return frame.select("customer_id", "date", *metrics)
 
 
 def peer_percentiles(
@@ -40,8 +101,7 @@ def peer_percentiles(
     means = pl.DataFrame({"value": dense.value, "_pos": dense.position}).select(
         within_series(pl.col("value").rolling_mean(w, min_samples=w), w - 1).alias("mean")
     )
-    grid = dense.frame(rows).with_columns(means["mean"].gather(rows))
-    wide = grid.pivot(on="metric", index=["customer_id", "date"], values="mean")
+    wide = _metric_with_seats(dense, rows, means["mean"], s.metric)
     if "seats_used" not in wide.columns:
         wide = wide.with_columns(pl.lit(None, pl.Float64).alias("seats_used"))
     seats = (
@@ -123,7 +183,7 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
             .clip(0.2, 0.7)
             .alias("severity"),
             (pl.col("peers") / 50.0).clip(0.4, 0.9).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.format("{} per seat ({}-day mean)", pl.lit(s.metric), s.window_days),
                     pl.col("per_seat").round(3),

@@ -8,7 +8,13 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
-from insight_pipeline.lib.detectors.usage import _epoch_day, dense_usage, usage_grid, within_series
+from insight_pipeline.lib.detectors.usage import (
+    _epoch_day,
+    dense_usage,
+    evidence_list,
+    usage_grid,
+    within_series,
+)
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -40,9 +46,9 @@ def detect_entitlement_limit(
     )
     m0 = windows["m0"].to_numpy()
 
-    def weeks_back(i: int) -> pl.Series:
+    def weeks_back(i: int, rows: np.ndarray) -> pl.Series:
         lag = 7 * i
-        back = np.where(grid.position[wanted] >= lag, m0.take(wanted - lag, mode="clip"), np.nan)
+        back = np.where(grid.position[rows] >= lag, m0.take(rows - lag, mode="clip"), np.nan)
         return pl.Series(weeks[i], back, nan_to_null=True)
 
     stats = (
@@ -50,7 +56,7 @@ def detect_entitlement_limit(
         .with_columns(
             windows["peak7"].gather(wanted),
             windows["m0"].gather(wanted),
-            *[weeks_back(i) for i in range(1, k)],
+            pl.Series("_row", wanted),  # the grid row, for the weekly means below
         )
         .join(entitlements, on=["customer_id", "metric"], how="inner")
         .filter(pl.col("entitled_value") > 0)
@@ -59,15 +65,22 @@ def detect_entitlement_limit(
     )
     if stats.height == 0:
         return empty_signals()
+    # Both kinds of hit need a ratio of at least min(entitlement_ratio, min_projection_ratio):
+    # the weekly means, the slope and the limit date are computed for those rows only.
+    ratio = pl.col("peak7") / pl.col("entitled_value")
+    stats = stats.with_columns(ratio.alias("ratio")).filter(
+        pl.col("ratio") >= min(s.entitlement_ratio, s.min_projection_ratio)
+    )
+    rows = stats["_row"].to_numpy()
+    stats = stats.with_columns(*[weeks_back(i, rows) for i in range(1, k)])
     xs = [float(k - 1 - i) for i in range(k)]
     x_mean = sum(xs) / k
     sxx = sum((x - x_mean) ** 2 for x in xs)
     ys = [pl.col(w).clip(lower_bound=1e-6).log() for w in weeks]
     slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
     current = pl.col("m0")
-    ratio = pl.col("peak7") / pl.col("entitled_value")
     weeks_to_limit = (pl.col("entitled_value") / current).log() / pl.col("slope")
-    stats = stats.with_columns(slope.alias("slope"), ratio.alias("ratio")).with_columns(
+    stats = stats.with_columns(slope.alias("slope")).with_columns(
         pl.when((pl.col("slope") > 0) & (current > 0))
         .then(
             pl.col("partition_date")
@@ -87,8 +100,11 @@ def detect_entitlement_limit(
         )
         & pl.all_horizontal([pl.col(w).is_not_null() for w in weeks])
     )
-    hits = stats.filter(at_limit | on_course).join(
-        customer_days(accounts, start, end).select("customer_id", "partition_date"),
+    hits = stats.filter(at_limit | on_course)
+    # the customer x day frame of the hits' customers only (a semi join looks at nothing else)
+    hit_accounts = accounts.filter(pl.col("customer_id").is_in(hits["customer_id"].implode()))
+    hits = hits.join(
+        customer_days(hit_accounts, start, end).select("customer_id", "partition_date"),
         on=["customer_id", "partition_date"],
         how="semi",
     )
@@ -106,7 +122,7 @@ def detect_entitlement_limit(
             .clip(0.3, 1.0)
             .alias("severity"),
             pl.when(at_limit).then(0.95).otherwise(0.6).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.format("{} (7-day peak)", pl.col("metric")),
                     pl.col("peak7"),
