@@ -8,11 +8,15 @@ same `narrate` and fall back to it.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+import polars as pl
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateNotFound
+from jinja2.runtime import Context
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "narratives"
 FIELDS = ("title", "summary", "so_what", "action")
@@ -20,7 +24,8 @@ FIELDS = ("title", "summary", "so_what", "action")
 
 class Narrator(Protocol):
     def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
-        """One {title, summary, so_what, action} per item, in order."""
+        """One {title, summary, so_what, action} per item, in order. Items may share their
+        facts and base_rate dicts (see `narrative_contexts`): read them, never change them."""
         ...
 
 
@@ -90,29 +95,74 @@ class TemplateNarrator:
             upper_first=upper_first,
             possessive=possessive,
         )
+        self._reads_evidence: bool | None = None
 
-    def _template(self, insight_type: str):
+    def _template(self, insight_type: str) -> Template:
         try:
             return self.env.get_template(f"{insight_type}.j2")
         except TemplateNotFound:
             return self.env.get_template("_default.j2")
 
+    @property
+    def reads_evidence(self) -> bool:
+        """Whether any template may refer to `evidence`. Converting the evidence lists of a
+        large frame to Python costs more than rendering, so `narrate_frame` leaves them out of
+        the contexts when no template can see them. A template that never spells the word cannot
+        read the variable: a plain text search, conservative (a comment counts) and cheap."""
+        if self._reads_evidence is None:
+            loader = self.env.loader
+            assert loader is not None
+            self._reads_evidence = any(
+                re.search(r"\bevidence\b", loader.get_source(self.env, name)[0])
+                for name in self.env.list_templates()
+            )
+        return self._reads_evidence
+
     def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Each item through the template of its type, looked up once per type and call (a
+        lookup checks the file on disk)."""
+        templates: dict[str, Template] = {}
         out = []
         for item in items:
-            template = self._template(item["type"])
+            insight_type = item["type"]
+            if insight_type not in templates:
+                templates[insight_type] = self._template(insight_type)
+            template = templates[insight_type]
             context = template.new_context(item)
-            texts = {}
-            for name in FIELDS:
-                text = "".join(template.blocks[name](context)).strip()
-                texts[name] = " ".join(text.split())
-            out.append(texts)
+            out.append({name: render_block(template, name, context) for name in FIELDS})
         return out
 
 
-def narrative_context(row: dict[str, Any]) -> dict[str, Any]:
-    """What a template (or a model) sees for one insight: the facts and the account context."""
-    facts = json.loads(row["facts"]) if isinstance(row.get("facts"), str) else row.get("facts")
+def render_block(template: Template, name: str, context: Context) -> str:
+    """One block as one line: whitespace runs become one space (`split` also strips)."""
+    return " ".join("".join(template.blocks[name](context)).split())
+
+
+CONTEXT_COLUMNS = (
+    "type",
+    "category",
+    "subject",
+    "customer_name",
+    "customer_id",
+    "segment",
+    "industry",
+    "arr",
+    "renewal_date",
+    "days_to_renewal",
+    "facts",
+    "base_rate",
+    "evidence",
+)
+
+
+def narrative_context(
+    row: dict[str, Any], loads: Callable[[str], Any] = json.loads
+) -> dict[str, Any]:
+    """What a template (or a model) sees for one insight: the facts and the account context.
+
+    `loads` parses the JSON columns (facts, base_rate); `narrative_contexts` passes a memoised
+    one."""
+    facts = loads(row["facts"]) if isinstance(row.get("facts"), str) else row.get("facts")
     renewal = row.get("renewal_date")
     return {
         "type": row["type"],
@@ -126,6 +176,30 @@ def narrative_context(row: dict[str, Any]) -> dict[str, Any]:
         "days_to_renewal": row.get("days_to_renewal"),
         "facts": facts or {},
         "f": facts or {},
-        "base_rate": json.loads(row["base_rate"]) if row.get("base_rate") else None,
+        "base_rate": loads(row["base_rate"]) if row.get("base_rate") else None,
         "evidence": row.get("evidence") or [],
     }
+
+
+def narrative_contexts(frame: pl.DataFrame, evidence: bool = True) -> list[dict[str, Any]]:
+    """`narrative_context` of every row of an insight frame, built cheaply for large frames.
+
+    Only the columns a context reads are converted to Python, column by column (`to_dicts` of
+    the whole frame costs more than rendering), and `evidence=False` leaves out the evidence
+    lists, the costliest column, for narrators that never read them. Equal JSON texts are parsed
+    once (a base rate is shared by every insight of its type and month; many facts repeat), so
+    contexts may share those dicts: narrators treat their items as read-only.
+    """
+    names = [c for c in CONTEXT_COLUMNS if c in frame.columns and (evidence or c != "evidence")]
+    columns = [frame.get_column(c).to_list() for c in names]
+    parsed: dict[str, Any] = {}
+
+    def loads(text: str) -> Any:
+        if text not in parsed:
+            parsed[text] = json.loads(text)
+        return parsed[text]
+
+    return [
+        narrative_context(dict(zip(names, values, strict=True)), loads)
+        for values in zip(*columns, strict=True)
+    ]
