@@ -274,9 +274,18 @@ def hypergeometric_sf(
     sd = np.sqrt(ni * share * (1 - share) * (ti - ni) / np.maximum(ti - 1, 1))
     stop = np.minimum(top, (np.maximum(xi, ni * share) + 30 * sd + 30).astype(np.int64))
 
+    # What depends on the test alone is looked up once per test, not once per term: the same
+    # numbers in the same operations as log_choose(k, j) + log_choose(t - k, n - j) -
+    # log_choose(t, n) term by term (bit for bit), with a third of the lookups.
+    rest = ti - ki
+    log_fact_k, log_fact_rest, log_all = log_fact[ki], log_fact[rest], log_choose(ti, ni)
+
     def log_pmf(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        others = ni[i] - j
         return (
-            log_choose(ki[i], j) + log_choose(ti[i] - ki[i], ni[i] - j) - log_choose(ti[i], ni[i])
+            (log_fact_k[i] - log_fact[j] - log_fact[ki[i] - j])
+            + (log_fact_rest[i] - log_fact[others] - log_fact[rest[i] - others])
+            - log_all[i]
         )
 
     out[tested] = np.where(xi > top, 0.0, _upper_tails(start, stop, log_pmf))
@@ -337,7 +346,22 @@ def pattern_hits(
     in [first, last] and pattern the account showed in D's window - or, with windows_back=1,
     in the window before it (the `window_days` ending the day before D's window starts).
     pattern_subject "" is the type on any subject; a metric or feature subject is also a
-    pattern of its own."""
+    pattern of its own. Sorted by day, pattern and account."""
+    return _unsorted_hits(candidates, first, last, settings, windows_back=windows_back).sort(
+        "partition_date", "pattern_type", "pattern_subject", "customer_id"
+    )
+
+
+def _unsorted_hits(
+    candidates: pl.DataFrame,
+    first: date,
+    last: date,
+    settings: TeamSettings,
+    *,
+    windows_back: int = 0,
+) -> pl.DataFrame:
+    """`pattern_hits` in no particular order: cross_account_patterns only counts and looks
+    them up, and sorting millions of rows on three text keys was most of its time."""
     schema = {
         "partition_date": pl.Date,
         "customer_id": pl.String,
@@ -362,10 +386,25 @@ def pattern_hits(
     by_subject = base.filter(
         pl.col("pattern_type").is_in(list(METRIC_SUBJECT_TYPES)) & (pl.col("subject") != "")
     ).with_columns(pl.col("subject").alias("pattern_subject"))
-    hits = pl.concat([by_type, by_subject]).drop("subject")
-    # each sighting counts on the days whose window holds it
+    keys = ["customer_id", "pattern_type", "pattern_subject"]
+    # A sighting s counts on the days [s + lag, s + lag + window - 1] (within [first, last]),
+    # and is a day's first_seen unless an earlier sighting of the same account and pattern is
+    # still in that day's window: so each sighting gets only the days from where the previous
+    # one's run ends. The runs do not overlap, and give the same rows as laying every
+    # sighting out on all its days and taking the earliest per day (14x fewer rows to group).
+    hits = (
+        pl.concat([by_type, by_subject])
+        .drop("subject")
+        .unique()
+        .sort("seen")
+        .with_columns(pl.col("seen").shift(1).over(keys).alias("_previous"))
+    )
     span = pl.date_ranges(
-        pl.max_horizontal(pl.col("seen") + timedelta(days=lag), pl.lit(first)),
+        pl.max_horizontal(
+            pl.col("seen") + timedelta(days=lag),
+            pl.col("_previous") + timedelta(days=lag + settings.window_days),
+            pl.lit(first),
+        ),
         pl.min_horizontal(
             pl.col("seen") + timedelta(days=lag + settings.window_days - 1), pl.lit(last)
         ),
@@ -374,10 +413,11 @@ def pattern_hits(
         hits.with_columns(span.alias("partition_date"))
         .explode("partition_date")
         .drop_nulls("partition_date")
-        .group_by("partition_date", "customer_id", "pattern_type", "pattern_subject")
-        .agg(pl.col("seen").min().alias("first_seen"))
-        .select(list(schema))
-        .sort("partition_date", "pattern_type", "pattern_subject", "customer_id")
+        .select(
+            "partition_date",
+            *keys,
+            pl.col("seen").alias("first_seen"),
+        )
     )
 
 
@@ -462,56 +502,109 @@ def tested_patterns(
         .drop("total")
     )
     pattern_keys = ["pattern_type", "pattern_subject"]
-    activity = account_activity(accounts)
+    # Accounts, patterns and groups as integer codes, and (day, pattern) and (day, pattern,
+    # group) each as ONE integer key: the counts below group tens of millions of rows, and
+    # grouping on one integer is several times faster than on several keys (let alone on the
+    # text). Patterns and groups are numbered in the order of their text keys, so sorting on
+    # the key gives the order of sorting on the day and the texts.
+    account_codes = accounts.select("customer_id").unique(maintain_order=True)
+    account_codes = account_codes.with_row_index("_account")
+    pattern_codes = (
+        pl.concat([hits.select(pattern_keys), before.select(pattern_keys)])
+        .unique()
+        .sort(pattern_keys)
+        .with_row_index("_pattern")
+    )
+    group_codes = (
+        groups.select("dimension", "group_value")
+        .unique()
+        .sort("dimension", "group_value")
+        .with_row_index("_group")
+    )
+    n_patterns, n_groups = pattern_codes.height, group_codes.height
+    day_offset = (pl.col(day) - pl.lit(first)).dt.total_days()
+    day_pattern = (day_offset * n_patterns + pl.col("_pattern")).alias("_day_pattern")
+    cell = (pl.col("_day_pattern") * n_groups + pl.col("_group")).alias("_cell")
+    coded_groups = groups.join(group_codes, on=["dimension", "group_value"]).join(
+        account_codes, on="customer_id"
+    )
+    coded_groups = coded_groups.select("_account", "_group").unique()
+    coded_sizes = sizes.join(group_codes, on=["dimension", "group_value"]).drop(
+        "dimension", "group_value"
+    )
+    activity = account_activity(accounts).join(account_codes, on="customer_id")
 
     def on_active_days(frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of accounts active on the row's day (accounts' own order kept)."""
+        """(_day_pattern, _account) of the rows of accounts active on the row's day, each once:
+        with the groups' (_account, _group) also unique, the accounts of a (day, pattern,
+        group) are counted by its rows (len), faster than n_unique."""
         return (
-            frame.join(activity, on="customer_id", how="inner", maintain_order="left")
+            frame.filter(pl.col(day).is_between(first, last))
+            .join(activity, on="customer_id", how="inner")
             .filter(is_active(activity.columns, pl.col(day)))
-            .select(frame.columns)
+            .join(pattern_codes, on=pattern_keys)
+            .select(day_pattern, "_account")
+            .unique()
         )
 
-    hits = on_active_days(hits)
-    pattern_totals = (
-        hits.group_by(day, *pattern_keys)
-        .agg(pl.col("customer_id").n_unique().alias("pattern_total"))
+    def decode(frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with the day and the pattern code of its _day_pattern key."""
+        return frame.with_columns(
+            (pl.lit(first) + pl.duration(days=pl.col("_day_pattern") // n_patterns)).alias(day),
+            (pl.col("_day_pattern") % n_patterns).cast(pl.UInt32).alias("_pattern"),
+        )
+
+    coded_hits = on_active_days(hits)
+    pattern_totals = decode(
+        coded_hits.group_by("_day_pattern")
+        .len("pattern_total")
         .filter(pl.col("pattern_total") >= settings.min_accounts)
     )
     tests = (
         pattern_totals.group_by(day)
         .len("patterns")
-        .join(sizes.group_by(day).len("groups"), on=day)
+        .join(coded_sizes.group_by(day).len("groups"), on=day)
         .select(day, (pl.col("patterns") * pl.col("groups")).alias("tests"))
     )
     if tests.height == 0:
         return empty
-    group_keys = [*pattern_keys, "dimension", "group_value"]
+    tested = pattern_totals.select("_day_pattern")
+    # only the tested patterns' counts before are looked up (the others are never joined)
     previous = (
         on_active_days(before)
-        .join(groups, on="customer_id", how="inner")
-        .group_by(day, *group_keys)
-        .agg(pl.col("customer_id").n_unique().alias("accounts_before"))
+        .join(tested, on="_day_pattern", how="semi")
+        .join(coded_groups, on="_account", how="inner")
+        .group_by(cell)
+        .len("accounts_before")
     )
+    # the groups too small (or everyone) to test drop out at the join with their sizes
     in_groups = (
-        hits.join(pattern_totals, on=[day, *pattern_keys], how="semi")
-        .join(groups, on="customer_id", how="inner")
-        .join(sizes, on=[day, "dimension", "group_value"], how="semi")
+        coded_hits.join(tested, on="_day_pattern", how="semi")
+        .join(coded_groups, on="_account", how="inner")
+        .with_columns(cell)
     )
     observed = (
-        in_groups.group_by(day, *group_keys)
-        .agg(pl.col("customer_id").n_unique().alias("accounts"))
-        .join(sizes, on=[day, "dimension", "group_value"], how="inner")
-        .join(pattern_totals, on=[day, *pattern_keys], how="inner")
+        decode(
+            in_groups.group_by("_cell")
+            .len("accounts")
+            .with_columns(
+                (pl.col("_cell") // n_groups).alias("_day_pattern"),
+                (pl.col("_cell") % n_groups).cast(pl.UInt32).alias("_group"),
+            )
+        )
+        .join(coded_sizes, on=[day, "_group"], how="inner")
+        .join(pattern_totals.drop(day, "_pattern"), on="_day_pattern", how="inner")
         .join(totals, on=day, how="inner")
         .join(tests, on=day, how="inner")
         # k x (1 / N), as polars divides a column by a number: the same bits as one day's test
         .with_columns((pl.col("pattern_total") * (1.0 / pl.col("total"))).alias("base_rate"))
         .with_columns((pl.col("group_size") * pl.col("base_rate")).alias("expected"))
         .with_columns((pl.col("accounts") / pl.col("expected")).alias("lift"))
-        .join(previous, on=[day, *group_keys], how="left")
+        .join(previous, on="_cell", how="left")
         .with_columns(pl.col("accounts_before").fill_null(0).cast(pl.Int64))
-        .sort(day, *group_keys)
+        .sort("_cell")
+        .join(pattern_codes, on="_pattern", how="left", maintain_order="left")
+        .join(group_codes, on="_group", how="left", maintain_order="left")
     )
     if observed.height == 0:
         return empty
@@ -557,11 +650,12 @@ def tested_patterns(
     # The member accounts are listed for the significant tests only (a year of days holds
     # millions of tests; the others are counted, and their lists were most of the time).
     listed = (
-        in_groups.join(judged.filter("significant"), on=[day, *group_keys], how="semi")
-        .group_by(day, *group_keys)
+        in_groups.join(judged.filter("significant"), on="_cell", how="semi")
+        .join(account_codes, on="_account")
+        .group_by("_cell")
         .agg(pl.col("customer_id").unique().sort().alias("members"))
     )
-    return judged.join(listed, on=[day, *group_keys], how="left", maintain_order="left").select(
+    return judged.join(listed, on="_cell", how="left", maintain_order="left").select(
         [*PATTERN_COLUMNS, "significant"]
     )
 
@@ -927,7 +1021,7 @@ def cross_account_patterns(
     # The window before day D's is day (D - window)'s window: both from one pass over the days
     # [first - window, last] (equal to pattern_hits(..., windows_back=1), tested).
     lag = timedelta(days=team.window_days)
-    every = pattern_hits(candidates, first - lag, last, team)
+    every = _unsorted_hits(candidates, first - lag, last, team)
     hits = every.filter(pl.col("partition_date") >= first)
     before = every.filter(pl.col("partition_date") <= last - lag).with_columns(
         pl.col("partition_date") + lag
