@@ -8,6 +8,7 @@ whose every number is worked out below."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -624,3 +625,15 @@ def test_the_window_before_a_day_is_the_window_of_the_day_one_window_earlier() -
     )
     assert direct.height > 100
     assert shifted.equals(direct)
+
+
+def test_money_in_rollups_does_not_depend_on_the_order_of_the_accounts() -> None:
+    """A float sum depends on the order of its terms (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1), and a
+    parallel group-by adds in varying order: ARR at risk once rounded to .29 on one run and .30
+    on the next. Summed in whole cents it is the same in every order."""
+    orders = list(itertools.permutations([0.1, 0.2, 0.3, 0.7, 1234.565]))
+    assert len({sum(o) for o in orders}) > 1  # the hazard is real for these terms
+    in_cents = {
+        pl.DataFrame({"x": o}).select(team_module._sum_in_cents(pl.col("x"))).item() for o in orders
+    }
+    assert in_cents == {1235.86}  # 1234.565 is 1234.56499... as a float

@@ -1316,13 +1316,14 @@ def _range_counts(
         .group_by(DAY_KEYS)
         .agg(
             pl.col("_risk_score").is_not_null().sum().cast(pl.Int64).alias("risk_accounts"),
-            (pl.col("arr") * pl.col("_risk_score").fill_null(0.0)).sum().alias("arr_at_risk"),
-            pl.col("arr")
-            .filter(pl.col("_risk_score").is_not_null())
-            .sum()
-            .alias("arr_with_open_risk"),
+            _sum_in_cents(pl.col("arr") * pl.col("_risk_score").fill_null(0.0)).alias(
+                "arr_at_risk"
+            ),
+            _sum_in_cents(pl.col("arr").filter(pl.col("_risk_score").is_not_null())).alias(
+                "arr_with_open_risk"
+            ),
             pl.col("_opportunity").sum().cast(pl.Int64).alias("opportunity_accounts"),
-            pl.col("arr").filter(pl.col("_opportunity")).sum().alias("expansion_arr"),
+            _sum_in_cents(pl.col("arr").filter(pl.col("_opportunity"))).alias("expansion_arr"),
         )
     )
     raised_per_day = insights.group_by("partition_date", "owner", "segment").len()
@@ -1424,6 +1425,13 @@ def _universe(
 ROLLUP_CELLS_PER_PASS = 3_000_000
 """Account-days rolled up in one pass: a long range goes in blocks of days, so a year of 100k
 accounts never expands into one frame of every account and day."""
+
+
+def _sum_in_cents(amounts: pl.Expr) -> pl.Expr:
+    """A sum of money that does not depend on the order of its terms: each amount to whole
+    cents, summed as integers. A float sum in a parallel group-by adds in varying order, and a
+    total such as 136717.295 then rounds to .29 on one run and .30 on the next."""
+    return (amounts * 100).round().cast(pl.Int64).sum() / 100
 
 
 def rollup_frame(
