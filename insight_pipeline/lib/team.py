@@ -1402,7 +1402,7 @@ def _universe(
         assignments,
     )
     sized = books.group_by(DAY_KEYS).agg(
-        pl.len().cast(pl.Int64).alias("accounts"), pl.col("arr").sum().alias("arr_total")
+        pl.len().cast(pl.Int64).alias("accounts"), _sum_in_cents(pl.col("arr")).alias("arr_total")
     )
     people = users.filter(pl.col("role") == "csm").select(
         pl.lit("csm").alias("group_by"),
