@@ -154,6 +154,27 @@ def test_unparseable_value_names_column_and_row(tmp_path: Path) -> None:
     assert "row 3" in message
 
 
+def test_a_fraction_in_an_integer_column_of_floats_is_an_error(tmp_path: Path) -> None:
+    """Whole floats are integers (a Parquet writer may store counts as doubles); 2.5 users are
+    not, and the error names the column and the row."""
+    features = pl.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2"],
+            "date": [date(2026, 1, 1)] * 3,
+            "feature": ["a", "b", "a"],
+            "active_users": [3.0, 2.5, 4.0],
+        }
+    )
+    root = write_source(tmp_path, "parquet", feature_usage_daily=features)
+    with pytest.raises(ContractError, match=r"'active_users'.*row 2"):
+        Source(str(root)).read("feature_usage_daily")
+    whole = features.with_columns(pl.col("active_users").round())
+    write_source(tmp_path, "parquet", feature_usage_daily=whole)
+    typed = Source(str(root)).read("feature_usage_daily")
+    assert typed is not None and typed["active_users"].dtype == pl.Int64
+    assert typed["active_users"].to_list() == [3, 2, 4]
+
+
 def test_bad_date_is_reported(tmp_path: Path) -> None:
     bad = USAGE.with_columns(pl.Series("date", ["2026-01-01", "2026-13-45", "2026-01-01", "x"]))
     with pytest.raises(ContractError, match="'date'"):

@@ -531,8 +531,8 @@ def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
     col = pl.col(name)
     if target == FLOAT:
         return ~col.is_finite()
-    if target == INT and source.is_float():
-        return pl.col(f"__raw_{name}") != pl.col(f"__raw_{name}").floor()
+    if target == INT and source.is_float():  # evaluated on the raw column (see `_typed`)
+        return col != col.floor()
     if target == DATE:
         return (col < _FIRST_DAY) | (col > _LAST_DAY)
     if target == TS:  # years 1..9999, compared as instants (no calendar per value)
@@ -576,16 +576,21 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
         for name, target in spec.columns.items()
         if target in (FLOAT, DATE, TS) or (target == INT and raw.schema[name].is_float())
     }
+    # An integer from floats is checked on the raw values, the rest on the typed ones. Each
+    # frame is checked on its own: a horizontal concat of the two re-chunks every column (3 s
+    # for 45M rows).
+    on_raw = {n for n, t in spec.columns.items() if t == INT and raw.schema[n].is_float()}
     try:
         typed = raw.select(exprs)
-        invalid = pl.concat(
-            [typed, raw.select(pl.col(n).alias(f"__raw_{n}") for n in checked)], how="horizontal"
-        ).select(check.fill_null(False).alias(name) for name, check in checked.items())
+        invalid = {
+            name: (raw if name in on_raw else typed).select(check.fill_null(False)).to_series()
+            for name, check in checked.items()
+        }
     except pl.exceptions.PolarsError as exc:
         raise ContractError(f"table {spec.name!r} cannot be typed: {exc}") from exc
     for name, target in spec.columns.items():
         before = raw.get_column(name)
-        parts = [invalid.get_column(name)] if name in checked else []
+        parts = [invalid[name]] if name in checked else []
         # A cast to the column's own type changes nothing (text: blank -> null on both sides).
         if before.dtype != target:
             if before.dtype == pl.String:
