@@ -1245,29 +1245,68 @@ def _assign(frame: pl.DataFrame, assignments: pl.DataFrame) -> pl.DataFrame:
 KEYS = ["group_by", "scope_id", "group_key"]
 
 
-DAY_KEYS = ["rollup_date", *KEYS]
+DAY_KEYS = ["rollup_date", "_cell"]
+"""What the rollup passes group on: the day and the rollup row as an integer (`_Cells`)."""
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Rollup rows (KEYS) and (owner, segment) pairs numbered once, so that the passes over
+    many insight-days and account-days group and join on integers, not on three or four text
+    columns (most of a year's rollup time went to hashing those strings).
+
+    `pairs`: owner, segment -> `_os`; `spread`: `_os` -> each `_cell` its rows count in;
+    `rows`: `_cell` -> KEYS (every row of `_assignments` and the people, managers and total)."""
+
+    pairs: pl.DataFrame
+    spread: pl.DataFrame
+    rows: pl.DataFrame
+
+    @classmethod
+    def build(cls, assignments: pl.DataFrame, pairs: pl.DataFrame, always: pl.DataFrame) -> _Cells:
+        pairs = (
+            pairs.drop_nulls("owner").unique().sort("owner", "segment").with_row_index("_os")
+        ).with_columns(pl.col("_os").cast(pl.Int64))
+        assigned = _assign(pairs, assignments).select("_os", *KEYS)
+        rows = (
+            pl.concat([assigned.select(KEYS), always.select(KEYS)])
+            .unique()
+            .sort(KEYS)
+            .with_row_index("_cell")
+            .with_columns(pl.col("_cell").cast(pl.Int64))
+        )
+        spread = assigned.join(rows, on=KEYS).select("_os", "_cell")
+        return cls(pairs, spread, rows)
+
+    def code(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` (owner, segment) with its pair's `_os` (null for an unknown owner)."""
+        return frame.join(self.pairs, on=["owner", "segment"], how="left")
+
+    def assign(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` (with `_os`) repeated once per rollup row (`_cell`) it counts in."""
+        return frame.join(self.spread, on="_os", how="inner")
 
 
 def _range_counts(
     insights: pl.DataFrame,
     events: pl.DataFrame,
     accounts: pl.DataFrame,
-    assignments: pl.DataFrame,
+    cells: _Cells,
     first: date,
     last: date,
     window_days: int,
 ) -> pl.DataFrame:
     """The additive and account-level metrics of each day in [first, last], per rollup row that
-    has any (DAY_KEYS); each day judged on its own (open insights, active accounts, windows)."""
+    has any (DAY_KEYS); each day judged on its own (open insights, active accounts, windows).
+    `insights` carry `_os` and `_customer` (integer codes of owner-segment and customer)."""
     opened = open_on_days(insights, events, first, last)
     risky = (pl.col("category") == "risk") | pl.col("type").is_in(list(RISK_TYPES))
     # Counted per owner and segment first, then spread over the rollup rows each counts in
     # (a CSM's count goes to their managers, segments and the total): fewer rows to group.
-    cells = _assign(
-        opened.group_by("rollup_date", "owner", "segment", "category", "priority").len(),
-        assignments,
+    per_cell = cells.assign(
+        opened.group_by("rollup_date", "_os", "category", "priority").len(),
     )
-    counts = cells.group_by(DAY_KEYS).agg(
+    counts = per_cell.group_by(DAY_KEYS).agg(
         pl.col("len").sum().cast(pl.Int64).alias("open_insights"),
         *(
             pl.col("len")
@@ -1281,7 +1320,7 @@ def _range_counts(
     # {"category": {"priority": n, ...}, ...} with sorted keys, as json.dumps(sort_keys=True)
     # writes it, built with string expressions (one Python call per row was most of the time)
     by_category = (
-        cells.group_by([*DAY_KEYS, "category", "priority"])
+        per_cell.group_by([*DAY_KEYS, "category", "priority"])
         .agg(pl.col("len").sum())
         .sort([*DAY_KEYS, "category", "priority"])
         .group_by([*DAY_KEYS, "category"], maintain_order=True)
@@ -1297,15 +1336,21 @@ def _range_counts(
             pl.concat_str(pl.lit("{"), "category", pl.lit("}")).alias("open_by_category"),
         )
     )
-    accounts_of_owners = opened.group_by("rollup_date", "owner", "segment", "customer_id").agg(
+    accounts_of_owners = opened.group_by("rollup_date", "_os", "_customer").agg(
         pl.col("score").filter(risky).max().alias("_risk_score"),
         (pl.col("category") == "opportunity").any().alias("_opportunity"),
     )
-    per_account = (
-        _assign(accounts_of_owners, assignments)
-        .group_by([*DAY_KEYS, "customer_id"])
-        .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
+    customers = (
+        insights.select("_customer", "customer_id")
+        .unique("_customer")
         .join(account_activity(accounts, "arr"), on="customer_id", how="left")
+        .drop("customer_id")
+    )
+    per_account = (
+        cells.assign(accounts_of_owners)
+        .group_by([*DAY_KEYS, "_customer"])
+        .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
+        .join(customers, on="_customer", how="left")
         # an account that is not active that day (or not known) counts with no ARR
         .with_columns(
             pl.when(is_active(accounts.columns, pl.col("rollup_date")))
@@ -1326,24 +1371,23 @@ def _range_counts(
             _sum_in_cents(pl.col("arr").filter(pl.col("_opportunity"))).alias("expansion_arr"),
         )
     )
-    raised_per_day = insights.group_by("partition_date", "owner", "segment").len()
+    raised_per_day = insights.group_by("partition_date", "_os").len()
     raised = (
-        _assign(
+        cells.assign(
             _on_days(
                 raised_per_day,
                 pl.max_horizontal(pl.col("partition_date"), pl.lit(first)),
                 pl.min_horizontal(pl.col("partition_date") + pl.duration(days=6), pl.lit(last)),
             ),
-            assignments,
         )
         .group_by(DAY_KEYS)
         .agg(pl.col("len").sum().cast(pl.Int64).alias("raised_7d"))
     )
     judged = feedback_on_days(events, first, last, window_days).join(
-        insights.select("id", "owner", "segment"), left_on="insight_id", right_on="id"
+        insights.select("id", "_os"), left_on="insight_id", right_on="id"
     )
     feedback = (
-        _assign(judged, assignments)
+        cells.assign(judged)
         .group_by(DAY_KEYS)
         .agg(
             pl.len().cast(pl.Int64).alias("acted"),
@@ -1357,7 +1401,7 @@ def _range_counts(
         .alias("_hours")
     )
     speed = (
-        _assign(timed, assignments)
+        cells.assign(timed)
         .group_by(DAY_KEYS)
         .agg(
             pl.len().cast(pl.Int64).alias("actions_timed"),
@@ -1377,33 +1421,9 @@ def _json_text(column: str) -> pl.Expr:
     return pl.format('"{}"', escaped.str.replace_all('"', '\\"', literal=True))
 
 
-def _universe(
-    accounts: pl.DataFrame,
-    users: pl.DataFrame,
-    assignments: pl.DataFrame,
-    first: date,
-    last: date,
-) -> pl.DataFrame:
-    """Every rollup row each day in [first, last] has, even when quiet: CSMs, managers,
-    segments of each scope and the total, with their accounts and ARR (accounts active that
-    day)."""
-    days = pl.DataFrame({"rollup_date": pl.date_range(first, last, eager=True)})
-    on_days = accounts.join(days, how="cross").filter(
-        is_active(accounts.columns, pl.col("rollup_date"))
-    )
-    books = _assign(
-        on_days.select(
-            "rollup_date",
-            "customer_id",
-            pl.col("csm_user_id").alias("owner"),
-            pl.col("segment").fill_null("unknown"),
-            pl.col("arr").fill_null(0.0),
-        ),
-        assignments,
-    )
-    sized = books.group_by(DAY_KEYS).agg(
-        pl.len().cast(pl.Int64).alias("accounts"), _sum_in_cents(pl.col("arr")).alias("arr_total")
-    )
+def _daily_rows(users: pl.DataFrame) -> pl.DataFrame:
+    """The rollup rows (KEYS) every day has, even with no accounts: each CSM, each manager's
+    team and the total."""
     people = users.filter(pl.col("role") == "csm").select(
         pl.lit("csm").alias("group_by"),
         pl.lit(EVERYONE).alias("scope_id"),
@@ -1415,7 +1435,30 @@ def _universe(
         pl.col("manager_id").alias("group_key"),
     )
     total = pl.DataFrame({"group_by": ["total"], "scope_id": [EVERYONE], "group_key": [EVERYONE]})
-    every_day = pl.concat([people, managers, total]).join(days, how="cross").select(DAY_KEYS)
+    return pl.concat([people, managers, total])
+
+
+def _universe(
+    accounts: pl.DataFrame,
+    always: pl.DataFrame,
+    cells: _Cells,
+    first: date,
+    last: date,
+) -> pl.DataFrame:
+    """Every rollup row each day in [first, last] has, even when quiet: CSMs, managers,
+    segments of each scope and the total, with their accounts and ARR (accounts active that
+    day). `accounts` carry their pair's `_os`; `always` lists the rows every day has."""
+    days = pl.DataFrame({"rollup_date": pl.date_range(first, last, eager=True)})
+    on_days = accounts.join(days, how="cross").filter(
+        is_active(accounts.columns, pl.col("rollup_date"))
+    )
+    books = cells.assign(on_days.select("rollup_date", "_os", pl.col("arr").fill_null(0.0)))
+    sized = books.group_by(DAY_KEYS).agg(
+        pl.len().cast(pl.Int64).alias("accounts"), _sum_in_cents(pl.col("arr")).alias("arr_total")
+    )
+    every_day = (
+        always.join(cells.rows, on=KEYS).select("_cell").join(days, how="cross").select(DAY_KEYS)
+    )
     keys = pl.concat([every_day, sized.select(DAY_KEYS)]).unique()
     return keys.join(sized, on=DAY_KEYS, how="left").with_columns(
         pl.col("accounts").fill_null(0), pl.col("arr_total").fill_null(0.0)
@@ -1457,6 +1500,19 @@ def rollup_frame(
         pl.col("user_id").alias("owner"), pl.col("segment").fill_null("unknown")
     )
     assignments = _assignments(users, frame["owner"].unique().drop_nulls().to_list())
+    books = accounts.with_columns(
+        pl.col("csm_user_id").alias("owner"), pl.col("segment").fill_null("unknown")
+    )
+    always = _daily_rows(users)
+    cells = _Cells.build(
+        assignments,
+        pl.concat([frame.select("owner", "segment"), books.select("owner", "segment")]),
+        always,
+    )
+    frame = cells.code(frame).with_columns(
+        pl.col("customer_id").rank("dense").cast(pl.Int64).alias("_customer")
+    )
+    books = cells.code(books)
     names = {str(u): str(n) for u, n in users.select("user_id", "name").iter_rows()}
     window = settings.rollup_window_days
     block = max(1, min(31, ROLLUP_CELLS_PER_PASS // max(accounts.height, 1)))
@@ -1466,16 +1522,16 @@ def rollup_frame(
         end = min(last, begin + timedelta(days=block - 1))
         # each day's counts come with those of the same day a week before
         counts = _range_counts(
-            frame, events, accounts, assignments, begin - timedelta(days=7), end, window
+            frame, events, accounts, cells, begin - timedelta(days=7), end, window
         )
         before = counts.select(
             pl.col("rollup_date") + pl.duration(days=7),
-            *KEYS,
+            "_cell",
             pl.col("open_insights").alias("open_insights_prev"),
             pl.col("arr_at_risk").alias("arr_at_risk_prev"),
         ).filter(pl.col("rollup_date") <= end)
         parts.append(
-            _universe(accounts, users, assignments, begin, end)
+            _universe(books, always, cells, begin, end)
             .join(
                 counts.filter(pl.col("rollup_date") >= begin),
                 on=DAY_KEYS,
@@ -1487,7 +1543,7 @@ def rollup_frame(
         begin = end + timedelta(days=1)
     if not parts:
         return pl.DataFrame(schema=ROLLUP_COLUMNS)
-    out = pl.concat(parts, how="diagonal_relaxed")
+    out = pl.concat(parts, how="diagonal_relaxed").join(cells.rows, on="_cell").drop("_cell")
     zero_ints = [
         "accounts",
         "open_insights",
