@@ -444,6 +444,23 @@ def _group_members(
     return pl.concat(parts).drop_nulls("group_value")
 
 
+def _count_codes(codes: pl.Series, size: int, name: str) -> pl.DataFrame:
+    """`codes.to_frame().group_by(codes.name).len(name)` for integer codes in [0, size), sorted
+    by code. Codes dense enough to count in an array (at most a few array slots per row) are
+    counted with np.bincount, several times faster than a hash group-by on tens of millions of
+    rows; sparse ones by the group-by."""
+    if size > 4 * codes.len() + (1 << 20):
+        return codes.to_frame().group_by(codes.name).len(name).sort(codes.name)
+    counts = np.bincount(codes.to_numpy(), minlength=size)
+    present = np.flatnonzero(counts)
+    return pl.DataFrame(
+        {
+            codes.name: pl.Series(present).cast(codes.dtype),
+            name: pl.Series(counts[present]).cast(pl.get_index_type()),
+        }
+    )
+
+
 def tested_patterns(
     hits: pl.DataFrame,
     before: pl.DataFrame,
@@ -554,11 +571,12 @@ def tested_patterns(
             (pl.col("_day_pattern") % n_patterns).cast(pl.UInt32).alias("_pattern"),
         )
 
+    n_days = (last - first).days + 1
     coded_hits = on_active_days(hits)
     pattern_totals = decode(
-        coded_hits.group_by("_day_pattern")
-        .len("pattern_total")
-        .filter(pl.col("pattern_total") >= settings.min_accounts)
+        _count_codes(coded_hits["_day_pattern"], n_days * n_patterns, "pattern_total").filter(
+            pl.col("pattern_total") >= settings.min_accounts
+        )
     )
     tests = (
         pattern_totals.group_by(day)
@@ -570,12 +588,15 @@ def tested_patterns(
         return empty
     tested = pattern_totals.select("_day_pattern")
     # only the tested patterns' counts before are looked up (the others are never joined)
-    previous = (
+    n_cells = n_days * n_patterns * n_groups
+    previous = _count_codes(
         on_active_days(before)
         .join(tested, on="_day_pattern", how="semi")
         .join(coded_groups, on="_account", how="inner")
-        .group_by(cell)
-        .len("accounts_before")
+        .select(cell)
+        .to_series(),
+        n_cells,
+        "accounts_before",
     )
     # the groups too small (or everyone) to test drop out at the join with their sizes
     in_groups = (
@@ -585,9 +606,7 @@ def tested_patterns(
     )
     observed = (
         decode(
-            in_groups.group_by("_cell")
-            .len("accounts")
-            .with_columns(
+            _count_codes(in_groups["_cell"], n_cells, "accounts").with_columns(
                 (pl.col("_cell") // n_groups).alias("_day_pattern"),
                 (pl.col("_cell") % n_groups).cast(pl.UInt32).alias("_group"),
             )
