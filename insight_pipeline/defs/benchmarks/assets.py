@@ -8,7 +8,11 @@ from insight_pipeline.defs.metadata import markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables
-from insight_pipeline.lib.detectors.benchmarks import detect_benchmarks, peer_percentiles
+from insight_pipeline.lib.detectors.benchmarks import (
+    benchmark_usage,
+    detect_benchmarks,
+    peer_percentiles,
+)
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "benchmarks"
@@ -32,8 +36,8 @@ def peer_benchmarks(
     of its peer cohort (percentile in the evidence; small cohorts fall back to the segment)."""
     first, last = partition_days(context)
     s = settings.settings().benchmark
-    # only the benchmarked metric and seats are read from the (large) usage window
-    usage = usage_window.filter(pl.col("metric").is_in([s.metric, "seats_used"])).collect()
+    # only the benchmarked metric and seats of the last weeks are read from the usage window
+    usage = benchmark_usage(usage_window, first, last, s)
     percentiles = peer_percentiles(usage, activity_window["entitlements"], accounts, first, last, s)
     signals = detect_benchmarks(percentiles, s) if percentiles.height else empty_signals()
     meta = signal_metadata(signals)

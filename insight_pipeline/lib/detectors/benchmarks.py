@@ -7,7 +7,7 @@ Cohorts smaller than min_cohort fall back to the segment alone; smaller still, n
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -77,6 +77,29 @@ def _metric_with_seats(
     if keys["metric"][int(dense.series[rows[0]])] != metric:
         metrics.reverse()
     return frame.select("customer_id", "date", *metrics)
+
+
+def benchmark_usage(
+    usage: pl.LazyFrame, start: date, end: date, s: BenchmarkSettings
+) -> pl.DataFrame:
+    """The usage rows `peer_percentiles` needs for [start, end], read from a (large) window:
+    the benchmarked metric and seats from `window_days - 1` days before `start` to `end`, and
+    for each series that began earlier a zero row on that first day. A missing day counts as 0
+    once a series has begun, so the rolling means are those of the whole window, and a daily
+    run reads a quarter of the window's rows instead of all of them."""
+    since = start - timedelta(days=s.window_days - 1)
+    wanted = usage.filter(
+        pl.col("metric").is_in([s.metric, "seats_used"]) & (pl.col("date") <= end)
+    )
+    columns = wanted.collect_schema().names()
+    begun = (
+        wanted.filter(pl.col("date") < since)
+        .select("customer_id", "metric")
+        .unique()
+        .with_columns(pl.lit(since).alias("date"), pl.lit(0.0).alias("value"))
+        .select(columns)
+    )
+    return pl.concat([wanted.filter(pl.col("date") >= since), begun]).collect()
 
 
 def peer_percentiles(

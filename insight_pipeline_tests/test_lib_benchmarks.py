@@ -1,0 +1,81 @@
+"""Peer benchmarks read only the last weeks of the usage window, with the same result."""
+
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+
+from insight_pipeline.lib.detectors.benchmarks import (
+    benchmark_usage,
+    detect_benchmarks,
+    peer_percentiles,
+)
+from insight_pipeline.lib.settings import BenchmarkSettings
+
+END = date(2026, 6, 30)
+DAYS = 112
+
+
+def usage_with_gaps(seed: int = 4) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """60 accounts in two cohorts: dau and seats with missing days (which count as 0), series
+    that begin before and inside the last 28 days, seats that begin after dau and the reverse,
+    one account with no seats at all, one whose only rows are weeks old."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(60):
+        customer = f"C{i:03d}"
+        begins = {"dau": int(rng.integers(0, DAYS)), "seats_used": int(rng.integers(0, DAYS))}
+        if i == 7:
+            begins.pop("seats_used")
+        for metric, begin in begins.items():
+            level = 5.0 + i if metric == "dau" else 2.0 + i % 9
+            for d in range(begin, DAYS):
+                if i == 11 and d > 40:  # gone quiet weeks ago: only zeros from then on
+                    break
+                if rng.random() < 0.2:  # a missing row: 0 that day
+                    continue
+                day = END - timedelta(days=DAYS - 1 - d)
+                rows.append((customer, day, metric, float(rng.poisson(level))))
+    usage = pl.DataFrame(
+        rows,
+        schema={
+            "customer_id": pl.String,
+            "date": pl.Date,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(60)],
+            "segment": ["smb" if i % 2 else "mid_market" for i in range(60)],
+            "industry": ["retail"] * 60,
+            "contract_start": [None] * 60,
+            "churned_on": [None] * 60,
+            "renewal_date": [date(2027, 1, 1)] * 60,
+        },
+        schema_overrides={"contract_start": pl.Date, "churned_on": pl.Date},
+    )
+    return usage, accounts
+
+
+def test_benchmarks_from_the_last_weeks_equal_those_from_the_whole_window() -> None:
+    usage, accounts = usage_with_gaps()
+    entitlements = pl.DataFrame(
+        {
+            "customer_id": ["C003", "C004"],
+            "metric": ["seats_used"] * 2,
+            "entitled_value": [9.0, 0.0],
+        }
+    )
+    s = BenchmarkSettings(min_cohort=5)
+    for first, last in ((END, END), (END - timedelta(days=20), END)):
+        whole = peer_percentiles(usage, entitlements, accounts, first, last, s)
+        recent_rows = benchmark_usage(usage.lazy(), first, last, s)
+        recent = peer_percentiles(recent_rows, entitlements, accounts, first, last, s)
+        assert recent_rows.height < 0.75 * usage.height
+        # some series begin too late for a 28-day mean: those accounts are not benchmarked
+        assert 20 <= whole["customer_id"].n_unique() < 60
+        assert recent.equals(whole)
+        assert detect_benchmarks(recent, s).equals(detect_benchmarks(whole, s))
