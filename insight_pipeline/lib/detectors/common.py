@@ -3,7 +3,9 @@ Poisson likelihood-ratio test used for 'well above its own baseline'."""
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -30,51 +32,140 @@ def daily_counts(
     """Dense (customer_id, date, n) from event rows (customer_id, date[, weight]); 0 where none.
 
     Rows come sorted by customer, then date, every customer with the same days, so a row's
-    position within its customer is `(date - first).days`: rolling windows need no group-by
-    (`trailing_sum`). Built with array offsets and a bincount, not a join and a sort.
+    position within its customer is `(date - first).days` (`day_position`). The whole
+    `DayGrid` as a frame: for a small grid (a run's own days) or when every cell is read.
     """
-    ids = customers.unique().sort()
-    n_days = (last - first).days + 1
-    index = pl.DataFrame({"customer_id": ids, "_c": pl.int_range(ids.len(), eager=True)})
-    rows = events.filter(pl.col("date").is_between(first, last)).join(index, on="customer_id")
-    cell = rows["_c"].to_numpy() * n_days + (rows["date"] - first).dt.total_days().to_numpy()
-    weights = rows[weight].cast(pl.Float64).fill_null(0.0).to_numpy() if weight else None
-    n = np.bincount(cell, weights=weights, minlength=ids.len() * n_days).astype(np.float64)
-    epoch_day = (first - date(1970, 1, 1)).days
-    return pl.DataFrame(
-        {
-            "customer_id": ids.gather(np.repeat(np.arange(ids.len()), n_days)),
-            "date": pl.Series(
-                np.tile(np.arange(n_days, dtype=np.int32) + epoch_day, ids.len())
-            ).cast(pl.Date),
-            "n": n,
-        }
-    )
+    grid = DayGrid.build(customers, first, last)
+    (n,) = grid.counts(events, weight)
+    return grid.frame(np.arange(n.values.size), n=n.values.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class DayGrid:
+    """Every customer (sorted ids) x every day first..last as flat numpy arrays, cell
+    `customer * n_days + day`: the grid of `daily_counts` without the frame.
+
+    A rolling window over 100k customers x 195 days is ~20M cells, but a run reads a few of them
+    (its own days, then the few that can hit). Counts and window sums stay numpy arrays indexed
+    by cell; ids and dates are attached only to the cells read (`frame`), instead of building
+    and filtering a 20M-row string-keyed frame.
+    """
+
+    ids: pl.Series
+    first: date
+    n_days: int
+
+    @classmethod
+    def build(cls, customers: pl.Series, first: date, last: date) -> DayGrid:
+        return cls(customers.unique().sort(), first, (last - first).days + 1)
+
+    def counts(self, events: pl.DataFrame, *weights: str | None) -> list[CellCounts]:
+        """Per cell, for each of `weights`: the sum of that column over the event rows
+        (customer_id, date, ...) in the grid (None: the number of rows); 0 where none. The
+        customer lookup (a join of the events) is done once for all of them."""
+        index = pl.DataFrame(
+            {"customer_id": self.ids, "_c": pl.int_range(self.ids.len(), eager=True)}
+        )
+        last = self.first + timedelta(days=self.n_days - 1)
+        rows = events.filter(pl.col("date").is_between(self.first, last)).join(
+            index, on="customer_id"
+        )
+        cell = rows["_c"].to_numpy() * self.n_days + (
+            (rows["date"] - self.first).dt.total_days().to_numpy()
+        )
+        size = self.ids.len() * self.n_days
+        out = []
+        for name in weights:
+            if name is None:  # whole counts: every sum is exact
+                out.append(CellCounts(self, np.bincount(cell, minlength=size), exact=True))
+                continue
+            w = rows[name].cast(pl.Float64).fill_null(0.0).to_numpy()
+            n = np.bincount(cell, weights=w, minlength=size)
+            out.append(CellCounts(self, n, exact=_sums_exact(w)))
+        return out
+
+    def cells(self, start: date, end: date) -> np.ndarray:
+        """The cells of the days start..end, by customer then day (`daily_counts`' order)."""
+        days = np.arange((start - self.first).days, (end - self.first).days + 1)
+        return (np.arange(self.ids.len())[:, None] * self.n_days + days[None, :]).ravel()
+
+    def frame(self, cells: np.ndarray, **columns: np.ndarray) -> pl.DataFrame:
+        """(customer_id, date, *columns) of `cells`; NaN in a column is null."""
+        return pl.DataFrame(
+            {
+                "customer_id": self.ids.gather(cells // self.n_days),
+                "date": pl.Series(
+                    (cells % self.n_days + (self.first - date(1970, 1, 1)).days).astype(np.int32)
+                ).cast(pl.Date),
+                **{name: pl.Series(v, nan_to_null=True) for name, v in columns.items()},
+            }
+        )
+
+
+@dataclass(frozen=True)
+class CellCounts:
+    """Per-cell sums of a `DayGrid` (`DayGrid.counts`), to be summed over day windows at the
+    cells a detector reads."""
+
+    grid: DayGrid
+    values: np.ndarray
+    """One per cell: int64 counts or float64 sums of a weight."""
+    exact: bool
+    """Every sum of them is exact in float64 (`_sums_exact`)."""
+
+    @cached_property
+    def _prefix(self) -> np.ndarray:
+        """prefix[i] = values[:i].sum(): one pass over every cell, shared by every window."""
+        prefix = np.zeros(self.values.size + 1, dtype=self.values.dtype)
+        np.cumsum(self.values, out=prefix[1:])
+        return prefix
+
+    def trailing_sum(
+        self, cells: np.ndarray, window: int, *, lag: int = 0, partial: bool = False
+    ) -> np.ndarray:
+        """At `cells`: the sum over the `window` days ending `lag` days before, within the
+        customer; NaN (null) where the window is incomplete, unless `partial` (then the sum of
+        the days there are; only without a lag).
+
+        The same floats as polars' rolling sum over the whole `daily_counts` frame: differences
+        of prefix sums read at the cells when the sums are exact, else that rolling sum itself
+        (same kernel, same rounding)."""
+        if partial and lag:
+            raise ValueError("partial windows are only supported without a lag")
+        n_days = self.grid.n_days
+        complete = cells % n_days - lag >= window - 1
+        stop = cells - lag + 1  # the window is values[stop - window : stop]
+        customer_first = cells - cells % n_days
+        if self.exact:
+            prefix = self._prefix
+            full = (prefix[stop] - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
+            since_first = prefix[stop] - prefix[customer_first]
+        else:
+            values = self.values
+            series = pl.Series(values).shift(lag) if lag else pl.Series(values)
+            rolled = series.rolling_sum(window_size=window, min_samples=window)
+            full = rolled.gather(cells).to_numpy()
+            if partial:  # (not needed otherwise: a pass over every cell)
+                running = series.fill_null(0.0).cum_sum().to_numpy()
+                since_first = running[cells] - (running[customer_first] - values[customer_first])
+        if not partial:
+            return np.where(complete, full, np.nan)
+        # fewer days than the window: the running total since the customer's first day
+        return np.where(complete, full, since_first.astype(np.float64))
+
+
+def _sums_exact(values: np.ndarray) -> bool:
+    """Whether every sum of any of `values` is exact in float64, whatever the order of the
+    additions: all are multiples of 1/1024 (whole counts, weights like 0.5) and their absolute
+    total is below 2**42, so no partial sum needs more than 53 bits. Then a difference of prefix
+    sums equals a sliding-window sum to the bit."""
+    scaled = values * 1024.0
+    return bool(np.array_equal(scaled, np.trunc(scaled)) and np.abs(values).sum() < 2.0**42)
 
 
 def day_position() -> pl.Expr:
     """A row's index within its customer in a `daily_counts` grid (days since its first day)."""
     return (pl.col("date") - pl.col("date").min()).dt.total_days()
-
-
-def trailing_sum(column: str, window: int, *, lag: int = 0, partial: bool = False) -> pl.Expr:
-    """Sum of `column` over the `window` rows ending `lag` rows before this one, within the
-    customer, in a `daily_counts` grid: a plain rolling sum masked where it would reach into the
-    previous customer's rows. Null where the window is incomplete, unless `partial` (then the sum
-    of the rows there are, as polars' `min_samples=1`)."""
-    value = pl.col(column).shift(lag) if lag else pl.col(column)
-    full = value.rolling_sum(window_size=window, min_samples=window)
-    position = day_position() - lag
-    if not partial:
-        return pl.when(position >= window - 1).then(full)
-    running = value.fill_null(0.0).cum_sum()
-    before_customer = pl.when(day_position() == 0).then(running - pl.col(column)).forward_fill()
-    return (
-        pl.when(position >= window - 1)
-        .then(full)
-        .when(position >= 0)
-        .then(running - before_customer)
-    )
 
 
 def last_flagged_date(flag: pl.Expr) -> pl.Expr:
@@ -97,12 +188,3 @@ def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:
     lam = expected.clip(lower_bound=1e-9)
     g = 2.0 * (pl.when(k > 0).then(k * (k / lam).log()).otherwise(0.0) - (k - lam))
     return pl.when(k > lam).then(g).otherwise(0.0)
-
-
-def rate_excess(counts: pl.DataFrame, window: int, baseline: int) -> pl.DataFrame:
-    """Adds recent (sum over the last `window` days), expected (the previous `baseline` days'
-    rate x window) and g to dense daily counts (`daily_counts`)."""
-    return counts.with_columns(
-        trailing_sum("n", window).alias("recent"),
-        (trailing_sum("n", baseline, lag=window) / baseline * window).alias("expected"),
-    ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import customer_days, daily_counts, rate_excess
+from insight_pipeline.lib.detectors.common import DayGrid, customer_days, poisson_g
 from insight_pipeline.lib.settings import EngagementSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -47,16 +47,21 @@ def detect_going_dark(
     if events.height == 0:
         return empty_signals()
     # Distinct contact days sorted by (customer, date) through one integer key (the customer's
-    # index x the day): a numeric sort, duplicates adjacent, "the previous contact day" a shift
-    # masked where the customer changes; windows grouped by the integer index.
-    contact = events.filter(pl.col("date") <= end).select("customer_id", "date")
-    customers = contact.select("customer_id").unique().with_row_index("_c")
+    # index x 2**20 + the day): a numeric sort, duplicates adjacent, "the previous contact day" a
+    # shift masked where the customer changes. The customer is its index into `ids` until the
+    # few rows read remain (no strings moved by the sort); events of other customers are never
+    # read (the as-of join is by the accounts' customers).
+    ids = accounts["customer_id"].unique()
+    index = pl.DataFrame(
+        {"customer_id": ids, "_c": pl.int_range(ids.len(), dtype=pl.UInt64, eager=True)}
+    )
     day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
     same_customer = pl.col("_c") == pl.col("_c").shift(1)
-    window = f"{s.cadence_days}d"
     contact_days = (
-        contact.join(customers, on="customer_id")
-        .with_columns((pl.col("_c").cast(pl.UInt64) * (1 << 20) + day).alias("_key"))
+        events.filter(pl.col("date") <= end)
+        .select("customer_id", "date")
+        .join(index, on="customer_id")
+        .select("_c", "date", (pl.col("_c") * (1 << 20) + day).alias("_key"))
         .sort("_key")
         .filter((pl.col("_key") != pl.col("_key").shift(1)).fill_null(True))
         .with_columns(
@@ -66,23 +71,38 @@ def detect_going_dark(
             .cast(pl.Float64)
             .alias("gap")
         )
-        .with_columns(
+    )
+    # The as-of join below reads, per customer, its last contact day up to `start` and those
+    # after it ("read"); their cadence windows reach cadence_days back. Only the rows in those
+    # windows are kept (for a daily run mostly the last half year of a year of history).
+    next_day = pl.col("date").shift(-1)
+    read = (
+        (pl.col("date") >= start)
+        | (pl.col("_c") != pl.col("_c").shift(-1)).fill_null(True)
+        | (next_day > start)
+    )
+    # (a customer's last row is always read, so the backward fill stays within the customer)
+    first_read = pl.when(read).then(pl.col("_key")).backward_fill()
+    contact_days = contact_days.filter(pl.col("_key") + s.cadence_days > first_read).with_columns(
+        read.alias("_read")
+    )
+    # The cadence windows (the gaps of the last cadence_days): rolling by the integer key, whose
+    # window of cadence_days never reaches another customer (2**20 days apart), so no `over`.
+    window = f"{s.cadence_days}i"
+    contact_days = (
+        contact_days.with_columns(
+            pl.col("gap").rolling_median_by("_key", window_size=window).alias("median_gap"),
             pl.col("gap")
-            .rolling_median_by("date", window_size=window)
-            .over("_c")
-            .alias("median_gap"),
-            pl.col("gap")
-            .rolling_quantile_by("date", window_size=window, quantile=0.95)
-            .over("_c")
+            .rolling_quantile_by("_key", window_size=window, quantile=0.95)
             .alias("long_gap"),
             pl.col("gap")
             .is_not_null()
             .cast(pl.Int32)
-            .rolling_sum_by("date", window_size=window)
-            .over("_c")
+            .rolling_sum_by("_key", window_size=window)
             .alias("gaps"),
         )
-        .drop("_c", "_key")
+        .filter("_read")
+        .select(pl.lit(ids).gather("_c").alias("customer_id"), pl.exclude("_c", "_key", "_read"))
     )
     days = customer_days(accounts, start, end).sort("partition_date")
     joined = days.join_asof(
@@ -149,8 +169,19 @@ def detect_increased_activity(
     if events.height == 0:
         return empty_signals()
     w, b = s.activity_window_days, s.activity_baseline_days
-    counts = daily_counts(events, accounts["customer_id"], start - timedelta(days=w + b), end)
-    stats = rate_excess(counts, w, b).filter(pl.col("date").is_between(start, end))
+    grid = DayGrid.build(accounts["customer_id"], start - timedelta(days=w + b), end)
+    (counts,) = grid.counts(events, None)
+    cells = grid.cells(start, end)
+    recent = counts.trailing_sum(cells, w)
+    # Only cells with enough recent events can hit (also in the filter below): the baseline and
+    # the test statistic are computed on those few.
+    keep = recent >= s.min_activity_events
+    cells = cells[keep]
+    stats = grid.frame(
+        cells,
+        recent=recent[keep],
+        expected=counts.trailing_sum(cells, b, lag=w) / b * w,
+    ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))
     hits = stats.filter(
         (pl.col("recent") >= s.min_activity_events)
         & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))

@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
+    DayGrid,
     customer_days,
     daily_counts,
     last_flagged_date,
-    rate_excess,
-    trailing_sum,
+    poisson_g,
 )
 from insight_pipeline.lib.detectors.usage import _epoch_day, _lagged_median
 from insight_pipeline.lib.settings import RiskSettings
@@ -185,22 +185,28 @@ def detect_health_drop(
     if health.height == 0:
         return empty_signals()
     first = start - timedelta(days=s.health_baseline_days + s.health_gap_days + 30)
-    daily = (
-        health.filter(pl.col("date").is_between(first, end))  # the grid starts at `first`
-        .group_by("customer_id", "date")
-        .agg(pl.col("score").mean())
-    )
+    rows = health.filter(pl.col("date").is_between(first, end))  # the grid starts at `first`
     b, gap = s.health_baseline_days, s.health_gap_days
     # A dense customer x day matrix (customers sorted, days from `first`), scores carried
     # forward within the customer; the two medians evaluated only on the run's days, over the
     # b days ending `gap` days back (`_lagged_median`: polars' rolling median on those rows).
-    ids = daily["customer_id"].unique().sort()
+    ids = rows["customer_id"].unique().sort()
     n_days = (end - first).days + 1
     index = pl.DataFrame({"customer_id": ids, "_c": pl.int_range(ids.len(), eager=True)})
-    seen = daily.join(index, on="customer_id")
+    seen = rows.join(index, on="customer_id")
     cells = seen["_c"].to_numpy() * n_days + (seen["date"] - first).dt.total_days().to_numpy()
+    scores = seen["score"].cast(pl.Float64).to_numpy()
     matrix = np.full((ids.len(), n_days), np.nan)
-    matrix.flat[cells] = seen["score"].cast(pl.Float64).to_numpy()
+    # A day's score is the mean of its rows: a cell's only row is taken as it is (its mean),
+    # the few repeated cells averaged by polars (a group-by of every row by string was most of
+    # the time, and there is usually one row per account and day).
+    repeated = np.bincount(cells, minlength=matrix.size)[cells] > 1
+    matrix.flat[cells[~repeated]] = scores[~repeated]
+    if repeated.any():
+        means = seen.filter(pl.Series(repeated)).group_by("_c", "date").agg(pl.col("score").mean())
+        matrix.flat[
+            means["_c"].to_numpy() * n_days + (means["date"] - first).dt.total_days().to_numpy()
+        ] = means["score"].cast(pl.Float64).to_numpy()
     last_seen = np.maximum.accumulate(np.where(np.isnan(matrix), 0, np.arange(n_days)), axis=1)
     score = np.take_along_axis(matrix, last_seen, axis=1)  # forward filled (NaN before any)
     change = np.full_like(score, np.nan)
@@ -285,21 +291,23 @@ def detect_support_surge(
         .alias("weight"),
         (pl.col("priority") == "urgent").cast(pl.Float64).alias("urgent"),
     )
-    first = start - timedelta(days=w + b)
-    customers = accounts["customer_id"]
-    # Three grids of the same customers and days, so their rows line up one to one.
-    raw = rate_excess(daily_counts(events, customers, first, end), w, b)
-    urgent = daily_counts(events, customers, first, end, weight="urgent")["n"]
-    stats = (
-        rate_excess(daily_counts(events, customers, first, end, weight="weight"), w, b)
-        .with_columns(
-            raw["recent"].alias("tickets"), raw["g"].alias("g_count"), urgent.alias("urgent")
-        )
-        .with_columns(
-            trailing_sum("urgent", s.urgent_window_days, partial=True).alias("recent_urgent")
-        )
-        .filter(pl.col("date").is_between(start, end))
-    )
+    grid = DayGrid.build(accounts["customer_id"], start - timedelta(days=w + b), end)
+    tickets_n, weight_n, urgent_n = grid.counts(events, None, "weight", "urgent")
+    cells = grid.cells(start, end)
+    count = tickets_n.trailing_sum(cells, w)
+    urgent = urgent_n.trailing_sum(cells, s.urgent_window_days, partial=True)
+    # Only cells with enough tickets or an urgent one can hit (both conditions are also in the
+    # filter below): the test statistics are computed on those few.
+    keep = (count >= s.min_support_tickets) | (urgent > 0)
+    cells = cells[keep]
+    stats = grid.frame(
+        cells,
+        recent=weight_n.trailing_sum(cells, w),
+        expected=weight_n.trailing_sum(cells, b, lag=w) / b * w,
+        tickets=count[keep],
+        count_expected=tickets_n.trailing_sum(cells, b, lag=w) / b * w,
+        recent_urgent=urgent[keep],
+    ).with_columns(poisson_g(pl.col("tickets"), pl.col("count_expected")).alias("g_count"))
     surge = (
         (pl.col("recent") >= s.min_support_weight)
         & (pl.col("recent") >= s.support_ratio * pl.col("expected"))
