@@ -177,27 +177,21 @@ def opportunity_signals(
     act = activity_window
     cfg = settings.settings()
     s = cfg.opportunity
-    # Each detector reads only its rows of the (large) usage window: the entitled metrics, and
-    # the accounts that answered NPS (advocacy looks at promoters' usage only).
-    entitled_usage = usage_window.filter(
-        pl.col("metric").is_in(act["entitlements"]["metric"].unique().implode())
-    ).collect()
-    respondents_usage = usage_window.filter(
-        pl.col("customer_id").is_in(act["nps"]["customer_id"].unique().implode())
-    ).collect()
+    # Each detector reads only its rows of the (large) usage window from the scan: the
+    # entitled metrics, and the promoters' accounts (a few hundred).
     signals, meta = _run(
         {
             "entitlement_limit": (
                 [act["entitlements"], rows_of(usage_window)],
                 lambda: opportunity.detect_entitlement_limit(
-                    entitled_usage, act["entitlements"], accounts, first, last, s
+                    usage_window, act["entitlements"], accounts, first, last, s
                 ),
             ),
             "case_study_and_referral": (
                 [act["nps"]],
                 lambda: opportunity.detect_advocacy(
                     act["nps"],
-                    respondents_usage,
+                    usage_window,
                     act["health"],
                     act["meetings"],
                     accounts,

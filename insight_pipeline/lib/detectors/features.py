@@ -24,24 +24,32 @@ def detect_feature_discovery(
     if features.height == 0:
         return empty_signals()
     del lookback_days  # the read window is always >= MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
-    used = features.filter((pl.col("active_users") > 0) & (pl.col("date") <= end))
     # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
     # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
     # a run happened to read. Only days from `opened` on can start a discovery shown in the run,
     # so only those are sorted; for the earliest of them the previous active day is the last
-    # one before `opened` (one aggregate over the older rows).
+    # one before `opened` (one aggregate over the older rows). Only the last MIN_PRIOR_DAYS
+    # before `opened` are aggregated: an older last day, like none, leaves a gap of more than
+    # MIN_PRIOR_DAYS to any day from `opened` on.
     opened = start - timedelta(days=DISCOVERY_WINDOW_DAYS)
-    used = used.filter(pl.col("date") >= opened)
+    active = features.lazy().filter(pl.col("active_users") > 0)  # lazy: filtered in parallel
+    used = active.filter(pl.col("date").is_between(opened, end)).collect()
     before = (
-        features.filter((pl.col("active_users") > 0) & (pl.col("date") < opened))
+        active.filter(
+            pl.col("date").is_between(opened - timedelta(days=MIN_PRIOR_DAYS), opened, "left")
+        )
         .group_by("customer_id", "feature")
         .agg(pl.col("date").max().alias("last_before"))
+        .collect()
     )
     # Sorted by (customer, feature, date) through one integer key (category codes and the day),
     # so "the previous active day of the same feature" is a shift masked at group changes.
     # Rows are unique by (customer, date, feature) after quarantine; a repeated row would only
     # see itself as its previous day (gap 0) and drop out.
     day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
+    long_gap = pl.col("previous").is_null() | (
+        (pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS
+    )
     groups = used.select("customer_id", "feature").unique().with_row_index("_group")
     firsts = (
         used.select("customer_id", "feature", "date")
@@ -54,13 +62,11 @@ def detect_feature_discovery(
             .alias("previous")
         )
         .drop("_group", "_day")
+        .filter(long_gap)  # a row with a previous day here keeps it: the join is for the rest
         .join(before, on=["customer_id", "feature"], how="left")
         .with_columns(pl.coalesce("previous", "last_before").alias("previous"))
         .drop("last_before")
-        .filter(
-            pl.col("previous").is_null()
-            | ((pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS)
-        )
+        .filter(long_gap)
         .rename({"date": "first_used"})
         .join(accounts.select("customer_id", "contract_start"), on="customer_id")
         .filter(

@@ -70,15 +70,21 @@ def history_start(as_of: date, s: OutcomeSettings) -> date:
     return date(total // 12, total % 12 + 1, 1)
 
 
-def _month_over_month(frame: pl.DataFrame, value: str, family: str, rule: pl.Expr) -> pl.DataFrame:
-    """Events where `rule` holds between consecutive months (`prev` is the previous month)."""
+def _with_previous(frame: pl.DataFrame, value: str) -> pl.DataFrame:
+    """`frame` sorted by customer and month, with the previous row's `value` and month of the
+    same customer (`prev`, `prev_month`; null on its first row): a shift masked where the
+    customer changes, not a window over customer groups (a group-by of the string keys)."""
+    same = pl.col("customer_id").eq_missing(pl.col("customer_id").shift(1))
+    return frame.sort("customer_id", "month").with_columns(
+        pl.when(same).then(pl.col(value).shift(1)).alias("prev"),
+        pl.when(same).then(pl.col("month").shift(1)).alias("prev_month"),
+    )
+
+
+def _month_over_month(frame: pl.DataFrame, family: str, rule: pl.Expr) -> pl.DataFrame:
+    """Events where `rule` holds between consecutive months of a `_with_previous` frame."""
     return (
-        frame.sort("customer_id", "month")
-        .with_columns(
-            pl.col(value).shift(1).over("customer_id").alias("prev"),
-            pl.col("month").shift(1).over("customer_id").alias("prev_month"),
-        )
-        .filter(
+        frame.filter(
             (pl.col("prev_month").dt.offset_by("1mo") == pl.col("month")) & rule.fill_null(False)
         )
         .select("customer_id", pl.col("month").dt.month_end().alias("event_date"))
@@ -100,18 +106,17 @@ def comparable_events(
     """(customer_id, event_date, family) for every comparable event dated in [first, last]."""
     parts = [pl.DataFrame(schema=EVENT_SCHEMA)]
     if monthly_usage.height:
+        usage = _with_previous(monthly_usage, "value")  # sorted once for both families
         parts.append(
             _month_over_month(
-                monthly_usage,
-                "value",
+                usage,
                 "usage_fall",
                 (pl.col("prev") > 0) & (pl.col("value") <= 0.7 * pl.col("prev")),
             )
         )
         parts.append(
             _month_over_month(
-                monthly_usage,
-                "value",
+                usage,
                 "usage_rise",
                 (pl.col("prev") > 0) & (pl.col("value") >= 1.3 * pl.col("prev")),
             )
@@ -148,13 +153,22 @@ def comparable_events(
         ).agg(pl.col("score").mean().alias("score"))
         parts.append(
             _month_over_month(
-                monthly, "score", "health_fall", pl.col("score") <= pl.col("prev") - 15
+                _with_previous(monthly, "score"),
+                "health_fall",
+                pl.col("score") <= pl.col("prev") - 15,
             )
         )
+    # Counts per month are whole numbers: grouped lazily (in parallel), the same to the bit in
+    # any order. (The health means stay eager: a float sum's last bit follows the row order.)
     if tickets.height:
-        monthly = tickets.group_by(
-            "customer_id", pl.col("opened_at").dt.date().dt.truncate("1mo").alias("month")
-        ).agg(pl.len().alias("n"))
+        monthly = (
+            tickets.lazy()
+            .group_by(
+                "customer_id", pl.col("opened_at").dt.date().dt.truncate("1mo").alias("month")
+            )
+            .agg(pl.len().alias("n"))
+            .collect()
+        )
         parts.append(
             monthly.with_columns(pl.col("n").mean().over("customer_id").alias("usual"))
             .filter((pl.col("n") >= 3) & (pl.col("n") >= 3 * pl.col("usual")))
@@ -164,15 +178,17 @@ def comparable_events(
     if meetings.height or communications.height:
         two_way = pl.concat(
             [
-                meetings.select("customer_id", pl.col("start_at").dt.date().alias("date")),
-                communications.filter(pl.col("direction") == "inbound").select(
-                    "customer_id", pl.col("sent_at").dt.date().alias("date")
-                ),
+                meetings.lazy().select("customer_id", pl.col("start_at").dt.date().alias("date")),
+                communications.lazy()
+                .filter(pl.col("direction") == "inbound")
+                .select("customer_id", pl.col("sent_at").dt.date().alias("date")),
             ]
         )
-        monthly = two_way.group_by(
-            "customer_id", pl.col("date").dt.truncate("1mo").alias("month")
-        ).agg(pl.len().cast(pl.Float64).alias("n"))
+        monthly = (
+            two_way.group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
+            .agg(pl.len().cast(pl.Float64).alias("n"))
+            .collect()
+        )
         months = pl.DataFrame(
             {"month": pl.date_range(month_start(first), month_start(last), "1mo", eager=True)}
         )
@@ -184,7 +200,9 @@ def comparable_events(
             .with_columns(pl.col("n").fill_null(0.0))
         )
         parts.append(
-            _month_over_month(dense, "n", "dark", (pl.col("prev") >= 2) & (pl.col("n") == 0))
+            _month_over_month(
+                _with_previous(dense, "n"), "dark", (pl.col("prev") >= 2) & (pl.col("n") == 0)
+            )
         )
     events = pl.concat([p.cast(EVENT_SCHEMA) for p in parts])  # type: ignore[arg-type]
     return events.filter(pl.col("event_date").is_between(first, last))
