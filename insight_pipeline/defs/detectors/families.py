@@ -113,11 +113,17 @@ def risk_signals(
     first, last = partition_days(context)
     act = activity_window
     s = settings.settings().risk
-    # silent accounts look only at the days an account used anything: one row per such day
-    # (not per metric) from a scan of the (large) usage window - a fifth of the rows in memory
-    active_days = (
-        usage_window.filter(pl.col("value") > 0).select("customer_id", "date").unique().collect()
-    )
+    # Silent accounts look at each account's last active day before the run and its active
+    # days within it: the latest used day before (one row per account) and the run's used
+    # days (one row per account and day, not per metric), aggregated while scanning the (large)
+    # usage window instead of holding every active day.
+    used = usage_window.filter(pl.col("value") > 0)
+    active_days = pl.concat(
+        [
+            used.filter(pl.col("date") < first).group_by("customer_id").agg(pl.col("date").max()),
+            used.filter(pl.col("date") >= first).select("customer_id", "date").unique(),
+        ]
+    ).collect()
     signals, meta = _run(
         {
             "silent_account": (

@@ -40,7 +40,8 @@ def detect_silent_account(
     """No usage and no communication (either direction) for silent_days.
 
     `active_days`: (customer_id, date) of the days a customer used anything (any metric above
-    0); repeated rows are allowed and change nothing."""
+    0); repeated rows are allowed and change nothing, and before `start` only each customer's
+    latest day matters (a caller may pass just that one)."""
     parts = [active_days.select("customer_id", "date")]
     if communications.height:
         parts.append(
