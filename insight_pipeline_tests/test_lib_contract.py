@@ -175,6 +175,27 @@ def test_a_fraction_in_an_integer_column_of_floats_is_an_error(tmp_path: Path) -
     assert typed["active_users"].to_list() == [3, 2, 4]
 
 
+def test_reading_some_columns_types_those_and_keeps_the_window(tmp_path: Path) -> None:
+    """A reader of a few columns gets them (and the date column its window filters on) typed
+    and windowed as in the whole table; a bad value in a column it reads still fails."""
+    root = write_source(tmp_path)
+    source = Source(str(root))
+    narrow = source.read(
+        "usage_daily", date_from=date(2026, 1, 2), columns=["customer_id", "value"]
+    )
+    assert narrow is not None
+    assert narrow.columns == ["customer_id", "date", "value"]
+    whole = source.read("usage_daily", date_from=date(2026, 1, 2))
+    assert whole is not None and narrow.equals(whole.select(narrow.columns))
+    with pytest.raises(ValueError, match="'usage_daily' has no column"):
+        source.read("usage_daily", columns=["customer_id", "volume"])
+    bad = USAGE.with_columns(pl.Series("value", ["5", "6", "lots", "3"]))
+    source = Source(str(write_source(tmp_path / "bad", usage_daily=bad)))
+    assert source.read("usage_daily", columns=["customer_id", "metric"]) is not None
+    with pytest.raises(ContractError, match="lots"):
+        source.read("usage_daily", columns=["value"])
+
+
 def test_bad_date_is_reported(tmp_path: Path) -> None:
     bad = USAGE.with_columns(pl.Series("date", ["2026-01-01", "2026-13-45", "2026-01-01", "x"]))
     with pytest.raises(ContractError, match="'date'"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -40,6 +40,23 @@ class TableSpec:
     date_column: str | None = None
     """The column a look-back window filters on (rows after the partition day are never read)."""
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def only(self, columns: Sequence[str]) -> TableSpec:
+        """This table read for some of its columns (and its date column, which windows it):
+        typed and checked like the whole table, but a reader that needs three columns of a
+        wide table does not decode or hold the rest."""
+        unknown = [c for c in columns if c not in self.columns]
+        if unknown:
+            raise ValueError(f"table {self.name!r} has no column(s) {unknown}")
+        keep = [c for c in self.columns if c in columns or c == self.date_column]
+        return replace(
+            self,
+            columns={c: self.columns[c] for c in keep},
+            key=tuple(c for c in self.key if c in keep),
+            refs={c: t for c, t in self.refs.items() if c in keep},
+            non_negative=tuple(c for c in self.non_negative if c in keep),
+            enums={c: v for c, v in self.enums.items() if c in keep},
+        )
 
 
 CONTRACT: dict[str, TableSpec] = {
@@ -288,13 +305,15 @@ class Source:
         date_from: date | None = None,
         date_to: date | None = None,
         where: pl.Expr | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pl.DataFrame | None:
         """The typed table (only rows with date_column in [date_from, date_to]); None if an
         optional table is absent. Raises ContractError for anything structural.
 
         `where` (on the raw columns, e.g. one account shard) is pushed into the file scan, so
-        only matching rows are decoded; a SQL source applies it after reading."""
-        spec = CONTRACT[table]
+        only matching rows are decoded; a SQL source applies it after reading. `columns` reads
+        only those (and the date column; `TableSpec.only`)."""
+        spec = CONTRACT[table] if columns is None else CONTRACT[table].only(columns)
         if not self.has(table):
             if spec.required:
                 raise ContractError(f"required table {table!r} is missing from {self.location}")

@@ -41,23 +41,25 @@ def rates_as_of(source: Source, as_of: date, s: OutcomeSettings) -> pl.DataFrame
     first = history_start(as_of, s) - timedelta(days=31)
     last = as_of - timedelta(days=1)
 
-    def table(name: str) -> pl.DataFrame:
-        frame = source.read(name, date_from=first, date_to=last)
+    def table(name: str, *columns: str) -> pl.DataFrame:
+        """Only the columns the comparable events read: 19 months of a wide table (message
+        and ticket ids, topics, comments) would otherwise be typed and held for nothing."""
+        frame = source.read(name, date_from=first, date_to=last, columns=columns)
         return frame if frame is not None else pl.DataFrame()
 
     customers = source.read("customers")
     assert customers is not None
-    contacts = table("contacts")
+    contacts = table("contacts", "customer_id", "role", "left_on")
     if contacts.height:
         contacts = contacts.filter(pl.col("left_on").is_null() | (pl.col("left_on") <= last))
     events = comparable_events(
         source.monthly_usage(first, last),
         contacts,
-        table("nps_responses"),
-        table("health_scores"),
-        table("support_tickets"),
-        table("meetings"),
-        table("communications"),
+        table("nps_responses", "customer_id", "score", "responded_on"),
+        table("health_scores", "customer_id", "date", "score"),
+        table("support_tickets", "customer_id", "opened_at"),
+        table("meetings", "customer_id", "start_at"),
+        table("communications", "customer_id", "sent_at", "direction"),
         first,
         last,
     )
