@@ -359,7 +359,7 @@ class Source:
         if where is not None:
             lf = lf.filter(where)
         try:
-            return lf.collect()
+            return _collect_contiguous(lf)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ContractError(
                 f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
@@ -451,6 +451,17 @@ class Source:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _collect_contiguous(scan: pl.LazyFrame) -> pl.DataFrame:
+    """The scan's rows with one chunk per column.
+
+    A file scan returns a chunk per row group (thousands after a date filter), and polars copies
+    every column of a many-chunk frame into one chunk at each select, filter or join on it,
+    while the chunked frame is still alive: the typing and the quarantine held the 16 weeks of
+    feature usage of 100k accounts three times over (4.1 GB). Made contiguous once here, the
+    frame is copied once and the operations after it copy nothing (3.0 GB)."""
+    return scan.collect().rechunk()
 
 
 def _sql_window(
