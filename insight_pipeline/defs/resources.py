@@ -4,6 +4,7 @@ Each is chosen by configuration (a URL, an environment variable), never by `if e
 Empty strings mean "use the documented default" from `lib/paths.py`, resolved at run time.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -200,10 +201,11 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def _read(
-        path: Any, lazy: bool, tables: list[str] | None = None
-    ) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame]:
+        path: Any, lazy: bool, tables: list[str] | None = None, scanned: Sequence[str] = ()
+    ) -> pl.DataFrame | pl.LazyFrame | dict[str, pl.DataFrame | pl.LazyFrame]:
         """A file as a frame (or a scan); a bundle folder as a dict of frames, only the
-        `tables` asked for (`AssetIn(metadata={"tables": [...]})`) when the input names them."""
+        `tables` asked for (`AssetIn(metadata={"tables": [...]})`) when the input names them,
+        the `scanned` ones as lazy scans."""
         if path.is_dir():
             files = sorted(path.glob("*.parquet"))
             if tables is not None:
@@ -211,7 +213,10 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
                 if missing:
                     raise KeyError(f"{path} holds no table(s) {sorted(missing)}")
                 files = [f for f in files if f.stem in tables]
-            return {f.stem: pl.read_parquet(f) for f in files}
+            return {
+                f.stem: pl.scan_parquet(f) if f.stem in scanned else pl.read_parquet(f)
+                for f in files
+            }
         return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
 
     def load_input(
@@ -224,16 +229,17 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         wanted = getattr(context.dagster_type, "typing_type", None)
         lazy = wanted in (pl.LazyFrame, FrameParts)
         tables = (context.definition_metadata or {}).get("tables")
+        scanned = (context.definition_metadata or {}).get("scanned") or ()
         for exact in (directory / f"{first}__{last}.parquet", directory / f"{first}__{last}"):
             if exact.exists():
                 if wanted is FrameParts:
                     return _as_parts(exact)
-                return self._read(exact, lazy, tables)
+                return self._read(exact, lazy, tables, scanned)
         candidates = [p for p in directory.glob("*__*") if not p.name.startswith(".")]
         for path in sorted(candidates, reverse=True):
             lo, hi = path.name.removesuffix(".parquet").split("__")
             if lo <= first and last <= hi:
-                stored = self._read(path, lazy, tables)
+                stored = self._read(path, lazy, tables, scanned)
                 days = None
                 if isinstance(stored, pl.DataFrame | pl.LazyFrame) and (
                     "partition_date" in stored.collect_schema().names()

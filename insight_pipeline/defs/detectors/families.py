@@ -4,6 +4,8 @@ Each asset calls pure detectors from `lib/detectors/` and reports which ran and 
 because their optional table is absent (a missing optional table is reported, not an error).
 """
 
+from typing import Any
+
 import dagster as dg
 import polars as pl
 
@@ -166,7 +168,7 @@ def risk_signals(
 @_asset(
     ins={
         "activity_window": activity_tables(
-            "entitlements", "nps", "health", "meetings", "feature_usage"
+            "entitlements", "nps", "health", "meetings", "feature_usage", scanned=("feature_usage",)
         )
     }
 )
@@ -174,7 +176,7 @@ def opportunity_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-    activity_window: dict[str, pl.DataFrame],
+    activity_window: dict[str, Any],  # frames, and feature_usage as a scan (a lazy frame)
     usage_window: pl.LazyFrame,
 ) -> pl.DataFrame:
     """entitlement_limit (at 90% or on course to exceed before renewal), case_study_candidate,
@@ -207,7 +209,7 @@ def opportunity_signals(
                 ),
             ),
             "feature_discovery": (
-                [act["feature_usage"]],
+                [rows_of(act["feature_usage"])],  # a scan: only its last weeks are read
                 lambda: detect_feature_discovery(
                     act["feature_usage"], accounts, first, last, cfg.lookback_days
                 ),

@@ -33,14 +33,17 @@ ACTIVITY_TABLES: dict[str, str] = {
 }
 
 
-def activity_tables(*keys: str) -> dg.AssetIn:
+def activity_tables(*keys: str, scanned: tuple[str, ...] = ()) -> dg.AssetIn:
     """The `activity_window` input of a consumer that reads only these tables of the bundle:
     the IO manager loads just those files (the bundle holds ~10 tables, some of millions of
-    rows, and each consumer needs a few)."""
+    rows, and each consumer needs a few). The `scanned` ones (also in `keys`) come as lazy
+    scans, for a consumer that reads a few weeks or columns of a large table."""
     unknown = set(keys) - set(ACTIVITY_TABLES)
     if unknown:
         raise ValueError(f"not tables of activity_window: {sorted(unknown)}")
-    return dg.AssetIn(metadata={"tables": list(keys)})
+    if not set(scanned) <= set(keys):
+        raise ValueError(f"scanned tables must be among the tables read: {sorted(scanned)}")
+    return dg.AssetIn(metadata={"tables": list(keys), "scanned": list(scanned)})
 
 
 def history_days(table: str, settings: Settings) -> int:

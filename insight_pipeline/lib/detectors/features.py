@@ -19,10 +19,14 @@ DISCOVERY_WINDOW_DAYS = 14
 
 
 def detect_feature_discovery(
-    features: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, lookback_days: int
+    features: pl.DataFrame | pl.LazyFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    lookback_days: int,
 ) -> pl.DataFrame:
-    if features.height == 0:
-        return empty_signals()
+    """feature_discovery signals of [start, end]; `features` may be a scan of a long window
+    (only the last weeks are read)."""
     del lookback_days  # the read window is always >= MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
     # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
     # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
@@ -34,6 +38,8 @@ def detect_feature_discovery(
     opened = start - timedelta(days=DISCOVERY_WINDOW_DAYS)
     active = features.lazy().filter(pl.col("active_users") > 0)  # lazy: filtered in parallel
     used = active.filter(pl.col("date").is_between(opened, end)).collect()
+    if used.height == 0:  # no active day that could start a discovery shown in the run
+        return empty_signals()
     before = (
         active.filter(
             pl.col("date").is_between(opened - timedelta(days=MIN_PRIOR_DAYS), opened, "left")

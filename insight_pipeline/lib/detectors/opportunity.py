@@ -35,16 +35,15 @@ def detect_entitlement_limit(
         return empty_signals()
     k = s.projection_weeks
     metrics = entitlements["metric"].unique()
-    usage = (
-        usage.lazy()  # a lazy filter runs in parallel (2-3x faster on millions of rows)
-        .filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
-        .collect()
-    )
+    # lazy: filtered in parallel, and only the rows the windows need are collected
+    scan = usage.lazy().filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
+    # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
+    if _exact_sums(scan):
+        usage = _since(scan, start - timedelta(days=7 * k - 1))
+    else:
+        usage = scan.collect()
     if usage.height == 0:
         return empty_signals()
-    # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
-    if _exact_sums(usage["value"]):
-        usage = _since(usage, start - timedelta(days=7 * k - 1))
     grid = usage_grid(usage, end)
     weeks = [f"m{i}" for i in range(k)]
     # Windows over every day of a series (rolling, masked at series starts: rows are contiguous
@@ -164,38 +163,37 @@ def detect_entitlement_limit(
     )
 
 
-def _exact_sums(values: pl.Series) -> bool:
+def _exact_sums(usage: pl.LazyFrame) -> bool:
     """Whole numbers whose total stays far below 2^53: every window sum over them is exact.
 
     polars' rolling sums run on (compensated) from the first row of the frame, so on fractional
     values a window's last bit depends on the rows before it; on whole numbers it does not, and
     a grid of fewer rows gives the same windows to the bit."""
-    v = pl.col(values.name).cast(pl.Float64)
+    v = pl.col("value").cast(pl.Float64)
     whole, total = (
-        values.to_frame()
-        .lazy()  # one parallel pass; nulls (0 in the grid) are skipped
-        .select((v.is_finite() & (v == v.round())).all().alias("whole"), v.abs().sum())
+        usage.select(  # one parallel pass; nulls (0 in the grid) are skipped
+            (v.is_finite() & (v == v.round())).all().alias("whole"), v.abs().sum()
+        )
         .collect()
         .row(0)
     )
     return bool(whole) and total < 2.0**50
 
 
-def _since(usage: pl.DataFrame, opened: date) -> pl.DataFrame:
+def _since(usage: pl.LazyFrame, opened: date) -> pl.DataFrame:
     """The usage rows from `opened` on, plus a 0 on `opened` for each series seen before it: its
     grid then has the same days and values from `opened` on (a series' days count from its
     first observed day, which must still lie at or before `opened`). Half the rows of a
     16-week look-back for an 8-week projection."""
     columns = ["customer_id", "metric", "date", "value"]
-    dtype = usage.schema["value"]
+    dtype = usage.collect_schema()["value"]
     seen_before = (
-        usage.lazy()
-        .filter(pl.col("date") < opened)
+        usage.filter(pl.col("date") < opened)
         .select("customer_id", "metric")
         .unique()
         .with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
     )
-    recent = usage.lazy().filter(pl.col("date") >= opened).select(columns)
+    recent = usage.filter(pl.col("date") >= opened).select(columns)
     return pl.concat([recent, seen_before]).collect()
 
 
