@@ -18,6 +18,9 @@ from insight_pipeline.lib.detectors.usage import (
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
+MAX_PROJECTION_DAYS = 3650
+"""A limit projected more than ten years away (or as far back) is shown as no date."""
+
 
 def detect_entitlement_limit(
     usage: pl.DataFrame | pl.LazyFrame,
@@ -88,12 +91,22 @@ def detect_entitlement_limit(
     ys = [pl.col(w).clip(lower_bound=1e-6).log() for w in weeks]
     slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
     current = pl.col("m0")
-    weeks_to_limit = (pl.col("entitled_value") / current).log() / pl.col("slope")
+    days_to_limit = (pl.col("entitled_value") / current).log() / pl.col("slope") * 7
+    # A nearly flat trend projects the limit centuries ahead (or past the calendar, which polars
+    # cannot add to a date): beyond MAX_PROJECTION_DAYS there is no limit date to show.
+    projected = (
+        (pl.col("slope") > 0)
+        & (current > 0)
+        & days_to_limit.is_finite()
+        & (days_to_limit.abs() <= MAX_PROJECTION_DAYS)
+    )
     stats = stats.with_columns(slope.alias("slope")).with_columns(
-        pl.when((pl.col("slope") > 0) & (current > 0))
+        pl.when(projected)
         .then(
             pl.col("partition_date")
-            + pl.duration(days=(weeks_to_limit * 7).round(0).cast(pl.Int64))
+            + pl.duration(
+                days=pl.when(projected).then(days_to_limit).otherwise(0).round(0).cast(pl.Int64)
+            )
         )
         .alias("limit_date")
     )

@@ -1,0 +1,63 @@
+"""Entitlement limits: a rising account is projected to its limit, a flat one is not, and a
+trend too flat to reach the limit in any sensible time gives no date instead of an error."""
+
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+
+from insight_pipeline.lib.detectors.opportunity import detect_entitlement_limit
+from insight_pipeline.lib.settings import OpportunitySettings
+
+END = date(2026, 6, 30)
+DAYS = 112
+
+
+def series(customer: str, values: np.ndarray) -> pl.DataFrame:
+    days = [END - timedelta(days=len(values) - 1 - i) for i in range(len(values))]
+    return pl.DataFrame(
+        {
+            "customer_id": customer,
+            "date": days,
+            "metric": "api_calls",
+            "value": values.astype(np.float64),
+        }
+    )
+
+
+def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend() -> None:
+    days = np.arange(DAYS)
+    usage = pl.concat(
+        [
+            # rising 2% a week from 80% of the limit: crosses it within weeks
+            series("RISE", 800.0 * 1.02 ** (days / 7)),
+            # flat at half the limit: nothing to say
+            series("FLAT", np.full(DAYS, 500.0)),
+            # at 93% of the limit, rising by a hair (fractional values): at the limit now, but
+            # the projected crossing lies thousands of years away - past what a date can hold
+            series("HAIR", 930.0 * (1 + 1e-11) ** days),
+        ]
+    )
+    entitlements = pl.DataFrame(
+        {
+            "customer_id": ["RISE", "FLAT", "HAIR"],
+            "metric": ["api_calls"] * 3,
+            "entitled_value": [1000.0] * 3,
+        }
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["RISE", "FLAT", "HAIR"],
+            "contract_start": [date(2024, 1, 1)] * 3,
+            "churned_on": [None] * 3,
+            "renewal_date": [date(2026, 12, 31)] * 3,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    signals = detect_entitlement_limit(
+        usage, entitlements, accounts, END, END, OpportunitySettings()
+    )
+    by_customer = {row["customer_id"]: row for row in signals.iter_rows(named=True)}
+    assert set(by_customer) == {"RISE", "HAIR"}
+    assert '"limit_date": null' in by_customer["HAIR"]["facts"].replace('":null', '": null')
+    assert '"limit_date": null' not in by_customer["RISE"]["facts"].replace('":null', '": null')
