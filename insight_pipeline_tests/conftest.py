@@ -22,6 +22,22 @@ from insight_pipeline.lib.store import InsightStore
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_state_storage_from_earlier_tests() -> Iterator[None]:
+    """Each test starts with no Dagster instance's definitions-state storage in scope.
+
+    Dagster keeps the storage of the instance last entered as a context manager in a context
+    variable, reset when that instance exits. A reset that runs late (a context manager
+    finalised by the garbage collector) can leave the storage of an instance that is gone, and
+    the next `dg.materialize` without an instance of its own then fails with "Attempted to
+    resolve undefined DagsterInstance weakref" - seen once in CI, depending on which test files
+    a pytest-xdist worker ran before. No instance here outlives its test, so none is lost."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+    yield
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of a throwaway PostgreSQL database for this session (xdist: one per worker)."""

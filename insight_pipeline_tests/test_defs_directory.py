@@ -17,14 +17,17 @@ from insight_pipeline_tests.api_data import USERS
 
 
 def materialize(source: Path, store_url: str) -> dict[str, object]:
-    result = dg.materialize(
-        [team_directory],
-        partition_key="2026-06-30",
-        resources={
-            "source": SourceResource(location=str(source)),
-            "store": StoreResource(url=store_url),
-        },
-    )
+    """One run on an ephemeral instance of its own, closed before it returns."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [team_directory],
+            partition_key="2026-06-30",
+            resources={
+                "source": SourceResource(location=str(source)),
+                "store": StoreResource(url=store_url),
+            },
+            instance=instance,
+        )
     assert result.success
     event = result.get_asset_materialization_events()[0]
     return {k: v.value for k, v in event.materialization.metadata.items()}
