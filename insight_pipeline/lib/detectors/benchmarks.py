@@ -17,6 +17,7 @@ from insight_pipeline.lib.detectors.usage import (
     _DenseGrid,
     _epoch_day,
     evidence_list,
+    rows_since,
     usage_grid,
     within_series,
 )
@@ -83,23 +84,13 @@ def benchmark_usage(
     usage: pl.LazyFrame, start: date, end: date, s: BenchmarkSettings
 ) -> pl.DataFrame:
     """The usage rows `peer_percentiles` needs for [start, end], read from a (large) window:
-    the benchmarked metric and seats from `window_days - 1` days before `start` to `end`, and
-    for each series that began earlier a zero row on that first day. A missing day counts as 0
-    once a series has begun, so the rolling means are those of the whole window, and a daily
-    run reads a quarter of the window's rows instead of all of them."""
-    since = start - timedelta(days=s.window_days - 1)
+    the benchmarked metric and seats from `window_days - 1` days before `start` to `end`
+    (`rows_since`: the rolling means are those of the whole window). A daily run reads a
+    quarter of the window's rows."""
     wanted = usage.filter(
         pl.col("metric").is_in([s.metric, "seats_used"]) & (pl.col("date") <= end)
     )
-    columns = wanted.collect_schema().names()
-    begun = (
-        wanted.filter(pl.col("date") < since)
-        .select("customer_id", "metric")
-        .unique()
-        .with_columns(pl.lit(since).alias("date"), pl.lit(0.0).alias("value"))
-        .select(columns)
-    )
-    return pl.concat([wanted.filter(pl.col("date") >= since), begun]).collect()
+    return rows_since(wanted, start - timedelta(days=s.window_days - 1))
 
 
 def peer_percentiles(

@@ -12,6 +12,7 @@ from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     dense_usage,
     evidence_list,
+    rows_since,
     usage_grid,
     within_series,
 )
@@ -42,7 +43,7 @@ def detect_entitlement_limit(
     scan = usage.lazy().filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
     # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
     if _exact_sums(scan):
-        usage = _since(scan, start - timedelta(days=7 * k - 1))
+        usage = rows_since(scan, start - timedelta(days=7 * k - 1))
     else:
         usage = scan.collect()
     if usage.height == 0:
@@ -191,23 +192,6 @@ def _exact_sums(usage: pl.LazyFrame) -> bool:
         .row(0)
     )
     return bool(whole) and total < 2.0**50
-
-
-def _since(usage: pl.LazyFrame, opened: date) -> pl.DataFrame:
-    """The usage rows from `opened` on, plus a 0 on `opened` for each series seen before it: its
-    grid then has the same days and values from `opened` on (a series' days count from its
-    first observed day, which must still lie at or before `opened`). Half the rows of a
-    16-week look-back for an 8-week projection."""
-    columns = ["customer_id", "metric", "date", "value"]
-    dtype = usage.collect_schema()["value"]
-    seen_before = (
-        usage.filter(pl.col("date") < opened)
-        .select("customer_id", "metric")
-        .unique()
-        .with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
-    )
-    recent = usage.filter(pl.col("date") >= opened).select(columns)
-    return pl.concat([recent, seen_before]).collect()
 
 
 def account_momentum(

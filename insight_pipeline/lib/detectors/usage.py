@@ -56,6 +56,25 @@ def usage_grid(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None = No
     return _DenseGrid.build(usage, end, churned)
 
 
+def rows_since(usage: pl.LazyFrame, opened: date) -> pl.DataFrame:
+    """The usage rows from `opened` on, plus a 0 on `opened` for each series seen before it.
+
+    Its grid has the same days and values from `opened` on as the grid of all the rows: a
+    missing day counts as 0 once a series has begun, and a series that began earlier still
+    begins at or before `opened`. For detectors whose windows reach back less than the look-back
+    (peer benchmarks: 28 days; entitlement projections: 8 weeks of a 16-week window)."""
+    dtype = usage.collect_schema()["value"]
+    seen_before = (
+        usage.filter(pl.col("date") < opened)
+        .select("customer_id", "metric")
+        .unique()
+        .with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
+    )
+    columns = ["customer_id", "metric", "date", "value"]
+    recent = usage.filter(pl.col("date") >= opened).select(columns)
+    return pl.concat([recent, seen_before]).collect()
+
+
 @dataclass(frozen=True)
 class _DenseGrid:
     """`dense_usage` as arrays: row i is day `day[i]` (days since 1970-01-01), the
