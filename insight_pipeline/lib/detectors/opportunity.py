@@ -103,12 +103,7 @@ def detect_entitlement_limit(
     )
     stats = stats.with_columns(slope.alias("slope")).with_columns(
         pl.when(projected)
-        .then(
-            pl.col("partition_date")
-            + pl.duration(
-                days=pl.when(projected).then(days_to_limit).otherwise(0).round(0).cast(pl.Int64)
-            )
-        )
+        .then(pl.col("partition_date") + pl.duration(days=days_to_limit.round(0).cast(pl.Int64)))
         .alias("limit_date")
     )
     at_limit = pl.col("ratio") >= s.entitlement_ratio
