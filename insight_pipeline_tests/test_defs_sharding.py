@@ -34,6 +34,7 @@ SHARDS = 3
 CROSS_ACCOUNT_TYPES = ["outperforming", "underperforming", "cross_account_pattern"]
 CROSS_ACCOUNT_COLUMNS = ["pushed", "rank_in_day"]
 WALL_CLOCK = ["created_at", "viewed_at", "actioned_at"]
+FAMILIES = ["engagement_signals", "risk_signals", "opportunity_signals", "timing_signals"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,7 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             ALL_ASSETS, resources(sample_dir, whole, tmp_path / "a"), str(FIRST), str(END), instance
         )
         monkeypatch.setattr(sharding, "ROWS_PER_PART", 20_000)  # ~8 parts, read in 2 scans
+        monkeypatch.setattr(sharding, "ACCOUNT_DAYS_PER_PART", 800)  # 300 accounts x 10 days: 4
         parted = f"duckdb:///{tmp_path / 'parted.duckdb'}"
         run_range(
             ALL_ASSETS,
@@ -100,7 +102,18 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             str(END),
             instance,
         )
+        for asset in FAMILIES:
+            materialization = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            assert materialization is not None
+            parts = materialization.asset_materialization.metadata["account_parts"]  # type: ignore[union-attr]
+            assert parts.value == 4, asset
     name = f"{FIRST}__{END}.parquet"
+    for asset in FAMILIES:  # per-account detectors: the same signals, in part order
+        one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)
+        many = pl.read_parquet(tmp_path / "b" / "intermediate" / asset / name)
+        keys = ["customer_id", "type", "subject", "partition_date"]
+        assert one.height > 0, asset
+        assert many.sort(keys, maintain_order=True).equals(one.sort(keys, maintain_order=True))
     for asset in ("usage_window", "usage_baselines"):
         one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)
         many = pl.read_parquet(tmp_path / "b" / "intermediate" / asset / name)

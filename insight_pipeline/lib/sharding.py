@@ -27,6 +27,10 @@ ROWS_PER_PART = 5_000_000
 """Usage rows processed at once: about 1-1.5 GB of working memory for the usage detectors (their
 frames carry ~25 columns per row). A daily partition of 10k accounts (4.5M rows) is one part;
 100k accounts x 365 days (150M rows) are thirty."""
+ACCOUNT_DAYS_PER_PART = 4_000_000
+"""Accounts x run days the activity detectors (engagement, risk, opportunity, timing) take at
+once: 10k accounts over a year (or 100k over a month) is one part, ~3 GB of working memory at
+most; 100k accounts over a year are ten, a day of up to 4M accounts one."""
 PARTS_PER_SCAN = 4
 """Parts read from the source with one scan of its file, then split in memory: fewer passes over
 a large file, at most ~20M rows held at once."""
@@ -49,6 +53,11 @@ def in_shard(
 def in_part(index: int, count: int, column: str = "customer_id") -> pl.Expr:
     """True for the rows whose customer belongs to in-run part `index` of `count`."""
     return in_shard(index, count, column, PART_SEED)
+
+
+def account_part_count(accounts: int, days: int) -> int:
+    """How many parts the activity detectors take for `accounts` over `days` run days."""
+    return part_count(accounts * days, ACCOUNT_DAYS_PER_PART)
 
 
 def part_count(rows: int, rows_per_part: int | None = None) -> int:

@@ -2,8 +2,15 @@
 
 Each asset calls pure detectors from `lib/detectors/` and reports which ran and which were skipped
 because their optional table is absent (a missing optional table is reported, not an error).
+
+A long run over many accounts (100k accounts over a year hold ~110M feature-usage and ~150M usage
+rows) takes its accounts one part at a time (`by_account_parts`): every detector here is per
+account, so the parts' signals together are the whole run's. A daily run is one part.
 """
 
+from collections.abc import Callable, Sequence
+from datetime import date
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -16,7 +23,12 @@ from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
+from insight_pipeline.lib.settings import Settings
+from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform, empty_signals
+
+Detect = Callable[[pl.DataFrame, dict[str, Any]], tuple[pl.DataFrame, dict]]
+"""A family's detectors over (accounts, their tables) -> (signals, metadata of `_run`)."""
 
 
 def _run(
@@ -40,6 +52,54 @@ def rows_of(frame: pl.LazyFrame) -> int:
     return int(frame.select(pl.len()).collect().item())
 
 
+def account_parts(accounts: pl.DataFrame, first: date, last: date) -> int:
+    """How many account parts a run over [first, last] takes (lib/sharding.py)."""
+    return account_part_count(accounts.height, (last - first).days + 1)
+
+
+def by_account_parts(
+    detect: Detect,
+    accounts: pl.DataFrame,
+    tables: dict[str, pl.LazyFrame],
+    parts: int,
+    lazy: Sequence[str] = (),
+) -> tuple[pl.DataFrame, dict]:
+    """`detect` over each part of the accounts with its rows of `tables` (scans), the signals
+    concatenated and the metadata merged. Tables are collected per part (the `lazy` ones stay
+    scans, filtered to the part); a table without customer_id (meeting attendees) is read whole
+    once and given to every part, as the detectors join it to their part's meetings or contacts.
+    """
+    whole = {
+        key: scan.collect()
+        for key, scan in tables.items()
+        if key not in lazy and "customer_id" not in scan.collect_schema().names()
+    }
+    signals, ran, skipped = [], [], []
+    for index in range(parts):
+        keep = in_part(index, parts)
+
+        def part(scan: pl.LazyFrame, keep: pl.Expr = keep) -> pl.LazyFrame:
+            return scan if parts == 1 else scan.filter(keep)
+
+        frames: dict[str, Any] = {
+            key: whole.get(key, part(scan) if key in lazy else None) for key, scan in tables.items()
+        }
+        for key, scan in tables.items():
+            if frames[key] is None:
+                frames[key] = part(scan).collect()
+        part_signals, meta = detect(accounts if parts == 1 else accounts.filter(keep), frames)
+        del frames
+        signals.append(part_signals)
+        ran += meta["detectors_run"]
+        skipped += meta["detectors_skipped_missing_data"]
+    ran = list(dict.fromkeys(ran))
+    return pl.concat(signals) if len(signals) > 1 else signals[0], {
+        "detectors_run": ran,
+        "detectors_skipped_missing_data": [n for n in dict.fromkeys(skipped) if n not in ran],
+        "account_parts": parts,
+    }
+
+
 def _asset(**kwargs):
     return dg.asset(
         group_name=GROUP,
@@ -50,26 +110,15 @@ def _asset(**kwargs):
     )
 
 
-@_asset(
-    ins={
-        "activity_window": activity_tables(
-            "meetings", "communications", "contacts", "meeting_attendees"
-        )
-    }
-)
-def engagement_signals(
-    context: dg.AssetExecutionContext,
-    settings: SettingsResource,
-    accounts: pl.DataFrame,
-    activity_window: dict[str, pl.DataFrame],
-) -> pl.DataFrame:
-    """going_dark (silence beyond the account's own cadence), increased_activity (inbound and
-    meetings well above its own rate), stakeholder_shift (a new senior contact)."""
-    first, last = partition_days(context)
-    act = activity_window
-    s = settings.settings().engagement
+ENGAGEMENT_TABLES = ("meetings", "communications", "contacts", "meeting_attendees")
+
+
+def detect_engagement(
+    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+) -> tuple[pl.DataFrame, dict]:
+    s = cfg.engagement
     events = engagement.two_way_events(act["meetings"], act["communications"])
-    signals, meta = _run(
+    return _run(
         {
             "going_dark": (
                 [events],
@@ -93,43 +142,58 @@ def engagement_signals(
             ),
         }
     )
+
+
+@_asset(ins={"activity_window": activity_tables(*ENGAGEMENT_TABLES, scanned=ENGAGEMENT_TABLES)})
+def engagement_signals(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+    activity_window: dict[str, pl.LazyFrame],
+) -> pl.DataFrame:
+    """going_dark (silence beyond the account's own cadence), increased_activity (inbound and
+    meetings well above its own rate), stakeholder_shift (a new senior contact)."""
+    first, last = partition_days(context)
+    signals, meta = by_account_parts(
+        partial(detect_engagement, first, last, settings.settings()),
+        accounts,
+        activity_window,
+        account_parts(accounts, first, last),
+    )
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals
 
 
-@_asset(
-    ins={
-        "activity_window": activity_tables(
-            "communications", "contacts", "meeting_attendees", "health", "support_tickets", "nps"
-        )
-    }
+RISK_TABLES = (
+    "communications",
+    "contacts",
+    "meeting_attendees",
+    "health",
+    "support_tickets",
+    "nps",
 )
-def risk_signals(
-    context: dg.AssetExecutionContext,
-    settings: SettingsResource,
-    accounts: pl.DataFrame,
-    activity_window: dict[str, pl.DataFrame],
-    usage_window: pl.LazyFrame,
-) -> pl.DataFrame:
-    """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
-    first, last = partition_days(context)
-    act = activity_window
-    s = settings.settings().risk
+
+
+def detect_risk(
+    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+) -> tuple[pl.DataFrame, dict]:
+    """`act` holds the risk tables and the usage window as a scan ("usage")."""
+    s = cfg.risk
     # Silent accounts look at each account's last active day before the run and its active
     # days within it: the latest used day before (one row per account) and the run's used
     # days (one row per account and day, not per metric), aggregated while scanning the (large)
     # usage window instead of holding every active day.
-    used = usage_window.filter(pl.col("value") > 0)
+    used = act["usage"].filter(pl.col("value") > 0)
     active_days = pl.concat(
         [
             used.filter(pl.col("date") < first).group_by("customer_id").agg(pl.col("date").max()),
             used.filter(pl.col("date") >= first).select("customer_id", "date").unique(),
         ]
     ).collect()
-    signals, meta = _run(
+    return _run(
         {
             "silent_account": (
-                [rows_of(usage_window)],
+                [act["usage_rows"]],
                 lambda: risk.detect_silent_account(
                     active_days, act["communications"], accounts, first, last, s
                 ),
@@ -161,79 +225,105 @@ def risk_signals(
             ),
         }
     )
+
+
+@_asset(ins={"activity_window": activity_tables(*RISK_TABLES, scanned=RISK_TABLES)})
+def risk_signals(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+    activity_window: dict[str, pl.LazyFrame],
+    usage_window: pl.LazyFrame,
+) -> pl.DataFrame:
+    """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
+    first, last = partition_days(context)
+    usage_rows = rows_of(usage_window)
+    signals, meta = by_account_parts(
+        lambda accounts, act: detect_risk(
+            first, last, settings.settings(), accounts, act | {"usage_rows": usage_rows}
+        ),
+        accounts,
+        activity_window | {"usage": usage_window},
+        account_parts(accounts, first, last),
+        lazy=("usage",),
+    )
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals
 
 
-@_asset(
-    ins={
-        "activity_window": activity_tables(
-            "entitlements", "nps", "health", "meetings", "feature_usage", scanned=("feature_usage",)
-        )
-    }
-)
-def opportunity_signals(
-    context: dg.AssetExecutionContext,
-    settings: SettingsResource,
-    accounts: pl.DataFrame,
-    activity_window: dict[str, Any],  # frames, and feature_usage as a scan (a lazy frame)
-    usage_window: pl.LazyFrame,
-) -> pl.DataFrame:
-    """entitlement_limit (at 90% or on course to exceed before renewal), case_study_candidate,
-    referral_candidate (promoters with healthy, growing usage), feature_discovery."""
-    first, last = partition_days(context)
-    act = activity_window
-    cfg = settings.settings()
+OPPORTUNITY_TABLES = ("entitlements", "nps", "health", "meetings", "feature_usage")
+
+
+def detect_opportunity(
+    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+) -> tuple[pl.DataFrame, dict]:
+    """`act` holds the opportunity tables, feature usage and the usage window ("usage") as
+    scans, and the row counts of both ("feature_rows", "usage_rows")."""
     s = cfg.opportunity
+    usage = act["usage"]
     # Each detector reads only its rows of the (large) usage window from the scan: the
     # entitled metrics, and the promoters' accounts (a few hundred).
-    signals, meta = _run(
+    return _run(
         {
             "entitlement_limit": (
-                [act["entitlements"], rows_of(usage_window)],
+                [act["entitlements"], act["usage_rows"]],
                 lambda: opportunity.detect_entitlement_limit(
-                    usage_window, act["entitlements"], accounts, first, last, s
+                    usage, act["entitlements"], accounts, first, last, s
                 ),
             ),
             "case_study_and_referral": (
                 [act["nps"]],
                 lambda: opportunity.detect_advocacy(
-                    act["nps"],
-                    usage_window,
-                    act["health"],
-                    act["meetings"],
-                    accounts,
-                    first,
-                    last,
-                    s,
+                    act["nps"], usage, act["health"], act["meetings"], accounts, first, last, s
                 ),
             ),
             "feature_discovery": (
-                [rows_of(act["feature_usage"])],  # a scan: only its last weeks are read
+                [act["feature_rows"]],  # a scan: only its last weeks are read
                 lambda: detect_feature_discovery(
                     act["feature_usage"], accounts, first, last, cfg.lookback_days
                 ),
             ),
         }
     )
+
+
+@_asset(ins={"activity_window": activity_tables(*OPPORTUNITY_TABLES, scanned=OPPORTUNITY_TABLES)})
+def opportunity_signals(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+    activity_window: dict[str, pl.LazyFrame],
+    usage_window: pl.LazyFrame,
+) -> pl.DataFrame:
+    """entitlement_limit (at 90% or on course to exceed before renewal), case_study_candidate,
+    referral_candidate (promoters with healthy, growing usage), feature_discovery."""
+    first, last = partition_days(context)
+    rows = {
+        "usage_rows": rows_of(usage_window),
+        "feature_rows": rows_of(activity_window["feature_usage"]),
+    }
+    signals, meta = by_account_parts(
+        lambda accounts, act: detect_opportunity(
+            first, last, settings.settings(), accounts, act | rows
+        ),
+        accounts,
+        activity_window | {"usage": usage_window},
+        account_parts(accounts, first, last),
+        lazy=("usage", "feature_usage"),
+    )
     meta["detectors_not_applicable"] = ["power_users (needs per-person usage; not in the contract)"]
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals
 
 
-@_asset(ins={"activity_window": activity_tables("meetings", "nps")})
-def timing_signals(
-    context: dg.AssetExecutionContext,
-    settings: SettingsResource,
-    accounts: pl.DataFrame,
-    activity_window: dict[str, pl.DataFrame],
-) -> pl.DataFrame:
-    """qbr_due (renewal within 120 days, no QBR in 90) and outreach_window (after a promoter
-    response, or just before the renewal window opens)."""
-    first, last = partition_days(context)
-    act = activity_window
-    s = settings.settings().timing
-    signals, meta = _run(
+TIMING_TABLES = ("meetings", "nps")
+
+
+def detect_timing(
+    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+) -> tuple[pl.DataFrame, dict]:
+    s = cfg.timing
+    return _run(
         {
             "qbr_due": (
                 [act["meetings"]],
@@ -244,6 +334,24 @@ def timing_signals(
                 lambda: timing.detect_outreach_window(act["nps"], accounts, first, last, s),
             ),
         }
+    )
+
+
+@_asset(ins={"activity_window": activity_tables(*TIMING_TABLES, scanned=TIMING_TABLES)})
+def timing_signals(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    accounts: pl.DataFrame,
+    activity_window: dict[str, pl.LazyFrame],
+) -> pl.DataFrame:
+    """qbr_due (renewal within 120 days, no QBR in 90) and outreach_window (after a promoter
+    response, or just before the renewal window opens)."""
+    first, last = partition_days(context)
+    signals, meta = by_account_parts(
+        partial(detect_timing, first, last, settings.settings()),
+        accounts,
+        activity_window,
+        account_parts(accounts, first, last),
     )
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals
