@@ -93,7 +93,8 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             ALL_ASSETS, resources(sample_dir, whole, tmp_path / "a"), str(FIRST), str(END), instance
         )
         monkeypatch.setattr(sharding, "ROWS_PER_PART", 20_000)  # ~8 parts, read in 2 scans
-        monkeypatch.setattr(sharding, "ACCOUNT_DAYS_PER_PART", 800)  # 300 accounts x 10 days: 4
+        # 300 accounts x 10 days: 4 account parts; peers 2 days at a time, 5 spans
+        monkeypatch.setattr(sharding, "ACCOUNT_DAYS_PER_PART", 800)
         parted = f"duckdb:///{tmp_path / 'parted.duckdb'}"
         run_range(
             ALL_ASSETS,
@@ -107,8 +108,11 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             assert materialization is not None
             parts = materialization.asset_materialization.metadata["account_parts"]  # type: ignore[union-attr]
             assert parts.value == 4, asset
+        peers = instance.get_latest_materialization_event(dg.AssetKey("peer_benchmarks"))
+        assert peers is not None
+        assert peers.asset_materialization.metadata["day_spans"].value == 5  # type: ignore[union-attr]
     name = f"{FIRST}__{END}.parquet"
-    for asset in FAMILIES:  # per-account detectors: the same signals, in part order
+    for asset in [*FAMILIES, "peer_benchmarks"]:  # the same signals, in part or span order
         one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)
         many = pl.read_parquet(tmp_path / "b" / "intermediate" / asset / name)
         keys = ["customer_id", "type", "subject", "partition_date"]

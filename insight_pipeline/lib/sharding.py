@@ -18,6 +18,7 @@ of one deployment shares (intermediates are rewritten by each run, never read ac
 from __future__ import annotations
 
 import math
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -58,6 +59,20 @@ def in_part(index: int, count: int, column: str = "customer_id") -> pl.Expr:
 def account_part_count(accounts: int, days: int) -> int:
     """How many parts the activity detectors take for `accounts` over `days` run days."""
     return part_count(accounts * days, ACCOUNT_DAYS_PER_PART)
+
+
+def day_spans(first: date, last: date, accounts: int) -> list[tuple[date, date]]:
+    """[first, last] cut into consecutive spans of at most ACCOUNT_DAYS_PER_PART account-days,
+    for a cross-account computation that is independent per day (peer percentiles): a long run
+    over many accounts goes a span at a time. One span for a daily run."""
+    length = max(1, ACCOUNT_DAYS_PER_PART // max(accounts, 1))
+    spans = []
+    start = first
+    while start <= last:
+        end = min(last, start + timedelta(days=length - 1))
+        spans.append((start, end))
+        start = end + timedelta(days=1)
+    return spans
 
 
 def part_count(rows: int, rows_per_part: int | None = None) -> int:

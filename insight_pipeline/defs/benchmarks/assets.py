@@ -13,6 +13,7 @@ from insight_pipeline.lib.detectors.benchmarks import (
     detect_benchmarks,
     peer_percentiles,
 )
+from insight_pipeline.lib.sharding import day_spans
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "benchmarks"
@@ -36,14 +37,24 @@ def peer_benchmarks(
     of its peer cohort (percentile in the evidence; small cohorts fall back to the segment)."""
     first, last = partition_days(context)
     s = settings.settings().benchmark
-    # only the benchmarked metric and seats of the last weeks are read from the usage window
-    usage = benchmark_usage(usage_window, first, last, s)
-    percentiles = peer_percentiles(usage, activity_window["entitlements"], accounts, first, last, s)
-    signals = detect_benchmarks(percentiles, s) if percentiles.height else empty_signals()
-    meta = signal_metadata(signals)
-    if percentiles.height:
-        meta["cohorts"] = percentiles["cohort_name"].n_unique()
-        meta["accounts_benchmarked"] = percentiles["customer_id"].n_unique()
+    # Percentiles are across accounts but per day: a long run goes a span of days at a time,
+    # reading only the benchmarked metric and seats of that span (and its look-back).
+    found, cohorts, benchmarked, spans = [], set(), set(), day_spans(first, last, accounts.height)
+    for start, end in spans:
+        usage = benchmark_usage(usage_window, start, end, s)
+        percentiles = peer_percentiles(
+            usage, activity_window["entitlements"], accounts, start, end, s
+        )
+        del usage
+        if percentiles.height:
+            found.append(detect_benchmarks(percentiles, s))
+            cohorts.update(percentiles["cohort_name"].unique().to_list())
+            benchmarked.update(percentiles["customer_id"].unique().to_list())
+    signals = pl.concat(found) if found else empty_signals()
+    meta = signal_metadata(signals) | {"day_spans": len(spans)}
+    if benchmarked:
+        meta["cohorts"] = len(cohorts)
+        meta["accounts_benchmarked"] = len(benchmarked)
         meta["preview"] = markdown_preview(
             signals.sort("severity", descending=True),
             ["customer_id", "type", "subject", "partition_date", "severity"],
