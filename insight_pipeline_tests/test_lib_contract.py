@@ -196,6 +196,42 @@ def test_reading_some_columns_types_those_and_keeps_the_window(tmp_path: Path) -
         source.read("usage_daily", columns=["value"])
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_monthly_usage_of_many_windows_in_one_pass_equals_each_window(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A range run sums the usage of every month's window in one pass (segments between the
+    windows' bounds and month starts); each window gets what its own pass would give, also where
+    windows begin and end mid-month, and seats_used and negative values stay out."""
+    days = pl.date_range(date(2025, 10, 20), date(2026, 3, 10), eager=True)
+    usage = (
+        pl.DataFrame({"customer_id": ["C1", "C2"]})
+        .join(pl.DataFrame({"date": days}), how="cross")
+        .join(pl.DataFrame({"metric": ["dau", "api_calls", "seats_used"]}), how="cross")
+        .with_columns(
+            pl.when(pl.col("date") == date(2026, 1, 5))
+            .then(-1.0)  # negative: not counted
+            .otherwise(pl.int_range(pl.len()) % 7 + 0.25)
+            .alias("value")
+        )
+    )
+    source = Source(str(write_source(tmp_path, fmt, usage_daily=usage)))
+    windows = [
+        (date(2025, 10, 31), date(2026, 1, 31)),
+        (date(2025, 11, 30), date(2026, 2, 28)),
+        (date(2025, 11, 15), date(2026, 3, 4)),
+    ]
+    keys = ["customer_id", "month"]
+    together = list(source.monthly_usage_windows(windows))
+    assert len(together) == len(windows)
+    for (lo, hi), many in zip(windows, together, strict=True):
+        one = source.monthly_usage(lo, hi)
+        assert one.height > 0 and many.schema == one.schema
+        assert many.sort(keys).equals(one.sort(keys)), (lo, hi)
+    first = together[0].sort(keys).filter(pl.col("customer_id") == "C1")
+    assert first["month"].to_list() == [date(2025, m, 1) for m in (10, 11, 12)] + [date(2026, 1, 1)]
+
+
 def test_bad_date_is_reported(tmp_path: Path) -> None:
     bad = USAGE.with_columns(pl.Series("date", ["2026-01-01", "2026-13-45", "2026-01-01", "x"]))
     with pytest.raises(ContractError, match="'date'"):

@@ -10,9 +10,9 @@ silently dropped and never double counted.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -425,28 +425,55 @@ class Source:
         """(customer_id, month, value): usage summed per calendar month over [date_from, date_to],
         all metrics but seats_used. Aggregated while scanning, so 18 months of 100k accounts
         never sit in memory as daily rows (SQL sources are aggregated after a windowed read)."""
+        month = pl.col("date").dt.truncate("1mo").alias("month")
+        return self._usage_sums(date_from, date_to, month)
+
+    def monthly_usage_windows(self, windows: Sequence[tuple[date, date]]) -> Iterator[pl.DataFrame]:
+        """`monthly_usage` of each window, from one pass over the usage: the months of a range
+        run share most of their windows, and each pass reads ~18 months of usage. Usage is
+        summed per customer and *segment* (the days between consecutive boundaries: month
+        starts, window starts, the day after each window ends), then each window adds up its
+        segments by month (one window at a time, as they are consumed)."""
+        if len(windows) < 2:
+            yield from (self.monthly_usage(lo, hi) for lo, hi in windows)
+            return
+        lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
+        months = pl.date_range(lo.replace(day=1), hi, "1mo", eager=True).to_list()
+        bounds = sorted(
+            {*months, *(w[0] for w in windows), *(w[1] + timedelta(days=1) for w in windows)}
+        )
+        starts = pl.Series("segment", bounds, pl.Date)
+        index = pl.lit(starts.cast(pl.Int32)).search_sorted(
+            pl.col("date").cast(pl.Int32), side="right"
+        )
+        sums = self._usage_sums(lo, hi, (index - 1).alias("segment")).with_columns(
+            pl.lit(starts).gather(pl.col("segment")).alias("segment")
+        )
+        for first, last in windows:
+            yield (
+                sums.filter(pl.col("segment").is_between(first, last))
+                .group_by("customer_id", pl.col("segment").dt.truncate("1mo").alias("month"))
+                .agg(pl.col("value").sum())
+            )
+
+    def _usage_sums(self, date_from: date, date_to: date, key: pl.Expr) -> pl.DataFrame:
+        """(customer_id, key, value): usage of [date_from, date_to] but seats_used, summed by
+        customer and `key` (an expression of the date)."""
+        wanted = (pl.col("metric") != "seats_used") & (pl.col("value") >= 0)
         if not self._is_url:
             path = self._file("usage_daily")
             if path is not None and path.suffix == ".parquet":
                 lf = pl.scan_parquet(path).select("customer_id", "date", "metric", "value")
                 lf = lf.with_columns(pl.col("date").cast(pl.Date))
                 return (
-                    lf.filter(
-                        pl.col("date").is_between(date_from, date_to)
-                        & (pl.col("metric") != "seats_used")
-                        & (pl.col("value") >= 0)
-                    )
-                    .group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
+                    lf.filter(pl.col("date").is_between(date_from, date_to) & wanted)
+                    .group_by("customer_id", key)
                     .agg(pl.col("value").sum())
                     .collect(engine="streaming")
                 )
         usage = self.read("usage_daily", date_from=date_from, date_to=date_to)
         assert usage is not None
-        return (
-            usage.filter((pl.col("metric") != "seats_used") & (pl.col("value") >= 0))
-            .group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
-            .agg(pl.col("value").sum())
-        )
+        return usage.filter(wanted).group_by("customer_id", key).agg(pl.col("value").sum())
 
     def dispose(self) -> None:
         if self._engine is not None:

@@ -34,12 +34,21 @@ def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
     return data_dir() / "outcome_rates" / key / f"{as_of.isoformat()}.parquet"
 
 
-def rates_as_of(source: Source, as_of: date, s: OutcomeSettings) -> pl.DataFrame:
+def history_window(as_of: date, s: OutcomeSettings) -> tuple[date, date]:
+    """The source days the rates as of `as_of` read (a month more than the history, for the
+    month-over-month comparisons at its start)."""
+    return history_start(as_of, s) - timedelta(days=31), as_of - timedelta(days=1)
+
+
+def rates_as_of(
+    source: Source, as_of: date, s: OutcomeSettings, monthly_usage: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """The rates as of `as_of`, from the cache or computed (`monthly_usage` of its window, when
+    the caller has it already)."""
     path = _cache_path(source, as_of, s)
     if path.exists():
         return pl.read_parquet(path)
-    first = history_start(as_of, s) - timedelta(days=31)
-    last = as_of - timedelta(days=1)
+    first, last = history_window(as_of, s)
 
     def table(name: str, *columns: str) -> pl.DataFrame:
         """Only the columns the comparable events read: 19 months of a wide table (message
@@ -53,7 +62,7 @@ def rates_as_of(source: Source, as_of: date, s: OutcomeSettings) -> pl.DataFrame
     if contacts.height:
         contacts = contacts.filter(pl.col("left_on").is_null() | (pl.col("left_on") <= last))
     events = comparable_events(
-        source.monthly_usage(first, last),
+        source.monthly_usage(first, last) if monthly_usage is None else monthly_usage,
         contacts,
         table("nps_responses", "customer_id", "score", "responded_on"),
         table("health_scores", "customer_id", "date", "score"),
@@ -89,7 +98,13 @@ def insight_outcome_rates(
         {month_start(first + timedelta(days=i)) for i in range((last - first).days + 1)}
     )
     try:
-        rates = pl.concat([rates_as_of(src, m, s) for m in months])
+        # A range run's uncached months share most of their 18 months of usage: summed in one
+        # pass over the usage instead of one per month.
+        cold = [m for m in months if not _cache_path(src, m, s).exists()]
+        sums = src.monthly_usage_windows([history_window(m, s) for m in cold])
+        rates = pl.concat(
+            [rates_as_of(src, m, s, next(sums) if m in cold else None) for m in months]
+        )
     finally:
         src.dispose()
     latest = rates.filter(pl.col("as_of") == months[-1])
