@@ -103,7 +103,7 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             str(END),
             instance,
         )
-        for asset in FAMILIES:
+        for asset in [*FAMILIES, "insight_candidates"]:
             materialization = instance.get_latest_materialization_event(dg.AssetKey(asset))
             assert materialization is not None
             parts = materialization.asset_materialization.metadata["account_parts"]  # type: ignore[union-attr]
@@ -112,7 +112,7 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
         assert peers is not None
         assert peers.asset_materialization.metadata["day_spans"].value == 5  # type: ignore[union-attr]
     name = f"{FIRST}__{END}.parquet"
-    for asset in [*FAMILIES, "peer_benchmarks"]:  # the same signals, in part or span order
+    for asset in [*FAMILIES, "peer_benchmarks", "insight_candidates"]:  # in part or span order
         one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)
         many = pl.read_parquet(tmp_path / "b" / "intermediate" / asset / name)
         keys = ["customer_id", "type", "subject", "partition_date"]

@@ -1,5 +1,8 @@
 """Detector assets: each family returns Signals; `insight_candidates` unions them."""
 
+from collections import Counter
+from collections.abc import Iterator
+
 import dagster as dg
 import polars as pl
 
@@ -7,13 +10,14 @@ from insight_pipeline.defs.baselines.assets import churn_dates
 from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
-from insight_pipeline.defs.sharding import FrameParts, concat_by_part
+from insight_pipeline.defs.sharding import FrameParts, FrameStream, concat_by_part
 from insight_pipeline.lib.detectors.usage import (
     detect_usage_anomalies,
     detect_usage_trends,
     weekly_trend_stats,
 )
 from insight_pipeline.lib.insights.formulate import formulate
+from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform
 
 GROUP = "detectors"
@@ -98,41 +102,64 @@ def insight_candidates(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-    usage_anomalies: pl.DataFrame,
-    usage_trends: pl.DataFrame,
-    engagement_signals: pl.DataFrame,
-    risk_signals: pl.DataFrame,
-    opportunity_signals: pl.DataFrame,
-    timing_signals: pl.DataFrame,
-    peer_benchmarks: pl.DataFrame,
+    usage_anomalies: pl.LazyFrame,
+    usage_trends: pl.LazyFrame,
+    engagement_signals: pl.LazyFrame,
+    risk_signals: pl.LazyFrame,
+    opportunity_signals: pl.LazyFrame,
+    timing_signals: pl.LazyFrame,
+    peer_benchmarks: pl.LazyFrame,
     user_preferences: pl.DataFrame,
-) -> pl.DataFrame:
+) -> FrameStream:
     """Every detector's signals with account context, category, fingerprint and score (one row
     per fingerprint and day; churned customers dropped), scored with each CSM's learned
-    preferences of the day (critical risks floored, never suppressed)."""
-    signals = pl.concat(
-        [
-            conform(frame)
-            for frame in (
-                usage_anomalies,
-                usage_trends,
-                engagement_signals,
-                risk_signals,
-                opportunity_signals,
-                timing_signals,
-                peer_benchmarks,
+    preferences of the day (critical risks floored, never suppressed). A long run over many
+    accounts (100k over a year: ~18M candidates) is formulated and written one account part
+    at a time; every step is per account (ARR percentiles come from all accounts)."""
+    first, last = partition_days(context)
+    ranking = settings.settings().ranking
+    detectors = (
+        usage_anomalies,
+        usage_trends,
+        engagement_signals,
+        risk_signals,
+        opportunity_signals,
+        timing_signals,
+        peer_benchmarks,
+    )
+    parts = account_part_count(accounts.height, (last - first).days + 1)
+    metadata: dict[str, object] = {"account_parts": parts}
+
+    def candidate_parts() -> Iterator[pl.DataFrame]:
+        types: Counter[str] = Counter()
+        priorities: Counter[str] = Counter()
+        rows = critical = personalised = 0
+        top = []
+        for index in range(parts):
+            keep = in_part(index, parts)
+            signals = pl.concat(
+                [conform((f if parts == 1 else f.filter(keep)).collect()) for f in detectors]
             )
-        ]
-    )
-    frame = formulate(signals, accounts, settings.settings().ranking, user_preferences)
-    context.add_output_metadata(
-        {
-            "candidates": frame.height,
-            "by_type": counts_by(frame, "type"),
-            "by_priority": counts_by(frame, "priority"),
-            "critical": int(frame["critical"].sum()) if frame.height else 0,
-            "personalised": int((frame["preference"] != 0.5).sum()) if frame.height else 0,
-            "score_parts": markdown_preview(frame.sort("score", descending=True), SCORE_PREVIEW),
-        }
-    )
-    return frame
+            frame = formulate(signals, accounts, ranking, user_preferences)
+            del signals
+            rows += frame.height
+            types.update(counts_by(frame, "type"))
+            priorities.update(counts_by(frame, "priority"))
+            critical += int(frame["critical"].sum()) if frame.height else 0
+            personalised += int((frame["preference"] != 0.5).sum()) if frame.height else 0
+            top.append(frame.sort("score", descending=True).head(10))
+            yield frame
+        metadata.update(
+            {
+                "candidates": rows,
+                "by_type": dict(sorted(types.items())),
+                "by_priority": dict(sorted(priorities.items())),
+                "critical": critical,
+                "personalised": personalised,
+                "score_parts": markdown_preview(
+                    pl.concat(top).sort("score", descending=True), SCORE_PREVIEW
+                ),
+            }
+        )
+
+    return FrameStream(candidate_parts(), metadata=metadata)

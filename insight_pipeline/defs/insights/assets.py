@@ -7,8 +7,14 @@ from insight_pipeline.defs.insights.checks import check_specs, run_checks
 from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import NarratorResource, SettingsResource, StoreResource
+from insight_pipeline.defs.sharding import FrameParts
 from insight_pipeline.lib.insights.formulate import evidence_json, narrate_frame
-from insight_pipeline.lib.ranking.episodes import earliest_relevant_day, plan_episodes
+from insight_pipeline.lib.ranking.episodes import (
+    earliest_relevant_day,
+    plan_episodes,
+    rank_for_push,
+)
+from insight_pipeline.lib.settings import RankingSettings
 
 GROUP = "insights"
 
@@ -49,6 +55,29 @@ def with_base_rates(new: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def plan_by_part(
+    candidates: FrameParts, existing: pl.DataFrame, ranking: RankingSettings
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`plan_episodes` one part of the candidates (a group of whole accounts) at a time, each
+    against the open episodes of its fingerprints; the day's push rank per CSM spans accounts,
+    so it is ranked again over all new episodes. The same plan as one call on everything."""
+    plans = [
+        plan_episodes(
+            part,
+            existing.join(part.select("fingerprint").unique(), on="fingerprint", how="semi"),
+            ranking,
+        )
+        for part in candidates
+        if part.height
+    ]
+    if len(plans) <= 1:
+        return plans[0] if plans else plan_episodes(candidates.lazy().collect(), existing, ranking)
+    new = pl.concat([p[0] for p in plans])
+    if "score" in new.columns:
+        new = rank_for_push(new, ranking)
+    return new.sort("id"), pl.concat([p[1] for p in plans]).sort("id")
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
@@ -61,7 +90,7 @@ def insights(
     settings: SettingsResource,
     store: StoreResource,
     narrator: NarratorResource,
-    insight_candidates: pl.DataFrame,
+    insight_candidates: FrameParts,
     insight_outcome_rates: pl.DataFrame,
 ):
     """The write plan for the insights table: new episodes (formulated, scored and narrated) and
@@ -72,7 +101,7 @@ def insights(
     db = store.open()
     try:
         existing = db.load_episodes(since=earliest_relevant_day(first, ranking))
-        new, extensions = plan_episodes(insight_candidates, existing, ranking)
+        new, extensions = plan_by_part(insight_candidates, existing, ranking)
         new = with_base_rates(new, insight_outcome_rates)
         narrate_with = narrator.narrator(cache=db)  # the store caches Claude's narratives
         new = evidence_json(narrate_frame(new, narrate_with))

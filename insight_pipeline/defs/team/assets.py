@@ -67,9 +67,11 @@ def _users(source: SourceResource) -> pl.DataFrame:
     return users
 
 
-def _candidates(frame: pl.DataFrame) -> pl.DataFrame:
-    """The candidate columns patterns need; an empty stitched window may have no columns."""
-    if not set(CANDIDATE_COLUMNS) <= set(frame.columns):
+def _candidates(frame: pl.LazyFrame) -> pl.DataFrame:
+    """The candidate columns patterns need, read from the stored candidates (a year of 100k
+    accounts holds ~18M candidates with their evidence); an empty stitched window may have no
+    columns."""
+    if not set(CANDIDATE_COLUMNS) <= set(frame.collect_schema().names()):
         return pl.DataFrame(
             schema={
                 "customer_id": pl.String,
@@ -78,7 +80,7 @@ def _candidates(frame: pl.DataFrame) -> pl.DataFrame:
                 "partition_date": pl.Date,
             }
         )
-    return frame.select(CANDIDATE_COLUMNS)
+    return frame.select(CANDIDATE_COLUMNS).collect()
 
 
 @dg.asset(
@@ -100,7 +102,7 @@ def cross_account_patterns(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     source: SourceResource,
-    insight_candidates: pl.DataFrame,
+    insight_candidates: pl.LazyFrame,
     accounts: pl.DataFrame,
 ):
     """Team insight candidates, one row per pattern and day: an insight type (or the same type
@@ -117,8 +119,9 @@ def cross_account_patterns(
             f"team.window_days={team.window_days} needs {2 * team.window_days - 1} days of "
             f"candidates before each day; the asset maps {LOOKBACK_DAYS} (change LOOKBACK_DAYS)"
         )
+    candidates = _candidates(insight_candidates)
     raised, tested = find_patterns(
-        _candidates(insight_candidates),
+        candidates,
         accounts,
         _users(source),
         first,
@@ -136,9 +139,7 @@ def cross_account_patterns(
             "by_pattern_type": counts_by(raised, "pattern_type"),
             "by_dimension": counts_by(raised, "dimension"),
             "by_priority": counts_by(raised, "priority"),
-            "candidate_days_read": insight_candidates["partition_date"].n_unique()
-            if "partition_date" in insight_candidates.columns
-            else 0,
+            "candidate_days_read": candidates["partition_date"].n_unique(),
             "top_patterns": markdown_preview(raised.sort("score", descending=True), PREVIEW),
         },
     )
