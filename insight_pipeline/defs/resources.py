@@ -329,6 +329,7 @@ def _write_parts(path: Any, stream: FrameStream) -> int:
                 table = part.select(columns).to_arrow().cast(writer.schema)
             writer.write_table(table)
             heights.append(part.height)
+            del part, table  # not held while the next part is produced
         if writer is None:
             pl.DataFrame(schema=stream.schema).write_parquet(path, compression="lz4")
         else:

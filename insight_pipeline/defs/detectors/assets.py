@@ -147,8 +147,11 @@ def insight_candidates(
             priorities.update(counts_by(frame, "priority"))
             critical += int(frame["critical"].sum()) if frame.height else 0
             personalised += int((frame["preference"] != 0.5).sum()) if frame.height else 0
-            top.append(frame.sort("score", descending=True).head(10))
+            # rows as Python values: a slice or gather of the frame would keep its buffers
+            shown = [c for c in SCORE_PREVIEW if c in frame.columns]
+            top += frame.select(shown).top_k(10, by="score").to_dicts() if frame.height else []
             yield frame
+            del frame  # before the next part is formulated
         metadata.update(
             {
                 "candidates": rows,
@@ -157,7 +160,8 @@ def insight_candidates(
                 "critical": critical,
                 "personalised": personalised,
                 "score_parts": markdown_preview(
-                    pl.concat(top).sort("score", descending=True), SCORE_PREVIEW
+                    pl.DataFrame(top).sort("score", descending=True) if top else pl.DataFrame(),
+                    SCORE_PREVIEW,
                 ),
             }
         )
