@@ -108,9 +108,10 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             assert materialization is not None
             parts = materialization.asset_materialization.metadata["account_parts"]  # type: ignore[union-attr]
             assert parts.value == 4, asset
-        peers = instance.get_latest_materialization_event(dg.AssetKey("peer_benchmarks"))
-        assert peers is not None
-        assert peers.asset_materialization.metadata["day_spans"].value == 5  # type: ignore[union-attr]
+        for asset in ("peer_benchmarks", "cross_account_patterns"):  # per day, across accounts
+            spans = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            assert spans is not None
+            assert spans.asset_materialization.metadata["day_spans"].value == 5  # type: ignore[union-attr]
     name = f"{FIRST}__{END}.parquet"
     for asset in [*FAMILIES, "peer_benchmarks", "insight_candidates"]:  # in part or span order
         one = pl.read_parquet(tmp_path / "a" / "intermediate" / asset / name)

@@ -22,6 +22,8 @@ stored them (defs/resources.py), and days never materialised - before the first 
 simply empty. A range run and day-by-day runs therefore see the same candidates for every day.
 """
 
+from datetime import timedelta
+
 import dagster as dg
 import polars as pl
 
@@ -33,6 +35,7 @@ from insight_pipeline.lib.access import directory_from_source
 from insight_pipeline.lib.paths import default_source
 from insight_pipeline.lib.ranking.episodes import earliest_relevant_day, plan_episodes
 from insight_pipeline.lib.settings import TeamSettings
+from insight_pipeline.lib.sharding import day_spans
 from insight_pipeline.lib.signals import TEAM_TYPES
 from insight_pipeline.lib.store import UPSERT_SCHEMA
 from insight_pipeline.lib.team import TEAM_INSIGHT_COLUMNS, rollup_frame
@@ -120,15 +123,29 @@ def cross_account_patterns(
             f"candidates before each day; the asset maps {LOOKBACK_DAYS} (change LOOKBACK_DAYS)"
         )
     candidates = _candidates(insight_candidates)
-    raised, tested = find_patterns(
-        candidates,
-        accounts,
-        _users(source),
-        first,
-        last,
-        team,
-        all_settings.ranking,
-    )
+    users = _users(source)
+    # Each day's patterns depend only on the candidates of its look-back (a range run equals
+    # day-by-day runs, tested), so a long run over many accounts goes a span of days at a time:
+    # the tests of a year of 100k accounts would not fit in memory at once.
+    spans = day_spans(first, last, accounts.height)
+    found = [
+        find_patterns(
+            candidates.filter(
+                pl.col("partition_date") >= start - timedelta(days=LOOKBACK_DAYS)
+            ).filter(pl.col("partition_date") <= end)
+            if len(spans) > 1
+            else candidates,
+            accounts,
+            users,
+            start,
+            end,
+            team,
+            all_settings.ranking,
+        )
+        for start, end in spans
+    ]
+    raised = pl.concat([f[0] for f in found]) if len(found) > 1 else found[0][0]
+    tested = pl.concat([f[1] for f in found]) if len(found) > 1 else found[0][1]
     plan = raised.with_columns(pl.lit("insert").alias("action"))
     yield dg.Output(
         raised,
@@ -140,6 +157,7 @@ def cross_account_patterns(
             "by_dimension": counts_by(raised, "dimension"),
             "by_priority": counts_by(raised, "priority"),
             "candidate_days_read": candidates["partition_date"].n_unique(),
+            "day_spans": len(spans),
             "top_patterns": markdown_preview(raised.sort("score", descending=True), PREVIEW),
         },
     )
