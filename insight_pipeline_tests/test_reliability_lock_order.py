@@ -213,7 +213,8 @@ def test_a_deadlock_with_a_writer_locking_the_other_way_is_still_retried(
         writer.commit()
     thread.join(timeout=30)
     assert outcome == [expected], outcome
-    assert len(conflicts) == 1, conflicts
+    # at least the one deadlock; on a loaded machine the retry can meet the writer again
+    assert conflicts, "the store met no deadlock: the test did not make one"
     assert set(pg.get_insights()["feedback"]) == {"helpful"}
 
 
