@@ -52,23 +52,21 @@ def rows_of(frame: pl.LazyFrame) -> int:
     return int(frame.select(pl.len()).collect().item())
 
 
-def account_parts(accounts: pl.DataFrame, first: date, last: date) -> int:
-    """How many account parts a run over [first, last] takes (lib/sharding.py)."""
-    return account_part_count(accounts.height, (last - first).days + 1)
-
-
 def by_account_parts(
     detect: Detect,
     accounts: pl.DataFrame,
     tables: dict[str, pl.LazyFrame],
-    parts: int,
+    first: date,
+    last: date,
     lazy: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, dict]:
-    """`detect` over each part of the accounts with its rows of `tables` (scans), the signals
-    concatenated and the metadata merged. Tables are collected per part (the `lazy` ones stay
+    """`detect` over each part of the accounts (as many as a run over [first, last] takes:
+    lib/sharding.py) with its rows of `tables` (scans), the signals concatenated and the
+    metadata merged. Tables are collected per part (the `lazy` ones stay
     scans, filtered to the part); a table without customer_id (meeting attendees) is read whole
     once and given to every part, as the detectors join it to their part's meetings or contacts.
     """
+    parts = account_part_count(accounts.height, (last - first).days + 1)
     whole = {
         key: scan.collect()
         for key, scan in tables.items()
@@ -82,11 +80,9 @@ def by_account_parts(
             return scan if parts == 1 else scan.filter(keep)
 
         frames: dict[str, Any] = {
-            key: whole.get(key, part(scan) if key in lazy else None) for key, scan in tables.items()
+            key: whole[key] if key in whole else part(scan) if key in lazy else part(scan).collect()
+            for key, scan in tables.items()
         }
-        for key, scan in tables.items():
-            if frames[key] is None:
-                frames[key] = part(scan).collect()
         part_signals, meta = detect(accounts if parts == 1 else accounts.filter(keep), frames)
         del frames
         signals.append(part_signals)
@@ -158,7 +154,8 @@ def engagement_signals(
         partial(detect_engagement, first, last, settings.settings()),
         accounts,
         activity_window,
-        account_parts(accounts, first, last),
+        first,
+        last,
     )
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals
@@ -244,7 +241,8 @@ def risk_signals(
         ),
         accounts,
         activity_window | {"usage": usage_window},
-        account_parts(accounts, first, last),
+        first,
+        last,
         lazy=("usage",),
     )
     context.add_output_metadata(signal_metadata(signals) | meta)
@@ -308,7 +306,8 @@ def opportunity_signals(
         ),
         accounts,
         activity_window | {"usage": usage_window},
-        account_parts(accounts, first, last),
+        first,
+        last,
         lazy=("usage", "feature_usage"),
     )
     meta["detectors_not_applicable"] = ["power_users (needs per-person usage; not in the contract)"]
@@ -351,7 +350,8 @@ def timing_signals(
         partial(detect_timing, first, last, settings.settings()),
         accounts,
         activity_window,
-        account_parts(accounts, first, last),
+        first,
+        last,
     )
     context.add_output_metadata(signal_metadata(signals) | meta)
     return signals

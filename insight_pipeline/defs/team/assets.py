@@ -131,8 +131,8 @@ def cross_account_patterns(
     found = [
         find_patterns(
             candidates.filter(
-                pl.col("partition_date") >= start - timedelta(days=LOOKBACK_DAYS)
-            ).filter(pl.col("partition_date") <= end)
+                pl.col("partition_date").is_between(start - timedelta(days=LOOKBACK_DAYS), end)
+            )
             if len(spans) > 1
             else candidates,
             accounts,
