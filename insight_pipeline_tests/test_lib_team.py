@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import random
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import polars as pl
@@ -31,6 +31,7 @@ from insight_pipeline.lib.team import (
     cross_account_patterns,
     hypergeometric_sf,
     open_at,
+    open_on_days,
     pattern_hits,
     pattern_owner,
     rollup_frame,
@@ -444,6 +445,43 @@ def test_open_as_of_a_day_follows_the_feedback_history() -> None:
     # on 6-03: i3 not yet dismissed, i6 not yet expired; i4 and i5 were snoozed at midnight,
     # the very instant the day is judged at (an action at the boundary counts for that day)
     assert sorted(open_at(INSIGHTS, EVENTS, date(2026, 6, 3))["id"]) == ["i3", "i6"]
+
+
+def test_a_range_counts_each_insight_open_until_the_last_day_ending_before_its_expiry() -> None:
+    """Day D is judged at midnight after it: open while expires_at is later than that instant,
+    to the microsecond, whatever the range (a range expands each insight only to its expiry)."""
+    first, last = date(2026, 6, 1), date(2026, 6, 12)
+    midnight = datetime(2026, 6, 5, tzinfo=UTC)
+    expiries = {
+        "at_midnight": midnight,  # 6-05 00:00: open through 6-03
+        "just_after_midnight": midnight + timedelta(microseconds=1),  # open through 6-04
+        "just_before_midnight": midnight - timedelta(microseconds=1),  # open through 6-03
+        "mid_day": midnight + timedelta(hours=13),  # open through 6-04
+        "after_the_range": datetime(2026, 7, 1, tzinfo=UTC),  # open through 6-12
+        "never": None,  # open through 6-12
+        "before_raised": datetime(2026, 6, 2, tzinfo=UTC),  # raised 6-03: never open
+    }
+    raised = {"before_raised": date(2026, 6, 3)}
+    frame = pl.DataFrame(
+        [
+            insight(
+                k, "A", "c1", "risk", "going_dark", "high", 0.9, raised.get(k, date(2026, 5, 20))
+            )
+            | {"expires_at": at}
+            for k, at in expiries.items()
+        ]
+    ).with_columns(pl.col("expires_at", "actioned_at").cast(pl.Datetime("us", "UTC")))
+    opened = open_on_days(frame, EVENTS.clear(), first, last)
+    expected = {
+        (key, first + timedelta(days=d))
+        for key, at in expiries.items()
+        for d in range((last - first).days + 1)
+        if raised.get(key, date(2026, 5, 20)) <= first + timedelta(days=d)
+        and (at is None or at > datetime.combine(first + timedelta(days=d + 1), time(), UTC))
+    }
+    assert set(opened.select("id", "rollup_date").iter_rows()) == expected
+    assert opened.height == len(expected)
+    assert max(d for k, d in expected if k == "just_after_midnight") == date(2026, 6, 4)
 
 
 def rollups(day: date = DAY) -> pl.DataFrame:

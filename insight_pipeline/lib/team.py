@@ -1128,8 +1128,16 @@ def open_on_days(
     with no event yet counts as actioned once its actioned_at has passed (set without an event);
     a dismissal without an event cannot be dated and is not seen.
     """
+    # An insight is only expanded over the days it can be open: to the last day whose end is
+    # before its expiry (a year's range would otherwise give each insight ~half a year of rows,
+    # filtered away below, when insights expire within weeks). The filter still decides.
+    last_unexpired = (_utc("expires_at") - pl.duration(microseconds=1)).dt.date() - pl.duration(
+        days=1
+    )
     pairs = _on_days(
-        insights, pl.max_horizontal(pl.col("partition_date"), pl.lit(first)), pl.lit(last)
+        insights,
+        pl.max_horizontal(pl.col("partition_date"), pl.lit(first)),
+        pl.min_horizontal(pl.lit(last), last_unexpired),
     ).with_columns(_day_end())
     pairs = pairs.filter(pl.col("expires_at").is_null() | (_utc("expires_at") > pl.col("_instant")))
     # The latest event at or before each instant: of events at the same instant, the last by id.
