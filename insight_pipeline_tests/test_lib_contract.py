@@ -4,6 +4,7 @@ the same typed frames, only inside the requested date window."""
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -273,3 +274,30 @@ def test_unknown_role_is_rejected(tmp_path: Path) -> None:
 def test_missing_directory_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="does not exist"):
         Source(str(tmp_path / "nope"))
+
+
+def test_a_large_csv_is_read_through_a_mirror_renewed_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV file from CSV_MIRROR_MIN_BYTES on is parsed once into a Parquet mirror under the
+    data directory; a rewritten file is read anew (not from the old mirror), which is removed."""
+    import insight_pipeline.lib.contract as contract
+
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "data"))
+    root = write_source(tmp_path / "src")
+    direct = Source(str(root)).read("usage_daily")  # a small file: the CSV itself
+    assert not (tmp_path / "data" / "source_mirror").exists()
+    monkeypatch.setattr(contract, "CSV_MIRROR_MIN_BYTES", 0)
+    first = Source(str(root)).read("usage_daily")
+    assert first is not None and direct is not None and first.equals(direct)
+    mirrors = sorted((tmp_path / "data" / "source_mirror").rglob("usage_daily-*.parquet"))
+    assert len(mirrors) == 1
+
+    changed = USAGE.with_columns(pl.lit("9").alias("value")).head(3)
+    changed.write_csv(root / "usage_daily.csv")
+    os.utime(root / "usage_daily.csv", ns=(1, mirrors[0].stat().st_mtime_ns + 10**9))
+    second = Source(str(root)).read("usage_daily")
+    assert second is not None and second["value"].to_list() == [9.0, 9.0, 9.0]
+    now = sorted((tmp_path / "data" / "source_mirror").rglob("usage_daily-*.parquet"))
+    assert len(now) == 1 and now != mirrors
+    assert Source(str(root)).count("usage_daily") == 3

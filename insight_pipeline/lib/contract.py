@@ -9,7 +9,9 @@ silently dropped and never double counted.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -18,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
+
+from insight_pipeline.lib.paths import data_dir
 
 TEXT = pl.String
 DATE = pl.Date
@@ -379,6 +383,13 @@ class Source:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ContractError(f"table {spec.name!r} cannot be read from {path}: {exc}") from exc
         _require_columns(spec, list(schema.names()))
+        if path.suffix == ".csv":
+            try:
+                lf = _csv_mirror(path, lf)
+            except pl.exceptions.PolarsError as exc:
+                raise ContractError(
+                    f"table {spec.name!r} cannot be read from {path}: {exc}"
+                ) from exc
         lf = lf.select(wanted)
         column = spec.date_column
         if column and (date_from or date_to):
@@ -489,6 +500,45 @@ def _collect_contiguous(scan: pl.LazyFrame) -> pl.DataFrame:
     feature usage of 100k accounts three times over (4.1 GB). Made contiguous once here, the
     frame is copied once and the operations after it copy nothing (3.0 GB)."""
     return scan.collect().rechunk()
+
+
+CSV_MIRROR_MIN_BYTES = 8_000_000
+"""CSV files from this size on are read through a Parquet mirror (see `_csv_mirror`)."""
+
+
+def _csv_mirror(path: Path, scan: pl.LazyFrame) -> pl.LazyFrame:
+    """`scan` (the CSV file at `path`, every column as text), from a Parquet mirror if large.
+
+    A large file is parsed once into a Parquet mirror of exactly those text columns, under
+    `<data dir>/source_mirror/`, named by the file's path, size and modification time: a run
+    scans a table several times (row count, window, monthly sums) and each daily run reads the
+    same file again, and parsing CSV costs ~10x scanning Parquet (15M usage rows: 1.4 s a scan
+    against 0.16 s, the mirror written in 2.1 s). A changed file gets a new mirror and the old
+    one is removed. The header is checked before (a missing column is reported as such); the
+    typing, windows and errors after this are the CSV's own (a file that cannot be parsed fails
+    here, as its first scan would). Where the data directory cannot be written, the CSV is
+    scanned directly."""
+    stat = path.stat()
+    if stat.st_size < CSV_MIRROR_MIN_BYTES:
+        return scan
+    folder = (
+        data_dir() / "source_mirror" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    )
+    mirror = folder / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}.parquet"
+    if not mirror.exists():
+        tmp = folder / f".{mirror.name}.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            scan.sink_parquet(tmp, compression="lz4")
+            tmp.replace(mirror)  # atomic: a concurrent run sees no half-written mirror
+        except OSError:
+            return scan
+        finally:
+            tmp.unlink(missing_ok=True)
+        for stale in folder.glob(f"{path.stem}-*.parquet"):
+            if stale != mirror:
+                stale.unlink(missing_ok=True)
+    return pl.scan_parquet(mirror)
 
 
 def _sql_window(
