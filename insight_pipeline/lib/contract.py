@@ -386,7 +386,7 @@ class Source:
         if path.suffix == ".csv":
             try:
                 lf = _csv_mirror(path, lf)
-            except pl.exceptions.PolarsError as exc:
+            except (pl.exceptions.PolarsError, OSError) as exc:
                 raise ContractError(
                     f"table {spec.name!r} cannot be read from {path}: {exc}"
                 ) from exc
