@@ -4,6 +4,7 @@ feedback, a range run equals day-by-day runs, planted usage patterns reach the i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -170,3 +171,35 @@ def test_dagster_cli_validates_the_definitions() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Validation successful" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_outcome_rates_of_many_months_at_once_equal_each_months_own(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """A range run computes its uncached months' outcome rates together (the usage summed in
+    one pass, each activity table read once, `rates_for_months`); every month's rates are those
+    of its own computation. (Each window's rows are checked against its own read in
+    test_lib_contract.py: the rates themselves do not change when a window holds a little more
+    history at either end, by design - events are counted inside the history only.)"""
+    from insight_pipeline.defs.insights.outcomes import rates_as_of, rates_for_months
+    from insight_pipeline.lib.contract import Source
+    from insight_pipeline.lib.settings import Settings
+
+    source = sample_dir
+    if fmt == "csv":
+        source = tmp_path / "csv"
+        source.mkdir()
+        for path in sample_dir.glob("*.parquet"):
+            pl.read_parquet(path).write_csv(source / f"{path.stem}.csv")
+    # a short history, so that the months' windows start inside the sample's 240 days and
+    # differ at both ends
+    s = replace(Settings().outcomes, history_months=3, horizon_days=30)
+    months = [date(2026, 3, 1), date(2026, 4, 1), date(2026, 5, 1), date(2026, 6, 1)]
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "together"))
+    together = rates_for_months(Source(str(source)), months, s)
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "apart"))
+    apart = pl.concat([rates_as_of(Source(str(source)), m, s) for m in months])
+    assert together.equals(apart)
+    assert together["as_of"].unique().sort().to_list() == months
+    assert together.filter(pl.col("n") > 0).height > 0

@@ -301,3 +301,67 @@ def test_a_large_csv_is_read_through_a_mirror_renewed_when_the_file_changes(
     now = sorted((tmp_path / "data" / "source_mirror").rglob("usage_daily-*.parquet"))
     assert len(now) == 1 and now != mirrors
     assert Source(str(root)).count("usage_daily") == 3
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path, fmt: str) -> None:
+    """`read_windows` reads the file once for overlapping windows and gives, window by window,
+    the frame `read` gives: rows judged by their text date in a CSV (an offset timestamp late in
+    the evening is still that day), by the UTC date of a Parquet timestamp, nulls kept."""
+    starts = [
+        "2026-02-28T10:00:00Z",
+        "2026-03-01T23:30:00-05:00",  # the text says March 1st, UTC says March 2nd
+        "2026-03-02T00:00:00Z",
+        None,
+        "2026-03-15T12:00:00+02:00",
+        "2026-03-31T23:59:59Z",
+        "2026-04-01T00:00:00Z",
+    ]
+    meetings = pl.DataFrame(
+        {
+            "meeting_id": [f"m{i}" for i in range(len(starts))],
+            "customer_id": ["C1", "C2"] * 3 + ["C1"],
+            "start_at": starts,
+            "meeting_type": ["qbr"] * len(starts),
+            "sentiment": [0.5] * len(starts),
+        }
+    )
+    if fmt == "parquet":
+        meetings = meetings.with_columns(
+            pl.col("start_at").str.to_datetime(time_zone="UTC", time_unit="us")
+        )
+    src = Source(str(write_source(tmp_path, fmt, meetings=meetings)))
+    windows = [
+        (date(2026, 2, 1), date(2026, 3, 1)),
+        (date(2026, 3, 1), date(2026, 3, 31)),
+        (date(2026, 3, 2), date(2026, 4, 30)),
+        (date(2026, 1, 1), date(2026, 1, 31)),
+    ]
+    for columns in (None, ["customer_id", "start_at"]):
+        together = list(src.read_windows("meetings", windows, columns=columns))
+        for (first, last), frame in zip(windows, together, strict=True):
+            alone = src.read("meetings", date_from=first, date_to=last, columns=columns)
+            assert frame is not None and alone is not None
+            assert frame.equals(alone), (first, last)
+        assert [f.height for f in together] == [
+            len(s) for s in _expected_ids(meetings, windows, fmt)
+        ]
+    assert list(src.read_windows("nps_responses", windows)) == [None] * len(windows)
+
+
+def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[str]]:
+    """Each window's meetings as the contract defines them: the text's date for a CSV, the UTC
+    date for a Parquet timestamp; a missing start is kept (and quarantined later)."""
+    out = []
+    for first, last in windows:
+        ids = []
+        for row in meetings.iter_rows(named=True):
+            start = row["start_at"]
+            if start is None:
+                ids.append(row["meeting_id"])
+                continue
+            day = date.fromisoformat(start[:10]) if fmt == "csv" else start.date()
+            if first <= day <= last:
+                ids.append(row["meeting_id"])
+        out.append(ids)
+    return out

@@ -40,35 +40,51 @@ def history_window(as_of: date, s: OutcomeSettings) -> tuple[date, date]:
     return history_start(as_of, s) - timedelta(days=31), as_of - timedelta(days=1)
 
 
+OUTCOME_TABLES: dict[str, tuple[str, ...]] = {
+    "contacts": ("customer_id", "role", "left_on"),
+    "nps_responses": ("customer_id", "score", "responded_on"),
+    "health_scores": ("customer_id", "date", "score"),
+    "support_tickets": ("customer_id", "opened_at"),
+    "meetings": ("customer_id", "start_at"),
+    "communications": ("customer_id", "sent_at", "direction"),
+}
+"""The tables the comparable events read, and only the columns they read: 19 months of a wide
+table (message and ticket ids, topics, comments) would otherwise be typed and held for
+nothing."""
+
+
 def rates_as_of(
-    source: Source, as_of: date, s: OutcomeSettings, monthly_usage: pl.DataFrame | None = None
+    source: Source,
+    as_of: date,
+    s: OutcomeSettings,
+    monthly_usage: pl.DataFrame | None = None,
+    tables: dict[str, pl.DataFrame | None] | None = None,
 ) -> pl.DataFrame:
-    """The rates as of `as_of`, from the cache or computed (`monthly_usage` of its window, when
-    the caller has it already)."""
+    """The rates as of `as_of`, from the cache or computed (`monthly_usage` and the
+    OUTCOME_TABLES of its window, when the caller has them already)."""
     path = _cache_path(source, as_of, s)
     if path.exists():
         return pl.read_parquet(path)
     first, last = history_window(as_of, s)
-
-    def table(name: str, *columns: str) -> pl.DataFrame:
-        """Only the columns the comparable events read: 19 months of a wide table (message
-        and ticket ids, topics, comments) would otherwise be typed and held for nothing."""
-        frame = source.read(name, date_from=first, date_to=last, columns=columns)
-        return frame if frame is not None else pl.DataFrame()
-
+    if tables is None:
+        tables = {
+            name: source.read(name, date_from=first, date_to=last, columns=columns)
+            for name, columns in OUTCOME_TABLES.items()
+        }
+    frames = {name: tables[name] if tables[name] is not None else pl.DataFrame() for name in tables}
     customers = source.read("customers")
     assert customers is not None
-    contacts = table("contacts", "customer_id", "role", "left_on")
+    contacts = frames["contacts"]
     if contacts.height:
         contacts = contacts.filter(pl.col("left_on").is_null() | (pl.col("left_on") <= last))
     events = comparable_events(
         source.monthly_usage(first, last) if monthly_usage is None else monthly_usage,
         contacts,
-        table("nps_responses", "customer_id", "score", "responded_on"),
-        table("health_scores", "customer_id", "date", "score"),
-        table("support_tickets", "customer_id", "opened_at"),
-        table("meetings", "customer_id", "start_at"),
-        table("communications", "customer_id", "sent_at", "direction"),
+        frames["nps_responses"],
+        frames["health_scores"],
+        frames["support_tickets"],
+        frames["meetings"],
+        frames["communications"],
         first,
         last,
     )
@@ -76,6 +92,27 @@ def rates_as_of(
     path.parent.mkdir(parents=True, exist_ok=True)
     rates.write_parquet(path)
     return rates
+
+
+def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> pl.DataFrame:
+    """`rates_as_of` of each month, the uncached ones computed together: a range run's months
+    share most of their 18 months of history, so the usage is summed in one pass for all of them
+    (`monthly_usage_windows`) and each activity table read once (`read_windows`)."""
+    cold = [m for m in months if not _cache_path(source, m, s).exists()]
+    windows = [history_window(m, s) for m in cold]
+    sums = source.monthly_usage_windows(windows)
+    tables = {
+        name: source.read_windows(name, windows, columns=columns)
+        for name, columns in OUTCOME_TABLES.items()
+    }
+    return pl.concat(
+        [
+            rates_as_of(source, m, s, next(sums), {n: next(t) for n, t in tables.items()})
+            if m in cold
+            else rates_as_of(source, m, s)
+            for m in months
+        ]
+    )
 
 
 @dg.asset(
@@ -98,13 +135,7 @@ def insight_outcome_rates(
         {month_start(first + timedelta(days=i)) for i in range((last - first).days + 1)}
     )
     try:
-        # A range run's uncached months share most of their 18 months of usage: summed in one
-        # pass over the usage instead of one per month.
-        cold = [m for m in months if not _cache_path(src, m, s).exists()]
-        sums = src.monthly_usage_windows([history_window(m, s) for m in cold])
-        rates = pl.concat(
-            [rates_as_of(src, m, s, next(sums) if m in cold else None) for m in months]
-        )
+        rates = rates_for_months(src, months, s)
     finally:
         src.dispose()
     latest = rates.filter(pl.col("as_of") == months[-1])
