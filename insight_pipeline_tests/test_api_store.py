@@ -176,7 +176,9 @@ def test_every_action_updates_the_insight_and_appends_feedback(org: InsightStore
         "A1",
     )
     assert events.row(2, named=True)["snoozed_until"] == until
-    assert org.feedback_events(since=(at + timedelta(days=1)).date()).height == 0
+    # none since the day after the last event (an hour after `at`: the next day after 23:00 UTC)
+    last_day = (at + timedelta(hours=1)).date()
+    assert org.feedback_events(since=last_day + timedelta(days=1)).height == 0
     assert org.feedback_events(since=at.date()).height == 4
     # done insights leave the open feed; asking for their status brings them back
     assert keys(org, "c1") == []
