@@ -347,6 +347,11 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
             len(s) for s in _expected_ids(meetings, windows, fmt)
         ]
     assert list(src.read_windows("nps_responses", windows)) == [None] * len(windows)
+    customers = src.read("customers")  # no date column: the whole table for every window
+    assert customers is not None
+    assert all(
+        f is not None and f.equals(customers) for f in src.read_windows("customers", windows)
+    )
 
 
 def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[str]]:

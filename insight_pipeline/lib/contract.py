@@ -322,8 +322,11 @@ class Source:
             if spec.required:
                 raise ContractError(f"required table {table!r} is missing from {self.location}")
             return None
-        raw = self._read_raw(spec, date_from, date_to, where)
-        if not self._is_url and self._file(table).suffix == ".csv":  # type: ignore[union-attr]
+        return self._typed_from(spec, self._read_raw(spec, date_from, date_to, where))
+
+    def _typed_from(self, spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
+        """Raw rows typed to the contract (a CSV's text first checked for undecodable bytes)."""
+        if not self._is_url and self._file(spec.name).suffix == ".csv":  # type: ignore[union-attr]
             _require_utf8(spec, raw)
         return _typed(spec, raw)
 
@@ -338,23 +341,25 @@ class Source:
         order, with a file read once: the rows of all the windows are read together, then each
         window's are taken with the same filter a read of it applies, and typed on their own (so
         values, order and errors are those of the separate reads). For a range run's months of
-        outcome rates, which each read ~19 months of the same tables. A database source, or a
-        single window, is read window by window."""
+        outcome rates, which each read ~19 months of the same tables. A table without a date
+        column is read once and given to every window; a database source, or a single window,
+        is read window by window."""
         spec = CONTRACT[table] if columns is None else CONTRACT[table].only(columns)
-        if self._is_url or len(windows) < 2 or not self.has(table) or not spec.date_column:
+        if self._is_url or len(windows) < 2 or not self.has(table):
             for date_from, date_to in windows:
                 yield self.read(table, date_from=date_from, date_to=date_to, columns=columns)
+            return
+        if not spec.date_column:
+            whole = self.read(table, columns=columns)
+            for _ in windows:
+                yield whole
             return
         raw = self._read_raw(
             spec, min(a for a, _ in windows), max(b for _, b in windows)
         )  # the union of the windows: each window's filter keeps a subset of it, in order
-        csv = self._file(table).suffix == ".csv"  # type: ignore[union-attr]
         for date_from, date_to in windows:
             window = _window_filter(spec, raw.schema, date_from, date_to)
-            part = raw if window is None else raw.filter(window)
-            if csv:
-                _require_utf8(spec, part)
-            yield _typed(spec, part)
+            yield self._typed_from(spec, raw if window is None else raw.filter(window))
 
     def count(
         self, table: str, *, date_from: date | None = None, date_to: date | None = None
