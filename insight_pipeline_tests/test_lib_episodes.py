@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from insight_pipeline.lib.ranking.episodes import episode_id, plan_episodes
+from insight_pipeline.lib.ranking.episodes import episode_id, episode_ids, plan_episodes
 from insight_pipeline.lib.settings import RankingSettings
 
 S = RankingSettings()
@@ -108,3 +110,21 @@ def test_dismissed_insight_has_a_cooldown() -> None:
     much_later = later + S.dismiss_cooldown_days + 1
     up3, _ = plan_episodes(candidates("f", [much_later]), store, S)
     assert up3.height == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=40), st.dates(date(1900, 1, 1), date(2200, 12, 31))),
+        min_size=1,
+        max_size=30,
+    )
+)
+@settings(max_examples=50, deadline=None)
+def test_vectorised_episode_ids_are_the_uuid5_of_each_pair(
+    pairs: list[tuple[str, date]],
+) -> None:
+    """Ids are computed in bulk (DuckDB's SHA-1); each must be exactly `episode_id`, the
+    RFC 4122 UUID-5 that earlier runs stored, or re-runs would duplicate every insight."""
+    fingerprints = pl.Series([f for f, _ in pairs], dtype=pl.String)
+    days = pl.Series([d for _, d in pairs], dtype=pl.Date)
+    assert episode_ids(fingerprints, days).to_list() == [episode_id(f, d) for f, d in pairs]
