@@ -84,6 +84,8 @@ class TemplateNarrator:
             loader=FileSystemLoader(str(template_dir)),
             undefined=StrictUndefined,
             autoescape=False,  # plain text; HTML escaping happens where HTML is made
+            # package files, not edited during a run: no stat of "_base_rate.j2" per include
+            auto_reload=False,
             trim_blocks=True,
             lstrip_blocks=True,
         )
