@@ -324,7 +324,13 @@ def _write_parts(path: Any, stream: FrameStream) -> int:
             if writer is None:
                 columns = part.columns
                 table = part.to_arrow()
-                writer = pq.ParquetWriter(path, table.schema, compression="lz4")
+                # Dictionary pages for the text columns only: pyarrow's default tries one for
+                # every column and gives up on each float column page by page (40% of the write
+                # of a year's baselines), for a file 3% smaller.
+                text = [n for n, t in part.schema.items() if t in (pl.String, pl.Categorical)]
+                writer = pq.ParquetWriter(
+                    path, table.schema, compression="lz4", use_dictionary=text
+                )
             else:
                 table = part.select(columns).to_arrow().cast(writer.schema)
             writer.write_table(table)
