@@ -17,6 +17,8 @@ from datetime import UTC, date, datetime, time, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from insight_pipeline.defs.insights.checks import run_checks
 from insight_pipeline.lib import team as team_module
@@ -675,3 +677,50 @@ def test_money_in_rollups_does_not_depend_on_the_order_of_the_accounts() -> None
         pl.DataFrame({"x": o}).select(team_module._sum_in_cents(pl.col("x"))).item() for o in orders
     }
     assert in_cents == {1235.86}  # 1234.565 is 1234.56499... as a float
+
+
+@given(
+    st.dictionaries(
+        st.tuples(
+            st.integers(0, 3),  # day
+            st.integers(0, 3),  # rollup cell
+            st.sampled_from(["risk", "usage", "opportunity", 'we"ird\\name']),
+            st.sampled_from(["high", "low", "medium"]),
+        ),
+        st.integers(1, 500),
+        max_size=40,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_open_by_category_text_is_the_sorted_json_of_each_days_counts(
+    counts: dict[tuple[int, int, str, str], int],
+) -> None:
+    """The per-row JSON text is built from columns, not per row in Python; it must read back
+    as exactly the nested counts of its day and cell, keys sorted as json.dumps writes them."""
+    day0 = date(2026, 1, 1)
+    sums = pl.DataFrame(
+        [
+            {
+                "rollup_date": day0 + timedelta(days=d),
+                "_cell": c,
+                "category": cat,
+                "priority": pri,
+                "len": n,
+            }
+            for (d, c, cat, pri), n in counts.items()
+        ],
+        schema={
+            "rollup_date": pl.Date,
+            "_cell": pl.Int64,
+            "category": pl.String,
+            "priority": pl.String,
+            "len": pl.UInt32,
+        },
+    )
+    expected: dict[tuple[date, int], dict[str, dict[str, int]]] = {}
+    for (d, c, cat, pri), n in counts.items():
+        expected.setdefault((day0 + timedelta(days=d), c), {}).setdefault(cat, {})[pri] = n
+    got = team_module._open_by_category(sums)
+    assert got.height == len(expected)
+    for day, cell, text in got.iter_rows():
+        assert text == json.dumps(expected[(day, cell)], sort_keys=True)
