@@ -724,3 +724,40 @@ def test_open_by_category_text_is_the_sorted_json_of_each_days_counts(
     assert got.height == len(expected)
     for day, cell, text in got.iter_rows():
         assert text == json.dumps(expected[(day, cell)], sort_keys=True)
+
+
+def test_an_account_with_insights_of_two_owners_counts_once_per_rollup_row() -> None:
+    """A (c1's account) also has an open risk raised under c2 (its CSM changed): each CSM's row
+    counts A at their own highest score, every row above both counts A once, at its highest."""
+    frame = rollup_frame(
+        pl.concat(
+            [
+                INSIGHTS,
+                pl.DataFrame(
+                    [
+                        insight(
+                            "i10", "A", "c2", "risk", "health_drop", "high", 0.9, date(2026, 6, 9)
+                        )
+                    ]
+                ).with_columns(pl.col("expires_at", "actioned_at").cast(pl.Datetime("us", "UTC"))),
+            ]
+        ),
+        EVENTS,
+        R_ACCOUNTS,
+        R_USERS,
+        DAY,
+        DAY,
+        TEAM,
+    )
+    expected = {  # (group_by, key): (risk_accounts, arr_at_risk)
+        ("total", "*"): (1, 90_000.0),
+        ("manager", "M"): (1, 90_000.0),  # c1 and (through S) c2
+        ("manager", "S"): (1, 90_000.0),  # c2 only
+        ("csm", "c1"): (1, 80_000.0),
+        ("csm", "c2"): (1, 90_000.0),
+    }
+    for (group_by, key), (accounts_at_risk, arr) in expected.items():
+        found = row(frame, group_by, key)
+        assert (found["risk_accounts"], found["arr_at_risk"]) == (accounts_at_risk, arr), key
+        assert found["arr_with_open_risk"] == 100_000.0
+    assert row(frame, "segment", "smb")["risk_accounts"] == 1

@@ -1359,30 +1359,64 @@ def _range_counts(
         .join(account_activity(accounts, "arr"), on="customer_id", how="left")
         .drop("customer_id")
     )
-    per_account = (
-        cells.assign(accounts_of_owners)
-        .group_by([*DAY_KEYS, "_customer"])
-        .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
-        .join(customers, on="_customer", how="left")
-        # an account that is not active that day (or not known) counts with no ARR
-        .with_columns(
+
+    def with_arr(frame: pl.DataFrame) -> pl.DataFrame:
+        """An account that is not active that day (or not known) counts with no ARR."""
+        return frame.join(customers, on="_customer", how="left").with_columns(
             pl.when(is_active(accounts.columns, pl.col("rollup_date")))
             .then(pl.col("arr"))
             .fill_null(0.0)
             .alias("arr")
         )
-        .group_by(DAY_KEYS)
-        .agg(
+
+    def account_sums(keys: list[str]) -> list[pl.Expr]:
+        """Account counts and ARR sums (in whole cents, so partial sums add up exactly)."""
+        return [
             pl.col("_risk_score").is_not_null().sum().cast(pl.Int64).alias("risk_accounts"),
-            _sum_in_cents(pl.col("arr") * pl.col("_risk_score").fill_null(0.0)).alias(
-                "arr_at_risk"
-            ),
-            _sum_in_cents(pl.col("arr").filter(pl.col("_risk_score").is_not_null())).alias(
-                "arr_with_open_risk"
-            ),
+            _cents(pl.col("arr") * pl.col("_risk_score").fill_null(0.0)).sum().alias("_at_risk"),
+            _cents(pl.col("arr").filter(pl.col("_risk_score").is_not_null()))
+            .sum()
+            .alias("_with_risk"),
             pl.col("_opportunity").sum().cast(pl.Int64).alias("opportunity_accounts"),
-            _sum_in_cents(pl.col("arr").filter(pl.col("_opportunity"))).alias("expansion_arr"),
+            _cents(pl.col("arr").filter(pl.col("_opportunity"))).sum().alias("_expansion"),
+        ]
+
+    # An account counts once per rollup row. Each account has one owner and segment a day
+    # (`_os`) unless its insights carry two owners (its CSM changed): then its rows are merged
+    # per rollup row first. Otherwise the sums are taken per day and `_os` and then added up
+    # over the rollup rows each `_os` counts in: a few rows per CSM and day instead of one per
+    # account, day and rollup row.
+    if accounts_of_owners.select(
+        pl.struct("rollup_date", "_customer").is_duplicated().any()
+    ).item():
+        merged = (
+            cells.assign(accounts_of_owners)
+            .group_by([*DAY_KEYS, "_customer"])
+            .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
         )
+        partial = with_arr(merged).group_by(DAY_KEYS).agg(account_sums(DAY_KEYS))
+    else:
+        per_os = (
+            with_arr(accounts_of_owners)
+            .group_by("rollup_date", "_os")
+            .agg(account_sums(["rollup_date", "_os"]))
+        )
+        partial = (
+            cells.assign(per_os)
+            .group_by(DAY_KEYS)
+            .agg(
+                pl.col(
+                    "risk_accounts", "_at_risk", "_with_risk", "opportunity_accounts", "_expansion"
+                ).sum()
+            )
+        )
+    per_account = partial.select(
+        *DAY_KEYS,
+        pl.col("risk_accounts").cast(pl.Int64),
+        (pl.col("_at_risk") / 100).alias("arr_at_risk"),
+        (pl.col("_with_risk") / 100).alias("arr_with_open_risk"),
+        pl.col("opportunity_accounts").cast(pl.Int64),
+        (pl.col("_expansion") / 100).alias("expansion_arr"),
     )
     raised_per_day = insights.group_by("partition_date", "_os").len()
     raised = (
@@ -1522,6 +1556,11 @@ def _universe(
 ROLLUP_CELLS_PER_PASS = 3_000_000
 """Account-days rolled up in one pass: a long range goes in blocks of days, so a year of 100k
 accounts never expands into one frame of every account and day."""
+
+
+def _cents(amounts: pl.Expr) -> pl.Expr:
+    """Each amount to whole cents (see `_sum_in_cents`)."""
+    return (amounts * 100).round().cast(pl.Int64)
 
 
 def _sum_in_cents(amounts: pl.Expr) -> pl.Expr:
