@@ -203,3 +203,54 @@ def test_outcome_rates_of_many_months_at_once_equal_each_months_own(
     assert together.equals(apart)
     assert together["as_of"].unique().sort().to_list() == months
     assert together.filter(pl.col("n") > 0).height > 0
+
+
+def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_history(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rates as of a month's first day read only the history before it: a source that grows by
+    a day (its files rewritten) keeps the month's cached rates, which a daily run would
+    otherwise recompute every day; a row removed from the history, or a churn date before the
+    month changed, computes them again."""
+    import shutil
+
+    from insight_pipeline.defs.insights.outcomes import _cache_path, rates_as_of
+    from insight_pipeline.lib.contract import Source
+    from insight_pipeline.lib.settings import Settings
+
+    source = tmp_path / "source"
+    shutil.copytree(sample_dir, source)
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "data"))
+    s = replace(Settings().outcomes, history_months=3, horizon_days=30)
+    month = date(2026, 5, 1)
+
+    def cached() -> Path:
+        return _cache_path(Source(str(source)), month, s)
+
+    first = cached()
+    rates_as_of(Source(str(source)), month, s)
+    assert first.exists()
+    usage = pl.read_parquet(source / "usage_daily.parquet")
+    newest = usage.filter(pl.col("date") == pl.col("date").max())
+    grown = pl.concat([usage, newest.with_columns(pl.col("date") + timedelta(days=1))])
+    grown.write_parquet(source / "usage_daily.parquet")
+    tickets = pl.read_parquet(source / "support_tickets.parquet")
+    tickets.head(tickets.height - 1).vstack(tickets.tail(1)).write_parquet(
+        source / "support_tickets.parquet"
+    )
+    assert cached() == first
+
+    usage.filter(pl.col("date") != date(2026, 4, 10)).write_parquet(source / "usage_daily.parquet")
+    assert cached() != first
+    usage.write_parquet(source / "usage_daily.parquet")
+    assert cached() == first
+
+    customers = pl.read_parquet(source / "customers.parquet")
+    churned_later = customers.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.lit(date(2026, 4, 20)))
+        .otherwise(pl.col("churned_on"))
+        .alias("churned_on")
+    )
+    churned_later.write_parquet(source / "customers.parquet")
+    assert cached() != first

@@ -5,6 +5,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from insight_pipeline.defs.insights.assets import GROUP
@@ -24,14 +25,32 @@ from insight_pipeline.lib.settings import OutcomeSettings
 
 
 def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
-    """Rates depend on the source and the month only: cache them per (source version, month)."""
-    stamp = source.location
-    if "://" not in source.location:
-        files = sorted(Path(source.location).glob("*.*"))
-        stamp += "|".join(f"{f.name}:{f.stat().st_mtime_ns}" for f in files)
-    stamp += f"|{s.history_months}|{s.horizon_days}|{s.min_accounts}"
+    """Rates as of a month's first day read only the source rows before it: cached per month
+    under a stamp of those rows - each table's row count in the month's history window and the
+    customers' churn dates before it - and the settings. A source that grows by new days keeps
+    its past months' rates (a daily run computes them once a month, not once a day, as a stamp
+    of file times did); a correction to the history recomputes them."""
+    first, last = history_window(as_of, s)
+    counts = [
+        f"{table}:{source.count(table, date_from=first, date_to=last)}"
+        for table in ("usage_daily", *OUTCOME_TABLES)
+    ]
+    customers = source.read("customers", columns=["customer_id", "churned_on"])
+    assert customers is not None  # a required table
+    churn = customers.select(
+        "customer_id", pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on"))
+    )
+    churn_stamp = int(np.bitwise_xor.reduce(churn.hash_rows(seed=7).to_numpy(), initial=0))
+    stamp = "|".join(
+        [
+            source.location,
+            *counts,
+            f"customers:{customers.height}:{churn_stamp}",
+            f"{s.history_months}|{s.horizon_days}|{s.min_accounts}",
+        ]
+    )
     key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    return data_dir() / "outcome_rates" / key / f"{as_of.isoformat()}.parquet"
+    return data_dir() / "outcome_rates" / as_of.isoformat() / f"{key}.parquet"
 
 
 def history_window(as_of: date, s: OutcomeSettings) -> tuple[date, date]:
@@ -59,10 +78,11 @@ def rates_as_of(
     s: OutcomeSettings,
     monthly_usage: pl.DataFrame | None = None,
     tables: dict[str, pl.DataFrame | None] | None = None,
+    path: Path | None = None,
 ) -> pl.DataFrame:
     """The rates as of `as_of`, from the cache or computed (`monthly_usage` and the
-    OUTCOME_TABLES of its window, when the caller has them already)."""
-    path = _cache_path(source, as_of, s)
+    OUTCOME_TABLES of its window, and the cache `path`, when the caller has them already)."""
+    path = path or _cache_path(source, as_of, s)
     if path.exists():
         return pl.read_parquet(path)
     first, last = history_window(as_of, s)
@@ -98,7 +118,8 @@ def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> 
     """`rates_as_of` of each month, the uncached ones computed together: a range run's months
     share most of their 18 months of history, so the usage is summed in one pass for all of them
     (`monthly_usage_windows`) and each activity table read once (`read_windows`)."""
-    cold = [m for m in months if not _cache_path(source, m, s).exists()]
+    paths = {m: _cache_path(source, m, s) for m in months}
+    cold = [m for m in months if not paths[m].exists()]
     windows = [history_window(m, s) for m in cold]
     sums = source.monthly_usage_windows(windows)
     tables = {
@@ -107,9 +128,9 @@ def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> 
     }
     return pl.concat(
         [
-            rates_as_of(source, m, s, next(sums), {n: next(t) for n, t in tables.items()})
+            rates_as_of(source, m, s, next(sums), {n: next(t) for n, t in tables.items()}, paths[m])
             if m in cold
-            else rates_as_of(source, m, s)
+            else pl.read_parquet(paths[m])
             for m in months
         ]
     )
