@@ -346,12 +346,33 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
         assert [f.height for f in together] == [
             len(s) for s in _expected_ids(meetings, windows, fmt)
         ]
+    counts = [src.count("meetings", date_from=a, date_to=b) for a, b in windows]
+    assert src.count_windows("meetings", windows) == counts
+    assert counts == [len(s) for s in _expected_ids(meetings, windows, fmt)]
     assert list(src.read_windows("nps_responses", windows)) == [None] * len(windows)
     customers = src.read("customers")  # no date column: the whole table for every window
     assert customers is not None
     assert all(
         f is not None and f.equals(customers) for f in src.read_windows("customers", windows)
     )
+
+
+def test_counting_many_windows_at_once_keeps_undated_rows_in_each(tmp_path: Path) -> None:
+    """`count_windows` (one scan) counts as `count` does window by window: a row whose date is
+    missing or not ISO text is in every window (typing rejects it later, with its value)."""
+    meetings = pl.DataFrame(
+        {
+            "meeting_id": ["a", "b", "c", "d"],
+            "customer_id": ["C1"] * 4,
+            "start_at": ["2026-03-01T10:00:00Z", "03/02/2026", None, " 2026-03-20 "],
+            "meeting_type": ["qbr"] * 4,
+            "sentiment": [0.5] * 4,
+        }
+    )
+    src = Source(str(write_source(tmp_path, "csv", meetings=meetings)))
+    windows = [(date(2026, 3, 1), date(2026, 3, 10)), (date(2026, 3, 11), date(2026, 3, 31))]
+    assert src.count_windows("meetings", windows) == [3, 3]
+    assert [src.count("meetings", date_from=a, date_to=b) for a, b in windows] == [3, 3]
 
 
 def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[str]]:

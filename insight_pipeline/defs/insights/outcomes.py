@@ -24,33 +24,41 @@ from insight_pipeline.lib.paths import data_dir
 from insight_pipeline.lib.settings import OutcomeSettings
 
 
-def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
+def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict[date, Path]:
     """Rates as of a month's first day read only the source rows before it: cached per month
     under a stamp of those rows - each table's row count in the month's history window and the
     customers' churn dates before it - and the settings. A source that grows by new days keeps
     its past months' rates (a daily run computes them once a month, not once a day, as a stamp
-    of file times did); a correction to the history recomputes them."""
-    first, last = history_window(as_of, s)
-    counts = [
-        f"{table}:{source.count(table, date_from=first, date_to=last)}"
-        for table in ("usage_daily", *OUTCOME_TABLES)
-    ]
+    of file times did); a correction to the history recomputes them. The counts of all the
+    months come from one scan per table (`Source.count_windows`)."""
+    windows = [history_window(m, s) for m in months]
+    counts = {
+        table: source.count_windows(table, windows) for table in ("usage_daily", *OUTCOME_TABLES)
+    }
     customers = source.read("customers", columns=["customer_id", "churned_on"])
     assert customers is not None  # a required table
-    churn = customers.select(
-        "customer_id", pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on"))
-    )
-    churn_stamp = int(np.bitwise_xor.reduce(churn.hash_rows(seed=7).to_numpy(), initial=0))
-    stamp = "|".join(
-        [
-            source.location,
-            *counts,
-            f"customers:{customers.height}:{churn_stamp}",
-            f"{s.history_months}|{s.horizon_days}|{s.min_accounts}",
-        ]
-    )
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    return data_dir() / "outcome_rates" / as_of.isoformat() / f"{key}.parquet"
+    paths = {}
+    for i, as_of in enumerate(months):
+        churn = customers.select(
+            "customer_id", pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on"))
+        )
+        churn_stamp = int(np.bitwise_xor.reduce(churn.hash_rows(seed=7).to_numpy(), initial=0))
+        stamp = "|".join(
+            [
+                source.location,
+                *(f"{table}:{n[i]}" for table, n in counts.items()),
+                f"customers:{customers.height}:{churn_stamp}",
+                f"{s.history_months}|{s.horizon_days}|{s.min_accounts}",
+            ]
+        )
+        key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        paths[as_of] = data_dir() / "outcome_rates" / as_of.isoformat() / f"{key}.parquet"
+    return paths
+
+
+def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
+    """One month's `_cache_paths`."""
+    return _cache_paths(source, [as_of], s)[as_of]
 
 
 def history_window(as_of: date, s: OutcomeSettings) -> tuple[date, date]:
@@ -118,7 +126,7 @@ def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> 
     """`rates_as_of` of each month, the uncached ones computed together: a range run's months
     share most of their 18 months of history, so the usage is summed in one pass for all of them
     (`monthly_usage_windows`) and each activity table read once (`read_windows`)."""
-    paths = {m: _cache_path(source, m, s) for m in months}
+    paths = _cache_paths(source, months, s)
     cold = [m for m in months if not paths[m].exists()]
     windows = [history_window(m, s) for m in cold]
     sums = source.monthly_usage_windows(windows)
