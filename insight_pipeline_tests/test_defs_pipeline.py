@@ -210,8 +210,9 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
 ) -> None:
     """Rates as of a month's first day read only the history before it: a source that grows by
     a day (its files rewritten) keeps the month's cached rates, which a daily run would
-    otherwise recompute every day; a row removed from the history, or a churn date before the
-    month changed, computes them again."""
+    otherwise recompute every day; a row removed from the history, a churn date before the
+    month, a contract start, an NPS score or a contact's departure changed in place computes
+    them again."""
     import shutil
 
     from insight_pipeline.defs.insights.outcomes import _cache_path, rates_as_of
@@ -254,3 +255,25 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     )
     churned_later.write_parquet(source / "customers.parquet")
     assert cached() != first
+    customers.write_parquet(source / "customers.parquet")
+    assert cached() == first
+
+    # values the rates read, changed in place (row counts unchanged): each recomputes
+    started_later = customers.with_columns(pl.lit(date(2026, 3, 15)).alias("contract_start"))
+    nps = pl.read_parquet(source / "nps_responses.parquet")
+    contacts = pl.read_parquet(source / "contacts.parquet")
+    left_earlier = contacts.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.lit(date(2026, 2, 10)))
+        .otherwise(pl.col("left_on"))
+        .alias("left_on")
+    )
+    for name, changed, original in (
+        ("customers", started_later, customers),
+        ("nps_responses", nps.with_columns(pl.lit(0).cast(nps["score"].dtype).alias("score")), nps),
+        ("contacts", left_earlier, contacts),
+    ):
+        changed.write_parquet(source / f"{name}.parquet")
+        assert cached() != first, name
+        original.write_parquet(source / f"{name}.parquet")
+    assert cached() == first

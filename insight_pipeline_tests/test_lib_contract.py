@@ -347,8 +347,11 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
             len(s) for s in _expected_ids(meetings, windows, fmt)
         ]
     counts = [src.count("meetings", date_from=a, date_to=b) for a, b in windows]
-    assert src.count_windows("meetings", windows) == counts
     assert counts == [len(s) for s in _expected_ids(meetings, windows, fmt)]
+    columns = ["customer_id", "start_at"]
+    prints = src.fingerprint_windows("meetings", windows, columns)
+    assert [int(p.split(":")[0]) for p in prints] == counts
+    assert prints == [src.fingerprint_windows("meetings", [w], columns)[0] for w in windows]
     assert list(src.read_windows("nps_responses", windows)) == [None] * len(windows)
     customers = src.read("customers")  # no date column: the whole table for every window
     assert customers is not None
@@ -357,22 +360,43 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
     )
 
 
-def test_counting_many_windows_at_once_keeps_undated_rows_in_each(tmp_path: Path) -> None:
-    """`count_windows` (one scan) counts as `count` does window by window: a row whose date is
-    missing or not ISO text is in every window (typing rejects it later, with its value)."""
+def test_window_fingerprints_count_undated_rows_in_each_and_see_any_changed_value(
+    tmp_path: Path,
+) -> None:
+    """`fingerprint_windows` (one scan) counts as `count` does window by window - a row whose
+    date is missing or not ISO text is in every window (typing rejects it later) - and its hash
+    changes with any value of the columns given in the window, not with row order or with rows
+    outside the window."""
     meetings = pl.DataFrame(
         {
-            "meeting_id": ["a", "b", "c", "d"],
-            "customer_id": ["C1"] * 4,
-            "start_at": ["2026-03-01T10:00:00Z", "03/02/2026", None, " 2026-03-20 "],
-            "meeting_type": ["qbr"] * 4,
-            "sentiment": [0.5] * 4,
+            "meeting_id": ["a", "b", "c", "d", "e"],
+            "customer_id": ["C1", "C1", "C2", "C1", "C2"],
+            "start_at": ["2026-03-01T10:00:00Z", "03/02/2026", None, " 2026-03-20 ", "2026-03-21"],
+            "meeting_type": ["qbr"] * 5,
+            "sentiment": [0.5] * 5,
         }
     )
-    src = Source(str(write_source(tmp_path, "csv", meetings=meetings)))
     windows = [(date(2026, 3, 1), date(2026, 3, 10)), (date(2026, 3, 11), date(2026, 3, 31))]
-    assert src.count_windows("meetings", windows) == [3, 3]
-    assert [src.count("meetings", date_from=a, date_to=b) for a, b in windows] == [3, 3]
+    columns = ["customer_id", "start_at"]
+
+    def prints(frame: pl.DataFrame, name: str) -> list[str]:
+        src = Source(str(write_source(tmp_path / name, "csv", meetings=frame)))
+        assert [src.count("meetings", date_from=a, date_to=b) for a, b in windows] == [3, 4]
+        return src.fingerprint_windows("meetings", windows, columns)
+
+    base = prints(meetings, "base")
+    assert [p.split(":")[0] for p in base] == ["3", "4"]
+    assert prints(meetings.reverse(), "reversed") == base
+    moved = meetings.with_columns(  # meeting e (March 21st) now belongs to C1
+        pl.when(pl.col("meeting_id") == "e")
+        .then(pl.lit("C1"))
+        .otherwise(pl.col("customer_id"))
+        .alias("customer_id")
+    )
+    changed = prints(moved, "moved")
+    assert changed[0] == base[0] and changed[1] != base[1]
+    other_column = meetings.with_columns(pl.lit(0.9).alias("sentiment"))
+    assert prints(other_column, "sentiment") == base  # not a column the caller reads
 
 
 def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[str]]:

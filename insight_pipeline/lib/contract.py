@@ -9,8 +9,10 @@ silently dropped and never double counted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -382,37 +384,55 @@ class Source:
                 f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
             ) from exc
 
-    def count_windows(self, table: str, windows: Sequence[tuple[date, date]]) -> list[int]:
-        """`count(table, date_from=a, date_to=b)` for each window (a, b), from one scan of a
-        file: rows counted per day of the union of the windows, then summed per window (rows
-        every window keeps - a null or non-ISO date, which typing rejects - counted in each).
-        For the outcome-rate stamps of a range run's months."""
+    def fingerprint_windows(
+        self, table: str, windows: Sequence[tuple[date, date]], columns: Sequence[str]
+    ) -> list[str]:
+        """For each window (a, b): the rows `read(table, date_from=a, date_to=b)` would see, as
+        "<count>:<hash>" - the row count and the XOR of a hash of each row's `columns` as stored
+        (order-free, so a rewritten file with the same rows keeps it; any changed value, added
+        or removed row changes it). One scan of a file for all windows: counted and hashed per
+        day of their union, combined per window (rows every window keeps - a null or non-ISO
+        date, which typing rejects - in each). A database source gives the count only.
+        "-" when the table is absent."""
         spec = CONTRACT[table]
-        if self._is_url or len(windows) < 2 or not self.has(table) or not spec.date_column:
-            return [self.count(table, date_from=a, date_to=b) for a, b in windows]
-        scan = self._scan(spec, min(a for a, _ in windows), max(b for _, b in windows))
-        dtype = scan.collect_schema()[spec.date_column]
-        day = pl.col(spec.date_column)
+        if not self.has(table):
+            return ["-"] * len(windows)
+        if self._is_url:
+            return [str(self.count(table, date_from=a, date_to=b)) for a, b in windows]
+        if spec.date_column and windows:
+            scan = self._scan(spec, min(a for a, _ in windows), max(b for _, b in windows))
+        else:
+            scan = self._scan(spec, None, None)
+        dtype = scan.collect_schema()[spec.date_column] if spec.date_column else None
+        day = pl.col(spec.date_column) if spec.date_column else pl.lit(None, pl.Date)
         if dtype == pl.String:
             text = day.str.strip_chars()
             day = pl.when(text.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(text.str.slice(0, 10))
         elif isinstance(dtype, pl.Datetime):
             day = day.cast(pl.Date)
-        elif dtype != pl.Date:  # not a date at all: every window keeps every row
+        elif dtype != pl.Date:  # no date column, or not a date at all: every window keeps all
             day = pl.lit(None, pl.Date)
         try:
-            per_day = scan.group_by(day.alias("_day")).len().collect()
+            per_day = (
+                scan.group_by(day.alias("_day"))
+                .agg(pl.len(), pl.struct(list(columns)).hash(7).bitwise_xor().alias("_hash"))
+                .collect()
+            )
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ContractError(
                 f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
             ) from exc
-        always = int(per_day.filter(pl.col("_day").is_null())["len"].sum())
-        bounds = [(str(a), str(b)) if dtype == pl.String else (a, b) for a, b in windows]
-        return [
-            always
-            + int(per_day.filter(pl.col("_day").is_between(pl.lit(lo), pl.lit(hi)))["len"].sum())
-            for lo, hi in bounds
-        ]
+        always = per_day.filter(pl.col("_day").is_null())
+        out = []
+        for lo, hi in windows:
+            if dtype == pl.String:
+                lo, hi = str(lo), str(hi)  # ISO text compares as dates
+            inside = per_day.filter(pl.col("_day").is_between(pl.lit(lo), pl.lit(hi)))
+            parts = pl.concat([always, inside])
+            rows = int(parts["len"].sum())
+            digest = functools.reduce(operator.xor, parts["_hash"].to_list(), 0)
+            out.append(f"{rows}:{digest:016x}")
+        return out
 
     def _read_raw(
         self,

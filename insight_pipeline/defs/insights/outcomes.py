@@ -26,28 +26,33 @@ from insight_pipeline.lib.settings import OutcomeSettings
 
 def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict[date, Path]:
     """Rates as of a month's first day read only the source rows before it: cached per month
-    under a stamp of those rows - each table's row count in the month's history window and the
-    customers' churn dates before it - and the settings. A source that grows by new days keeps
-    its past months' rates (a daily run computes them once a month, not once a day, as a stamp
-    of file times did); a correction to the history recomputes them. The counts of all the
-    months come from one scan per table (`Source.count_windows`)."""
+    under a fingerprint of exactly what the month reads - each table's rows in the month's
+    history window (`Source.fingerprint_windows`: count and hash of the columns read), the
+    customers' ids, contract starts and churn dates before it - and the settings. A source that
+    grows by new days keeps its past months' rates (a daily run computes them once a month,
+    not once a day, as a key of file times did); any change to what they read recomputes them.
+    (A database source is fingerprinted by row counts only.)"""
     windows = [history_window(m, s) for m in months]
-    counts = {
-        table: source.count_windows(table, windows) for table in ("usage_daily", *OUTCOME_TABLES)
+    read = {"usage_daily": ("customer_id", "date", "metric", "value"), **OUTCOME_TABLES}
+    prints = {
+        table: source.fingerprint_windows(table, windows, columns)
+        for table, columns in read.items()
     }
-    customers = source.read("customers", columns=["customer_id", "churned_on"])
+    customers = source.read("customers", columns=["customer_id", "contract_start", "churned_on"])
     assert customers is not None  # a required table
     paths = {}
     for i, as_of in enumerate(months):
-        churn = customers.select(
-            "customer_id", pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on"))
+        known = customers.select(
+            "customer_id",
+            "contract_start",
+            pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on")),
         )
-        churn_stamp = int(np.bitwise_xor.reduce(churn.hash_rows(seed=7).to_numpy(), initial=0))
+        digest = int(np.bitwise_xor.reduce(known.hash_rows(seed=7).to_numpy(), initial=0))
         stamp = "|".join(
             [
                 source.location,
-                *(f"{table}:{n[i]}" for table, n in counts.items()),
-                f"customers:{customers.height}:{churn_stamp}",
+                *(f"{table}:{p[i]}" for table, p in prints.items()),
+                f"customers:{customers.height}:{digest:016x}",
                 f"{s.history_months}|{s.horizon_days}|{s.min_accounts}",
             ]
         )
