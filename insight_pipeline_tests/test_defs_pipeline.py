@@ -231,6 +231,9 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     first = cached()
     rates_as_of(Source(str(source)), month, s)
     assert first.exists()
+    with monkeypatch.context() as unchanged:  # no file rewritten: the last stamp, no scan
+        unchanged.setattr(Source, "fingerprint_windows", lambda *a, **k: pytest.fail("scanned"))
+        assert cached() == first
     usage = pl.read_parquet(source / "usage_daily.parquet")
     newest = usage.filter(pl.col("date") == pl.col("date").max())
     grown = pl.concat([usage, newest.with_columns(pl.col("date") + timedelta(days=1))])

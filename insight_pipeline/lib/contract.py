@@ -384,6 +384,18 @@ class Source:
                 f"table {spec.name!r} cannot be read from {self._file(spec.name)}: {exc}"
             ) from exc
 
+    def file_identity(self, tables: Sequence[str]) -> str | None:
+        """Name, size and modification time of each table's file (absent ones as "-"): equal
+        while no file is rewritten. None for a database source, which has no such thing."""
+        if self._is_url:
+            return None
+        parts = []
+        for table in tables:
+            path = self._file(table)
+            stat = path.stat() if path is not None else None
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{table}:-")
+        return "|".join(parts)
+
     def fingerprint_windows(
         self, table: str, windows: Sequence[tuple[date, date]], columns: Sequence[str]
     ) -> list[str]:

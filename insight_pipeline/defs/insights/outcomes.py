@@ -1,6 +1,8 @@
 """insight_outcome_rates: the historical base rates behind every insight's "so what"."""
 
 import hashlib
+import json
+import os
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -32,8 +34,19 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
     grows by new days keeps its past months' rates (a daily run computes them once a month,
     not once a day, as a key of file times did); any change to what they read recomputes them.
     (A database source is fingerprinted by row counts only.)"""
-    windows = [history_window(m, s) for m in months]
     read = {"usage_daily": ("customer_id", "date", "metric", "value"), **OUTCOME_TABLES}
+    settings = f"{s.history_months}|{s.horizon_days}|{s.min_accounts}"
+    # The fingerprints scan the windows (~5 s at 100k accounts); while no file of the source is
+    # rewritten, the last ones computed for these months are taken as they are.
+    identity = source.file_identity([*read, "customers"])
+    memo = None
+    if identity is not None:
+        memo_key = "|".join([source.location, identity, settings, *map(str, months)])
+        name = hashlib.sha256(memo_key.encode()).hexdigest()[:16]
+        memo = data_dir() / "outcome_rates" / "stamps" / f"{name}.json"
+        if memo.exists():
+            return {date.fromisoformat(m): Path(p) for m, p in json.loads(memo.read_text()).items()}
+    windows = [history_window(m, s) for m in months]
     prints = {
         table: source.fingerprint_windows(table, windows, columns)
         for table, columns in read.items()
@@ -53,11 +66,16 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
                 source.location,
                 *(f"{table}:{p[i]}" for table, p in prints.items()),
                 f"customers:{customers.height}:{digest:016x}",
-                f"{s.history_months}|{s.horizon_days}|{s.min_accounts}",
+                settings,
             ]
         )
         key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
         paths[as_of] = data_dir() / "outcome_rates" / as_of.isoformat() / f"{key}.parquet"
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        written = memo.with_suffix(f".{os.getpid()}.tmp")
+        written.write_text(json.dumps({m.isoformat(): str(p) for m, p in paths.items()}))
+        written.replace(memo)  # atomic: a concurrent reader sees the old memo or the new one
     return paths
 
 
