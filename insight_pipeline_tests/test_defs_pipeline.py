@@ -249,29 +249,23 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     usage.write_parquet(source / "usage_daily.parquet")
     assert cached() == first
 
-    customers = pl.read_parquet(source / "customers.parquet")
-    churned_later = customers.with_columns(
-        pl.when(pl.int_range(pl.len()) == 0)
-        .then(pl.lit(date(2026, 4, 20)))
-        .otherwise(pl.col("churned_on"))
-        .alias("churned_on")
-    )
-    churned_later.write_parquet(source / "customers.parquet")
-    assert cached() != first
-    customers.write_parquet(source / "customers.parquet")
-    assert cached() == first
+    def first_row_set(frame: pl.DataFrame, column: str, value: date) -> pl.DataFrame:
+        return frame.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0)
+            .then(pl.lit(value))
+            .otherwise(pl.col(column))
+            .alias(column)
+        )
 
     # values the rates read, changed in place (row counts unchanged): each recomputes
+    customers = pl.read_parquet(source / "customers.parquet")
+    churned_later = first_row_set(customers, "churned_on", date(2026, 4, 20))
     started_later = customers.with_columns(pl.lit(date(2026, 3, 15)).alias("contract_start"))
     nps = pl.read_parquet(source / "nps_responses.parquet")
     contacts = pl.read_parquet(source / "contacts.parquet")
-    left_earlier = contacts.with_columns(
-        pl.when(pl.int_range(pl.len()) == 0)
-        .then(pl.lit(date(2026, 2, 10)))
-        .otherwise(pl.col("left_on"))
-        .alias("left_on")
-    )
+    left_earlier = first_row_set(contacts, "left_on", date(2026, 2, 10))
     for name, changed, original in (
+        ("customers", churned_later, customers),
         ("customers", started_later, customers),
         ("nps_responses", nps.with_columns(pl.lit(0).cast(nps["score"].dtype).alias("score")), nps),
         ("contacts", left_earlier, contacts),
