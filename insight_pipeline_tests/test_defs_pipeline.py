@@ -209,10 +209,10 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rates as of a month's first day read only the history before it: a source that grows by
-    a day (its files rewritten) keeps the month's cached rates, which a daily run would
-    otherwise recompute every day; a row removed from the history, a churn date before the
-    month, a contract start, an NPS score or a contact's departure changed in place computes
-    them again."""
+    a day (its files rewritten), or by a contact who has not left, keeps the month's cached
+    rates, which a daily run would otherwise recompute every day; a row removed from the
+    history, a churn date before the month, a contract start, an NPS score or a contact's
+    departure changed in place computes them again."""
     import shutil
 
     from insight_pipeline.defs.insights.outcomes import _cache_path, rates_as_of
@@ -234,6 +234,10 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     with monkeypatch.context() as unchanged:  # no file rewritten: the last stamp, no scan
         unchanged.setattr(Source, "fingerprint_windows", lambda *a, **k: pytest.fail("scanned"))
         assert cached() == first
+        # the data directory moved: the memo's keys lead into the new place
+        shutil.copytree(tmp_path / "data", tmp_path / "moved")
+        unchanged.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "moved"))
+        assert cached() == tmp_path / "moved" / first.relative_to(tmp_path / "data")
     usage = pl.read_parquet(source / "usage_daily.parquet")
     newest = usage.filter(pl.col("date") == pl.col("date").max())
     grown = pl.concat([usage, newest.with_columns(pl.col("date") + timedelta(days=1))])
@@ -242,7 +246,13 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     tickets.head(tickets.height - 1).vstack(tickets.tail(1)).write_parquet(
         source / "support_tickets.parquet"
     )
+    contacts = pl.read_parquet(source / "contacts.parquet")
+    new_contact = contacts.head(1).with_columns(
+        pl.lit("new-contact").alias("contact_id"), pl.lit(None, pl.Date).alias("left_on")
+    )
+    pl.concat([contacts, new_contact]).write_parquet(source / "contacts.parquet")
     assert cached() == first
+    contacts.write_parquet(source / "contacts.parquet")
 
     usage.filter(pl.col("date") != date(2026, 4, 10)).write_parquet(source / "usage_daily.parquet")
     assert cached() != first

@@ -381,8 +381,10 @@ def test_window_fingerprints_count_undated_rows_in_each_and_see_any_changed_valu
 
     def prints(frame: pl.DataFrame, name: str) -> list[str]:
         src = Source(str(write_source(tmp_path / name, "csv", meetings=frame)))
-        assert [src.count("meetings", date_from=a, date_to=b) for a, b in windows] == [3, 4]
-        return src.fingerprint_windows("meetings", windows, columns)
+        counts = [src.count("meetings", date_from=a, date_to=b) for a, b in windows]
+        found = src.fingerprint_windows("meetings", windows, columns)
+        assert [int(p.split(":")[0]) for p in found] == counts
+        return found
 
     base = prints(meetings, "base")
     assert [p.split(":")[0] for p in base] == ["3", "4"]
@@ -397,6 +399,16 @@ def test_window_fingerprints_count_undated_rows_in_each_and_see_any_changed_valu
     assert changed[0] == base[0] and changed[1] != base[1]
     other_column = meetings.with_columns(pl.lit(0.9).alias("sentiment"))
     assert prints(other_column, "sentiment") == base  # not a column the caller reads
+    # two identical rows changed alike (an XOR of the row hashes would not see it)
+    twins = pl.concat([meetings, meetings.filter(pl.col("meeting_id") == "e")])
+    twins_base = prints(twins, "twins")
+    twins_moved = twins.with_columns(
+        pl.when(pl.col("meeting_id") == "e")
+        .then(pl.lit("C1"))
+        .otherwise(pl.col("customer_id"))
+        .alias("customer_id")
+    )
+    assert prints(twins_moved, "twins_moved")[1] != twins_base[1]
 
 
 def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[str]]:

@@ -9,10 +9,8 @@ silently dropped and never double counted.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -397,15 +395,20 @@ class Source:
         return "|".join(parts)
 
     def fingerprint_windows(
-        self, table: str, windows: Sequence[tuple[date, date]], columns: Sequence[str]
+        self,
+        table: str,
+        windows: Sequence[tuple[date, date]],
+        columns: Sequence[str],
+        where: pl.Expr | None = None,
     ) -> list[str]:
-        """For each window (a, b): the rows `read(table, date_from=a, date_to=b)` would see, as
-        "<count>:<hash>" - the row count and the XOR of a hash of each row's `columns` as stored
-        (order-free, so a rewritten file with the same rows keeps it; any changed value, added
-        or removed row changes it). One scan of a file for all windows: counted and hashed per
-        day of their union, combined per window (rows every window keeps - a null or non-ISO
-        date, which typing rejects - in each). A database source gives the count only.
-        "-" when the table is absent."""
+        """For each window (a, b): the rows `read(table, date_from=a, date_to=b)` would see (of
+        those `where` keeps, on the raw columns), as "<count>:<hash>" - the row count and the
+        wrapping sum of a 64-bit hash of each row's `columns` as stored (order-free, so a
+        rewritten file with the same rows keeps it; a changed value, an added or removed row
+        changes it, duplicates included, which an XOR would cancel). One scan of a file for all
+        windows: counted and hashed per day of their union, combined per window (rows every
+        window keeps - a null or non-ISO date, which typing rejects - in each). A database
+        source gives the count only. "-" when the table is absent."""
         spec = CONTRACT[table]
         if not self.has(table):
             return ["-"] * len(windows)
@@ -415,6 +418,8 @@ class Source:
             scan = self._scan(spec, min(a for a, _ in windows), max(b for _, b in windows))
         else:
             scan = self._scan(spec, None, None)
+        if where is not None:
+            scan = scan.filter(where)
         dtype = scan.collect_schema()[spec.date_column] if spec.date_column else None
         day = pl.col(spec.date_column) if spec.date_column else pl.lit(None, pl.Date)
         if dtype == pl.String:
@@ -427,7 +432,7 @@ class Source:
         try:
             per_day = (
                 scan.group_by(day.alias("_day"))
-                .agg(pl.len(), pl.struct(list(columns)).hash(7).bitwise_xor().alias("_hash"))
+                .agg(pl.len(), pl.struct(list(columns)).hash(7).sum().alias("_hash"))
                 .collect()
             )
         except (pl.exceptions.PolarsError, OSError) as exc:
@@ -442,7 +447,7 @@ class Source:
             inside = per_day.filter(pl.col("_day").is_between(pl.lit(lo), pl.lit(hi)))
             parts = pl.concat([always, inside])
             rows = int(parts["len"].sum())
-            digest = functools.reduce(operator.xor, parts["_hash"].to_list(), 0)
+            digest = sum(parts["_hash"].to_list()) % 2**64
             out.append(f"{rows}:{digest:016x}")
         return out
 

@@ -2,12 +2,11 @@
 
 import hashlib
 import json
-import os
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from insight_pipeline.defs.insights.assets import GROUP
@@ -29,38 +28,43 @@ from insight_pipeline.lib.settings import OutcomeSettings
 def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict[date, Path]:
     """Rates as of a month's first day read only the source rows before it: cached per month
     under a fingerprint of exactly what the month reads - each table's rows in the month's
-    history window (`Source.fingerprint_windows`: count and hash of the columns read), the
-    customers' ids, contract starts and churn dates before it - and the settings. A source that
-    grows by new days keeps its past months' rates (a daily run computes them once a month,
+    history window (`Source.fingerprint_windows`: count and hash of the columns read; of the
+    contacts only those with a departure date, the others make no event), the customers' ids,
+    contract starts and churn dates before it - and the settings. A source that grows by new
+    days (or contacts) keeps its past months' rates (a daily run computes them once a month,
     not once a day, as a key of file times did); any change to what they read recomputes them.
     (A database source is fingerprinted by row counts only.)"""
     read = {"usage_daily": ("customer_id", "date", "metric", "value"), **OUTCOME_TABLES}
     settings = f"{s.history_months}|{s.horizon_days}|{s.min_accounts}"
+    root = data_dir() / "outcome_rates"
     # The fingerprints scan the windows (~5 s at 100k accounts); while no file of the source is
-    # rewritten, the last ones computed for these months are taken as they are.
+    # rewritten, the keys last computed for these months are taken as they are.
     identity = source.file_identity([*read, "customers"])
     memo = None
     if identity is not None:
         memo_key = "|".join([source.location, identity, settings, *map(str, months)])
-        name = hashlib.sha256(memo_key.encode()).hexdigest()[:16]
-        memo = data_dir() / "outcome_rates" / "stamps" / f"{name}.json"
-        if memo.exists():
-            return {date.fromisoformat(m): Path(p) for m, p in json.loads(memo.read_text()).items()}
+        memo = root / "stamps" / f"{hashlib.sha256(memo_key.encode()).hexdigest()[:16]}.json"
+        keys = _read_memo(memo)
+        if keys is not None and set(keys) == {m.isoformat() for m in months}:
+            return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
     windows = [history_window(m, s) for m in months]
+    departures = pl.col("left_on").is_not_null()
     prints = {
-        table: source.fingerprint_windows(table, windows, columns)
+        table: source.fingerprint_windows(
+            table, windows, columns, where=departures if table == "contacts" else None
+        )
         for table, columns in read.items()
     }
     customers = source.read("customers", columns=["customer_id", "contract_start", "churned_on"])
     assert customers is not None  # a required table
-    paths = {}
+    keys = {}
     for i, as_of in enumerate(months):
         known = customers.select(
             "customer_id",
             "contract_start",
             pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on")),
         )
-        digest = int(np.bitwise_xor.reduce(known.hash_rows(seed=7).to_numpy(), initial=0))
+        digest = int(known.hash_rows(seed=7).sum())  # wrapping: duplicate rows do not cancel
         stamp = "|".join(
             [
                 source.location,
@@ -69,14 +73,31 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
                 settings,
             ]
         )
-        key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-        paths[as_of] = data_dir() / "outcome_rates" / as_of.isoformat() / f"{key}.parquet"
+        keys[as_of.isoformat()] = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     if memo is not None:
+        _write_memo(memo, keys)
+    return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
+
+
+def _read_memo(memo: Path) -> dict[str, str] | None:
+    """The month -> key memo, or None when absent or unreadable (then it is recomputed)."""
+    try:
+        keys = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return None
+    return keys if isinstance(keys, dict) else None
+
+
+def _write_memo(memo: Path, keys: dict[str, str]) -> None:
+    """Written aside under a unique name and renamed (atomic); a memo that cannot be written is
+    only a missed shortcut."""
+    try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        written = memo.with_suffix(f".{os.getpid()}.tmp")
-        written.write_text(json.dumps({m.isoformat(): str(p) for m, p in paths.items()}))
-        written.replace(memo)  # atomic: a concurrent reader sees the old memo or the new one
-    return paths
+        written = memo.with_name(f".{memo.stem}.{uuid.uuid4().hex}.tmp")
+        written.write_text(json.dumps(keys))
+        written.replace(memo)
+    except OSError:
+        return
 
 
 def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
