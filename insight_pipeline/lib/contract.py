@@ -420,14 +420,9 @@ class Source:
             scan = self._scan(spec, None, None)
         if where is not None:
             scan = scan.filter(where)
-        dtype = scan.collect_schema()[spec.date_column] if spec.date_column else None
-        day = pl.col(spec.date_column) if spec.date_column else pl.lit(None, pl.Date)
-        if dtype == pl.String:
-            text = day.str.strip_chars()
-            day = pl.when(text.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(text.str.slice(0, 10))
-        elif isinstance(dtype, pl.Datetime):
-            day = day.cast(pl.Date)
-        elif dtype != pl.Date:  # no date column, or not a date at all: every window keeps all
+        schema = scan.collect_schema()
+        day = _window_day(spec, schema)
+        if day is None:  # no date column, or not a date at all: every window keeps every row
             day = pl.lit(None, pl.Date)
         try:
             per_day = (
@@ -441,8 +436,9 @@ class Source:
             ) from exc
         always = per_day.filter(pl.col("_day").is_null())
         out = []
+        as_text = bool(spec.date_column) and schema[spec.date_column] == pl.String
         for lo, hi in windows:
-            if dtype == pl.String:
+            if as_text:
                 lo, hi = str(lo), str(hi)  # ISO text compares as dates
             inside = per_day.filter(pl.col("_day").is_between(pl.lit(lo), pl.lit(hi)))
             parts = pl.concat([always, inside])
@@ -589,29 +585,37 @@ def _window_filter(
 ) -> pl.Expr | None:
     """The rows of a raw file table (`schema`: its columns as read) in the date window; None
     when every row is kept."""
+    day = _window_day(spec, schema)
+    if day is None or not (date_from or date_to):
+        return None
+    as_text = schema[spec.date_column] == pl.String  # ISO text compares as dates
+    lo, hi = (str(d) if as_text and d else d for d in (date_from, date_to))
+    keep = day.is_null()
+    bounds = [keep | (day >= pl.lit(lo))] if lo is not None else []
+    if hi is not None:
+        bounds.append(keep | (day <= pl.lit(hi)))
+    return pl.all_horizontal(bounds)
+
+
+def _window_day(spec: TableSpec, schema: pl.Schema) -> pl.Expr | None:
+    """The day a raw row belongs to for date windows: a date, or the first 10 characters of ISO
+    text; null for a row every window keeps (no date, or text that is not ISO: kept whatever
+    the window, so that typing fails on it with a clear error rather than the window silently
+    dropping every row of a file written with 03/01/2026-style dates). None when the table has
+    no date column or it holds no dates at all (typing says so)."""
     column = spec.date_column
-    if not column or not (date_from or date_to):
+    if not column:
         return None
     dtype = schema[column]
     col = pl.col(column)
     if dtype == pl.String:
-        # ISO strings sort like dates. Anything else is kept, whatever the window, so that
-        # typing fails on it with a clear error rather than the window silently dropping every
-        # row of a file written with 03/01/2026-style dates.
-        col = col.str.strip_chars()
-        keep = col.is_null() | ~col.str.contains(r"^\d{4}-\d{2}-\d{2}")
-        col = col.str.slice(0, 10)
-        lo, hi = (str(date_from) if date_from else None, str(date_to) if date_to else None)
-    elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
-        col = col.cast(pl.Date) if dtype != pl.Date else col
-        keep = col.is_null()
-        lo, hi = date_from, date_to
-    else:  # not a date at all: typing says so
-        return None
-    bounds = [keep | (col >= lo)] if lo is not None else []
-    if hi is not None:
-        bounds.append(keep | (col <= hi))
-    return pl.all_horizontal(bounds) if bounds else None
+        text = col.str.strip_chars()
+        return pl.when(text.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(text.str.slice(0, 10))
+    if dtype == pl.Date:
+        return col
+    if isinstance(dtype, pl.Datetime):
+        return col.cast(pl.Date)
+    return None
 
 
 CSV_MIRROR_MIN_BYTES = 8_000_000

@@ -1369,7 +1369,7 @@ def _range_counts(
             .alias("arr")
         )
 
-    def account_sums(keys: list[str]) -> list[pl.Expr]:
+    def account_sums() -> list[pl.Expr]:
         """Account counts and ARR sums (in whole cents, so partial sums add up exactly)."""
         return [
             pl.col("_risk_score").is_not_null().sum().cast(pl.Int64).alias("risk_accounts"),
@@ -1394,13 +1394,9 @@ def _range_counts(
             .group_by([*DAY_KEYS, "_customer"])
             .agg(pl.col("_risk_score").max(), pl.col("_opportunity").any())
         )
-        partial = with_arr(merged).group_by(DAY_KEYS).agg(account_sums(DAY_KEYS))
+        partial = with_arr(merged).group_by(DAY_KEYS).agg(account_sums())
     else:
-        per_os = (
-            with_arr(accounts_of_owners)
-            .group_by("rollup_date", "_os")
-            .agg(account_sums(["rollup_date", "_os"]))
-        )
+        per_os = with_arr(accounts_of_owners).group_by("rollup_date", "_os").agg(account_sums())
         partial = (
             cells.assign(per_os)
             .group_by(DAY_KEYS)
@@ -1567,7 +1563,7 @@ def _sum_in_cents(amounts: pl.Expr) -> pl.Expr:
     """A sum of money that does not depend on the order of its terms: each amount to whole
     cents, summed as integers. A float sum in a parallel group-by adds in varying order, and a
     total such as 136717.295 then rounds to .29 on one run and .30 on the next."""
-    return (amounts * 100).round().cast(pl.Int64).sum() / 100
+    return _cents(amounts).sum() / 100
 
 
 def rollup_frame(
