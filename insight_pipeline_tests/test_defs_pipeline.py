@@ -93,6 +93,36 @@ def test_definitions_load_with_expected_assets() -> None:
     assert defs.resolve_schedule_def("daily_insights_schedule").cron_schedule == "30 5 * * *"
 
 
+def test_baselines_or_trends_alone_equal_the_shared_step(sample_dir: Path, tmp_path: Path) -> None:
+    """`usage_baselines` and `usage_trends` come from one step (one dense grid); selecting
+    either alone materialises just that one, with the same rows."""
+    day = END.isoformat()
+
+    def materialise(work: Path, selection: list[str]) -> None:
+        res = resources(sample_dir, f"duckdb:///{work / 'i.duckdb'}", work)
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                ALL_ASSETS, selection=selection, partition_key=day, resources=res, instance=instance
+            )
+        assert result.success
+        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert done == set(selection)
+
+    def stored(work: Path, asset: str) -> pl.DataFrame:
+        return pl.read_parquet(work / "intermediate" / asset / f"{day}__{day}.parquet")
+
+    sources = ["accounts", "usage_window"]
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    materialise(both, [*sources, "usage_baselines", "usage_trends"])
+    materialise(alone, sources)
+    materialise(alone, ["usage_trends"])
+    assert not (alone / "intermediate" / "usage_baselines").exists()
+    materialise(alone, ["usage_baselines"])
+    for asset in ("usage_baselines", "usage_trends"):
+        assert stored(both, asset).height > 0
+        assert stored(alone, asset).equals(stored(both, asset))
+
+
 def test_range_run_equals_daily_runs_and_reruns_are_idempotent(
     sample_dir: Path, tmp_path: Path
 ) -> None:

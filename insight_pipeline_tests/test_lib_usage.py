@@ -13,6 +13,7 @@ from insight_pipeline.lib.detectors.usage import (
     detect_usage_anomalies,
     detect_usage_trends,
     usage_baselines,
+    usage_baselines_and_trend_stats,
     weekly_trend_stats,
 )
 from insight_pipeline.lib.settings import UsageSettings
@@ -106,6 +107,26 @@ def test_range_equals_single_days() -> None:
     key = ["customer_id", "type", "partition_date"]
     assert ranged.height > 0
     assert ranged.sort(key).equals(singles.sort(key))
+
+
+def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
+    """The daily step derives both from one dense grid: neither may disturb the other's input
+    (a churned customer, a planted drop and a planted trend included)."""
+    usage = usage_series(
+        30,
+        DAYS,
+        END,
+        multipliers={1: step(DAYS, 190, 0.3), 2: ramp(DAYS, 150, 0.15, weeks=8)},
+        seed=6,
+    )
+    churned = pl.DataFrame({"customer_id": ["C0005"], "churned_on": [day_of(200)]})
+    first, last = day_of(180), END
+    baselines, stats = usage_baselines_and_trend_stats(usage, first, last, S, churned)
+    alone = usage_baselines(usage, first, last, S, churned)
+    assert baselines.height > 0 and (baselines["direction"] != 0).any()
+    assert baselines.equals(alone)
+    assert stats.equals(weekly_trend_stats(usage, first, last, S, churned))
+    assert detect_usage_trends(stats, S).height > 0
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

@@ -19,6 +19,19 @@ def counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame.group_by(column).len().sort(column).iter_rows()}
 
 
+SIGNAL_PREVIEW = ["customer_id", "type", "subject", "partition_date", "severity", "confidence"]
+
+
+def signal_metadata(frame: pl.DataFrame) -> dict:
+    """What a detector asset reports: signal count, by type, customers, the strongest ones."""
+    return {
+        "signals": frame.height,
+        "by_type": counts_by(frame, "type"),
+        "customers": frame["customer_id"].n_unique() if frame.height else 0,
+        "preview": markdown_preview(frame.sort("severity", descending=True), SIGNAL_PREVIEW),
+    }
+
+
 def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
     """A markdown table of the first rows, as a data engineer wants to see it in the UI."""
     present = [c for c in columns if c in frame.columns]

@@ -1,15 +1,22 @@
-"""Usage baselines: per customer x metric x day, the robust, weekday-aware expected value."""
+"""Usage baselines (per customer x metric x day, the robust, weekday-aware expected value) and,
+from the same dense grid, the weekly usage trends."""
 
 from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 
-from insight_pipeline.defs.metadata import markdown_preview, partition_days
+from insight_pipeline.defs.metadata import markdown_preview, partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream
+from insight_pipeline.lib.detectors.usage import (
+    detect_usage_trends,
+    usage_baselines_and_trend_stats,
+    weekly_trend_stats,
+)
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
+from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "baselines"
 
@@ -18,33 +25,67 @@ def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:
     return accounts.select("customer_id", "churned_on").filter(pl.col("churned_on").is_not_null())
 
 
-@dg.asset(
-    group_name=GROUP,
+@dg.multi_asset(
+    outs={
+        "usage_baselines": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"polars"},
+            is_required=False,
+            description=(
+                "Expected value (median of the same weekday over the previous weeks), robust "
+                "scale (MAD of out-of-sample residuals), z-score and run of deviating days, for "
+                "every customer x metric x day of the run. Uses only data before each day for "
+                "its baseline."
+            ),
+        ),
+        "usage_trends": dg.AssetOut(
+            group_name="detectors",
+            kinds={"polars"},
+            is_required=False,
+            description=(
+                "adoption_trend / declining_usage (consecutive weekly rises or falls with a "
+                "significant log-linear slope and a minimum total change) and "
+                "usage_pattern_change signals."
+            ),
+        ),
+    },
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
-    kinds={"polars"},
+    can_subset=True,
 )
-def usage_baselines(
+def usage_baselines_and_trends(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     usage_window: FrameParts,
     accounts: pl.DataFrame,
-) -> FrameStream:
-    """Expected value (median of the same weekday over the previous weeks), robust scale (MAD of
-    out-of-sample residuals), z-score and run of deviating days, for every customer x metric x day
-    of the run. Uses only data before each day for its baseline. Computed and written one account
-    part (group of accounts) at a time when the usage window is large."""
+) -> Iterator[dg.Output]:
+    """Both assets lay the usage window out as one dense customer x metric x day grid, the
+    costliest part of each; one step builds it once per account part and derives both (a
+    selection of one of them computes only that one). Baselines are written one part at a time
+    when the usage window is large; the trend signals of each part are kept (they are few)."""
     first, last = partition_days(context)
     usage_settings = settings.settings().usage
     churned = churn_dates(accounts)
+    selected = context.selected_output_names
+    want_baselines = "usage_baselines" in selected
+    want_trends = "usage_trends" in selected
     metadata: dict[str, object] = {}
+    trends: list[pl.DataFrame] = []
+
+    def compute(usage: pl.DataFrame) -> pl.DataFrame:
+        """This part's baselines; its trend signals are kept aside when wanted."""
+        if not want_trends:
+            return compute_usage_baselines(usage, first, last, usage_settings, churned)
+        frame, stats = usage_baselines_and_trend_stats(usage, first, last, usage_settings, churned)
+        trends.append(detect_usage_trends(stats, usage_settings))
+        return frame
 
     def parts() -> Iterator[pl.DataFrame]:
         rows = series = deviating_days = parts_count = 0
         strongest = []
         for usage in usage_window:  # one part (a group of whole accounts) at a time
             parts_count += 1
-            frame = compute_usage_baselines(usage, first, last, usage_settings, churned)
+            frame = compute(usage)
             deviating = frame.filter(pl.col("direction") != 0)
             rows += frame.height
             series += frame.select("customer_id", "metric").n_unique()
@@ -72,4 +113,13 @@ def usage_baselines(
             }
         )
 
-    return FrameStream(parts(), metadata=metadata)
+    if want_baselines:
+        # The IO manager writes the parts as they come, before this step goes on to the trends.
+        yield dg.Output(FrameStream(parts(), metadata=metadata), "usage_baselines")
+    elif want_trends:
+        for usage in usage_window:
+            stats = weekly_trend_stats(usage, first, last, usage_settings, churned)
+            trends.append(detect_usage_trends(stats, usage_settings))
+    if want_trends:
+        signals = pl.concat(trends, how="vertical_relaxed") if trends else empty_signals()
+        yield dg.Output(signals, "usage_trends", metadata=signal_metadata(signals))

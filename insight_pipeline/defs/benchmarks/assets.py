@@ -3,8 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from insight_pipeline.defs.detectors.assets import signal_metadata
-from insight_pipeline.defs.metadata import markdown_preview, partition_days
+from insight_pipeline.defs.metadata import markdown_preview, partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables

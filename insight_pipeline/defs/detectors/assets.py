@@ -6,22 +6,21 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from insight_pipeline.defs.baselines.assets import churn_dates
-from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
+from insight_pipeline.defs.metadata import (
+    counts_by,
+    markdown_preview,
+    partition_days,
+    signal_metadata,
+)
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream, concat_by_part
-from insight_pipeline.lib.detectors.usage import (
-    detect_usage_anomalies,
-    detect_usage_trends,
-    weekly_trend_stats,
-)
+from insight_pipeline.lib.detectors.usage import detect_usage_anomalies
 from insight_pipeline.lib.insights.formulate import formulate
 from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform
 
 GROUP = "detectors"
-SIGNAL_PREVIEW = ["customer_id", "type", "subject", "partition_date", "severity", "confidence"]
 SCORE_PREVIEW = [
     "customer_id",
     "type",
@@ -35,15 +34,6 @@ SCORE_PREVIEW = [
     "score",
     "priority",
 ]
-
-
-def signal_metadata(frame: pl.DataFrame) -> dict:
-    return {
-        "signals": frame.height,
-        "by_type": counts_by(frame, "type"),
-        "customers": frame["customer_id"].n_unique() if frame.height else 0,
-        "preview": markdown_preview(frame.sort("severity", descending=True), SIGNAL_PREVIEW),
-    }
 
 
 @dg.asset(
@@ -60,33 +50,6 @@ def usage_anomalies(
     usage_settings = settings.settings().usage
     signals = concat_by_part(
         lambda part: detect_usage_anomalies(part, usage_settings), usage_baselines
-    )
-    context.add_output_metadata(signal_metadata(signals))
-    return signals
-
-
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily_partitions,
-    backfill_policy=backfill_policy,
-    kinds={"polars"},
-)
-def usage_trends(
-    context: dg.AssetExecutionContext,
-    settings: SettingsResource,
-    usage_window: FrameParts,
-    accounts: pl.DataFrame,
-) -> pl.DataFrame:
-    """adoption_trend / declining_usage: consecutive weekly rises or falls with a significant
-    log-linear slope and a minimum total change."""
-    first, last = partition_days(context)
-    usage_settings = settings.settings().usage
-    churned = churn_dates(accounts)
-    signals = concat_by_part(
-        lambda usage: detect_usage_trends(
-            weekly_trend_stats(usage, first, last, usage_settings, churned), usage_settings
-        ),
-        usage_window,
     )
     context.add_output_metadata(signal_metadata(signals))
     return signals

@@ -16,8 +16,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from insight_pipeline.defs.detectors.assets import GROUP, signal_metadata
-from insight_pipeline.defs.metadata import partition_days
+from insight_pipeline.defs.detectors.assets import GROUP
+from insight_pipeline.defs.metadata import partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables

@@ -254,11 +254,37 @@ def usage_baselines(
     `usage` must hold the look-back before `start` (see Settings.lookback_days); rows after `end`
     are ignored, so nothing after the partition day is used.
     """
+    return _baselines_of_grid(_grid_until(usage, end, churned), start, end, settings)
+
+
+def usage_baselines_and_trend_stats(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`usage_baselines` and `weekly_trend_stats` of the same rows, from one dense grid: both
+    lay the usage out per customer x metric x day, the costliest step of each (a third of a
+    daily run's usage work at 100k accounts)."""
+    grid = _grid_until(usage, end, churned)
+    return (
+        _baselines_of_grid(grid, start, end, settings),
+        _trend_stats_of_grid(grid, start, end, settings),
+    )
+
+
+def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
+    """The dense grid of the rows up to `end` (nothing after the partition day is used)."""
+    return _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
+
+
+def _baselines_of_grid(
+    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+) -> pl.DataFrame:
     s = settings
-    usage = usage.filter(pl.col("date") <= end)
     first_judged = start - timedelta(days=s.persistence_days + 7)
     needs_expected = first_judged - timedelta(days=s.scale_days)
-    grid = _DenseGrid.build(usage, end, churned)
     # The two rolling medians, computed only on the rows whose result is used: the expected
     # value from `needs_expected` on (the scale's residuals), the scale from `first_judged` on.
     y = pl.Series(grid.value, dtype=pl.Float64).log1p().to_numpy()
@@ -466,9 +492,14 @@ def weekly_trend_stats(
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: week sums ending on that day, the run of
     consecutive rises/falls, and the log-linear slope with its t-statistic."""
+    return _trend_stats_of_grid(_grid_until(usage, end, churned), start, end, settings)
+
+
+def _trend_stats_of_grid(
+    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+) -> pl.DataFrame:
     s = settings
     k = s.trend_weeks
-    grid = _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
     log_week = [f"_log_w{i}" for i in range(k)]  # log1p of each
     # Rolling sums need every day of a series; everything else only the rows of [start, end]
