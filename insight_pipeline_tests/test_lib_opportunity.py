@@ -1,13 +1,17 @@
 """Entitlement limits: a rising account is projected to its limit, a flat one is not, and a
-trend too flat to reach the limit in any sensible time gives no date instead of an error."""
+trend too flat to reach the limit in any sensible time gives no date instead of an error.
+Feature discovery reads no further back than it needs."""
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from insight_pipeline.lib.detectors.features import HISTORY_DAYS, detect_feature_discovery
 from insight_pipeline.lib.detectors.opportunity import detect_entitlement_limit
 from insight_pipeline.lib.settings import OpportunitySettings
+from insight_pipeline.sample import generate_sample
 
 END = date(2026, 6, 30)
 DAYS = 112
@@ -61,3 +65,18 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
     assert set(by_customer) == {"RISE", "HAIR"}
     assert '"limit_date": null' in by_customer["HAIR"]["facts"].replace('":null', '": null')
     assert '"limit_date": null' not in by_customer["RISE"]["facts"].replace('":null', '": null')
+
+
+def test_feature_discovery_needs_only_its_history_days(tmp_path: Path) -> None:
+    """The source asset reads feature usage HISTORY_DAYS before the run, not the usage
+    look-back: the planted discoveries of a month are found the same from that cut."""
+    generate_sample(tmp_path, accounts=150, days=240, seed=11, end_date=END)
+    features = pl.read_parquet(tmp_path / "feature_usage_daily.parquet")
+    accounts = pl.read_parquet(tmp_path / "customers.parquet")
+    first = END - timedelta(days=29)
+    cut = features.filter(pl.col("date") >= first - timedelta(days=HISTORY_DAYS))
+    assert cut.height < features.height
+    full = detect_feature_discovery(features, accounts, first, END)
+    key = ["customer_id", "subject", "partition_date"]
+    assert full.height > 0
+    assert detect_feature_discovery(cut, accounts, first, END).sort(key).equals(full.sort(key))

@@ -277,9 +277,7 @@ def detect_opportunity(
             ),
             "feature_discovery": (
                 [act["feature_rows"]],  # a scan: only its last weeks are read
-                lambda: detect_feature_discovery(
-                    act["feature_usage"], accounts, first, last, cfg.lookback_days
-                ),
+                lambda: detect_feature_discovery(act["feature_usage"], accounts, first, last),
             ),
         }
     )

@@ -17,6 +17,7 @@ from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import TableStream
 from insight_pipeline.defs.sources.assets import GROUP, write_quarantine
 from insight_pipeline.lib.contract import CONTRACT, quarantine
+from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
 
 #: key in the bundle -> source table (meetings before attendees: attendees are filtered by them)
@@ -54,7 +55,8 @@ def history_days(table: str, settings: Settings) -> int:
         "support_tickets": settings.risk.support_baseline_days + settings.risk.support_window_days,
         "nps_responses": 180,
         "health_scores": settings.risk.health_baseline_days + settings.risk.health_gap_days + 60,
-        "feature_usage_daily": settings.lookback_days,
+        # feature_discovery looks back this far, less than the usage baselines' look-back
+        "feature_usage_daily": FEATURE_HISTORY_DAYS,
     }.get(table, 0)
 
 

@@ -16,6 +16,8 @@ from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 MIN_PRIOR_DAYS = 56
 DISCOVERY_WINDOW_DAYS = 14
+HISTORY_DAYS = MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
+"""Days before the first day of a run that the detector reads (older rows change nothing)."""
 
 
 def detect_feature_discovery(
@@ -23,11 +25,9 @@ def detect_feature_discovery(
     accounts: pl.DataFrame,
     start: date,
     end: date,
-    lookback_days: int,
 ) -> pl.DataFrame:
-    """feature_discovery signals of [start, end]; `features` may be a scan of a long window
-    (only the last weeks are read)."""
-    del lookback_days  # the read window is always >= MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
+    """feature_discovery signals of [start, end] from the rows of `features` (a frame or a scan)
+    in the HISTORY_DAYS before `start` and after: older rows change nothing."""
     # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
     # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
     # a run happened to read. Only days from `opened` on can start a discovery shown in the run,
