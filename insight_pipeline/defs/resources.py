@@ -4,7 +4,7 @@ Each is chosen by configuration (a URL, an environment variable), never by `if e
 Empty strings mean "use the documented default" from `lib/paths.py`, resolved at run time.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -310,39 +310,46 @@ def _stitch(
 
 
 def _write_parts(path: Any, stream: FrameStream) -> int:
-    """Append each part of `stream` to one Parquet file (row groups), recording each part's row
-    count in the file's metadata so that a reader can take one part's slice; returns the rows."""
+    """Append each part of `stream` to one Parquet file, recording each part's row count in the
+    file's metadata so that a reader can take one part's slice; returns the rows.
+
+    The parts go through polars' streaming Parquet sink (a Python source feeding it one part at a
+    time), about twice as fast as pyarrow's writer on the same frames (45M usage rows: 2.6 s
+    against 5 s); the part heights are written as the file is closed."""
     import json
 
-    import pyarrow.parquet as pq
+    from polars.io.plugins import register_io_source
 
-    writer: pq.ParquetWriter | None = None
-    columns: list[str] = []
+    parts = iter(stream.parts)
+    first = next(parts, None)
+    if first is None:
+        pl.DataFrame(schema=stream.schema).write_parquet(path, compression="lz4")
+        return 0
+    schema = first.schema
     heights: list[int] = []
-    try:
-        for part in stream.parts:
-            if writer is None:
-                columns = part.columns
-                table = part.to_arrow()
-                # Dictionary pages for the text columns only: pyarrow's default tries one for
-                # every column and gives up on each float column page by page (40% of the write
-                # of a year's baselines), for a file 3% smaller.
-                text = [n for n, t in part.schema.items() if t in (pl.String, pl.Categorical)]
-                writer = pq.ParquetWriter(
-                    path, table.schema, compression="lz4", use_dictionary=text
-                )
-            else:
-                table = part.select(columns).to_arrow().cast(writer.schema)
-            writer.write_table(table)
+
+    def frames(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _: Any
+    ) -> Iterator[pl.DataFrame]:
+        """The parts, in the first one's columns and types (a part with no rows of a column may
+        have inferred another type); a sink asks for all rows and columns, a scan may not."""
+        nonlocal first
+        part, first = first, None
+        while part is not None:
             heights.append(part.height)
-            del part, table  # not held while the next part is produced
-        if writer is None:
-            pl.DataFrame(schema=stream.schema).write_parquet(path, compression="lz4")
-        else:
-            writer.add_key_value_metadata({PARTS_METADATA: json.dumps(heights)})
-    finally:
-        if writer is not None:
-            writer.close()
+            frame = part if part.schema == schema else part.select(schema.names()).cast(schema)
+            part = None  # not held while the next part is produced
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            yield frame if with_columns is None else frame.select(with_columns)
+            del frame
+            part = next(parts, None)
+
+    register_io_source(frames, schema=schema).sink_parquet(
+        path,
+        compression="lz4",
+        metadata=lambda _: {PARTS_METADATA: json.dumps(heights)},
+    )
     return sum(heights)
 
 
