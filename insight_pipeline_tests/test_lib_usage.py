@@ -13,7 +13,7 @@ from insight_pipeline.lib.detectors.usage import (
     detect_usage_anomalies,
     detect_usage_trends,
     usage_baselines,
-    usage_baselines_and_trend_stats,
+    usage_baselines_and_trends,
     weekly_trend_stats,
 )
 from insight_pipeline.lib.settings import UsageSettings
@@ -121,12 +121,12 @@ def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
     )
     churned = pl.DataFrame({"customer_id": ["C0005"], "churned_on": [day_of(200)]})
     first, last = day_of(180), END
-    baselines, stats = usage_baselines_and_trend_stats(usage, first, last, S, churned)
+    baselines, trends = usage_baselines_and_trends(usage, first, last, S, churned)
     alone = usage_baselines(usage, first, last, S, churned)
     assert baselines.height > 0 and (baselines["direction"] != 0).any()
     assert baselines.equals(alone)
-    assert stats.equals(weekly_trend_stats(usage, first, last, S, churned))
-    assert detect_usage_trends(stats, S).height > 0
+    assert trends.height > 0
+    assert trends.equals(detect_usage_trends(weekly_trend_stats(usage, first, last, S, churned), S))
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

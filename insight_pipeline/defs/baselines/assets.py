@@ -10,12 +10,11 @@ from insight_pipeline.defs.metadata import markdown_preview, partition_days, sig
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream
-from insight_pipeline.lib.detectors.usage import (
-    detect_usage_trends,
-    usage_baselines_and_trend_stats,
-    weekly_trend_stats,
-)
+from insight_pipeline.lib.detectors.usage import detect_usage_trends, weekly_trend_stats
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
+from insight_pipeline.lib.detectors.usage import (
+    usage_baselines_and_trends as compute_baselines_and_trends,
+)
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "baselines"
@@ -76,8 +75,8 @@ def usage_baselines_and_trends(
         """This part's baselines; its trend signals are kept aside when wanted."""
         if not want_trends:
             return compute_usage_baselines(usage, first, last, usage_settings, churned)
-        frame, stats = usage_baselines_and_trend_stats(usage, first, last, usage_settings, churned)
-        trends.append(detect_usage_trends(stats, usage_settings))
+        frame, signals = compute_baselines_and_trends(usage, first, last, usage_settings, churned)
+        trends.append(signals)
         return frame
 
     def parts() -> Iterator[pl.DataFrame]:

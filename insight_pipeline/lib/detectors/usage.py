@@ -257,21 +257,20 @@ def usage_baselines(
     return _baselines_of_grid(_grid_until(usage, end, churned), start, end, settings)
 
 
-def usage_baselines_and_trend_stats(
+def usage_baselines_and_trends(
     usage: pl.DataFrame,
     start: date,
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """`usage_baselines` and `weekly_trend_stats` of the same rows, from one dense grid: both
-    lay the usage out per customer x metric x day, the costliest step of each (a third of a
-    daily run's usage work at 100k accounts)."""
+    """`usage_baselines` and the trend signals (`detect_usage_trends` of `weekly_trend_stats`)
+    of the same rows, from one dense grid: both lay the usage out per customer x metric x day,
+    the costliest step of each. The trend statistics are reduced to their few signals before
+    the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
-    return (
-        _baselines_of_grid(grid, start, end, settings),
-        _trend_stats_of_grid(grid, start, end, settings),
-    )
+    trends = detect_usage_trends(_trend_stats_of_grid(grid, start, end, settings), settings)
+    return _baselines_of_grid(grid, start, end, settings), trends
 
 
 def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
