@@ -20,7 +20,11 @@ from insight_pipeline.defs.resources import (
     SettingsResource,
     SourceResource,
     StoreResource,
+    _as_parts,
+    _write_parts,
 )
+from insight_pipeline.defs.sharding import FrameStream
+from insight_pipeline.lib.contract import ContractError
 from insight_pipeline.lib.sharding import in_part, in_shard
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline.sample import generate_sample
@@ -35,6 +39,61 @@ CROSS_ACCOUNT_TYPES = ["outperforming", "underperforming", "cross_account_patter
 CROSS_ACCOUNT_COLUMNS = ["pushed", "rank_in_day"]
 WALL_CLOCK = ["created_at", "viewed_at", "actioned_at"]
 FAMILIES = ["engagement_signals", "risk_signals", "opportunity_signals", "timing_signals"]
+
+
+def _part(index: int, rows: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "customer_id": [f"C{index}-{i}" for i in range(rows)],
+            "value": [float(i) for i in range(rows)],
+        }
+    )
+
+
+def test_parts_are_written_in_order_and_read_back_one_by_one(tmp_path: Path) -> None:
+    """Each part lands in the file in order, in the first part's types (a part whose column
+    holds only nulls has no type of its own), and reads back as its own slice."""
+    nulls = pl.DataFrame({"customer_id": ["N-0"], "value": [None]})
+    parts = [_part(0, 3), _part(1, 5), nulls, _part(3, 0), _part(4, 2)]
+    path = tmp_path / "parts.parquet"
+    assert _write_parts(path, FrameStream(iter(parts))) == 11
+    read = list(_as_parts(path))
+    assert [p.height for p in read] == [3, 5, 1, 0, 2]
+    assert read[2].schema == parts[0].schema and read[2]["value"].is_null().all()
+    for written, back in zip(parts, read, strict=True):
+        assert back.equals(written.cast(parts[0].schema))
+
+
+def test_a_part_that_fails_fails_the_write_with_its_own_error(tmp_path: Path) -> None:
+    def parts():
+        yield _part(0, 3)
+        yield _part(1, 3)
+        raise ContractError("table 'usage_daily', column 'value': value 'x' is not a valid Float64")
+
+    with pytest.raises(ContractError, match="not a valid Float64"):
+        _write_parts(tmp_path / "parts.parquet", FrameStream(parts()))
+
+
+def test_an_interrupt_stops_the_parts_and_goes_on_up(tmp_path: Path) -> None:
+    """Dagster interrupts a step in the main thread; the parts stop being produced (a long range
+    would otherwise compute to the end first) and the interrupt is raised."""
+    import _thread
+    import time
+
+    produced = []
+
+    def parts():
+        for index in range(50):
+            produced.append(index)
+            if index == 2:
+                _thread.interrupt_main()  # as a terminated run's signal handler does
+            if index >= 2:
+                time.sleep(0.2)  # a slow part: ~10 s left for the main thread to react
+            yield _part(index, 10)
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_parts(tmp_path / "parts.parquet", FrameStream(parts()))
+    assert len(produced) < 50
 
 
 @pytest.fixture(scope="module")

@@ -79,8 +79,9 @@ class FrameParts:
     """A stored frame read one part (a group of whole accounts) at a time: an input annotated
     `FrameParts` gets this from the IO manager instead of the frame.
 
-    A `FrameStream` output is stored as consecutive parts, so a part is a slice of the file (only
-    its row groups are read). A frame written whole is cut into parts by a hash of customer_id.
+    A `FrameStream` output is stored as consecutive parts, so a part is a slice of the file (the
+    row groups around it are read). A frame written whole is cut into parts by a hash of
+    customer_id.
     """
 
     scan: pl.LazyFrame

@@ -70,6 +70,7 @@ def usage_baselines_and_trends(
     want_trends = "usage_trends" in selected
     metadata: dict[str, object] = {}
     trends: list[pl.DataFrame] = []
+    written: list[int] = []  # set once every part was produced
 
     def compute(usage: pl.DataFrame) -> pl.DataFrame:
         """This part's baselines; its trend signals are kept aside when wanted."""
@@ -91,6 +92,8 @@ def usage_baselines_and_trends(
             deviating_days += deviating.height
             strongest.append(deviating.sort(pl.col("z").abs(), descending=True).head(10))
             yield frame
+            del frame, deviating, usage  # not held while the next part is computed
+        written.append(parts_count)
         metadata.update(
             {
                 "parts": parts_count,
@@ -120,5 +123,10 @@ def usage_baselines_and_trends(
             stats = weekly_trend_stats(usage, first, last, usage_settings, churned)
             trends.append(detect_usage_trends(stats, usage_settings))
     if want_trends:
+        if want_baselines and not written:
+            # the trend signals are gathered while the IO manager writes the baselines' parts
+            raise dg.DagsterInvariantViolationError(
+                "usage_baselines was not written part by part before usage_trends was asked for"
+            )
         signals = pl.concat(trends, how="vertical_relaxed") if trends else empty_signals()
         yield dg.Output(signals, "usage_trends", metadata=signal_metadata(signals))
