@@ -80,3 +80,32 @@ def test_feature_discovery_needs_only_its_history_days(tmp_path: Path) -> None:
     key = ["customer_id", "subject", "partition_date"]
     assert full.height > 0
     assert detect_feature_discovery(cut, accounts, first, END).sort(key).equals(full.sort(key))
+
+
+def test_feature_history_reaches_the_oldest_day_that_can_matter() -> None:
+    """A feature used 56 days before a use on the first day a discovery can still be shown is no
+    discovery (the gap must exceed 56 days). That earlier day lies HISTORY_DAYS - 1 days before
+    the run: a read starting one day later would report a discovery that is not one."""
+    start = END - timedelta(days=6)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["OLD"],
+            "contract_start": [END - timedelta(days=400)],
+            "churned_on": pl.Series([None], dtype=pl.Date),
+            "renewal_date": [END + timedelta(days=200)],
+        }
+    )
+    shown_from = start - timedelta(days=13)  # a discovery is shown for 14 days from its first use
+    features = pl.DataFrame(
+        {
+            "customer_id": ["OLD", "OLD"],
+            "date": [shown_from - timedelta(days=56), shown_from],
+            "feature": ["exports", "exports"],
+            "active_users": [4, 6],
+        }
+    )
+    assert features["date"].min() >= start - timedelta(days=HISTORY_DAYS)
+    assert detect_feature_discovery(features, accounts, start, END).height == 0
+    too_short = features.filter(pl.col("date") > features["date"].min())
+    found = detect_feature_discovery(too_short, accounts, start, END)
+    assert found["partition_date"].to_list() == [start]
