@@ -70,7 +70,6 @@ def usage_baselines_and_trends(
     want_trends = "usage_trends" in selected
     metadata: dict[str, object] = {}
     trends: list[pl.DataFrame] = []
-    written: list[int] = []  # set once every part was produced
 
     def compute(usage: pl.DataFrame) -> pl.DataFrame:
         """This part's baselines; its trend signals are kept aside when wanted."""
@@ -93,7 +92,6 @@ def usage_baselines_and_trends(
             strongest.append(deviating.sort(pl.col("z").abs(), descending=True).head(10))
             yield frame
             del frame, deviating, usage  # not held while the next part is computed
-        written.append(parts_count)
         metadata.update(
             {
                 "parts": parts_count,
@@ -123,7 +121,7 @@ def usage_baselines_and_trends(
             stats = weekly_trend_stats(usage, first, last, usage_settings, churned)
             trends.append(detect_usage_trends(stats, usage_settings))
     if want_trends:
-        if want_baselines and not written:
+        if want_baselines and "parts" not in metadata:  # set once every part was produced
             # the trend signals are gathered while the IO manager writes the baselines' parts
             raise dg.DagsterInvariantViolationError(
                 "usage_baselines was not written part by part before usage_trends was asked for"
