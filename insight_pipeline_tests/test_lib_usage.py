@@ -10,6 +10,8 @@ import polars as pl
 import pytest
 
 from insight_pipeline.lib.detectors.usage import (
+    _lagged_median,
+    _series_rolling_median,
     detect_usage_anomalies,
     detect_usage_trends,
     usage_baselines,
@@ -154,3 +156,34 @@ def test_lookback_window_is_enough() -> None:
     stats_full = weekly_trend_stats(usage, day, day, S).sort("customer_id")
     stats_cut = weekly_trend_stats(cut, day, day, S).sort("customer_id")
     assert stats_full.equals(stats_cut)
+
+
+@pytest.mark.parametrize("wanted", ["few rows (direct medians)", "every row (kernel pass)"])
+def test_series_medians_equal_polars_rolling_median_over_series(wanted: str) -> None:
+    """The baselines' and trends' medians (`_series_rolling_median`, chunks of rows on threads)
+    are polars' `shift(lag).rolling_median(window).over(series)`, value for value: NaN gaps,
+    series shorter than the window and windows crossing series starts included. Small chunks
+    put many chunks on the threads."""
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(1, 60, size=300)
+    series = np.repeat(np.arange(lengths.size), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    values = np.round(rng.gamma(2.0, 3.0, size=series.size), 1)
+    values[rng.random(series.size) < 0.05] = np.nan
+    lag, window, min_count = 2, 7, 3
+    expected = (
+        pl.DataFrame({"v": values, "s": series}, nan_to_null=True)
+        .select(pl.col("v").shift(lag).rolling_median(window, min_samples=min_count).over("s"))
+        .to_series()
+        .fill_null(np.nan)
+        .to_numpy()
+    )
+    if wanted.startswith("few"):
+        rows = np.flatnonzero(rng.random(series.size) < 0.05)
+    else:
+        rows = np.arange(series.size)
+    got = _series_rolling_median(values, position, rows, lag, window, min_count)
+    assert rows.size > 0 and not np.isnan(got).all()
+    np.testing.assert_array_equal(got, expected[rows])
+    chunked = _lagged_median(values, position, rows, range(lag, lag + window), min_count, chunk=7)
+    np.testing.assert_array_equal(chunked, expected[rows])

@@ -19,7 +19,9 @@ Statistics, all vectorised over every customer x metric at once:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -181,23 +183,49 @@ def _lagged_median(
     This is `rolling_median(...).over(series)` evaluated only on the rows that need it. An even
     count's median is lo + (hi - lo) * 0.5, the arithmetic polars uses, so values are identical.
     The windows of a chunk are gathered with one 2-D take (row-major, not column by column).
+    Chunks run on a thread per core: numpy's gathers and sorts release the GIL, and each chunk
+    writes only its own slice of the result, so the numbers are the same as one by one.
     """
     out = np.empty(rows.size)
     lag = np.asarray(lags, dtype=np.int64)
-    width = lag.size
-    for begin in range(0, rows.size, chunk):
+
+    def one(begin: int) -> None:
         part = rows[begin : begin + chunk]
-        w = values.take(part[:, None] - lag, mode="clip")
-        w[position[part][:, None] < lag] = np.nan  # lags before the series' first day
-        w.sort(axis=1)  # NaN last
-        count = width - np.isnan(w).sum(axis=1)
-        index = np.arange(part.size)
-        lo = w[index, np.maximum(count - 1, 0) // 2]
-        hi = w[index, np.minimum(count // 2, width - 1)]
-        median = lo + (hi - lo) * 0.5
-        median[count < min_count] = np.nan
-        out[begin : begin + part.size] = median
+        out[begin : begin + part.size] = _chunk_median(values, position, part, lag, min_count)
+
+    starts = range(0, rows.size, chunk)
+    workers = min(len(starts), _usable_cores())
+    if workers <= 1:
+        for begin in starts:
+            one(begin)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="median") as pool:
+            list(pool.map(one, starts))  # list(): re-raises a chunk's error here
     return out
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _chunk_median(
+    values: np.ndarray, position: np.ndarray, part: np.ndarray, lag: np.ndarray, min_count: int
+) -> np.ndarray:
+    """`_lagged_median` of one chunk of rows."""
+    width = lag.size
+    w = values.take(part[:, None] - lag, mode="clip")
+    w[position[part][:, None] < lag] = np.nan  # lags before the series' first day
+    w.sort(axis=1)  # NaN last
+    count = width - np.isnan(w).sum(axis=1)
+    index = np.arange(part.size)
+    lo = w[index, np.maximum(count - 1, 0) // 2]
+    hi = w[index, np.minimum(count // 2, width - 1)]
+    median = lo + (hi - lo) * 0.5
+    median[count < min_count] = np.nan
+    return median
 
 
 def _series_rolling_median(
@@ -220,6 +248,11 @@ def _series_rolling_median(
     wanted (a daily run) `_lagged_median` alone is cheaper than a pass over every row: sorting a
     row's window costs about a quarter of a kernel step per value.
     """
+    lags = range(lag, lag + window)
+    if rows.size * window <= 4 * values.size:
+        # Few rows (a daily run): the kernel pass below could not pay off however many windows
+        # are clean, so skip it and the NaN prefix sums over every row it would need.
+        return _lagged_median(values, position, rows, lags, min_count)
     nan = np.isnan(values)
     nan_before = np.zeros(values.size + 1, dtype=np.int64)
     np.cumsum(nan, out=nan_before[1:])  # NaN count in values[:i]
@@ -238,7 +271,7 @@ def _series_rolling_median(
         )
         out[clean] = medians[last[clean]]
     dirty = ~clean
-    out[dirty] = _lagged_median(values, position, rows[dirty], range(lag, lag + window), min_count)
+    out[dirty] = _lagged_median(values, position, rows[dirty], lags, min_count)
     return out
 
 
