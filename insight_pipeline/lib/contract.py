@@ -9,8 +9,10 @@ silently dropped and never double counted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -912,10 +914,10 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
     """
     later = np.zeros(frame.height, dtype=bool)
     if frame.height > 1:
+        # one expression (not `pl.reduce`, which folds in Python): the hashes run in parallel
         hashed = frame.select(
-            pl.reduce(
-                lambda a, b: a ^ b,
-                [pl.col(column).hash(seed) for seed, column in enumerate(key)],
+            functools.reduce(
+                operator.xor, [pl.col(column).hash(seed) for seed, column in enumerate(key)]
             )
         ).to_series()
         ordered = hashed.sort().to_numpy()  # polars' parallel sort: ~4x numpy's here
