@@ -159,7 +159,9 @@ def test_lookback_window_is_enough() -> None:
 
 
 @pytest.mark.parametrize("wanted", ["few rows (direct medians)", "every row (kernel pass)"])
-def test_series_medians_equal_polars_rolling_median_over_series(wanted: str) -> None:
+def test_series_medians_equal_polars_rolling_median_over_series(
+    wanted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The baselines' and trends' medians (`_series_rolling_median`, chunks of rows on threads)
     are polars' `shift(lag).rolling_median(window).over(series)`, value for value: NaN gaps,
     series shorter than the window and windows crossing series starts included. Small chunks
@@ -169,7 +171,7 @@ def test_series_medians_equal_polars_rolling_median_over_series(wanted: str) -> 
     series = np.repeat(np.arange(lengths.size), lengths)
     position = np.concatenate([np.arange(n) for n in lengths])
     values = np.round(rng.gamma(2.0, 3.0, size=series.size), 1)
-    values[rng.random(series.size) < 0.05] = np.nan
+    values[rng.random(series.size) < 0.01] = np.nan
     lag, window, min_count = 2, 7, 3
     expected = (
         pl.DataFrame({"v": values, "s": series}, nan_to_null=True)
@@ -182,7 +184,17 @@ def test_series_medians_equal_polars_rolling_median_over_series(wanted: str) -> 
         rows = np.flatnonzero(rng.random(series.size) < 0.05)
     else:
         rows = np.arange(series.size)
+    kernel_passes = []
+    rolling_median = pl.Series.rolling_median
+
+    def counted(series: pl.Series, *args: object, **kwargs: object) -> pl.Series:
+        kernel_passes.append(series.len())
+        return rolling_median(series, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Series, "rolling_median", counted)
     got = _series_rolling_median(values, position, rows, lag, window, min_count)
+    # the path under test ran: polars' kernel over every row, or none of it
+    assert bool(kernel_passes) == wanted.startswith("every")
     assert rows.size > 0 and not np.isnan(got).all()
     np.testing.assert_array_equal(got, expected[rows])
     chunked = _lagged_median(values, position, rows, range(lag, lag + window), min_count, chunk=7)

@@ -205,10 +205,14 @@ def _lagged_median(
 
 
 def _usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    """Threads for the medians: the cores this process may run on (its CPU affinity where the
+    OS tells it), no more than polars' own pool (so POLARS_MAX_THREADS limits both) and at most
+    8 (each thread holds a chunk's windows, up to ~60 MB)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, pl.thread_pool_size(), 8))
 
 
 def _chunk_median(
