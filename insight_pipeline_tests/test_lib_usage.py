@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 
 from insight_pipeline.lib.detectors.usage import (
+    _grid_until,
     _lagged_median,
     _series_rolling_median,
+    _trend_stats_of_grid,
     detect_usage_anomalies,
     detect_usage_trends,
     usage_baselines,
@@ -129,6 +131,38 @@ def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
     assert baselines.equals(alone)
     assert trends.height > 0
     assert trends.equals(detect_usage_trends(weekly_trend_stats(usage, first, last, S, churned), S))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [S, UsageSettings(trend_consecutive_weeks=2, trend_weeks=8), UsageSettings(min_effect=0.1)],
+    ids=["default", "longer-window", "smaller-effect"],
+)
+def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
+    """The trend signals computed on the candidate rows only (the pipeline's path) are those of
+    the full statistics, for rises, falls, level steps and a weekend shift, while most rows of
+    the range (noise) are never given the expensive statistics."""
+    weekend = np.array([(END - timedelta(days=DAYS - 1 - d)).weekday() >= 5 for d in range(DAYS)])
+    shift = np.where(weekend & (np.arange(DAYS) >= 170), 3.0, 1.0)
+    multipliers = {
+        1: ramp(DAYS, 140, 0.15, weeks=8),
+        2: ramp(DAYS, 150, -0.12, weeks=8),
+        3: step(DAYS, 175, 1.7),
+        4: step(DAYS, 180, 0.55),
+        5: shift,
+        6: step(DAYS, 200, 0.0),  # goes silent: a drop, not a new pattern
+    }
+    usage = usage_series(40, DAYS, END, multipliers=multipliers, seed=21)
+    first = day_of(120)
+    full = weekly_trend_stats(usage, first, END, settings)
+    candidates = _trend_stats_of_grid(
+        _grid_until(usage, END, None), first, END, settings, only_candidates=True
+    )
+    expected = detect_usage_trends(full, settings)
+    _, found = usage_baselines_and_trends(usage, first, END, settings)
+    assert set(expected["type"]) >= {"adoption_trend", "declining_usage", "usage_pattern_change"}
+    assert found.equals(expected)
+    assert candidates.height < full.height / 2
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

@@ -10,11 +10,11 @@ from insight_pipeline.defs.metadata import markdown_preview, partition_days, sig
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream
-from insight_pipeline.lib.detectors.usage import detect_usage_trends, weekly_trend_stats
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 from insight_pipeline.lib.detectors.usage import (
     usage_baselines_and_trends as compute_baselines_and_trends,
 )
+from insight_pipeline.lib.detectors.usage import usage_trends as compute_usage_trends
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "baselines"
@@ -117,9 +117,10 @@ def usage_baselines_and_trends(
         # The IO manager writes the parts as they come, before this step goes on to the trends.
         yield dg.Output(FrameStream(parts(), metadata=metadata), "usage_baselines")
     elif want_trends:
-        for usage in usage_window:
-            stats = weekly_trend_stats(usage, first, last, usage_settings, churned)
-            trends.append(detect_usage_trends(stats, usage_settings))
+        trends.extend(
+            compute_usage_trends(usage, first, last, usage_settings, churned)
+            for usage in usage_window
+        )
     if want_trends:
         if want_baselines and "parts" not in metadata:  # set once every part was produced
             # the trend signals are gathered while the IO manager writes the baselines' parts

@@ -306,8 +306,25 @@ def usage_baselines_and_trends(
     the costliest step of each. The trend statistics are reduced to their few signals before
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
-    trends = detect_usage_trends(_trend_stats_of_grid(grid, start, end, settings), settings)
+    trends = detect_usage_trends(
+        _trend_stats_of_grid(grid, start, end, settings, only_candidates=True), settings
+    )
     return _baselines_of_grid(grid, start, end, settings), trends
+
+
+def usage_trends(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
+    computed only on the rows that could pass its tests (`_trend_candidates`)."""
+    grid = _grid_until(usage, end, churned)
+    return detect_usage_trends(
+        _trend_stats_of_grid(grid, start, end, settings, only_candidates=True), settings
+    )
 
 
 def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
@@ -532,8 +549,15 @@ def weekly_trend_stats(
 
 
 def _trend_stats_of_grid(
-    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+    grid: _DenseGrid,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    only_candidates: bool = False,
 ) -> pl.DataFrame:
+    """`weekly_trend_stats` of the grid; with `only_candidates`, only of the rows that could
+    become a signal (`_trend_candidates`): the same signals, without the weekly scale's rolling
+    median and the wide frame for the rows no test could pass."""
     s = settings
     k = s.trend_weeks
     week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
@@ -562,6 +586,10 @@ def _trend_stats_of_grid(
         _series_sum(pl.col("_weekend"), 56, lag=21).alias("_we_prior"),
     )
     w0 = sums["w0"].to_numpy()  # NaN where the series is shorter than a week
+    picked = sums[wanted]
+    if only_candidates:
+        kept = _trend_candidates(w0, picked, wanted, grid.position, s)
+        wanted, picked = wanted[kept], picked.filter(pl.Series(kept))
 
     # log1p of every week sum, once (polars' log1p, as the rest); the log week sums of the
     # regression and the week-to-week changes below are all gathered from it.
@@ -575,7 +603,6 @@ def _trend_stats_of_grid(
     scale = pl.Series(
         _series_rolling_median(wow, grid.position, wanted, 7 * (k - 1), 56, 28), nan_to_null=True
     )
-    picked = sums[wanted]
     frame = (
         grid.frame(wanted)
         .with_columns(
@@ -653,6 +680,60 @@ def _trend_stats_of_grid(
         .rename({"date": "partition_date"})
         .rechunk()  # one chunk per column (see usage_baselines)
     )
+
+
+def _trend_candidates(
+    w0: np.ndarray,
+    picked: pl.DataFrame,
+    wanted: np.ndarray,
+    position: np.ndarray,
+    settings: UsageSettings,
+) -> np.ndarray:
+    """Which `wanted` rows pass the cheap preconditions of `detect_usage_trends` (a superset of
+    the rows it can keep): enough history, and either `trend_consecutive_weeks` week sums in a
+    row rising (falling), or - for a new pattern - enough prior volume, still in use, and the
+    last 3 weeks all on one side of the prior weeks or the weekend share moved. The thresholds
+    are loosened by a rounding's width, so that a row on the edge is kept, never lost; the
+    tests of t, z and the scales are left to `detect_usage_trends`. Only these rows need the
+    weekly scale's rolling median: in noise, some 10% of them."""
+    s = settings
+    k = s.trend_weeks
+    run = s.trend_consecutive_weeks
+    enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * k
+    if run <= 0:
+        return enough
+    # the week sums the tests compare: w0..w{run} for a run, w0..w2 for a pattern
+    weeks = [w0[wanted - 7 * i] for i in range(min(max(run + 1, 3), k))]
+    if run < k:
+        rising = np.logical_and.reduce([weeks[i] > weeks[i + 1] for i in range(run)])
+        falling = np.logical_and.reduce([weeks[i] < weeks[i + 1] for i in range(run)])
+        moving = rising | falling
+    else:  # weeks_up counts at most k - 1 rises
+        moving = np.zeros(wanted.size, dtype=bool)
+    if k < 3:  # the pattern test compares w0..w2
+        return enough & moving
+
+    def slack(bound: np.ndarray) -> np.ndarray:
+        return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
+
+    prior = picked["prior_week"].to_numpy()  # NaN (null) fails every comparison, as in polars
+    recent3 = picked["recent3"].to_numpy()
+    high = prior * (1 + s.min_effect)
+    low = prior * (1 - s.min_effect)
+    level = (np.minimum(np.minimum(weeks[0], weeks[1]), weeks[2]) >= high - slack(high)) | (
+        np.maximum(np.maximum(weeks[0], weeks[1]), weeks[2]) <= low + slack(low)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(recent3 > 0, picked["_we_recent"].to_numpy() / recent3, np.nan)
+        prior_share = np.where(prior > 0, picked["_we_prior"].to_numpy() / (8.0 * prior), np.nan)
+    shape = np.abs(share - prior_share) >= s.min_shape_shift - 1e-9
+    used = 0.05 * prior
+    pattern = (
+        (prior >= s.min_weekly_volume - 1e-9)
+        & (recent3 / 3.0 >= used - slack(used))
+        & (level | shape)
+    )
+    return enough & (moving | pattern)
 
 
 def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
