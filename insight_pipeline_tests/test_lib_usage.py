@@ -135,8 +135,14 @@ def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [S, UsageSettings(trend_consecutive_weeks=2, trend_weeks=8), UsageSettings(min_effect=0.1)],
-    ids=["default", "longer-window", "smaller-effect"],
+    [
+        S,
+        UsageSettings(trend_consecutive_weeks=2, trend_weeks=8),
+        UsageSettings(min_effect=0.1),
+        UsageSettings(trend_consecutive_weeks=0),
+        UsageSettings(trend_consecutive_weeks=6),
+    ],
+    ids=["default", "longer-window", "smaller-effect", "no-run-needed", "run-longer-than-window"],
 )
 def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
     """The trend signals computed on the candidate rows only (the pipeline's path) are those of
@@ -153,6 +159,20 @@ def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
         6: step(DAYS, 200, 0.0),  # goes silent: a drop, not a new pattern
     }
     usage = usage_series(40, DAYS, END, multipliers=multipliers, seed=21)
+    # Series that start late, and series near the weekly volume floor (a level step among
+    # them), sit on the edges of the history and volume tests.
+    young = usage_series(
+        30, DAYS, END, level=3.0, metric="events", multipliers={0: ramp(DAYS, 190, 0.2, 6)}
+    ).filter(pl.col("date") >= day_of(150))
+    small = usage_series(30, DAYS, END, level=4.5, metric="logins", seed=5)
+    small_step = usage_series(
+        1, DAYS, END, level=6.0, metric="logins", multipliers={0: step(DAYS, 215, 3.0)}, seed=4
+    ).with_columns(pl.lit("C0999").alias("customer_id"))
+    usage = pl.concat([usage, young, small, small_step])
+    # A NaN value (rejected at the source, not by the detectors) gives the same signals too.
+    nan_day = (pl.col("customer_id") == "C0010") & (pl.col("date") == day_of(225))
+    nan_value = pl.when(nan_day).then(float("nan")).otherwise("value").alias("value")
+    usage = usage.with_columns(nan_value)
     first = day_of(120)
     full = weekly_trend_stats(usage, first, END, settings)
     candidates = _trend_stats_of_grid(
@@ -160,9 +180,13 @@ def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
     )
     expected = detect_usage_trends(full, settings)
     _, found = usage_baselines_and_trends(usage, first, END, settings)
-    assert set(expected["type"]) >= {"adoption_trend", "declining_usage", "usage_pattern_change"}
+    run_possible = 0 < settings.trend_consecutive_weeks < settings.trend_weeks
+    if run_possible:
+        assert {"adoption_trend", "declining_usage"} <= set(expected["type"])
+    assert "usage_pattern_change" in set(expected["type"])
     assert found.equals(expected)
-    assert candidates.height < full.height / 2
+    if settings.trend_consecutive_weeks > 0:  # (with no run needed, every row is a candidate)
+        assert candidates.height < full.height / 2
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

@@ -716,7 +716,13 @@ def _trend_candidates(
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
 
-    prior = picked["prior_week"].to_numpy()  # NaN (null) fails every comparison, as in polars
+    # A null sum (too little history) is NaN here and fails every comparison, as null does in
+    # polars. A NaN sum (a NaN usage value, which the contract rejects at the source) compares
+    # as the largest number in polars, so such rows are kept rather than judged here.
+    sums = ["prior_week", "recent3", "_we_recent", "_we_prior"]
+    not_a_number = picked.select(pl.any_horizontal(pl.col(sums).is_nan())).to_series()
+    nan_sum = not_a_number.fill_null(False).to_numpy()
+    prior = picked["prior_week"].to_numpy()
     recent3 = picked["recent3"].to_numpy()
     high = prior * (1 + s.min_effect)
     low = prior * (1 - s.min_effect)
@@ -733,7 +739,7 @@ def _trend_candidates(
         & (recent3 / 3.0 >= used - slack(used))
         & (level | shape)
     )
-    return enough & (moving | pattern)
+    return enough & (moving | pattern | nan_sum)
 
 
 def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
