@@ -7,6 +7,7 @@ import polars as pl
 
 from insight_pipeline.lib.detectors.benchmarks import (
     benchmark_usage,
+    benchmarked_series_starts,
     detect_benchmarks,
     peer_percentiles,
 )
@@ -74,6 +75,11 @@ def test_benchmarks_from_the_last_weeks_equal_those_from_the_whole_window() -> N
         whole = peer_percentiles(usage, entitlements, accounts, first, last, s)
         recent_rows = benchmark_usage(usage.lazy(), first, last, s)
         recent = peer_percentiles(recent_rows, entitlements, accounts, first, last, s)
+        # the series' first days learnt once for a run of several spans: the same rows
+        starts = benchmarked_series_starts(usage.lazy(), s)
+        spanned = benchmark_usage(usage.lazy(), first, last, s, starts)
+        keys = ["customer_id", "metric", "date", "value"]
+        assert spanned.sort(keys).equals(recent_rows.sort(keys))
         assert recent_rows.height < 0.75 * usage.height
         # some series begin too late for a 28-day mean: those accounts are not benchmarked
         assert 20 <= whole["customer_id"].n_unique() < 60

@@ -16,6 +16,8 @@ from insight_pipeline.lib.detectors.usage import (
     _trend_stats_of_grid,
     detect_usage_anomalies,
     detect_usage_trends,
+    rows_since,
+    series_starts,
     usage_baselines,
     usage_baselines_and_trends,
     weekly_trend_stats,
@@ -187,6 +189,25 @@ def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
     assert found.equals(expected)
     if settings.trend_consecutive_weeks > 0:  # (with no run needed, every row is a candidate)
         assert candidates.height < full.height / 2
+
+
+def test_rows_since_with_series_starts_learnt_once() -> None:
+    """`rows_since` with the series' first days given (learnt from the whole window, in one pass
+    for all parts and spans) yields the rows it finds by reading the older rows itself: series
+    that begin before, on and after the opened day, and one with a gap across it."""
+    usage = usage_series(12, DAYS, END, seed=3)
+    late = (pl.col("customer_id") == "C0002") & (pl.col("date") < day_of(205))
+    gap = (pl.col("customer_id") == "C0003") & pl.col("date").is_between(day_of(150), day_of(215))
+    usage = usage.filter(~late & ~gap)
+    keys = ["customer_id", "metric", "date", "value"]  # a begun series' 0 beside its row
+    starts = series_starts(usage.lazy())
+    assert starts.filter(pl.col("customer_id") == "C0002")["first_day"].item() == day_of(205)
+    for opened in (day_of(200), day_of(205), day_of(210)):
+        scan = usage.lazy().filter(pl.col("date") <= END)
+        expected = rows_since(scan, opened)
+        zeros = expected.filter((pl.col("date") == opened) & (pl.col("value") == 0))
+        assert ("C0002" in zeros["customer_id"]) == (opened > day_of(205))
+        assert rows_since(scan, opened, starts).sort(keys).equals(expected.sort(keys))
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

@@ -9,6 +9,7 @@ from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors.benchmarks import (
     benchmark_usage,
+    benchmarked_series_starts,
     detect_benchmarks,
     peer_percentiles,
 )
@@ -39,8 +40,10 @@ def peer_benchmarks(
     # Percentiles are across accounts but per day: a long run goes a span of days at a time,
     # reading only the benchmarked metric and seats of that span (and its look-back).
     found, cohorts, benchmarked, spans = [], set(), set(), day_spans(first, last, accounts.height)
+    # Which series began before each span's window: one pass for all spans.
+    starts = benchmarked_series_starts(usage_window, s) if len(spans) > 1 else None
     for start, end in spans:
-        usage = benchmark_usage(usage_window, start, end, s)
+        usage = benchmark_usage(usage_window, start, end, s, starts)
         percentiles = peer_percentiles(
             usage, activity_window["entitlements"], accounts, start, end, s
         )

@@ -23,6 +23,7 @@ from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
+from insight_pipeline.lib.detectors.usage import series_starts
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform, empty_signals
@@ -266,7 +267,7 @@ def detect_opportunity(
             "entitlement_limit": (
                 [act["entitlements"], act["usage_rows"]],
                 lambda: opportunity.detect_entitlement_limit(
-                    usage, act["entitlements"], accounts, first, last, s
+                    usage, act["entitlements"], accounts, first, last, s, act["usage_starts"]
                 ),
             ),
             "case_study_and_referral": (
@@ -298,6 +299,10 @@ def opportunity_signals(
         "usage_rows": rows_of(usage_window),
         "feature_rows": rows_of(activity_window["feature_usage"]),
     }
+    # A run of several account parts learns which usage series began when in one pass, not
+    # one per part (see `rows_since`).
+    several = account_part_count(accounts.height, (last - first).days + 1) > 1
+    rows["usage_starts"] = series_starts(usage_window) if several else None
     signals, meta = by_account_parts(
         lambda accounts, act: detect_opportunity(
             first, last, settings.settings(), accounts, act | rows

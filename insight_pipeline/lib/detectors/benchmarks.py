@@ -18,6 +18,7 @@ from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     evidence_list,
     rows_since,
+    series_starts,
     usage_grid,
     within_series,
 )
@@ -81,16 +82,28 @@ def _metric_with_seats(
 
 
 def benchmark_usage(
-    usage: pl.LazyFrame, start: date, end: date, s: BenchmarkSettings
+    usage: pl.LazyFrame,
+    start: date,
+    end: date,
+    s: BenchmarkSettings,
+    starts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The usage rows `peer_percentiles` needs for [start, end], read from a (large) window:
     the benchmarked metric and seats from `window_days - 1` days before `start` to `end`
     (`rows_since`: the rolling means are those of the whole window). A daily run reads a
-    quarter of the window's rows."""
-    wanted = usage.filter(
-        pl.col("metric").is_in([s.metric, "seats_used"]) & (pl.col("date") <= end)
-    )
-    return rows_since(wanted, start - timedelta(days=s.window_days - 1))
+    quarter of the window's rows. `starts`: `benchmarked_series_starts` of the window, for a
+    run that reads it a span of days at a time."""
+    wanted = usage.filter(benchmarked_metrics(s) & (pl.col("date") <= end))
+    return rows_since(wanted, start - timedelta(days=s.window_days - 1), starts)
+
+
+def benchmarked_metrics(s: BenchmarkSettings) -> pl.Expr:
+    return pl.col("metric").is_in([s.metric, "seats_used"])
+
+
+def benchmarked_series_starts(usage: pl.LazyFrame, s: BenchmarkSettings) -> pl.DataFrame:
+    """`series_starts` of the benchmarked metrics (one pass over the window for all spans)."""
+    return series_starts(usage.filter(benchmarked_metrics(s)))
 
 
 def peer_percentiles(
@@ -103,9 +116,7 @@ def peer_percentiles(
 ) -> pl.DataFrame:
     """Per (customer, day): normalised metric, cohort, cohort size and percentile (0..1)."""
     w = s.window_days
-    wanted = usage.filter(
-        pl.col("metric").is_in([s.metric, "seats_used"]) & (pl.col("date") <= end)
-    )
+    wanted = usage.filter(benchmarked_metrics(s) & (pl.col("date") <= end))
     if wanted.filter(pl.col("metric") == s.metric).height == 0:
         return pl.DataFrame()
     # the rolling mean over every day of a series (masked at series starts: rows are contiguous

@@ -30,11 +30,14 @@ def detect_entitlement_limit(
     start: date,
     end: date,
     s: OpportunitySettings,
+    starts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """A metric at entitlement_ratio of its entitlement (7-day peak), or on course to exceed it
     before renewal (log-linear weekly trend over projection_weeks, projected to renewal_date).
 
-    `usage` may be a scan of a large window: only the entitled metrics' rows are read."""
+    `usage` may be a scan of a large window: only the entitled metrics' rows are read.
+    `starts`: `series_starts` of the whole window, when `usage` is one part of it (a long run
+    takes the accounts a part at a time): then the older rows are not read again per part."""
     if entitlements.height == 0:
         return empty_signals()
     k = s.projection_weeks
@@ -43,7 +46,11 @@ def detect_entitlement_limit(
     scan = usage.lazy().filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
     # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
     if _exact_sums(scan):
-        usage = rows_since(scan, start - timedelta(days=7 * k - 1))
+        if starts is not None:  # the same series as `scan`: its metrics, this part's accounts
+            starts = starts.filter(pl.col("metric").is_in(metrics.implode())).join(
+                accounts.select("customer_id"), on="customer_id", how="semi"
+            )
+        usage = rows_since(scan, start - timedelta(days=7 * k - 1), starts)
     else:
         usage = scan.collect()
     if usage.height == 0:

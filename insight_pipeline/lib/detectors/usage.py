@@ -58,23 +58,40 @@ def usage_grid(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None = No
     return _DenseGrid.build(usage, end, churned)
 
 
-def rows_since(usage: pl.LazyFrame, opened: date) -> pl.DataFrame:
+def rows_since(
+    usage: pl.LazyFrame, opened: date, starts: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The usage rows from `opened` on, plus a 0 on `opened` for each series seen before it.
 
     Its grid has the same days and values from `opened` on as the grid of all the rows: a
     missing day counts as 0 once a series has begun, and a series that began earlier still
     begins at or before `opened`. For detectors whose windows reach back less than the look-back
-    (peer benchmarks: 28 days; entitlement projections: 8 weeks of a 16-week window)."""
+    (peer benchmarks: 28 days; entitlement projections: 8 weeks of a 16-week window).
+
+    `starts`, when given, must be `series_starts` of the same series (the rows of `usage`, with
+    more days or without them): it saves the pass over the older rows when one run asks for
+    several `opened` days or several parts of the same window."""
     dtype = usage.collect_schema()["value"]
-    seen_before = (
-        usage.filter(pl.col("date") < opened)
-        .select("customer_id", "metric")
-        .unique()
-        .with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
-    )
     columns = ["customer_id", "metric", "date", "value"]
     recent = usage.filter(pl.col("date") >= opened).select(columns)
-    return pl.concat([recent, seen_before]).collect()
+    if starts is None:
+        begun = usage.filter(pl.col("date") < opened).select("customer_id", "metric").unique()
+        return pl.concat([recent, _zero_on(begun, opened, dtype)]).collect()
+    rows = recent.collect()
+    begun = starts.lazy().filter(pl.col("first_day") < opened).select("customer_id", "metric")
+    return pl.concat([rows.lazy(), _zero_on(begun, opened, dtype)]).collect()
+
+
+def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
+    """customer_id, metric and first_day of every series in `usage` (one pass, three columns)."""
+    return (
+        usage.group_by("customer_id", "metric").agg(pl.col("date").min().alias("first_day"))
+    ).collect()
+
+
+def _zero_on(series: pl.LazyFrame, day: date, dtype: pl.DataType) -> pl.LazyFrame:
+    """A 0 on `day` for each of `series` (customer_id, metric)."""
+    return series.with_columns(pl.lit(day).alias("date"), pl.lit(0, dtype).alias("value"))
 
 
 @dataclass(frozen=True)
