@@ -48,26 +48,28 @@ def detect_feature_discovery(
         .agg(pl.col("date").max().alias("last_before"))
         .collect()
     )
-    # Sorted by (customer, feature, date) through one integer key (category codes and the day),
-    # so "the previous active day of the same feature" is a shift masked at group changes.
-    # Rows are unique by (customer, date, feature) after quarantine; a repeated row would only
-    # see itself as its previous day (gap 0) and drop out.
-    day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
+    # Sorted by (customer, feature, date) through integer codes (the categorical codes of the
+    # two texts: a hash lookup per row, no join; their order does not matter, only that each
+    # customer x feature is contiguous with its days ascending), so "the previous active day of
+    # the same feature" is a shift masked at group changes. Rows are unique by (customer, date,
+    # feature) after quarantine; a repeated row would only see itself as its previous day (gap
+    # 0) and drop out.
     long_gap = pl.col("previous").is_null() | (
         (pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS
     )
-    groups = used.select("customer_id", "feature").unique().with_row_index("_group")
+    same_group = (pl.col("_c") == pl.col("_c").shift(1)) & (pl.col("_f") == pl.col("_f").shift(1))
     firsts = (
-        used.select("customer_id", "feature", "date")
-        .join(groups, on=["customer_id", "feature"])
-        .with_columns(pl.col("_group").cast(pl.UInt64), day.alias("_day"))
-        .sort(pl.col("_group") * (1 << 20) + pl.col("_day"))  # < 2^52: days < 2^20
-        .with_columns(
-            pl.when(pl.col("_group") == pl.col("_group").shift(1))
-            .then(pl.col("date").shift(1))
-            .alias("previous")
+        used.select(
+            "customer_id",
+            "feature",
+            "date",
+            pl.col("customer_id").cast(pl.Categorical).to_physical().alias("_c"),
+            pl.col("feature").cast(pl.Categorical).to_physical().alias("_f"),
         )
-        .drop("_group", "_day")
+        .drop_nulls(["_c", "_f"])  # (quarantined at the source; no group to belong to)
+        .sort("_c", "_f", "date")
+        .with_columns(pl.when(same_group).then(pl.col("date").shift(1)).alias("previous"))
+        .drop("_c", "_f")
         .filter(long_gap)  # a row with a previous day here keeps it: the join is for the rest
         .join(before, on=["customer_id", "feature"], how="left")
         .with_columns(pl.coalesce("previous", "last_before").alias("previous"))
