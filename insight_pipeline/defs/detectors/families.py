@@ -299,10 +299,15 @@ def opportunity_signals(
         "usage_rows": rows_of(usage_window),
         "feature_rows": rows_of(activity_window["feature_usage"]),
     }
-    # A run of several account parts learns which usage series began when in one pass, not
-    # one per part (see `rows_since`).
+    # A run of several account parts learns when each entitled metric's series began in one
+    # pass, not one per part (see `rows_since`).
     several = account_part_count(accounts.height, (last - first).days + 1) > 1
-    rows["usage_starts"] = series_starts(usage_window) if several else None
+    entitled = activity_window["entitlements"].select("metric").unique().collect()["metric"]
+    rows["usage_starts"] = (
+        series_starts(usage_window.filter(pl.col("metric").is_in(entitled.implode())))
+        if several and entitled.len()
+        else None
+    )
     signals, meta = by_account_parts(
         lambda accounts, act: detect_opportunity(
             first, last, settings.settings(), accounts, act | rows

@@ -46,7 +46,9 @@ def detect_entitlement_limit(
     scan = usage.lazy().filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
     # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
     if _exact_sums(scan):
-        if starts is not None:  # the same series as `scan`: its metrics, this part's accounts
+        if starts is not None:
+            # the series of `scan`: its metrics, this part's accounts (usage of a customer not
+            # in `accounts` is quarantined at the source, and no signal would read it)
             starts = starts.filter(pl.col("metric").is_in(metrics.implode())).join(
                 accounts.select("customer_id"), on="customer_id", how="semi"
             )
