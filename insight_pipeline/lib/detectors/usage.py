@@ -323,9 +323,7 @@ def usage_baselines_and_trends(
     the costliest step of each. The trend statistics are reduced to their few signals before
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
-    trends = detect_usage_trends(
-        _trend_stats_of_grid(grid, start, end, settings, only_candidates=True), settings
-    )
+    trends = _trends_of_grid(grid, start, end, settings)
     return _baselines_of_grid(grid, start, end, settings), trends
 
 
@@ -338,10 +336,14 @@ def usage_trends(
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
     computed only on the rows that could pass its tests (`_trend_candidates`)."""
-    grid = _grid_until(usage, end, churned)
-    return detect_usage_trends(
-        _trend_stats_of_grid(grid, start, end, settings, only_candidates=True), settings
-    )
+    return _trends_of_grid(_grid_until(usage, end, churned), start, end, settings)
+
+
+def _trends_of_grid(
+    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+) -> pl.DataFrame:
+    stats = _trend_stats_of_grid(grid, start, end, settings, only_candidates=True)
+    return detect_usage_trends(stats, settings)
 
 
 def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
