@@ -210,6 +210,14 @@ def test_rows_since_with_series_starts_learnt_once() -> None:
         assert rows_since(scan, opened, starts).sort(keys).equals(expected.sort(keys))
 
 
+def test_a_trend_window_too_short_is_refused_by_name() -> None:
+    from insight_pipeline.lib.settings import Settings
+
+    with pytest.raises(ValueError, match=r"usage\.trend_weeks=2"):
+        Settings.from_dict({"usage": {"trend_weeks": 2}})
+    assert Settings.from_dict({"usage": {"trend_weeks": 3}}).usage.trend_weeks == 3
+
+
 def test_missing_rows_count_as_zero_usage() -> None:
     """A customer whose rows stop (not zeros: missing) is a drop, per the contract."""
     usage = usage_series(10, DAYS, END, seed=2)

@@ -52,6 +52,13 @@ class UsageSettings:
     min_weekly_volume: float = 20.0
     """Minimum weekly volume for a trend to be judged."""
 
+    def __post_init__(self) -> None:
+        if self.trend_weeks < 3:
+            raise ValueError(
+                f"usage.trend_weeks={self.trend_weeks}: at least 3 weeks are needed (a new "
+                "pattern compares the last three weeks; the trend's slope needs a standard error)"
+            )
+
 
 @dataclass(frozen=True)
 class RankingSettings:

@@ -721,7 +721,8 @@ def _trend_candidates(
     enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * k
     if run <= 0:
         return enough
-    # the week sums the tests compare: w0..w{run} for a run, w0..w2 for a pattern
+    # the week sums the tests compare: w0..w{run} for a run, w0..w2 for a pattern (k >= 3:
+    # UsageSettings refuses less)
     weeks = [w0[wanted - 7 * i] for i in range(min(max(run + 1, 3), k))]
     if run < k:
         rising = np.logical_and.reduce([weeks[i] > weeks[i + 1] for i in range(run)])
@@ -729,8 +730,6 @@ def _trend_candidates(
         moving = rising | falling
     else:  # weeks_up counts at most k - 1 rises
         moving = np.zeros(wanted.size, dtype=bool)
-    if k < 3:  # the pattern test compares w0..w2
-        return enough & moving
 
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
