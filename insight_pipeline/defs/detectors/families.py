@@ -301,13 +301,12 @@ def opportunity_signals(
     }
     # A run of several account parts learns when each entitled metric's series began in one
     # pass, not one per part (see `rows_since`).
-    several = account_part_count(accounts.height, (last - first).days + 1) > 1
-    entitled = activity_window["entitlements"].select("metric").unique().collect()["metric"]
-    rows["usage_starts"] = (
-        series_starts(usage_window.filter(pl.col("metric").is_in(entitled.implode())))
-        if several and entitled.len()
-        else None
-    )
+    rows["usage_starts"] = None
+    if account_part_count(accounts.height, (last - first).days + 1) > 1:
+        entitled = activity_window["entitlements"].select("metric").unique().collect()["metric"]
+        if entitled.len():
+            entitled_usage = usage_window.filter(pl.col("metric").is_in(entitled.implode()))
+            rows["usage_starts"] = series_starts(entitled_usage)
     signals, meta = by_account_parts(
         lambda accounts, act: detect_opportunity(
             first, last, settings.settings(), accounts, act | rows

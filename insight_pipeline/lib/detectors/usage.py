@@ -76,10 +76,10 @@ def rows_since(
     recent = usage.filter(pl.col("date") >= opened).select(columns)
     if starts is None:
         begun = usage.filter(pl.col("date") < opened).select("customer_id", "metric").unique()
-        return pl.concat([recent, _zero_on(begun, opened, dtype)]).collect()
-    rows = recent.collect()
-    begun = starts.lazy().filter(pl.col("first_day") < opened).select("customer_id", "metric")
-    return pl.concat([rows.lazy(), _zero_on(begun, opened, dtype)]).collect()
+    else:
+        begun = starts.lazy().filter(pl.col("first_day") < opened).select("customer_id", "metric")
+    zeros = begun.with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
+    return pl.concat([recent, zeros]).collect()
 
 
 def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
@@ -87,11 +87,6 @@ def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
     return (
         usage.group_by("customer_id", "metric").agg(pl.col("date").min().alias("first_day"))
     ).collect()
-
-
-def _zero_on(series: pl.LazyFrame, day: date, dtype: pl.DataType) -> pl.LazyFrame:
-    """A 0 on `day` for each of `series` (customer_id, metric)."""
-    return series.with_columns(pl.lit(day).alias("date"), pl.lit(0, dtype).alias("value"))
 
 
 @dataclass(frozen=True)
