@@ -76,6 +76,8 @@ def main() -> None:
     if profiler is not None:
         profiler.stop()
         args.profile.write_text(profiler.output_text(unicode=True, color=False))
+        if profiler.last_session is not None:  # re-render later: pyinstrument --load=...
+            profiler.last_session.save(str(args.profile.with_suffix(".pyisession")))
     for seconds, key in durations:
         print(f"{seconds:7.2f} s  {key}")
     print(

@@ -643,3 +643,60 @@ def test_template_narratives_handle_missing_optional_facts() -> None:
     facts = {**FACTS["detractor_nps"], "comment": None}
     (text,) = TemplateNarrator().narrate([item("detractor_nps", facts)])
     assert "None" not in json.dumps(text)
+
+
+def base_rate(n: int, k: int) -> dict[str, Any]:
+    """A base rate as `base_rate_json` writes it (one dict per type and month)."""
+    return {
+        "n": n,
+        "k": k,
+        "min_n": 10,
+        "label": "usage drop of 30% or more from one month to the next",
+        "months": 18,
+        "rate_pct": 100 * k / n,
+        "outcome": "churned",
+        "horizon_days": 90,
+        "baseline_pct": 7.9,
+    }
+
+
+def test_the_so_what_follows_each_base_rate_and_type_when_rates_are_shared() -> None:
+    """The base-rate sentence is rendered once per base rate and fallback of a call; insights
+    sharing a rate dict (as `narrative_contexts` makes them) or an equal one, and types with
+    different fallbacks, each still get their own so-what, in any order."""
+    sufficient, scarce = base_rate(41, 12), base_rate(3, 1)
+    fallback = {
+        kind: TemplateNarrator().narrate([item(kind)])[0]["so_what"]
+        for kind in ("usage_drop", "usage_spike")
+    }
+    assert fallback["usage_drop"] != fallback["usage_spike"]
+    cases = [
+        ("usage_drop", sufficient),
+        ("usage_drop", scarce),
+        ("usage_spike", sufficient),
+        ("usage_spike", scarce),
+        ("mystery_type", scarce),  # no template of its own: _default.j2, no fallback given
+        ("usage_drop", dict(sufficient)),  # equal, not the same dict
+        ("usage_spike", scarce),
+        ("mystery_type", None),
+    ]
+    items = [
+        {**item("usage_drop" if kind == "mystery_type" else kind), "type": kind, "base_rate": rate}
+        for kind, rate in cases
+    ]
+    texts = [t["so_what"] for t in TemplateNarrator().narrate(items)]
+    told = "Of 41 accounts with a usage drop of 30% or more from one month to the next in the past"
+    for (kind, rate), text in zip(cases, texts, strict=True):
+        if rate is not None and rate["n"] == 41:
+            assert text.startswith(told) and "12 (29%) churned within 90 days" in text, text
+            assert text.endswith("against 8% of all accounts."), text
+        elif kind == "mystery_type":
+            assert text.startswith("This pattern is worth a look."), text
+            assert ("Only 3 comparable" in text) == (rate is not None), text
+        else:
+            assert text.startswith(fallback[kind]), (kind, text)
+            assert text.endswith(
+                "(Only 3 comparable account(s) in the past 18 months: too few to say how often it "
+                "leads to churn.)"
+            ), text
+    assert texts[0] == texts[2] == texts[5]  # the sentence does not depend on the type
