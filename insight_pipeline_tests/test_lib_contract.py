@@ -360,6 +360,49 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
     )
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_reading_many_windows_fails_at_the_window_with_a_bad_value_as_its_read(
+    tmp_path: Path, fmt: str
+) -> None:
+    """The windows are typed together; a value that cannot be typed still fails where and as
+    the read of its own window fails, after the windows before it were given whole."""
+    meetings = pl.DataFrame(
+        {
+            "meeting_id": ["m1", "m2", "m3", "m4"],
+            "customer_id": ["C1", "C2", "C1", "C2"],
+            "start_at": [
+                "2026-01-10T10:00:00Z",
+                "2026-02-10T10:00:00Z",
+                "2026-02-20T10:00:00Z",
+                "2026-03-10T10:00:00Z",
+            ],
+            "meeting_type": ["qbr"] * 4,
+            "sentiment": ["0.5", "0.2", "very good", "0.1"],  # February holds a bad value
+        }
+    )
+    if fmt == "parquet":
+        meetings = meetings.with_columns(
+            pl.col("start_at").str.to_datetime(time_zone="UTC", time_unit="us")
+        )
+    src = Source(str(write_source(tmp_path, fmt, meetings=meetings)))
+    windows = [
+        (date(2026, 1, 1), date(2026, 1, 31)),
+        (date(2026, 1, 15), date(2026, 2, 28)),
+        (date(2026, 3, 1), date(2026, 3, 31)),
+    ]
+    frames = src.read_windows("meetings", windows)
+    first = next(frames)
+    alone = src.read("meetings", date_from=date(2026, 1, 1), date_to=date(2026, 1, 31))
+    assert first is not None and alone is not None and first.equals(alone)
+    assert first["sentiment"].to_list() == [0.5]
+    with pytest.raises(ContractError) as together:
+        next(frames)
+    with pytest.raises(ContractError) as own:
+        src.read("meetings", date_from=date(2026, 1, 15), date_to=date(2026, 2, 28))
+    assert str(together.value) == str(own.value)
+    assert "very good" in str(together.value)
+
+
 def test_window_fingerprints_count_undated_rows_in_each_and_see_any_changed_value(
     tmp_path: Path,
 ) -> None:
