@@ -1536,9 +1536,17 @@ def _universe(
     on_days = accounts.join(days, how="cross").filter(
         is_active(accounts.columns, pl.col("rollup_date"))
     )
-    books = cells.assign(on_days.select("rollup_date", "_os", pl.col("arr").fill_null(0.0)))
-    sized = books.group_by(DAY_KEYS).agg(
-        pl.len().cast(pl.Int64).alias("accounts"), _sum_in_cents(pl.col("arr")).alias("arr_total")
+    # Summed per day and owner-segment pair first, then spread over the rollup rows each pair
+    # counts in (its CSM, their managers, segments, the total): whole cents add up exactly in
+    # any grouping, and the account-days are grouped once, not once per rollup row.
+    per_pair = on_days.group_by("rollup_date", "_os").agg(
+        pl.len().cast(pl.Int64).alias("accounts"),
+        _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
+    )
+    sized = (
+        cells.assign(per_pair)
+        .group_by(DAY_KEYS)
+        .agg(pl.col("accounts").sum(), (pl.col("_cents").sum() / 100).alias("arr_total"))
     )
     every_day = (
         always.join(cells.rows, on=KEYS).select("_cell").join(days, how="cross").select(DAY_KEYS)
