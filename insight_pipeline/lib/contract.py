@@ -367,12 +367,21 @@ class Source:
             typed: pl.DataFrame | None = self._typed_from(spec, raw)
         except ContractError:
             typed = None  # then each window is typed alone and fails as its own read would
+        # each row's day for the windows, worked out once (a timestamp's date, ISO text's first
+        # ten characters), then each window compares it with its bounds
+        day = _window_day(spec, raw.schema)
+        days = raw.select(day.alias("_day")) if day is not None and typed is not None else None
         for date_from, date_to in windows:
-            window = _window_filter(spec, raw.schema, date_from, date_to)
             if typed is None:
+                window = _window_filter(spec, raw.schema, date_from, date_to)
                 yield self._typed_from(spec, raw if window is None else raw.filter(window))
-            else:  # the window judged on the raw values, as a read of it does
-                yield typed if window is None else typed.filter(raw.select(window).to_series())
+                continue
+            # the window judged on the raw values, as a read of it does
+            window = _window_filter(spec, raw.schema, date_from, date_to, pl.col("_day"))
+            if window is None or days is None:
+                yield typed
+            else:
+                yield typed.filter(days.select(window).to_series())
 
     def count(
         self, table: str, *, date_from: date | None = None, date_to: date | None = None
@@ -594,11 +603,15 @@ def _collect_contiguous(scan: pl.LazyFrame) -> pl.DataFrame:
 
 
 def _window_filter(
-    spec: TableSpec, schema: pl.Schema, date_from: date | None, date_to: date | None
+    spec: TableSpec,
+    schema: pl.Schema,
+    date_from: date | None,
+    date_to: date | None,
+    day: pl.Expr | None = None,
 ) -> pl.Expr | None:
     """The rows of a raw file table (`schema`: its columns as read) in the date window; None
-    when every row is kept."""
-    day = _window_day(spec, schema)
+    when every row is kept. `day`: a column already holding `_window_day` of the rows."""
+    day = _window_day(spec, schema) if day is None else day
     if day is None or not (date_from or date_to):
         return None
     as_text = schema[spec.date_column] == pl.String  # ISO text compares as dates
