@@ -361,9 +361,12 @@ class Source:
             spec, min(a for a, _ in windows), max(b for _, b in windows)
         )  # the union of the windows: each window's filter keeps a subset of it, in order
         try:
-            # Typed once: typing goes value by value and keeps the rows, so a window's rows of
-            # the typed union are its own typed rows (12 months of a range run share ~18 of
-            # their 19 months: typing each window was most of the reading).
+            # Typed once: typing keeps the rows and gives each value the same typed value
+            # whichever rows surround it (the per-column choices - trimming, a timestamp's
+            # format - change no value), so a window's rows of the typed union are its own typed
+            # rows (12 months of a range run share ~18 of their 19 months: typing each window
+            # was most of the reading). A value no window holds that cannot be typed (in a gap
+            # between windows) only sends the windows the slow way.
             typed: pl.DataFrame | None = self._typed_from(spec, raw)
         except ContractError:
             typed = None  # then each window is typed alone and fails as its own read would
@@ -375,13 +378,11 @@ class Source:
             if typed is None:
                 window = _window_filter(spec, raw.schema, date_from, date_to)
                 yield self._typed_from(spec, raw if window is None else raw.filter(window))
-                continue
-            # the window judged on the raw values, as a read of it does
-            window = _window_filter(spec, raw.schema, date_from, date_to, pl.col("_day"))
-            if window is None or days is None:
+            elif days is None:  # no day to judge by: every window keeps every row
                 yield typed
-            else:
-                yield typed.filter(days.select(window).to_series())
+            else:  # the window judged on the raw values, as a read of it does
+                window = _window_filter(spec, raw.schema, date_from, date_to, pl.col("_day"))
+                yield typed if window is None else typed.filter(days.select(window).to_series())
 
     def count(
         self, table: str, *, date_from: date | None = None, date_to: date | None = None
@@ -610,7 +611,8 @@ def _window_filter(
     day: pl.Expr | None = None,
 ) -> pl.Expr | None:
     """The rows of a raw file table (`schema`: its columns as read) in the date window; None
-    when every row is kept. `day`: a column already holding `_window_day` of the rows."""
+    when every row is kept. `day`: a column already holding `_window_day` of the rows (only
+    when that is not None)."""
     day = _window_day(spec, schema) if day is None else day
     if day is None or not (date_from or date_to):
         return None

@@ -1539,9 +1539,15 @@ def _universe(
     # Summed per day and owner-segment pair first, then spread over the rollup rows each pair
     # counts in (its CSM, their managers, segments, the total): whole cents add up exactly in
     # any grouping, and the account-days are grouped once, not once per rollup row.
-    per_pair = on_days.group_by("rollup_date", "_os").agg(
-        pl.len().cast(pl.Int64).alias("accounts"),
-        _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
+    # (an account of a pair that counts in no rollup row is left out before its ARR is
+    # converted, as it was never spread)
+    per_pair = (
+        on_days.join(cells.spread.select("_os").unique(), on="_os", how="semi")
+        .group_by("rollup_date", "_os")
+        .agg(
+            pl.len().cast(pl.Int64).alias("accounts"),
+            _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
+        )
     )
     sized = (
         cells.assign(per_pair)
