@@ -75,6 +75,7 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.insights.narrate import TemplateNarrator, humanize_metric
+from insight_pipeline.lib.parallel import for_each_chunk
 from insight_pipeline.lib.ranking.episodes import episode_id
 from insight_pipeline.lib.settings import RankingSettings, TeamSettings
 from insight_pipeline.lib.signals import EVIDENCE_TYPE
@@ -185,14 +186,22 @@ def _upper_tails(
 ) -> np.ndarray:
     """sum_{j = start_i}^{stop_i} exp(log_pmf(i, j)) for every i at once (0 where stop < start):
     all the terms of all the tails laid out in one array (segment i = the terms of tail i),
-    each tail summed relative to its largest term. Chunks of ~2M terms bound the memory."""
+    each tail summed relative to its largest term. Chunks of ~2M terms bound the memory; they
+    run on a thread per core, each tail summed within its chunk as one after another would."""
     count = np.maximum(stop - start + 1, 0)
     out = np.zeros(start.size, dtype=np.float64)
+    terms_through = np.cumsum(count)  # terms of tails 0..i
+    chunks = []
     begin = 0
     while begin < start.size:
         # as many tails as fit in the chunk (at least one)
-        cum = np.cumsum(count[begin:])
-        end = begin + max(1, int(np.searchsorted(cum, 2_000_000, side="right")))
+        before = int(terms_through[begin - 1]) if begin else 0
+        fit = int(np.searchsorted(terms_through, before + 2_000_000, side="right"))
+        chunks.append((begin, max(begin + 1, fit)))
+        begin = chunks[-1][1]
+
+    def one(chunk: tuple[int, int]) -> None:
+        begin, end = chunk
         rows = np.arange(begin, end)[count[begin:end] > 0]
         if rows.size:
             n_terms = count[rows]
@@ -204,7 +213,8 @@ def _upper_tails(
             peak = np.maximum.reduceat(terms, offset)
             total = np.add.reduceat(np.exp(terms - peak[tail]), offset)
             out[rows] = np.minimum(1.0, np.exp(peak) * total)
-        begin = end
+
+    for_each_chunk(one, chunks, "tails")
     return out
 
 
@@ -745,11 +755,14 @@ def managers_above(users: pl.DataFrame) -> dict[str, list[str]]:
     return chains
 
 
-def pattern_owner(csms: Iterable[str], users: pl.DataFrame) -> str | None:
+def pattern_owner(
+    csms: Iterable[str], users: pl.DataFrame, chains: dict[str, list[str]] | None = None
+) -> str | None:
     """The lowest manager above every CSM in `csms` (a CSM book's own manager; the leader when
     the accounts span teams). With no common manager: the first leader, else the first
-    manager, else the first CSM (ids in order), so a pattern always has an owner."""
-    chains = managers_above(users)
+    manager, else the first CSM (ids in order), so a pattern always has an owner. `chains`:
+    `managers_above(users)`, when the caller asks for many patterns."""
+    chains = managers_above(users) if chains is None else chains
     ids = sorted(set(csms))
     common: list[str] | None = None
     for csm in ids:
@@ -859,13 +872,15 @@ def team_insights(
         return patterns.with_columns(
             [pl.lit(None, dtype=t).alias(c) for c, t in TEAM_INSIGHT_COLUMNS.items()]
         )
-    info = {
+    members = patterns.select(pl.col("members").explode().unique().alias("customer_id"))
+    info = {  # the members' accounts only (a run may hold 100k accounts)
         r["customer_id"]: r
-        for r in accounts.select(
-            "customer_id", "name", "arr", "renewal_date", "csm_user_id"
-        ).iter_rows(named=True)
+        for r in accounts.join(members, on="customer_id", how="semi")
+        .select("customer_id", "name", "arr", "renewal_date", "csm_user_id")
+        .iter_rows(named=True)
     }
     names = {str(u): str(n) for u, n in users.select("user_id", "name").iter_rows()}
+    chains = managers_above(users)  # once, not per pattern
     keys = ["partition_date", "pattern_type", "pattern_subject"]
     seen = {  # first sightings of the raised patterns' members only (hits has millions of rows)
         (d, c, t, s): f
@@ -877,7 +892,7 @@ def team_insights(
     rows: list[dict[str, Any]] = []
     for row in patterns.iter_rows(named=True):
         members = _members(row, info, seen)
-        rows.append(_formulate(row, members, users, names, narrator, team, ranking))
+        rows.append(_formulate(row, members, users, chains, names, narrator, team, ranking))
     built = pl.DataFrame(rows, schema=TEAM_INSIGHT_COLUMNS, orient="row")
     return pl.concat([patterns, built], how="horizontal")
 
@@ -886,6 +901,7 @@ def _formulate(
     row: dict[str, Any],
     members: list[_Member],
     users: pl.DataFrame,
+    chains: dict[str, list[str]],
     names: dict[str, str],
     narrator: TemplateNarrator,
     team: TeamSettings,
@@ -946,7 +962,7 @@ def _formulate(
         "id": episode_id(fingerprint, day),
         "customer_id": None,
         "customer_name": group_label(row["dimension"], row["group_value"], names),
-        "user_id": pattern_owner(csms, users),
+        "user_id": pattern_owner(csms, users, chains),
         "category": TEAM_CATEGORY,
         "type": PATTERN_TYPE,
         "subject": f"{row['pattern_type']}:{subject}|{dimension_value}",

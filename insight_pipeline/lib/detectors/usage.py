@@ -19,15 +19,14 @@ Statistics, all vectorised over every customer x metric at once:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
 
+from insight_pipeline.lib.parallel import for_each_chunk
 from insight_pipeline.lib.settings import UsageSettings
 from insight_pipeline.lib.signals import conform, evidence_item
 
@@ -205,26 +204,8 @@ def _lagged_median(
         part = rows[begin : begin + chunk]
         out[begin : begin + part.size] = _chunk_median(values, position, part, lag, min_count)
 
-    starts = range(0, rows.size, chunk)
-    workers = min(len(starts), _usable_cores())
-    if workers <= 1:
-        for begin in starts:
-            one(begin)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="median") as pool:
-            list(pool.map(one, starts))  # list(): re-raises a chunk's error here
+    for_each_chunk(one, range(0, rows.size, chunk), "median")
     return out
-
-
-def _usable_cores() -> int:
-    """Threads for the medians: the cores this process may run on (its CPU affinity where the
-    OS tells it), no more than polars' own pool (so POLARS_MAX_THREADS limits both) and at most
-    8 (each thread holds a chunk's windows, up to ~60 MB)."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, pl.thread_pool_size(), 8))
 
 
 def _chunk_median(
