@@ -303,6 +303,16 @@ def test_a_large_csv_is_read_through_a_mirror_renewed_when_the_file_changes(
     assert Source(str(root)).count("usage_daily") == 3
 
 
+def meetings_source(root: Path, fmt: str, meetings: pl.DataFrame) -> tuple[Source, pl.DataFrame]:
+    """A source holding these meetings (ISO text start times; timestamps in a Parquet file),
+    and the meetings as written."""
+    if fmt == "parquet":
+        meetings = meetings.with_columns(
+            pl.col("start_at").str.to_datetime(time_zone="UTC", time_unit="us")
+        )
+    return Source(str(write_source(root, fmt, meetings=meetings))), meetings
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path, fmt: str) -> None:
     """`read_windows` reads the file once for overlapping windows and gives, window by window,
@@ -326,11 +336,7 @@ def test_reading_many_windows_at_once_gives_each_windows_own_read(tmp_path: Path
             "sentiment": [0.5] * len(starts),
         }
     )
-    if fmt == "parquet":
-        meetings = meetings.with_columns(
-            pl.col("start_at").str.to_datetime(time_zone="UTC", time_unit="us")
-        )
-    src = Source(str(write_source(tmp_path, fmt, meetings=meetings)))
+    src, meetings = meetings_source(tmp_path, fmt, meetings)
     windows = [
         (date(2026, 2, 1), date(2026, 3, 1)),
         (date(2026, 3, 1), date(2026, 3, 31)),
@@ -380,11 +386,7 @@ def test_reading_many_windows_fails_at_the_window_with_a_bad_value_as_its_read(
             "sentiment": ["0.5", "0.2", "very good", "0.1"],  # February holds a bad value
         }
     )
-    if fmt == "parquet":
-        meetings = meetings.with_columns(
-            pl.col("start_at").str.to_datetime(time_zone="UTC", time_unit="us")
-        )
-    src = Source(str(write_source(tmp_path, fmt, meetings=meetings)))
+    src, meetings = meetings_source(tmp_path, fmt, meetings)
     windows = [
         (date(2026, 1, 1), date(2026, 1, 31)),
         (date(2026, 1, 15), date(2026, 2, 28)),
