@@ -140,6 +140,29 @@ def test_hypergeometric_tail_equals_brute_force(x: int, n: int, k: int, total: i
     assert got == pytest.approx(exact / math.comb(total, n), rel=1e-9)
 
 
+def test_tails_in_many_chunks_on_threads_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tails of many tests, laid out in chunks of a few terms (so several threads each take
+    many chunks, and a tail longer than a chunk gets one of its own), give the same numbers to
+    the bit as one chunk, and each matches its own brute-force sum."""
+    rng = np.random.default_rng(3)
+    total = 400
+    k = rng.integers(1, 120, 3000)
+    n = rng.integers(3, 200, 3000)
+    x = rng.integers(0, 40, 3000)
+    p = k / total
+    whole = hypergeometric_sf(x, n, k, total), binomial_sf(x, n, p)
+    monkeypatch.setattr(team_module, "TAIL_TERMS_PER_CHUNK", 7)
+    chunked = hypergeometric_sf(x, n, k, total), binomial_sf(x, n, p)
+    assert np.array_equal(whole[0], chunked[0]) and np.array_equal(whole[1], chunked[1])
+    for i in range(0, 3000, 97):
+        top = min(k[i], n[i])
+        exact = sum(
+            math.comb(int(k[i]), j) * math.comb(total - int(k[i]), int(n[i]) - j)
+            for j in range(int(x[i]), int(top) + 1)
+        ) / math.comb(total, int(n[i]))
+        assert chunked[0][i] == pytest.approx(exact, rel=1e-9, abs=1e-300), i
+
+
 def test_p_values_are_rounded_to_six_significant_digits_down_to_subnormals() -> None:
     """A pattern so strong that its p-value is subnormal (1e-310) stays a number: it once
     became NaN (an overflowing scale) and so never passed the significance test."""

@@ -181,6 +181,10 @@ _ROLLUP_DIMENSION_LABELS = {
 # ---------------------------------------------------------------------------- statistics
 
 
+TAIL_TERMS_PER_CHUNK = 2_000_000
+"""Terms of the tail sums laid out at once per chunk (16 MB a float array): bounds memory."""
+
+
 def _upper_tails(
     start: np.ndarray, stop: np.ndarray, log_pmf: Callable[[np.ndarray, np.ndarray], np.ndarray]
 ) -> np.ndarray:
@@ -196,7 +200,7 @@ def _upper_tails(
     while begin < start.size:
         # as many tails as fit in the chunk (at least one)
         before = int(terms_through[begin - 1]) if begin else 0
-        fit = int(np.searchsorted(terms_through, before + 2_000_000, side="right"))
+        fit = int(np.searchsorted(terms_through, before + TAIL_TERMS_PER_CHUNK, side="right"))
         chunks.append((begin, max(begin + 1, fit)))
         begin = chunks[-1][1]
 
