@@ -195,7 +195,7 @@ def _upper_tails(
     count = np.maximum(stop - start + 1, 0)
     out = np.zeros(start.size, dtype=np.float64)
     terms_through = np.cumsum(count)  # terms of tails 0..i
-    chunks = []
+    chunks: list[tuple[int, int]] = []
     begin = 0
     while begin < start.size:
         # as many tails as fit in the chunk (at least one)
@@ -876,10 +876,10 @@ def team_insights(
         return patterns.with_columns(
             [pl.lit(None, dtype=t).alias(c) for c, t in TEAM_INSIGHT_COLUMNS.items()]
         )
-    members = patterns.select(pl.col("members").explode().unique().alias("customer_id"))
+    member_ids = patterns.select(pl.col("members").explode().unique().alias("customer_id"))
     info = {  # the members' accounts only (a run may hold 100k accounts)
         r["customer_id"]: r
-        for r in accounts.join(members, on="customer_id", how="semi")
+        for r in accounts.join(member_ids, on="customer_id", how="semi")
         .select("customer_id", "name", "arr", "renewal_date", "csm_user_id")
         .iter_rows(named=True)
     }
