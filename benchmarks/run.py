@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from insight_pipeline.allocators import RANGE_RUN_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 VENV_BIN = Path(sys.executable).parent
@@ -226,9 +228,15 @@ class Postgres:
 
 
 def make_env(
-    run_dir: Path, source: Path, shape: Path, instance: str, postgres: Postgres | None
+    run_dir: Path,
+    source: Path,
+    shape: Path,
+    instance: str,
+    postgres: Postgres | None,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """A private DAGSTER_HOME and data dir (and database) for one series of runs."""
+    """A private DAGSTER_HOME and data dir (and database) for one series of runs, plus `extra`
+    variables (a range run's allocator setting)."""
     home = run_dir / "dagster_home"
     data = run_dir / "data"
     for directory in (home, data):
@@ -249,6 +257,7 @@ def make_env(
         INSIGHTS_BENCH_GRAPH_SHAPE=str(shape),
         PYTHONWARNINGS="ignore",
     )
+    env.update(extra or {})
     return env
 
 
@@ -311,12 +320,13 @@ def run_pair(
     shape: Path,
     instance: str,
     postgres: Postgres | None,
+    extra_env: dict[str, str] | None = None,
 ) -> Pair:
     """`runs` pipeline runs and `runs` empty-graph runs, alternating."""
     results = {"pipeline": Series(), "empty": Series()}
     envs = {
         target: make_env(
-            run_root / f"{label}-{instance}-{target}", source, shape, instance, postgres
+            run_root / f"{label}-{instance}-{target}", source, shape, instance, postgres, extra_env
         )
         for target in results
     }
@@ -469,7 +479,9 @@ def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_asse
         "`dagster asset materialize --select '*'` (in-process executor, DuckDB insights store); "
         f"{args.runs} daily run(s) ({args.runs_100k} at 100k) and {args.backfill_runs} "
         "backfill run(s) per size "
-        f"({args.backfill_runs_100k} at 100k; {args.sqlite_backfill_runs} on SQLite). "
+        f"({args.backfill_runs_100k} at 100k; {args.sqlite_backfill_runs} on SQLite), the "
+        "backfills with polars' allocator keeping freed pages 5 s "
+        f"({' '.join(f'{k}={v}' for k, v in RANGE_RUN_ENV.items())}). "
         "*empty graph* = the same asset graph with bodies "
         "that do nothing (benchmarks/empty_graph.py): Dagster's own cost. *ratio* = pipeline / "
         "empty graph. Peak RSS = the largest, over runs, of the summed resident memory of the "
@@ -647,6 +659,7 @@ def main() -> None:
                     shape,
                     instance,
                     postgres,
+                    RANGE_RUN_ENV,  # as the README's *Backfills* says to launch them
                 )
             if not args.skip_naive:
                 row["naive"] = run_naive(

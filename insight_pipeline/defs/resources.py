@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from insight_pipeline.allocators import release_freed_memory, retain_freed_memory
 from insight_pipeline.defs.sharding import (
     PARTS_METADATA,
     SHARD_DIMENSION,
@@ -144,6 +145,13 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     base_dir: str = Field(default="", description="Empty = <data dir>/intermediate.")
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A range run keeps the large blocks its steps free for reuse (see allocators.py)."""
+        tags = context.dagster_run.tags if context.dagster_run is not None else {}
+        first = tags.get("dagster/asset_partition_range_start")
+        if first is not None and first != tags.get("dagster/asset_partition_range_end"):
+            retain_freed_memory()
+
     def _dir(self, context: dg.InputContext | dg.OutputContext) -> Any:
         from pathlib import Path
 
@@ -164,7 +172,17 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
     ) -> None:
         """A frame -> `<first>__<last>.parquet`; a dict of frames or a `TableStream` (a bundle
         of source tables) -> a folder `<first>__<last>/` with one file per key. Written aside,
-        then renamed."""
+        then renamed. What the step freed goes back to the OS after (see allocators.py)."""
+        try:
+            self._write(context, obj)
+        finally:
+            release_freed_memory()
+
+    def _write(
+        self,
+        context: dg.OutputContext,
+        obj: pl.DataFrame | pl.LazyFrame | FrameStream | TableStream | dict[str, pl.DataFrame],
+    ) -> None:
         import shutil
 
         directory = self._dir(context)
@@ -353,6 +371,7 @@ def _write_parts(path: Any, stream: FrameStream) -> int:
             del frame
             if cancelled.is_set():
                 raise RuntimeError("the write was interrupted")
+            release_freed_memory()  # the last part's arrays, before the next part is computed
             part = next(parts, None)
 
     failure: list[BaseException] = []
