@@ -659,7 +659,7 @@ def main() -> None:
                     shape,
                     instance,
                     postgres,
-                    RANGE_RUN_ENV,  # as the README's *Backfills* says to launch them
+                    RANGE_RUN_ENV,  # as the README says to launch backfills
                 )
             if not args.skip_naive:
                 row["naive"] = run_naive(

@@ -12,7 +12,7 @@ this kind of VM. A range run gains from keeping freed memory for reuse:
   (`release_freed_memory`), since the next step's frames come mostly from polars' allocator;
 - polars' jemalloc: keeping freed pages 5 s instead of polars' 0.5-1 s needs `RANGE_RUN_ENV` in
   the environment of the process (jemalloc reads it once, when polars is imported), so it is
-  set where backfills are launched (README, *Backfills*).
+  set where backfills are launched (README, *What bounds a run*).
 
 A daily run gains nothing measurable from either and its peak memory would grow 7-15%, so it
 keeps the defaults (figures in benchmarks/optimisation-log.md). Nothing changes when the
