@@ -22,24 +22,42 @@ operator has set glibc's own variables (`MALLOC_MMAP_MAX_`, ...), nor off glibc.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
 RANGE_RUN_ENV = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:0"}
-GLIBC_ALLOCATOR_ENVS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+GLIBC_ALLOCATOR_ENVS = (
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
 GLIBC_TRIM_THRESHOLD = 1 << 30  # free memory kept at the heap's top during a step
-_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
-_M_MMAP_MAX = -4
-_retaining = False  # set by retain_freed_memory in this process
+# mallopt parameters and their defaults, from glibc's malloc.h and malloc.c
+_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD = -1, 128 * 1024
+_M_MMAP_MAX, _DEFAULT_MMAP_MAX = -4, 65536
+_retaining = False  # between retain_freed_memory and restore_allocator, in this process
 
 
+def _operator_set_malloc() -> bool:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return "glibc.malloc." in tunables or any(name in os.environ for name in GLIBC_ALLOCATOR_ENVS)
+
+
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """This process's C library when it is glibc and the operator left its malloc alone."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    if any(name in os.environ for name in GLIBC_ALLOCATOR_ENVS):
+    if _operator_set_malloc():
         return None
-    return ctypes.CDLL(None)
+    libc = ctypes.CDLL(None)
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc
 
 
 def retain_freed_memory() -> bool:
@@ -48,15 +66,29 @@ def retain_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    _retaining = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
-    )
+    no_mmap = bool(libc.mallopt(_M_MMAP_MAX, 0))
+    _retaining = bool(libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)) or no_mmap
     return _retaining
 
 
 def release_freed_memory() -> None:
-    """Give the freed blocks glibc kept back to the OS (after a step's output is written); a
-    process that does not retain them is left alone."""
+    """Give the freed blocks glibc kept back to the OS (after a step's output is written; it
+    may run on one of polars' threads, malloc_trim is thread-safe); a process that does not
+    retain them is left alone."""
     libc = _glibc()
     if _retaining and libc is not None:
         libc.malloc_trim(0)
+
+
+def restore_allocator() -> None:
+    """glibc's defaults again, with what was kept handed back (at the end of a range run, so
+    that a later run in the same process - tests, `dg.materialize` - is not changed). glibc
+    keeps its mmap threshold where it stood: after any `mallopt` it no longer adapts it."""
+    global _retaining
+    libc = _glibc()
+    if not _retaining or libc is None:
+        return
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+    _retaining = False

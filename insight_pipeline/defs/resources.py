@@ -11,7 +11,11 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from insight_pipeline.allocators import release_freed_memory, retain_freed_memory
+from insight_pipeline.allocators import (
+    release_freed_memory,
+    restore_allocator,
+    retain_freed_memory,
+)
 from insight_pipeline.defs.sharding import (
     PARTS_METADATA,
     SHARD_DIMENSION,
@@ -151,6 +155,9 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         first = tags.get("dagster/asset_partition_range_start")
         if first is not None and first != tags.get("dagster/asset_partition_range_end"):
             retain_freed_memory()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        restore_allocator()
 
     def _dir(self, context: dg.InputContext | dg.OutputContext) -> Any:
         from pathlib import Path
