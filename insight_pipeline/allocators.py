@@ -14,7 +14,7 @@ this kind of VM. A range run gains from keeping freed memory for reuse:
   the environment of the process (jemalloc reads it once, when polars is imported), so it is
   set where backfills are launched (README, *What bounds a run*).
 
-A daily run gains nothing measurable from either and its peak memory would grow 7-15%, so it
+A daily run gains nothing measurable from either and its peak memory would grow 7-16%, so it
 keeps the defaults (figures in benchmarks/optimisation-log.md). Nothing changes when the
 operator has set glibc's own variables (`MALLOC_MMAP_MAX_`, ...), nor off glibc.
 """
