@@ -98,22 +98,27 @@ def test_baselines_or_trends_alone_equal_the_shared_step(sample_dir: Path, tmp_p
     either alone materialises just that one, with the same rows."""
     day = END.isoformat()
 
-    def materialise(work: Path, selection: list[str]) -> None:
+    def materialise(work: Path, selection: list[str]) -> dict[str, dict]:
         res = resources(sample_dir, f"duckdb:///{work / 'i.duckdb'}", work)
         with dg.instance_for_test() as instance:
             result = dg.materialize(
                 ALL_ASSETS, selection=selection, partition_key=day, resources=res, instance=instance
             )
         assert result.success
-        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-        assert done == set(selection)
+        events = result.get_asset_materialization_events()
+        assert {e.asset_key.to_user_string() for e in events} == set(selection)
+        return {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
 
     def stored(work: Path, asset: str) -> pl.DataFrame:
         return pl.read_parquet(work / "intermediate" / asset / f"{day}__{day}.parquet")
 
     sources = ["accounts", "usage_window"]
     both, alone = tmp_path / "both", tmp_path / "alone"
-    materialise(both, [*sources, "usage_baselines", "usage_trends"])
+    metadata = materialise(both, [*sources, "usage_baselines", "usage_trends"])
+    # counted from the rows' order (a run per series): the same as counting distinct pairs
+    series = stored(both, "usage_baselines").select("customer_id", "metric").n_unique()
+    assert series > 0
+    assert metadata["usage_baselines"]["customer_metrics"].value == series
     materialise(alone, sources)
     materialise(alone, ["usage_trends"])
     assert not (alone / "intermediate" / "usage_baselines").exists()

@@ -12,7 +12,7 @@ default path costs nothing extra.
 by date x shard, and the source assets keep only the accounts of the run's shard.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,12 +112,3 @@ class FrameParts:
 
     def _restrict(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         return frame if self.where is None else frame.filter(self.where)
-
-
-def concat_by_part(
-    compute: Callable[[pl.DataFrame], pl.DataFrame], frame: FrameParts
-) -> pl.DataFrame:
-    """`compute` over each part of `frame`, concatenated: for a per-account computation with a
-    small result (signals) this equals `compute(whole frame)` in bounded memory."""
-    results = [compute(part) for part in frame]
-    return results[0] if len(results) == 1 else pl.concat(results, how="vertical_relaxed")

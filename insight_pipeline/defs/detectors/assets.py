@@ -14,8 +14,8 @@ from insight_pipeline.defs.metadata import (
 )
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
-from insight_pipeline.defs.sharding import FrameParts, FrameStream, concat_by_part
-from insight_pipeline.lib.detectors.usage import detect_usage_anomalies
+from insight_pipeline.defs.sharding import FrameStream
+from insight_pipeline.lib.detectors.usage import anomaly_rows, detect_usage_anomalies
 from insight_pipeline.lib.insights.formulate import formulate
 from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform
@@ -43,14 +43,14 @@ SCORE_PREVIEW = [
     kinds={"polars"},
 )
 def usage_anomalies(
-    context: dg.AssetExecutionContext, settings: SettingsResource, usage_baselines: FrameParts
+    context: dg.AssetExecutionContext, settings: SettingsResource, usage_baselines: pl.LazyFrame
 ) -> pl.DataFrame:
     """usage_spike / usage_drop: days beyond the robust band with an effect size, persisting (or
-    one extreme day for a spike)."""
+    one extreme day for a spike). The stored baselines are scanned with the signal rows' filter,
+    so only those rows are read whole (the other columns decoded for them alone)."""
     usage_settings = settings.settings().usage
-    signals = concat_by_part(
-        lambda part: detect_usage_anomalies(part, usage_settings), usage_baselines
-    )
+    hits = usage_baselines.filter(anomaly_rows(usage_settings)).collect()
+    signals = detect_usage_anomalies(hits, usage_settings)
     context.add_output_metadata(signal_metadata(signals))
     return signals
 

@@ -454,8 +454,10 @@ def _confidence(z: pl.Expr, history: pl.Expr, z_threshold: float) -> pl.Expr:
     ).clip(0.2, 1.0)
 
 
-def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
-    """usage_spike / usage_drop signals from `usage_baselines` rows."""
+def anomaly_rows(settings: UsageSettings) -> pl.Expr:
+    """The `usage_baselines` rows `detect_usage_anomalies` raises a signal on: a run of deviating
+    days long enough, or one extreme day for a spike. A row filter only, so that a reader can
+    push it into its scan of the stored baselines (~1% of their rows)."""
     s = settings
     sustained = pl.col("run_days").abs() >= s.persistence_days
     enough = (pl.col("expected") >= s.min_expected) & (pl.col("history_days") >= s.min_history_days)
@@ -467,7 +469,14 @@ def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> 
             | ((pl.col("run_days") >= 2) & (pl.col("prev_rel_change") >= s.min_spike_effect))
         )
     )
-    hits = baselines.filter((sustained & (pl.col("direction") != 0)) | single_spike)
+    return (sustained & (pl.col("direction") != 0)) | single_spike
+
+
+def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """usage_spike / usage_drop signals from `usage_baselines` rows."""
+    s = settings
+    sustained = pl.col("run_days").abs() >= s.persistence_days
+    hits = baselines.filter(anomaly_rows(s))
     if hits.height == 0:
         return conform(hits)
     is_drop = pl.col("direction") < 0
