@@ -347,6 +347,13 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
     parameters - while tokens are created, used, refused and used to log in to the feed."""
     caplog.set_level(logging.DEBUG)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)  # statements + parameters
+    # A server started earlier in this process with uvicorn's own logging config (and a log
+    # level) leaves its access logger not propagating, above INFO or disabled: caplog would see
+    # nothing to check.
+    access = logging.getLogger("uvicorn.access")
+    access_state = (access.propagate, access.disabled, access.level)
+    access.propagate, access.disabled = True, False
+    access.setLevel(logging.DEBUG)
     try:
         store = InsightStore(store_url)  # created after the level is set: SQLAlchemy echoes
         store.migrate()
@@ -382,6 +389,8 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
             store.dispose()
     finally:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+        access.propagate, access.disabled = access_state[:2]
+        access.setLevel(access_state[2])
     records = caplog.records
     assert any(r.name.startswith("uvicorn.access") for r in records), "access log not captured"
     assert any(r.name.startswith("sqlalchemy.engine") for r in records), "SQL log not captured"
