@@ -348,12 +348,13 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
     caplog.set_level(logging.DEBUG)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)  # statements + parameters
     # A server started earlier in this process with uvicorn's own logging config (and a log
-    # level) leaves its access logger not propagating, above INFO or disabled: caplog would see
-    # nothing to check.
-    access = logging.getLogger("uvicorn.access")
-    access_state = (access.propagate, access.disabled, access.level)
-    access.propagate, access.disabled = True, False
-    access.setLevel(logging.DEBUG)
+    # level) leaves its loggers not propagating, above INFO or disabled: caplog's handler, on
+    # the root logger, would see nothing to check.
+    uvicorn_loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.access")]
+    saved = [(lg.propagate, lg.disabled, lg.level) for lg in uvicorn_loggers]
+    for lg in uvicorn_loggers:
+        lg.propagate, lg.disabled = True, False
+        lg.setLevel(logging.DEBUG)
     try:
         store = InsightStore(store_url)  # created after the level is set: SQLAlchemy echoes
         store.migrate()
@@ -389,8 +390,9 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
             store.dispose()
     finally:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
-        access.propagate, access.disabled = access_state[:2]
-        access.setLevel(access_state[2])
+        for lg, (propagate, disabled, level) in zip(uvicorn_loggers, saved, strict=True):
+            lg.propagate, lg.disabled = propagate, disabled
+            lg.setLevel(level)
     records = caplog.records
     assert any(r.name.startswith("uvicorn.access") for r in records), "access log not captured"
     assert any(r.name.startswith("sqlalchemy.engine") for r in records), "SQL log not captured"
