@@ -5,6 +5,7 @@ result), apart from the documented cross-account steps."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, timedelta
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from insight_pipeline.defs.resources import (
     _as_parts,
     _write_parts,
 )
-from insight_pipeline.defs.sharding import FrameStream
+from insight_pipeline.defs.sharding import PARTS_METADATA, FrameStream
 from insight_pipeline.lib.contract import ContractError
 from insight_pipeline.lib.sharding import in_part, in_shard
 from insight_pipeline.lib.store import InsightStore
@@ -131,6 +132,12 @@ def table(db_url: str) -> pl.DataFrame:
     return insights.drop([c for c in WALL_CLOCK if c in insights.columns])
 
 
+def validation(event: dg.EventLogEntry | None) -> dict:
+    """The per-table validation report of an `activity_window` materialisation."""
+    assert event is not None and event.asset_materialization is not None
+    return event.asset_materialization.metadata["validation"].value  # type: ignore[return-value]
+
+
 def test_shards_and_parts_are_disjoint_and_cover_every_customer() -> None:
     ids = pl.DataFrame({"customer_id": [f"C{i:06d}" for i in range(5000)] + [None]})
     for split in (in_shard, in_part):
@@ -151,6 +158,7 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
         run_range(
             ALL_ASSETS, resources(sample_dir, whole, tmp_path / "a"), str(FIRST), str(END), instance
         )
+        whole_events = instance.get_latest_materialization_event(dg.AssetKey("activity_window"))
         monkeypatch.setattr(sharding, "ROWS_PER_PART", 20_000)  # ~8 parts, read in 2 scans
         # 300 accounts x 10 days: 4 account parts; peers 2 days at a time, 5 spans
         monkeypatch.setattr(sharding, "ACCOUNT_DAYS_PER_PART", 800)
@@ -162,6 +170,7 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
             str(END),
             instance,
         )
+        parted_events = instance.get_latest_materialization_event(dg.AssetKey("activity_window"))
         for asset in [*FAMILIES, "insight_candidates"]:
             materialization = instance.get_latest_materialization_event(dg.AssetKey(asset))
             assert materialization is not None
@@ -184,6 +193,23 @@ def test_a_run_in_many_parts_writes_what_one_part_writes(
         keys = ["customer_id", "metric", "partition_date" if asset == "usage_baselines" else "date"]
         assert many.height == one.height
         assert many.sort(keys).equals(one.sort(keys))
+    # the activity tables keyed by customer are read, validated and written a part at a time
+    # when large: the same rows, the same validation counts
+    bundle = f"{FIRST}__{END}"
+    one_dir = tmp_path / "a" / "intermediate" / "activity_window" / bundle
+    many_dir = tmp_path / "b" / "intermediate" / "activity_window" / bundle
+    written_in_parts = set()
+    for path in sorted(one_dir.glob("*.parquet")):
+        one, many = pl.read_parquet(path), pl.read_parquet(many_dir / path.name)
+        assert many.height == one.height, path.stem
+        assert many.sort(one.columns).equals(one.sort(one.columns)), path.stem
+        recorded = pl.read_parquet_metadata(many_dir / path.name).get(PARTS_METADATA)
+        if recorded and len(json.loads(recorded)) > 1:
+            written_in_parts.add(path.stem)
+    assert {"feature_usage", "health"} <= written_in_parts
+    assert not written_in_parts & {"meetings", "meeting_attendees", "communications", "contacts"}
+    assert validation(whole_events) == validation(parted_events)
+    assert validation(whole_events)["feature_usage_daily"]["rows_read"] > 0
     assert table(whole).height > 0
     assert table(parted).equals(table(whole))
 

@@ -202,6 +202,9 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
             tmp.mkdir()
             table_rows: dict[str, int] = {}
             for key, frame in obj.items() if isinstance(obj, dict) else obj.tables:
+                if isinstance(frame, FrameStream):  # a large table, part by part
+                    table_rows[key] = _write_parts(tmp / f"{key}.parquet", frame)
+                    continue
                 frame.write_parquet(tmp / f"{key}.parquet", compression="lz4")
                 table_rows[key] = frame.height
             shutil.rmtree(path, ignore_errors=True)

@@ -5,6 +5,7 @@ once (a 365-day range over 100k accounts holds ~150M usage rows) returns a `Fram
 generator of parts, one per group of whole accounts (`lib/sharding.py`), that the IO manager
 writes to one Parquet file as they come, recording where each part lies. A consumer that wants it
 part by part declares the input as `FrameParts` (and reads each part's slice of the file); one
+that keeps few of its rows declares `pl.LazyFrame` and filters the scan (`usage_anomalies`); one
 that declares `pl.DataFrame` reads the whole file as usual. Small runs are one part, so the
 default path costs nothing extra.
 
@@ -43,10 +44,10 @@ class FrameStream:
 class TableStream:
     """A bundle of frames (one file per key) produced one frame at a time: the IO manager writes
     each as it comes and drops it, so only one table is in memory at once (the activity bundle
-    of a 100k-account day holds ~60M rows in all). `metadata` is filled while the tables are
-    produced, as for `FrameStream`."""
+    of a 100k-account day holds ~60M rows in all); a table given as a `FrameStream` is written
+    part by part. `metadata` is filled while the tables are produced, as for `FrameStream`."""
 
-    tables: Iterable[tuple[str, pl.DataFrame]]
+    tables: Iterable[tuple[str, pl.DataFrame | FrameStream]]
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

@@ -14,11 +14,12 @@ import polars as pl
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.defs.sharding import TableStream
-from insight_pipeline.defs.sources.assets import GROUP, write_quarantine
-from insight_pipeline.lib.contract import CONTRACT, quarantine
+from insight_pipeline.defs.sharding import FrameStream, TableStream
+from insight_pipeline.defs.sources.assets import GROUP, window_parts, write_quarantine
+from insight_pipeline.lib.contract import CONTRACT, TableReport, TableSpec, quarantine
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
+from insight_pipeline.lib.sharding import part_count
 
 #: key in the bundle -> source table (meetings before attendees: attendees are filtered by them)
 ACTIVITY_TABLES: dict[str, str] = {
@@ -80,7 +81,9 @@ def activity_window(
     communications, tickets, NPS, health, entitlements, feature usage), each read over the
     look-back its detectors need, validated, bad rows quarantined and counted. One asset for the
     bundle: a range run records one materialisation per day, not one per table and day. The
-    tables are read and written one at a time (`TableStream`), so only one is in memory."""
+    tables are read and written one at a time (`TableStream`), so only one is in memory, and a
+    large one keyed by customer (a year of feature usage of 100k accounts: ~110M rows) one
+    account part at a time."""
     first, last = partition_days(context)
     cfg = settings.settings()
     known = {"customers": accounts["customer_id"]}
@@ -95,11 +98,18 @@ def activity_window(
             for key, table in ACTIVITY_TABLES.items():
                 spec = CONTRACT[table]
                 days = history_days(table, cfg)
-                frame = src.read(
-                    table,
-                    date_from=first - timedelta(days=days) if spec.date_column else None,
-                    date_to=last if spec.date_column else None,
+                date_from = first - timedelta(days=days) if spec.date_column else None
+                date_to = last if spec.date_column else None
+                parts_count = (
+                    part_count(src.count(table, date_from=date_from, date_to=date_to))
+                    if spec.key[:1] == ("customer_id",)
+                    else 1
                 )
+                if parts_count > 1:
+                    parts = window_parts(src, table, date_from, date_to, pl.lit(True), parts_count)
+                    yield key, FrameStream(validated(spec, parts, known, str(first), str(last)))
+                    continue
+                frame = src.read(table, date_from=date_from, date_to=date_to)
                 if frame is None:
                     missing.append(table)
                     yield key, empty_table(table)
@@ -120,6 +130,23 @@ def activity_window(
                 yield key, clean
         finally:
             src.dispose()
+
+    def validated(
+        spec: TableSpec, parts: Iterator[pl.DataFrame], known: dict, first: str, last: str
+    ) -> Iterator[pl.DataFrame]:
+        """A large table one account part at a time (its duplicate key starts with the
+        customer, so each part is validated on its own exactly), quarantined rows kept aside
+        and written, the report summed, once the last part is out."""
+        table_report = TableReport(spec.name)
+        quarantined = []
+        for part in parts:
+            clean, bad, part_report = quarantine(spec, part, known)
+            del part
+            table_report.add(part_report)
+            quarantined.append(bad)
+            yield clean
+        path = write_quarantine(spec.name, pl.concat(quarantined), first, last)
+        report[spec.name] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
 
     return TableStream(tables(), metadata=metadata)
 

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
@@ -11,7 +11,7 @@ from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import FrameStream, run_shard
-from insight_pipeline.lib.contract import CONTRACT, ContractError, TableReport, quarantine
+from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, TableReport, quarantine
 from insight_pipeline.lib.paths import data_dir
 from insight_pipeline.lib.sharding import (
     PART_SEED,
@@ -22,6 +22,45 @@ from insight_pipeline.lib.sharding import (
 )
 
 GROUP = "sources"
+
+
+def window_parts(
+    src: Source,
+    table: str,
+    date_from: date | None,
+    date_to: date | None,
+    where: pl.Expr,
+    parts_count: int,
+) -> Iterator[pl.DataFrame]:
+    """The rows of `table` in the window (and `where`), one part - the accounts of one
+    `shard_of(parts_count, seed=PART_SEED)` - at a time, each in the table's own order: a
+    database is queried once and split here; a file is scanned once per PARTS_PER_SCAN parts,
+    so a large window is never in memory whole."""
+    whole = None
+    if src.is_database and parts_count > 1:
+        whole = src.read(table, date_from=date_from, date_to=date_to, where=where)
+    scans = math.ceil(parts_count / PARTS_PER_SCAN)
+    for scan in range(scans):
+        members = list(range(scan, parts_count, scans))
+        in_members = where
+        if parts_count > 1:
+            in_members = where & shard_of(parts_count, seed=PART_SEED).is_in(members)
+        if whole is not None:
+            read = whole.filter(in_members)
+        else:
+            read = src.read(table, date_from=date_from, date_to=date_to, where=in_members)
+        if read is None:
+            raise ContractError(f"table {table!r} disappeared from the source while being read")
+        if len(members) == 1:
+            yield read
+            continue
+        empty = read.clear()
+        by_part = read.with_columns(
+            shard_of(parts_count, seed=PART_SEED).alias("_part")
+        ).partition_by("_part", as_dict=True, include_key=False)
+        del read
+        for index in members:  # each part dropped once handed over
+            yield by_part.pop((index,), empty)
 
 
 def write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
@@ -110,7 +149,6 @@ def usage_window(
     src = source.open()
     rows = src.count("usage_daily", date_from=window_start, date_to=last)
     parts_count = part_count(rows // shards)
-    scans = math.ceil(parts_count / PARTS_PER_SCAN)
     known = {"customers": accounts["customer_id"]}
     metadata: dict[str, object] = {
         "window_start": str(window_start),
@@ -119,45 +157,19 @@ def usage_window(
         "parts": parts_count,
     }
 
-    def split(usage: pl.DataFrame, members: list[int]) -> Iterator[pl.DataFrame]:
-        """The rows of each part in `members` (one scan read them all)."""
-        if len(members) == 1:
-            yield usage
-            return
-        by_part = usage.with_columns(shard_of(parts_count, seed=PART_SEED).alias("_part"))
-        groups = by_part.partition_by("_part", as_dict=True, include_key=False)
-        for index in members:
-            yield groups.get((index,), usage.clear())
-
     def parts() -> Iterator[pl.DataFrame]:
         report = TableReport("usage_daily")
         quarantined, customers, metrics = [], 0, set()
-        # A database is queried once and split here; a file is scanned once per few parts.
-        whole = None
-        if src.is_database and parts_count > 1:
-            whole = src.read(
-                "usage_daily", date_from=window_start, date_to=last, where=in_shard(shard, shards)
-            )
         try:
-            for scan in range(scans):
-                members = list(range(scan, parts_count, scans))
-                where = in_shard(shard, shards)
-                if parts_count > 1:
-                    where = where & shard_of(parts_count, seed=PART_SEED).is_in(members)
-                if whole is not None:
-                    read = whole.filter(where)
-                else:
-                    read = src.read(
-                        "usage_daily", date_from=window_start, date_to=last, where=where
-                    )
-                assert read is not None
-                for usage in split(read, members):
-                    clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
-                    report.add(part_report)
-                    quarantined.append(bad)
-                    customers += clean["customer_id"].n_unique()
-                    metrics.update(clean["metric"].unique().to_list())
-                    yield clean
+            for usage in window_parts(
+                src, "usage_daily", window_start, last, in_shard(shard, shards), parts_count
+            ):
+                clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
+                report.add(part_report)
+                quarantined.append(bad)
+                customers += clean["customer_id"].n_unique()
+                metrics.update(clean["metric"].unique().to_list())
+                yield clean
         finally:
             src.dispose()
         path = write_quarantine("usage_daily", pl.concat(quarantined), str(first), str(last))
