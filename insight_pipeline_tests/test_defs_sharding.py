@@ -25,8 +25,9 @@ from insight_pipeline.defs.resources import (
     _write_parts,
 )
 from insight_pipeline.defs.sharding import PARTS_METADATA, FrameStream
-from insight_pipeline.lib.contract import ContractError
-from insight_pipeline.lib.sharding import in_part, in_shard
+from insight_pipeline.defs.sources.assets import window_parts
+from insight_pipeline.lib.contract import ContractError, Source
+from insight_pipeline.lib.sharding import in_part, in_shard, shard_of
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline.sample import generate_sample
 from insight_pipeline.sharded import build_defs, sharded_assets
@@ -254,3 +255,54 @@ def _utc(day: date):
     from datetime import datetime
 
     return datetime(day.year, day.month, day.day, 5, 30, tzinfo=UTC)
+
+
+def test_a_row_falls_in_one_part_whether_hashed_raw_or_typed() -> None:
+    """A source scan picks a part's rows by their raw ids, the split after typing by the typed
+    ones: padded, blank and integer ids must land in the same part both ways."""
+    raw = pl.DataFrame({"customer_id": [" C1 ", "C1", "", None, "C2\t"]})
+    typed = pl.DataFrame({"customer_id": ["C1", "C1", None, None, "C2"]})
+    for count in (2, 8):
+        assert raw.select(shard_of(count)).equals(typed.select(shard_of(count)))
+    ints = pl.DataFrame({"customer_id": [17, 42]})
+    assert ints.select(shard_of(8)).equals(
+        ints.select(pl.col("customer_id").cast(pl.String)).select(shard_of(8))
+    )
+
+
+def test_window_parts_of_padded_ids_keep_every_row(sample_dir: Path, tmp_path: Path) -> None:
+    """More parts than one scan reads (two scans), ids padded on half the rows: every row comes
+    out in exactly one part, and a customer's rows (padded or not) in the same part."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sample_dir.iterdir():
+        (source / path.name).symlink_to(path)
+    table = "feature_usage_daily"
+    (source / f"{table}.parquet").unlink()
+    clean = pl.read_parquet(sample_dir / f"{table}.parquet")
+    padded = clean.with_columns(
+        pl.when(pl.int_range(pl.len()) % 2 == 0)
+        .then(pl.concat_str(pl.lit(" "), pl.col("customer_id"), pl.lit("  ")))
+        .otherwise(pl.col("customer_id"))
+        .alias("customer_id")
+    )
+    padded.write_parquet(source / f"{table}.parquet")
+    assert sharding.PARTS_PER_SCAN == 4  # 8 parts: two scans
+    src = Source(str(source))
+    try:
+        whole = src.read(table)
+        parts = list(window_parts(src, table, None, None, pl.lit(True), 8))
+    finally:
+        src.dispose()
+    assert whole is not None and whole.height == clean.height > 1000
+    assert len(parts) == 8 and all(p.height for p in parts)
+    assert sum(p.height for p in parts) == whole.height
+    columns = whole.columns
+    assert pl.concat(parts).sort(columns).equals(whole.sort(columns))
+    owners = pl.concat(
+        [
+            p.select("customer_id").unique().with_columns(pl.lit(i).alias("part"))
+            for i, p in enumerate(parts)
+        ]
+    )
+    assert owners["customer_id"].is_unique().all()

@@ -91,7 +91,7 @@ def activity_window(
     missing: list[str] = []
     metadata: dict[str, object] = {"missing_optional_tables": missing, "validation": report}
 
-    def tables() -> Iterator[tuple[str, pl.DataFrame]]:
+    def tables() -> Iterator[tuple[str, pl.DataFrame | FrameStream]]:
         src = source.open()
         meeting_ids = pl.Series("meeting_id", [], pl.String)
         try:
