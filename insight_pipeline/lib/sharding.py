@@ -37,16 +37,20 @@ PARTS_PER_SCAN = 4
 a large file, at most ~20M rows held at once."""
 
 
-def shard_of(count: int, column: str = "customer_id", seed: int = SHARD_SEED) -> pl.Expr:
+def shard_of(
+    count: int, column: str = "customer_id", seed: int = SHARD_SEED, *, raw: bool = False
+) -> pl.Expr:
     """The shard (0..count-1) of each row's customer; a null id falls in shard 0.
 
-    The id is hashed as the contract types it (text, trimmed, blank = null), so that a row falls
-    in the same shard whether it is hashed on a source's raw values (a scan filter) or on the
-    typed ones: " C1 ", "C1" and an integer id's text all agree. Clean text ids hash as they
-    are."""
-    text = pl.col(column).cast(pl.String).str.strip_chars()
-    typed = pl.when(text == "").then(None).otherwise(text)
-    return (typed.hash(seed) % max(count, 1)).fill_null(0)
+    Typed ids are hashed as they are. `raw=True` hashes a source's raw values as the contract
+    types them (text, trimmed, blank = null), so that a scan's filter on them agrees with the
+    typed ids: " C1 " and "C1", an integer id and its text, fall in the same shard (slower: a
+    trimmed copy of every id)."""
+    ids = pl.col(column)
+    if raw:
+        text = ids.cast(pl.String).str.strip_chars()
+        ids = pl.when(text == "").then(None).otherwise(text)
+    return (ids.hash(seed) % max(count, 1)).fill_null(0)
 
 
 def in_shard(

@@ -40,11 +40,15 @@ def window_parts(
     if src.is_database and parts_count > 1:
         whole = src.read(table, date_from=date_from, date_to=date_to, where=where)
     scans = math.ceil(parts_count / PARTS_PER_SCAN)
+    # A scan picks its parts by the raw ids, the split below by the typed ones: where typing
+    # changes an id (padding, a number), the scan hashes it as typed, or its rows would be lost.
+    raw = scans > 1 and whole is None
+    raw = raw and not src.ids_typed_as_read(table, date_from=date_from, date_to=date_to)
     for scan in range(scans):
         members = list(range(scan, parts_count, scans))
         in_members = where
         if parts_count > 1:
-            in_members = where & shard_of(parts_count, seed=PART_SEED).is_in(members)
+            in_members = where & shard_of(parts_count, seed=PART_SEED, raw=raw).is_in(members)
         if whole is not None:
             read = whole.filter(in_members)
         else:
