@@ -422,9 +422,7 @@ class Source:
         scan = self._scan(CONTRACT[table], date_from, date_to)
         if scan.collect_schema().get(column) != pl.String:
             return False
-        ids = pl.col(column)
-        changed = (ids.str.strip_chars() != ids) | (ids == "")
-        return not scan.select(changed.any()).collect().item()
+        return not _needs_trim(scan.select(pl.col(column).unique()).collect().to_series())
 
     def file_identity(self, tables: Sequence[str]) -> str | None:
         """Name, size and modification time of each table's file (absent ones as "-"): equal
@@ -738,11 +736,17 @@ def _require_columns(spec: TableSpec, present: Sequence[str]) -> None:
         )
 
 
+def as_typed_text(values: pl.Expr) -> pl.Expr:
+    """Raw values as typing makes them into text: trimmed, blank = null (a number as its text).
+    Also for hashing raw ids as their typed values will hash (`lib/sharding.shard_of`)."""
+    text = values.cast(pl.String).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
 def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     col = pl.col(name)
     if source == pl.String:
-        col = col.str.strip_chars()
-        col = pl.when(col == "").then(None).otherwise(col)
+        col = as_typed_text(col)
         if target == DATE:
             return col.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
         if target == TS:

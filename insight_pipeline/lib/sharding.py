@@ -22,6 +22,8 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from insight_pipeline.lib.contract import as_typed_text
+
 SHARD_SEED = 0x5A4D
 PART_SEED = 0x9A27
 ROWS_PER_PART = 5_000_000
@@ -46,10 +48,7 @@ def shard_of(
     types them (text, trimmed, blank = null), so that a scan's filter on them agrees with the
     typed ids: " C1 " and "C1", an integer id and its text, fall in the same shard (slower: a
     trimmed copy of every id)."""
-    ids = pl.col(column)
-    if raw:
-        text = ids.cast(pl.String).str.strip_chars()
-        ids = pl.when(text == "").then(None).otherwise(text)
+    ids = as_typed_text(pl.col(column)) if raw else pl.col(column)
     return (ids.hash(seed) % max(count, 1)).fill_null(0)
 
 

@@ -5,6 +5,7 @@ An absent optional table is an empty frame with the contract's columns and is li
 `missing_optional_tables` in the asset's metadata; the detectors that need it skip and say so.
 """
 
+import functools
 from collections.abc import Iterator
 from datetime import date, timedelta
 
@@ -15,8 +16,13 @@ from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import FrameStream, TableStream
-from insight_pipeline.defs.sources.assets import GROUP, window_parts, write_quarantine
-from insight_pipeline.lib.contract import CONTRACT, TableReport, TableSpec, quarantine
+from insight_pipeline.defs.sources.assets import (
+    GROUP,
+    validated_parts,
+    window_parts,
+    write_quarantine,
+)
+from insight_pipeline.lib.contract import CONTRACT, TableReport, quarantine
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.sharding import part_count
@@ -107,7 +113,9 @@ def activity_window(
                 )
                 if parts_count > 1:
                     parts = window_parts(src, table, date_from, date_to, pl.lit(True), parts_count)
-                    yield key, FrameStream(validated(spec, parts, known, str(first), str(last)))
+                    done = functools.partial(record, table)
+                    clean_parts = validated_parts(spec, parts, known, str(first), str(last), done)
+                    yield key, FrameStream(clean_parts)
                     continue
                 frame = src.read(table, date_from=date_from, date_to=date_to)
                 if frame is None:
@@ -123,30 +131,13 @@ def activity_window(
                 del frame
                 if table == "meetings":
                     meeting_ids = clean["meeting_id"]
-                path = write_quarantine(table, bad, str(first), str(last))
-                report[table] = table_report.as_metadata() | (
-                    {"quarantine_file": path} if path else {}
-                )
+                record(table, table_report, write_quarantine(table, bad, str(first), str(last)))
                 yield key, clean
         finally:
             src.dispose()
 
-    def validated(
-        spec: TableSpec, parts: Iterator[pl.DataFrame], known: dict, first: str, last: str
-    ) -> Iterator[pl.DataFrame]:
-        """A large table one account part at a time (its duplicate key starts with the
-        customer, so each part is validated on its own exactly), quarantined rows kept aside
-        and written, the report summed, once the last part is out."""
-        table_report = TableReport(spec.name)
-        quarantined = []
-        for part in parts:
-            clean, bad, part_report = quarantine(spec, part, known)
-            del part
-            table_report.add(part_report)
-            quarantined.append(bad)
-            yield clean
-        path = write_quarantine(spec.name, pl.concat(quarantined), first, last)
-        report[spec.name] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
+    def record(table: str, table_report: TableReport, path: str | None) -> None:
+        report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
 
     return TableStream(tables(), metadata=metadata)
 

@@ -1,7 +1,7 @@
 """Source slices as of each partition day: validated, typed, bad rows quarantined and counted."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, timedelta
 
 import dagster as dg
@@ -11,7 +11,14 @@ from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import FrameStream, run_shard
-from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, TableReport, quarantine
+from insight_pipeline.lib.contract import (
+    CONTRACT,
+    ContractError,
+    Source,
+    TableReport,
+    TableSpec,
+    quarantine,
+)
 from insight_pipeline.lib.paths import data_dir
 from insight_pipeline.lib.sharding import (
     PART_SEED,
@@ -65,6 +72,28 @@ def window_parts(
         del read
         for index in members:  # each part dropped once handed over
             yield by_part.pop((index,), empty)
+
+
+def validated_parts(
+    spec: TableSpec,
+    parts: Iterable[pl.DataFrame],
+    known: dict[str, pl.Series],
+    first: str,
+    last: str,
+    done: Callable[[TableReport, str | None], None],
+) -> Iterator[pl.DataFrame]:
+    """Each part's clean rows as it is validated (a table keyed by customer, read in account
+    parts, validates exactly part by part); the quarantined rows are kept and written once the
+    last part is out, and `done` gets the summed report and the quarantine file."""
+    report = TableReport(spec.name)
+    quarantined = []
+    for part in parts:
+        clean, bad, part_report = quarantine(spec, part, known)
+        del part
+        report.add(part_report)
+        quarantined.append(bad)
+        yield clean
+    done(report, write_quarantine(spec.name, pl.concat(quarantined), first, last))
 
 
 def write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
@@ -161,29 +190,22 @@ def usage_window(
         "parts": parts_count,
     }
 
+    def validated(report: TableReport, path: str | None) -> None:
+        metadata.update({"validation": report.as_metadata(), "quarantine_file": path or ""})
+
     def parts() -> Iterator[pl.DataFrame]:
-        report = TableReport("usage_daily")
-        quarantined, customers, metrics = [], 0, set()
+        customers, metrics = 0, set()
+        read = window_parts(
+            src, "usage_daily", window_start, last, in_shard(shard, shards), parts_count
+        )
+        spec = CONTRACT["usage_daily"]
         try:
-            for usage in window_parts(
-                src, "usage_daily", window_start, last, in_shard(shard, shards), parts_count
-            ):
-                clean, bad, part_report = quarantine(CONTRACT["usage_daily"], usage, known)
-                report.add(part_report)
-                quarantined.append(bad)
+            for clean in validated_parts(spec, read, known, str(first), str(last), validated):
                 customers += clean["customer_id"].n_unique()
                 metrics.update(clean["metric"].unique().to_list())
                 yield clean
         finally:
             src.dispose()
-        path = write_quarantine("usage_daily", pl.concat(quarantined), str(first), str(last))
-        metadata.update(
-            {
-                "validation": report.as_metadata(),
-                "quarantine_file": path or "",
-                "customers_with_usage": customers,
-                "metrics": sorted(metrics),
-            }
-        )
+        metadata.update({"customers_with_usage": customers, "metrics": sorted(metrics)})
 
     return FrameStream(parts(), metadata=metadata)
