@@ -721,29 +721,27 @@ def test_open_by_category_text_is_the_sorted_json_of_each_days_counts(
     """The per-row JSON text is built from columns, not per row in Python; it must read back
     as exactly the nested counts of its day and cell, keys sorted as json.dumps writes them."""
     day0 = date(2026, 1, 1)
-    sums = pl.DataFrame(
+    pairs = sorted({(cat, pri) for (_d, _c, cat, pri) in counts})
+    cells = sorted({(d, c) for (d, c, _cat, _pri) in counts})
+    sums = pl.DataFrame(  # one column per (category, priority) pair, 0 where none
         [
             {
                 "rollup_date": day0 + timedelta(days=d),
                 "_cell": c,
-                "category": cat,
-                "priority": pri,
-                "len": n,
+                **{f"_n{i}": counts.get((d, c, *pair), 0) for i, pair in enumerate(pairs)},
             }
-            for (d, c, cat, pri), n in counts.items()
+            for d, c in cells
         ],
         schema={
             "rollup_date": pl.Date,
             "_cell": pl.Int64,
-            "category": pl.String,
-            "priority": pl.String,
-            "len": pl.UInt32,
+            **{f"_n{i}": pl.UInt32 for i in range(len(pairs))},
         },
     )
     expected: dict[tuple[date, int], dict[str, dict[str, int]]] = {}
     for (d, c, cat, pri), n in counts.items():
         expected.setdefault((day0 + timedelta(days=d), c), {}).setdefault(cat, {})[pri] = n
-    got = team_module._open_by_category(sums)
+    got = team_module._open_by_category(sums, pairs)
     assert got.height == len(expected)
     for day, cell, text in got.iter_rows():
         assert text == json.dumps(expected[(day, cell)], sort_keys=True)

@@ -1348,27 +1348,32 @@ def _range_counts(
     `insights` carry `_os` and `_customer` (integer codes of owner-segment and customer)."""
     opened = open_on_days(insights, events, first, last)
     risky = (pl.col("category") == "risk") | pl.col("type").is_in(list(RISK_TYPES))
-    # Counted per owner and segment first, then spread over the rollup rows each counts in
-    # (a CSM's count goes to their managers, segments and the total): fewer rows to group.
-    per_cell = cells.assign(
-        opened.group_by("rollup_date", "_os", "category", "priority").len(),
+    # Counted per owner and segment, one column per category x priority, then spread over the
+    # rollup rows each counts in (a CSM's counts go to their managers, segments and the total):
+    # one row per day and owner-segment to spread and group, not one per category and priority.
+    pairs = _category_priorities(opened)
+    per_os = opened.group_by("rollup_date", "_os", "category", "priority").len()
+    wide = cells.assign(
+        per_os.group_by("rollup_date", "_os").agg(
+            pl.col("len").filter(_is_pair(category, priority)).sum().alias(f"_n{i}")
+            for i, (category, priority) in enumerate(pairs)
+        )
     )
-    counts = per_cell.group_by(DAY_KEYS).agg(
-        pl.col("len").sum().cast(pl.Int64).alias("open_insights"),
+    sums = wide.group_by(DAY_KEYS).agg(pl.col(f"_n{i}").sum() for i in range(len(pairs)))
+
+    def total(wanted: Sequence[int]) -> pl.Expr:
+        columns = [pl.col(f"_n{i}") for i in wanted]
+        return (pl.sum_horizontal(columns) if columns else pl.lit(0)).cast(pl.Int64)
+
+    counts = sums.select(
+        *DAY_KEYS,
+        total(range(len(pairs))).alias("open_insights"),
         *(
-            pl.col("len")
-            .filter(pl.col("priority") == level)
-            .sum()
-            .cast(pl.Int64)
-            .alias(f"open_{level}")
+            total([i for i, (_c, p) in enumerate(pairs) if p == level]).alias(f"open_{level}")
             for level in ("high", "medium", "low")
         ),
     )
-    # {"category": {"priority": n, ...}, ...} with sorted keys, as json.dumps(sort_keys=True)
-    # writes it, built with string expressions (one Python call per row was most of the time)
-    by_category = _open_by_category(
-        per_cell.group_by([*DAY_KEYS, "category", "priority"]).agg(pl.col("len").sum())
-    )
+    by_category = _open_by_category(sums, pairs)
     accounts_of_owners = opened.group_by("rollup_date", "_os", "_customer").agg(
         pl.col("score").filter(risky).max().alias("_risk_score"),
         (pl.col("category") == "opportunity").any().alias("_opportunity"),
@@ -1477,28 +1482,26 @@ def _range_counts(
     return out
 
 
-def _open_by_category(sums: pl.DataFrame) -> pl.DataFrame:
+def _category_priorities(opened: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (category, priority) pairs among `opened` (both NOT NULL in the insights table),
+    sorted: the count columns `_n0`, `_n1`... of the rollup passes."""
+    pairs = opened.select("category", "priority").unique().drop_nulls()
+    return list(pairs.sort("category", "priority").iter_rows())
+
+
+def _is_pair(category: str, priority: str) -> pl.Expr:
+    return (pl.col("category") == category) & (pl.col("priority") == priority)
+
+
+def _open_by_category(sums: pl.DataFrame, pairs: list[tuple[str, str]]) -> pl.DataFrame:
     """DAY_KEYS and open_by_category: {"category": {"priority": n, ...}, ...} with sorted keys,
-    as json.dumps(sort_keys=True) writes it, from the counts per day, cell, category and
-    priority. The few category x priority pairs become columns (one row per day and cell), and
-    each row's text is concatenated from them, absent pairs skipped: no per-row group-by, sort
-    or Python call (the rollups of a 10k year: 13.3 -> 8.8 s)."""
-    pairs = sums.select("category", "priority").unique().drop_nulls().sort("category", "priority")
-    quoted = {
-        value: text
-        for column in ("category", "priority")
-        for value, text in pairs.select(column, _json_text(column).alias("q")).iter_rows()
-    }
-    wide = sums.group_by(DAY_KEYS).agg(
-        pl.col("len")
-        .filter((pl.col("category") == category) & (pl.col("priority") == priority))
-        .first()
-        .alias(f"_n{i}")
-        for i, (category, priority) in enumerate(pairs.iter_rows())
-    )
+    as json.dumps(sort_keys=True) writes it, from the counts per day and cell of each category
+    x priority pair (`_n{i}` of `pairs`, 0 where none). Each row's text is concatenated from
+    those columns, absent pairs skipped: no per-row group-by, sort or Python call."""
+    quoted = {value: json.dumps(value) for pair in pairs for value in pair}
     pieces: dict[str, list[pl.Expr]] = {}  # per category (sorted), its "priority": n texts
-    for i, (category, priority) in enumerate(pairs.iter_rows()):
-        count = pl.col(f"_n{i}").cast(pl.String)
+    for i, (category, priority) in enumerate(pairs):
+        count = pl.when(pl.col(f"_n{i}") > 0).then(pl.col(f"_n{i}").cast(pl.String))
         pieces.setdefault(category, []).append(
             pl.concat_str(pl.lit(f"{quoted[priority]}: "), count)
         )
@@ -1513,16 +1516,9 @@ def _open_by_category(sums: pl.DataFrame) -> pl.DataFrame:
         for category, texts in pieces.items()
     ]
     text = pl.concat_str(by_category, separator=", ", ignore_nulls=True) if pieces else pl.lit("")
-    return wide.select(
+    return sums.select(
         *DAY_KEYS, pl.concat_str(pl.lit("{"), text, pl.lit("}")).alias("open_by_category")
     )
-
-
-def _json_text(column: str) -> pl.Expr:
-    """A text column as a JSON string literal (quotes and backslashes escaped; the category
-    and priority names it is used for are plain words)."""
-    escaped = pl.col(column).str.replace_all("\\", "\\\\", literal=True)
-    return pl.format('"{}"', escaped.str.replace_all('"', '\\"', literal=True))
 
 
 def _daily_rows(users: pl.DataFrame) -> pl.DataFrame:
@@ -1639,30 +1635,36 @@ def rollup_frame(
     names = {str(u): str(n) for u, n in users.select("user_id", "name").iter_rows()}
     window = settings.rollup_window_days
     block = max(1, min(31, ROLLUP_CELLS_PER_PASS // max(accounts.height, 1)))
+    week = timedelta(days=7)
     parts = []
-    begin = first
-    while begin <= last:  # one pass per block of days (all accounts, all days of the block)
+    # One pass per block of days (all accounts, all days of the block), from a week before
+    # `first`: each day's counts come with those of the same day a week before, taken from this
+    # block or the week of counts kept from the blocks before (each day is counted once).
+    earlier: pl.DataFrame | None = None  # the counts of the 7 days before `begin`
+    begin = first - week
+    while begin <= last:
         end = min(last, begin + timedelta(days=block - 1))
-        # each day's counts come with those of the same day a week before
-        counts = _range_counts(
-            frame, events, accounts, cells, begin - timedelta(days=7), end, window
-        )
-        before = counts.select(
-            pl.col("rollup_date") + pl.duration(days=7),
-            "_cell",
-            pl.col("open_insights").alias("open_insights_prev"),
-            pl.col("arr_at_risk").alias("arr_at_risk_prev"),
-        ).filter(pl.col("rollup_date") <= end)
-        parts.append(
-            _universe(books, always, cells, begin, end)
-            .join(
-                counts.filter(pl.col("rollup_date") >= begin),
-                on=DAY_KEYS,
-                how="full",
-                coalesce=True,
+        counts = _range_counts(frame, events, accounts, cells, begin, end, window)
+        recent = counts if earlier is None else pl.concat([earlier, counts], how="diagonal_relaxed")
+        shown_from = max(begin, first)
+        if shown_from <= end:
+            before = recent.select(
+                pl.col("rollup_date") + pl.duration(days=7),
+                "_cell",
+                pl.col("open_insights").alias("open_insights_prev"),
+                pl.col("arr_at_risk").alias("arr_at_risk_prev"),
+            ).filter(pl.col("rollup_date").is_between(shown_from, end))
+            parts.append(
+                _universe(books, always, cells, shown_from, end)
+                .join(
+                    counts.filter(pl.col("rollup_date") >= shown_from),
+                    on=DAY_KEYS,
+                    how="full",
+                    coalesce=True,
+                )
+                .join(before, on=DAY_KEYS, how="left")
             )
-            .join(before, on=DAY_KEYS, how="left")
-        )
+        earlier = recent.filter(pl.col("rollup_date") > end - week)
         begin = end + timedelta(days=1)
     if not parts:
         return pl.DataFrame(schema=ROLLUP_COLUMNS)
