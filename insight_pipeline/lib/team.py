@@ -1173,15 +1173,23 @@ def open_on_days(
         .unique(["insight_id", "_event_at"], keep="last", maintain_order=True)
         .drop("id")
     )
-    pairs = pairs.sort("_instant").join_asof(
-        latest,
-        left_on="_instant",
-        right_on="_event_at",
-        by_left="id",
-        by_right="insight_id",
-        strategy="backward",
-        check_sortedness=False,  # both sorted on the instants above; `by` hides it from polars
+    # Only the insights with feedback are looked up (sorted for the as-of join); the others,
+    # most of them, have no event at any instant.
+    with_feedback = pl.col("id").is_in(latest["insight_id"].unique().implode())
+    looked_up = (
+        pairs.filter(with_feedback)
+        .sort("_instant")
+        .join_asof(
+            latest,
+            left_on="_instant",
+            right_on="_event_at",
+            by_left="id",
+            by_right="insight_id",
+            strategy="backward",
+            check_sortedness=False,  # both sorted on the instants; `by` hides it from polars
+        )
     )
+    pairs = pl.concat([looked_up, pairs.filter(~with_feedback)], how="diagonal_relaxed")
     closed = (
         pl.when(pl.col("action").is_null())
         .then(pl.col("actioned_at").is_not_null() & (_utc("actioned_at") <= pl.col("_instant")))
