@@ -590,6 +590,43 @@ def test_a_range_in_several_passes_matches_day_by_day(monkeypatch: pytest.Monkey
     assert ranged["open_insights"].sum() > 0 and ranged["open_insights_prev"].sum() > 0
 
 
+def test_accounts_that_start_or_churn_within_a_range_count_only_on_their_active_days() -> None:
+    """Accounts active throughout a range are summed once, the others day by day: an account
+    starting and one churning mid-range count (and carry ARR) only on their active days, and
+    the range still equals the days one by one."""
+    first, last = date(2026, 6, 1), date(2026, 6, 14)
+    accounts = R_ACCOUNTS.with_columns(
+        pl.when(pl.col("customer_id") == "B")
+        .then(pl.lit(date(2026, 6, 5)))
+        .otherwise(pl.col("contract_start"))
+        .alias("contract_start"),
+        pl.when(pl.col("customer_id") == "E")
+        .then(pl.lit(date(2026, 6, 10)))
+        .otherwise(pl.col("churned_on"))
+        .alias("churned_on"),
+    )
+    ranged = rollup_frame(INSIGHTS, EVENTS, accounts, R_USERS, first, last, TEAM)
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    one_by_one = pl.concat(
+        [rollup_frame(INSIGHTS, EVENTS, accounts, R_USERS, d, d, TEAM) for d in days]
+    )
+    assert ranged.equals(one_by_one)
+    total = ranged.filter(pl.col("group_by") == "total").sort("rollup_date")
+    expected = [  # A, C always; B from June 5; E until June 9
+        (
+            "A",
+            "C",
+            *(["B"] if d >= date(2026, 6, 5) else []),
+            *(["E"] if d < date(2026, 6, 10) else []),
+        )
+        for d in days
+    ]
+    assert total["accounts"].to_list() == [len(e) for e in expected]
+    arr = dict(zip(accounts["customer_id"], accounts["arr"], strict=True))
+    assert total["arr_total"].to_list() == [sum(arr[c] for c in e) for e in expected]
+    assert row(ranged.filter(pl.col("rollup_date") == last), "csm", "c1")["accounts"] == 1
+
+
 def test_a_quiet_csm_still_has_a_row() -> None:
     quiet = rollup_frame(INSIGHTS.clear(), EVENTS.clear(), R_ACCOUNTS, R_USERS, DAY, DAY, TEAM)
     assert row(quiet, "csm", "c3")["open_insights"] == 0

@@ -1557,22 +1557,28 @@ def _universe(
     segments of each scope and the total, with their accounts and ARR (accounts active that
     day). `accounts` carry their pair's `_os`; `always` lists the rows every day has."""
     days = pl.DataFrame({"rollup_date": pl.date_range(first, last, eager=True)})
-    on_days = accounts.join(days, how="cross").filter(
-        is_active(accounts.columns, pl.col("rollup_date"))
-    )
     # Summed per day and owner-segment pair first, then spread over the rollup rows each pair
     # counts in (its CSM, their managers, segments, the total): whole cents add up exactly in
     # any grouping, and the account-days are grouped once, not once per rollup row.
     # (an account of a pair that counts in no rollup row is left out before its ARR is
     # converted, as it was never spread)
-    per_pair = (
-        on_days.join(cells.spread.select("_os").unique(), on="_os", how="semi")
+    spread = accounts.join(cells.spread.select("_os").unique(), on="_os", how="semi")
+    sums = [
+        pl.len().cast(pl.Int64).alias("accounts"),
+        _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
+    ]
+    # Activity is one interval, so an account active on the first and the last day is active on
+    # every day between: those are summed once per pair, the others laid out per day.
+    throughout = is_active(accounts.columns, first) & is_active(accounts.columns, last)
+    steady = spread.filter(throughout).group_by("_os").agg(sums).join(days, how="cross")
+    changing = (
+        spread.filter(~throughout)
+        .join(days, how="cross")
+        .filter(is_active(accounts.columns, pl.col("rollup_date")))
         .group_by("rollup_date", "_os")
-        .agg(
-            pl.len().cast(pl.Int64).alias("accounts"),
-            _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
-        )
+        .agg(sums)
     )
+    per_pair = pl.concat([steady.select(changing.columns), changing])
     sized = (
         cells.assign(per_pair)
         .group_by(DAY_KEYS)
