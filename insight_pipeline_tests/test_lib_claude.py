@@ -700,3 +700,52 @@ def test_the_so_what_follows_each_base_rate_and_type_when_rates_are_shared() -> 
                 "leads to churn.)"
             ), text
     assert texts[0] == texts[2] == texts[5]  # the sentence does not depend on the type
+
+
+def test_large_frames_are_narrated_in_forked_slices_with_the_same_texts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Template narration of a large frame is split over forked workers, this process taking
+    the first slice: the texts, in row order, are those of one process, for any number of
+    slices (every type, each type several times, so slices cut through types)."""
+    import multiprocessing
+
+    import polars as pl
+
+    from insight_pipeline.lib.insights import narrate as narrate_module
+
+    kinds = sorted(ACCOUNT_TYPES)
+    frame = pl.DataFrame([row(kind) for _ in range(3) for kind in kinds])
+    forks: list[str] = []
+    get_context = multiprocessing.get_context
+
+    def counted(method: str | None = None) -> Any:
+        forks.append(str(method))
+        return get_context(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", counted)
+    alone = narrate_module.narrate_rows(frame, TemplateNarrator(), workers=1)
+    assert forks == [] and len(alone) == frame.height
+    for workers in (2, 3, 7):
+        assert narrate_module.narrate_rows(frame, TemplateNarrator(), workers=workers) == alone
+    assert forks == ["fork"] * 3
+    # the default: one process below PARALLEL_MIN_ITEMS, one slice per core above it
+    monkeypatch.setattr(narrate_module, "PARALLEL_MIN_ITEMS", frame.height + 1)
+    assert narrate_module.narrate_rows(frame, TemplateNarrator()) == alone and len(forks) == 3
+    monkeypatch.setattr(narrate_module, "PARALLEL_MIN_ITEMS", frame.height)
+    monkeypatch.setattr(narrate_module, "usable_cores", lambda: 2)
+    assert narrate_module.narrate_rows(frame, TemplateNarrator()) == alone and len(forks) == 4
+
+
+def test_a_failure_in_a_forked_slice_is_raised_here() -> None:
+    """An insight a template cannot render (a required fact missing) fails the narration with
+    the template's own error, whichever slice it falls in."""
+    import jinja2
+    import polars as pl
+
+    from insight_pipeline.lib.insights.narrate import narrate_rows
+
+    rows = [row("usage_drop") for _ in range(9)]
+    rows.append(row("usage_drop", facts={"metric": "dau"}))  # the last slice's last row
+    with pytest.raises(jinja2.UndefinedError):
+        narrate_rows(pl.DataFrame(rows), TemplateNarrator(), workers=2)

@@ -11,7 +11,7 @@ import json
 import polars as pl
 
 from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
-from insight_pipeline.lib.insights.narrate import Narrator, narrative_contexts
+from insight_pipeline.lib.insights.narrate import Narrator, narrate_rows
 from insight_pipeline.lib.ranking.preferences import attach_preferences
 from insight_pipeline.lib.ranking.scoring import score_insights
 from insight_pipeline.lib.settings import RankingSettings
@@ -103,9 +103,7 @@ def narrate_frame(frame: pl.DataFrame, narrator: Narrator) -> pl.DataFrame:
                 for c in ("title", "summary", "so_what", "recommended_action")
             ]
         )
-    # A narrator without `reads_evidence` (Claude, test doubles) gets the full context.
-    evidence = getattr(narrator, "reads_evidence", True)
-    texts = narrator.narrate(narrative_contexts(frame, evidence=evidence))
+    texts = narrate_rows(frame, narrator)
     actions = []
     for insight_type, text in zip(frame.get_column("type").to_list(), texts, strict=True):
         quick = ACTION_OF_TYPE.get(insight_type, "review_account")
