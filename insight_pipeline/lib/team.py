@@ -1382,7 +1382,10 @@ def _range_counts(
         ),
     )
     by_category = _open_by_category(sums, pairs)
-    accounts_of_owners = opened.group_by("rollup_date", "_os", "_customer").agg(
+    # Only an account's open risks and opportunities add to its sums (ARR at risk, expansion):
+    # its other insights are left out before grouping (a missing sum is 0 in the rollup).
+    valued = opened.filter(risky | (pl.col("category") == "opportunity"))
+    accounts_of_owners = valued.group_by("rollup_date", "_os", "_customer").agg(
         pl.col("score").filter(risky).max().alias("_risk_score"),
         (pl.col("category") == "opportunity").any().alias("_opportunity"),
     )
