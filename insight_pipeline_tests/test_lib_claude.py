@@ -737,7 +737,8 @@ def test_large_frames_are_narrated_in_forked_slices_with_the_same_texts(
     assert narrate_module.narrate_rows(frame, TemplateNarrator()) == alone and len(forks) == 4
 
 
-def test_a_failure_in_a_forked_slice_is_raised_here() -> None:
+@pytest.mark.parametrize("bad_row", [0, 9], ids=["this process's slice", "a worker's slice"])
+def test_a_failure_in_any_slice_is_raised_here(bad_row: int) -> None:
     """An insight a template cannot render (a required fact missing) fails the narration with
     the template's own error, whichever slice it falls in."""
     import jinja2
@@ -745,7 +746,30 @@ def test_a_failure_in_a_forked_slice_is_raised_here() -> None:
 
     from insight_pipeline.lib.insights.narrate import narrate_rows
 
-    rows = [row("usage_drop") for _ in range(9)]
-    rows.append(row("usage_drop", facts={"metric": "dau"}))  # the last slice's last row
+    rows = [row("usage_drop") for _ in range(10)]
+    rows[bad_row] = row("usage_drop", facts={"metric": "dau"})
     with pytest.raises(jinja2.UndefinedError):
         narrate_rows(pl.DataFrame(rows), TemplateNarrator(), workers=2)
+
+
+def _die_in_worker(start: int, stop: int) -> None:
+    """A worker's slice that ends its process at once (as the OOM killer would)."""
+    import os
+
+    os._exit(9)
+
+
+def test_a_worker_that_dies_fails_the_narration_instead_of_hanging_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed mid-slice (out of memory, say) breaks the pool: the call raises."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import polars as pl
+
+    from insight_pipeline.lib.insights import narrate as narrate_module
+
+    monkeypatch.setattr(narrate_module, "_narrate_slice", _die_in_worker)
+    frame = pl.DataFrame([row("usage_drop") for _ in range(10)])
+    with pytest.raises(BrokenProcessPool):
+        narrate_module.narrate_rows(frame, TemplateNarrator(), workers=2)

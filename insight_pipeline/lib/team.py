@@ -1175,7 +1175,7 @@ def open_on_days(
     )
     # Only the insights with feedback are looked up (sorted for the as-of join); the others,
     # most of them, have no event at any instant.
-    with_feedback = pl.col("id").is_in(latest["insight_id"].unique().implode())
+    with_feedback = pl.col("id").is_in(latest["insight_id"].unique().implode()).fill_null(False)
     looked_up = (
         pairs.filter(with_feedback)
         .sort("_instant")
@@ -1363,11 +1363,16 @@ def _range_counts(
     per_os = opened.group_by("rollup_date", "_os", "category", "priority").len()
     wide = cells.assign(
         per_os.group_by("rollup_date", "_os").agg(
-            pl.col("len").filter(_is_pair(category, priority)).sum().alias(f"_n{i}")
-            for i, (category, priority) in enumerate(pairs)
+            pl.col("len").sum().alias("_all"),  # a null category or priority counts here only
+            *(
+                pl.col("len").filter(_is_pair(category, priority)).sum().alias(f"_n{i}")
+                for i, (category, priority) in enumerate(pairs)
+            ),
         )
     )
-    sums = wide.group_by(DAY_KEYS).agg(pl.col(f"_n{i}").sum() for i in range(len(pairs)))
+    sums = wide.group_by(DAY_KEYS).agg(
+        pl.col("_all").sum(), *(pl.col(f"_n{i}").sum() for i in range(len(pairs)))
+    )
 
     def total(wanted: Sequence[int]) -> pl.Expr:
         columns = [pl.col(f"_n{i}") for i in wanted]
@@ -1375,7 +1380,7 @@ def _range_counts(
 
     counts = sums.select(
         *DAY_KEYS,
-        total(range(len(pairs))).alias("open_insights"),
+        pl.col("_all").cast(pl.Int64).alias("open_insights"),
         *(
             total([i for i, (_c, p) in enumerate(pairs) if p == level]).alias(f"open_{level}")
             for level in ("high", "medium", "low")
@@ -1494,8 +1499,9 @@ def _range_counts(
 
 
 def _category_priorities(opened: pl.DataFrame) -> list[tuple[str, str]]:
-    """The (category, priority) pairs among `opened` (both NOT NULL in the insights table),
-    sorted: the count columns `_n0`, `_n1`... of the rollup passes."""
+    """The (category, priority) pairs among `opened`, sorted: the count columns `_n0`, `_n1`...
+    of the rollup passes (both are NOT NULL in the insights table; a null is counted in the
+    open insights, in no pair)."""
     pairs = opened.select("category", "priority").unique().drop_nulls()
     return list(pairs.sort("category", "priority").iter_rows())
 
@@ -1509,7 +1515,7 @@ def _open_by_category(sums: pl.DataFrame, pairs: list[tuple[str, str]]) -> pl.Da
     as json.dumps(sort_keys=True) writes it, from the counts per day and cell of each category
     x priority pair (`_n{i}` of `pairs`, 0 where none). Each row's text is concatenated from
     those columns, absent pairs skipped: no per-row group-by, sort or Python call."""
-    quoted = {value: json.dumps(value) for pair in pairs for value in pair}
+    quoted = {value: json.dumps(value, ensure_ascii=False) for pair in pairs for value in pair}
     pieces: dict[str, list[pl.Expr]] = {}  # per category (sorted), its "priority": n texts
     for i, (category, priority) in enumerate(pairs):
         count = pl.when(pl.col(f"_n{i}") > 0).then(pl.col(f"_n{i}").cast(pl.String))

@@ -11,8 +11,10 @@ import itertools
 import json
 import multiprocessing
 import re
+import signal
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -258,8 +260,8 @@ class _ContextColumns:
 PARALLEL_MIN_ITEMS = 20_000
 """Below this many insights narration stays in this process (forking costs ~10-50 ms)."""
 
-_forked: tuple[TemplateNarrator, _ContextColumns] | None = None
-"""What the forked workers of `narrate_rows` read (inherited, not pickled)."""
+_inherited: tuple[TemplateNarrator, _ContextColumns] | None = None
+"""In a forked worker of `narrate_rows`: the narrator and columns it inherited (not pickled)."""
 
 
 def narrate_rows(
@@ -272,10 +274,11 @@ def narrate_rows(
     of rows (`workers`: default one per usable core), this process doing the first and forked
     worker processes the others: each builds its slice's contexts from the column lists (the
     workers inherit them) and renders them, and the texts come back in order: the same texts
-    as in one process, each insight being rendered on its own. Other narrators (Claude:
-    network calls, a cache in the store), small frames and platforms without fork stay in this
-    process. A narrator without `reads_evidence` (Claude, test doubles) gets the evidence."""
-    global _forked
+    as in one process, each insight being rendered on its own. A worker that dies fails the
+    call (`BrokenProcessPool`), never hangs it; a fork the OS refuses falls back to this
+    process. Other narrators (Claude: network calls, a cache in the store), small frames and
+    platforms without fork stay in this process. A narrator without `reads_evidence` (Claude,
+    test doubles) gets the evidence."""
     evidence = getattr(narrator, "reads_evidence", True)
     columns = _ContextColumns.of(frame, evidence)
     n = frame.height
@@ -285,20 +288,32 @@ def narrate_rows(
     if workers <= 1 or n < 2 or not fork or type(narrator) is not TemplateNarrator:
         return narrator.narrate(columns.contexts(0, n))
     bounds = list(itertools.pairwise([n * i // workers for i in range(workers + 1)]))
-    _forked = (narrator, columns)
-    try:  # this process narrates the first slice while the workers do the others
-        with multiprocessing.get_context("fork").Pool(workers - 1) as pool:
-            others = pool.map_async(_narrate_slice, bounds[1:])
-            first = _narrate_slice(bounds[0])
-            slices = [first, *others.get()]
-    finally:
-        _forked = None
+    with ProcessPoolExecutor(
+        workers - 1,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_inherit,
+        initargs=(narrator, columns),
+    ) as pool:
+        try:
+            others = [pool.submit(_narrate_slice, start, stop) for start, stop in bounds[1:]]
+        except OSError:  # no process to fork (memory, limits): this process does them all
+            bounds, others = [(0, n)], []
+        # this process narrates the first slice while the workers do the others
+        slices = [narrator.narrate(columns.contexts(*bounds[0])), *(f.result() for f in others)]
     return [texts for part in slices for texts in part]
 
 
-def _narrate_slice(bounds: tuple[int, int]) -> list[dict[str, str]]:
-    """The texts of rows [start, stop) of the columns `narrate_rows` set (inherited by a forked
-    worker)."""
-    assert _forked is not None, "narrate_rows sets what its forked workers read"
-    narrator, columns = _forked
-    return narrator.narrate(columns.contexts(*bounds))
+def _inherit(narrator: TemplateNarrator, columns: _ContextColumns) -> None:
+    """A forked worker's start: keep what it inherited, and let signals end it the default way
+    (not through the handlers the parent had, such as Dagster's step-interrupt handler)."""
+    global _inherited
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _inherited = (narrator, columns)
+
+
+def _narrate_slice(start: int, stop: int) -> list[dict[str, str]]:
+    """In a forked worker: the texts of rows [start, stop) of the inherited columns."""
+    assert _inherited is not None, "a narrate_rows worker starts with _inherit"
+    narrator, columns = _inherited
+    return narrator.narrate(columns.contexts(start, stop))
