@@ -113,15 +113,33 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size: the process's resident pages, each page shared with k processes
+    counted 1/k (its RSS when the kernel does not say)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _rss_bytes(pid)
+
+
 def tree_rss(root: int) -> int:
-    """Resident memory of `root` and all its descendants, now."""
+    """Resident memory of `root` and all its descendants, now. One process: its RSS. Several
+    (the forked narration workers of a range run): the sum of their proportional set sizes, as
+    a forked child's RSS counts every page it still shares with its parent, copy-on-write, so
+    summed RSS would count the parent's memory once per worker."""
     children = _children_map()
-    total, stack = 0, [root]
+    pids, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += _rss_bytes(pid)
+        pids.append(pid)
         stack.extend(children.get(pid, []))
-    return total
+    if len(pids) == 1:
+        return _rss_bytes(root)
+    return sum(_pss_bytes(pid) for pid in pids)
 
 
 @dataclass
@@ -484,8 +502,9 @@ def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_asse
         f"({' '.join(f'{k}={v}' for k, v in RANGE_RUN_ENV.items())}). "
         "*empty graph* = the same asset graph with bodies "
         "that do nothing (benchmarks/empty_graph.py): Dagster's own cost. *ratio* = pipeline / "
-        "empty graph. Peak RSS = the largest, over runs, of the summed resident memory of the "
-        "process tree. Instances:",
+        "empty graph. Peak RSS = the largest, over runs, of the resident memory of the process "
+        "tree (one process: its RSS; with the forked narration workers of a range run: the sum "
+        "of their proportional set sizes, pages they share counted once). Instances:",
         *[f"- *{name}*: {INSTANCES[name]}" for name in dict.fromkeys(["sqlite", *instances])],
         "",
         *lines,
