@@ -662,7 +662,7 @@ def base_rate(n: int, k: int) -> dict[str, Any]:
 
 def test_the_so_what_follows_each_base_rate_and_type_when_rates_are_shared() -> None:
     """The base-rate sentence is rendered once per base rate and fallback of a call; insights
-    sharing a rate dict (as `narrative_contexts` makes them) or an equal one, and types with
+    sharing a rate dict (as `narrate_rows` makes them) or an equal one, and types with
     different fallbacks, each still get their own so-what, in any order."""
     sufficient, scarce = base_rate(41, 12), base_rate(3, 1)
     fallback = {

@@ -348,6 +348,18 @@ def is_active(columns: Sequence[str], day: date | pl.Expr) -> pl.Expr:
     return active
 
 
+def steady_and_changing(
+    accounts: pl.DataFrame, days: pl.DataFrame, first: date, last: date
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The accounts active on every day of [first, last], and the others laid out on each of
+    `days` (a frame of one date column) they are active on. Activity is one interval, so an
+    account active on the first and the last day is active on every day between: only the
+    accounts that start or churn within the range need a row per day."""
+    throughout = is_active(accounts.columns, first) & is_active(accounts.columns, last)
+    on_days = accounts.filter(~throughout).join(days, how="cross")
+    return accounts.filter(throughout), active_accounts(on_days, pl.col(days.columns[0]))
+
+
 def pattern_hits(
     candidates: pl.DataFrame,
     first: date,
@@ -496,12 +508,9 @@ def tested_patterns(
     empty = pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
     day = "partition_date"
     days = pl.DataFrame({day: pl.date_range(first, last, eager=True)})
-    # An account's groups do not change over the days; whether it is active does. Accounts
-    # active on the first and the last day are active on every day between (activity is one
-    # interval), so only the others are laid out per day to count the groups' sizes.
-    throughout = is_active(accounts.columns, first) & is_active(accounts.columns, last)
-    steady = accounts.filter(throughout)
-    changing = active_accounts(accounts.filter(~throughout).join(days, how="cross"), pl.col(day))
+    # An account's groups do not change over the days; whether it is active does: only the
+    # accounts that start or churn within the range are laid out per day to count group sizes.
+    steady, changing = steady_and_changing(accounts, days, first, last)
     totals = (
         days.join(changing.group_by(day).len("total"), on=day, how="left")
         .with_columns(pl.col("total").fill_null(0) + steady.height)
@@ -1576,18 +1585,12 @@ def _universe(
         pl.len().cast(pl.Int64).alias("accounts"),
         _cents(pl.col("arr").fill_null(0.0)).sum().alias("_cents"),
     ]
-    # Activity is one interval, so an account active on the first and the last day is active on
-    # every day between: those are summed once per pair, the others laid out per day.
-    throughout = is_active(accounts.columns, first) & is_active(accounts.columns, last)
-    steady = spread.filter(throughout).group_by("_os").agg(sums).join(days, how="cross")
-    changing = (
-        spread.filter(~throughout)
-        .join(days, how="cross")
-        .filter(is_active(accounts.columns, pl.col("rollup_date")))
-        .group_by("rollup_date", "_os")
-        .agg(sums)
+    # accounts active on every day summed once per pair, the others day by day
+    steady, changing = steady_and_changing(spread, days, first, last)
+    on_days = changing.group_by("rollup_date", "_os").agg(sums)
+    per_pair = pl.concat(
+        [steady.group_by("_os").agg(sums).join(days, how="cross").select(on_days.columns), on_days]
     )
-    per_pair = pl.concat([steady.select(changing.columns), changing])
     sized = (
         cells.assign(per_pair)
         .group_by(DAY_KEYS)

@@ -33,7 +33,7 @@ FIELDS = ("title", "summary", "so_what", "action")
 class Narrator(Protocol):
     def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
         """One {title, summary, so_what, action} per item, in order. Items may share their
-        facts and base_rate dicts (see `narrative_contexts`): read them, never change them."""
+        facts and base_rate dicts (see `_ContextColumns`): read them, never change them."""
         ...
 
 
@@ -134,7 +134,7 @@ class TemplateNarrator:
         """`_base_rate.j2` for one base rate (and the type's fallback so-what): the filter every
         so-what ends with, `{{ base_rate | base_rate_text("...") }}`. Rendered once per base
         rate and fallback in a `narrate` call - the insights of one type and month share one
-        dict (`narrative_contexts`) - not once per insight, as an include would (each include
+        dict (`_ContextColumns`) - not once per insight, as an include would (each include
         builds a new context: a third of the narration time). The partial reads nothing else."""
         key = (id(base_rate), fallback)
         known = self._base_rate_texts.get(key)
@@ -198,7 +198,7 @@ def narrative_context(
 ) -> dict[str, Any]:
     """What a template (or a model) sees for one insight: the facts and the account context.
 
-    `loads` parses the JSON columns (facts, base_rate); `narrative_contexts` passes a memoised
+    `loads` parses the JSON columns (facts, base_rate); `_ContextColumns` passes a memoised
     one."""
     facts = loads(row["facts"]) if isinstance(row.get("facts"), str) else row.get("facts")
     renewal = row.get("renewal_date")
@@ -219,22 +219,17 @@ def narrative_context(
     }
 
 
-def narrative_contexts(frame: pl.DataFrame, evidence: bool = True) -> list[dict[str, Any]]:
-    """`narrative_context` of every row of an insight frame, built cheaply for large frames.
+@dataclass(frozen=True)
+class _ContextColumns:
+    """The columns a context reads, as Python lists, and their names: `narrative_context` of
+    many rows, built cheaply.
 
     Only the columns a context reads are converted to Python, column by column (`to_dicts` of
     the whole frame costs more than rendering), and `evidence=False` leaves out the evidence
     lists, the costliest column, for narrators that never read them. Equal JSON texts are parsed
-    once (a base rate is shared by every insight of its type and month; many facts repeat), so
-    contexts may share those dicts: narrators treat their items as read-only.
+    once per `contexts` call (a base rate is shared by every insight of its type and month; many
+    facts repeat), so contexts may share those dicts: narrators treat their items as read-only.
     """
-    columns = _ContextColumns.of(frame, evidence)
-    return columns.contexts(0, frame.height)
-
-
-@dataclass(frozen=True)
-class _ContextColumns:
-    """The columns a context reads, as Python lists, and their names."""
 
     names: list[str]
     values: list[list[Any]]
