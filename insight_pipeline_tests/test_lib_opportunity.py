@@ -1,13 +1,17 @@
 """Entitlement limits: a rising account is projected to its limit, a flat one is not, and a
 trend too flat to reach the limit in any sensible time gives no date instead of an error.
-Feature discovery reads no further back than it needs."""
+Feature discovery reads no further back than it needs, and its sort on one packed key orders
+rows as the sort on the columns."""
 
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from insight_pipeline.lib.detectors.common import sort_by_integers
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS, detect_feature_discovery
 from insight_pipeline.lib.detectors.opportunity import detect_entitlement_limit
 from insight_pipeline.lib.settings import OpportunitySettings
@@ -109,3 +113,56 @@ def test_feature_history_reaches_the_oldest_day_that_can_matter() -> None:
     too_short = features.filter(pl.col("date") > features["date"].min())
     found = detect_feature_discovery(too_short, accounts, start, END)
     assert found["partition_date"].to_list() == [start]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+            st.integers(0, 300),
+            st.dates(date(1960, 1, 1), date(2100, 12, 31)),
+        ),
+        min_size=0,
+        max_size=60,
+    ),
+    narrow=st.booleans(),
+)
+def test_sorting_on_one_packed_key_orders_rows_as_sorting_on_the_columns(
+    rows: list[tuple[int | None, int, date]], narrow: bool
+) -> None:
+    """The packed key (feature discovery's sort) gives the columns' order: small and negative
+    ranges packed, nulls and ranges too wide for 64 bits through the plain sort."""
+    frame = pl.DataFrame(
+        [((a % 1000) if narrow and a is not None else a, b, c) for a, b, c in rows],
+        schema={"a": pl.Int64, "b": pl.UInt32, "date": pl.Date},
+        orient="row",
+    ).with_row_index("row")
+    columns = ["a", "b", "date"]
+    ordered = sort_by_integers(frame, columns)
+    assert ordered.select(columns).equals(frame.sort(columns).select(columns))
+    assert sorted(ordered["row"].to_list()) == list(range(frame.height))  # every row, once
+
+
+def test_packed_sort_keeps_feature_discovery_exact_on_wide_codes() -> None:
+    """Codes far apart (a long-lived process's categorical codes) still sort as the columns, and
+    ranges too wide to pack take the plain sort."""
+    frame = pl.DataFrame(
+        {"_c": [2**31, 5, 2**31, 5], "_f": [1, 2**20, 0, 2**20], "date": [3, 2, 1, 0]},
+        schema={"_c": pl.UInt32, "_f": pl.UInt32, "date": pl.Int32},
+    )
+    assert sort_by_integers(frame, ["_c", "_f", "date"]).rows() == [
+        (5, 2**20, 0),
+        (5, 2**20, 2),
+        (2**31, 0, 1),
+        (2**31, 1, 3),
+    ]
+    # 41 + 9 + 16 bits: too wide for one key, sorted on the columns
+    wide = pl.DataFrame(
+        {"_c": [2**40, -(2**40)], "_f": [0, 300], "date": [0, 60_000]},
+        schema={"_c": pl.Int64, "_f": pl.UInt32, "date": pl.Int32},
+    )
+    assert sort_by_integers(wide, ["_c", "_f", "date"]).rows() == [
+        (-(2**40), 300, 60_000),
+        (2**40, 0, 0),
+    ]

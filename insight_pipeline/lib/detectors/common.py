@@ -1,5 +1,6 @@
-"""Helpers shared by detector families: the customer x day frame, daily event counts, and the
-Poisson likelihood-ratio test used for 'well above its own baseline'."""
+"""Helpers shared by detector families: the customer x day frame, daily event counts, the
+Poisson likelihood-ratio test used for 'well above its own baseline', and a fast sort by
+several integer columns."""
 
 from __future__ import annotations
 
@@ -9,6 +10,29 @@ from functools import cached_property
 
 import numpy as np
 import polars as pl
+
+
+def sort_by_integers(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`frame.sort(columns)` for integer or date columns, through one UInt64 key that packs
+    them when their ranges fit in 64 bits together: polars sorts one integer column by radix,
+    several through a row encoding ~2.5x slower (11M feature-usage rows of a 10k year: 2.96 ->
+    1.20 s). Rows with equal keys come in no particular order, as with `sort` itself. A column
+    with nulls, or ranges too wide to pack, take the plain sort."""
+    if frame.height < 2 or any(frame.get_column(c).null_count() for c in columns):
+        return frame.sort(columns)
+    ints = [pl.col(c).to_physical().cast(pl.Int64) for c in columns]
+    bounds = frame.select(
+        *[e.min().alias(f"lo{i}") for i, e in enumerate(ints)],
+        *[e.max().alias(f"hi{i}") for i, e in enumerate(ints)],
+    ).row(0)
+    lows, highs = bounds[: len(columns)], bounds[len(columns) :]
+    widths = [(hi - lo).bit_length() for lo, hi in zip(lows, highs, strict=True)]
+    if sum(widths) > 64:
+        return frame.sort(columns)
+    key = pl.lit(0, dtype=pl.UInt64)
+    for expr, low, width in zip(ints, lows, widths, strict=True):
+        key = key * (1 << width) + (expr - low).cast(pl.UInt64)
+    return frame.sort(key)
 
 
 def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFrame:

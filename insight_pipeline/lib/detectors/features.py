@@ -11,7 +11,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import customer_days
+from insight_pipeline.lib.detectors.common import customer_days, sort_by_integers
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 MIN_PRIOR_DAYS = 56
@@ -58,16 +58,15 @@ def detect_feature_discovery(
         (pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS
     )
     same_group = (pl.col("_c") == pl.col("_c").shift(1)) & (pl.col("_f") == pl.col("_f").shift(1))
+    coded = used.select(
+        "customer_id",
+        "feature",
+        "date",
+        pl.col("customer_id").cast(pl.Categorical).to_physical().alias("_c"),
+        pl.col("feature").cast(pl.Categorical).to_physical().alias("_f"),
+    ).drop_nulls(["_c", "_f"])  # (quarantined at the source; no group to belong to)
     firsts = (
-        used.select(
-            "customer_id",
-            "feature",
-            "date",
-            pl.col("customer_id").cast(pl.Categorical).to_physical().alias("_c"),
-            pl.col("feature").cast(pl.Categorical).to_physical().alias("_f"),
-        )
-        .drop_nulls(["_c", "_f"])  # (quarantined at the source; no group to belong to)
-        .sort("_c", "_f", "date")
+        sort_by_integers(coded, ["_c", "_f", "date"])
         .with_columns(pl.when(same_group).then(pl.col("date").shift(1)).alias("previous"))
         .drop("_c", "_f")
         .filter(long_gap)  # a row with a previous day here keeps it: the join is for the rest
