@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from speed_probe import REFERENCE_SECONDS  # benchmarks/ is this script's directory
+
 from insight_pipeline.allocators import RANGE_RUN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,6 +417,15 @@ def machine() -> list[str]:
     ]
 
 
+def speed_probe() -> float:
+    """Seconds of issue 4's own yardstick on this machine now (benchmarks/speed_probe.py, in a
+    process of its own so that its 24M rows do not stay in this one)."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "speed_probe.py")], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def fmt_s(series: Series | None) -> str:
     if series is None or not series.runs:
         return "—"
@@ -430,7 +441,13 @@ def fmt_gb(series: Series | None) -> str:
     return f"{over}{gb(series.peak_rss):.2f}"
 
 
-def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_assets: int) -> str:
+def report(
+    rows: list[dict],
+    args: argparse.Namespace,
+    started: datetime,
+    n_assets: int,
+    probes: list[float],
+) -> str:
     instances = args.backfill_instances
     header = [
         "accounts",
@@ -492,6 +509,7 @@ def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_asse
         f"{END - timedelta(days=DAYS - 1)}...{END} as ONE run.",
         "",
         *machine(),
+        *speed_lines(probes),
         "",
         "Each cell is the median over runs (min–max in parentheses) of a whole process "
         "`dagster asset materialize --select '*'` (in-process executor, DuckDB insights store); "
@@ -517,13 +535,32 @@ def report(rows: list[dict], args: argparse.Namespace, started: datetime, n_asse
         "Targets: 10k one day <= 1.5x the empty graph; 100k one day <= 30 s and <= 4 GB; "
         "10k 365 days in one run <= 60 s; 100k <= 600 s and <= 12 GB; >= 100x faster than "
         "the naive reference.",
-        *target_lines(rows, instances),
+        *target_lines(rows, instances, speed_factor(probes)),
         "",
     ]
     return "\n".join(out)
 
 
-def target_lines(rows: list[dict], instances: list[str]) -> list[str]:
+def speed_factor(probes: list[float]) -> float | None:
+    """How many times slower than issue 4's reference machine this one ran (median probe /
+    0.3 s), or None without a probe."""
+    return statistics.median(probes) / REFERENCE_SECONDS if probes else None
+
+
+def speed_lines(probes: list[float]) -> list[str]:
+    if not probes:
+        return []
+    return [
+        "- speed against issue 4's reference machine (benchmarks/speed_probe.py: a last-day "
+        "28-day baseline of 24M rows, which the issue puts at ~"
+        f"{REFERENCE_SECONDS:g} s there): {' and '.join(f'{p:.2f} s' for p in probes)} here "
+        f"(before and after the runs), so this machine ran ~{speed_factor(probes):.1f}x slower"
+    ]
+
+
+def target_lines(rows: list[dict], instances: list[str], factor: float | None = None) -> list[str]:
+    """A verdict per target on the measured figures; for targets in seconds, with `factor`
+    (this machine's slowness against the issue's reference), also at the reference speed."""
     by = {r["accounts"]: r for r in rows}
     checks: list[tuple[str, float, float, str]] = []
     if 10_000 in by:
@@ -567,7 +604,14 @@ def target_lines(rows: list[dict], instances: list[str]) -> list[str]:
     lines = []
     for name, value, limit, unit in checks:
         verdict = "met" if value <= limit else "NOT met"
-        lines.append(f"- {name}: {value:.2f}{unit} (target <= {limit:g}{unit}): {verdict}")
+        line = f"- {name}: {value:.2f}{unit} (target <= {limit:g}{unit}): {verdict}"
+        if factor and unit == " s":
+            scaled = value / factor
+            line += (
+                f"; at the reference machine's speed ~{scaled:.1f}{unit}: "
+                f"{'met' if scaled <= limit else 'NOT met'}"
+            )
+        lines.append(line)
     for r in rows:
         naive = r.get("naive")
         if naive:
@@ -649,6 +693,8 @@ def main() -> None:
             args.backfill_instances = [i for i in args.backfill_instances if i != "postgres"]
             postgres = None
 
+    probes = [speed_probe()]
+    print(f"speed probe: {probes[0]:.3f} s (issue 4's reference machine: ~0.3 s)", flush=True)
     rows = []
     day = END.isoformat()
     backfill = f"{(END - timedelta(days=DAYS - 1)).isoformat()}...{day}"
@@ -694,7 +740,8 @@ def main() -> None:
     finally:
         if postgres is not None:
             postgres.drop_all()
-    text = report(rows, args, started, n_assets)
+    probes.append(speed_probe())
+    text = report(rows, args, started, n_assets, probes)
     print()
     print(text)
     args.out.write_text(text)
