@@ -725,6 +725,22 @@ def test_the_window_before_a_day_is_the_window_of_the_day_one_window_earlier() -
     )
     assert direct.height > 100
     assert shifted.equals(direct)
+    # one row per (day, account, pattern): tested_patterns counts rows, without deduplicating
+    keys = ["partition_date", "customer_id", "pattern_type", "pattern_subject"]
+    for hits in (direct, once):
+        assert not hits.select(keys).is_duplicated().any()
+
+
+def test_an_account_listed_twice_is_counted_once_among_a_patterns_accounts() -> None:
+    """The tests count rows per (day, pattern, group); an accounts frame that repeats an id
+    (each of its rows joins every hit of the account) must not count that account twice."""
+    candidates, chosen = planted_world(0, planted=True)
+    frame = accounts(seed=0)
+    repeated = pl.concat([frame, frame.filter(pl.col("customer_id").is_in(chosen))])
+    _raised, tested = run(candidates, repeated)
+    listed = tested.filter(pl.col("members").is_not_null())
+    assert listed.height > 0 and set(chosen) <= set(listed["members"].explode().to_list())
+    assert listed["accounts"].to_list() == listed["members"].list.len().to_list()
 
 
 def test_money_in_rollups_does_not_depend_on_the_order_of_the_accounts() -> None:
