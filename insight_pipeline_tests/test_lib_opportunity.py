@@ -166,3 +166,48 @@ def test_packed_sort_keeps_feature_discovery_exact_on_wide_codes() -> None:
         (-(2**40), 300, 60_000),
         (2**40, 0, 0),
     ]
+
+
+def test_a_discovery_shows_the_active_users_of_its_latest_active_day() -> None:
+    """Each day a discovery is shown, its evidence holds the active users of the latest active
+    day up to that day within its window: the rows that follow the first use (gathered by
+    position), not a neighbouring feature's or a later window's. A source whose rows repeat
+    (not quarantined: twice as many rows in the window) gives the same signals."""
+    start, end = END - timedelta(days=29), END
+    first_use = start + timedelta(days=3)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["A", "B"],
+            "contract_start": [END - timedelta(days=400)] * 2,
+            "churned_on": pl.Series([None, None], dtype=pl.Date),
+            "renewal_date": [END + timedelta(days=200)] * 2,
+        }
+    )
+    # used every day of the window but the second, 10 + i users on day i; then 50 the day after
+    days = [i for i in range(14) if i != 1]
+    rows = [("A", first_use + timedelta(days=i), "exports", 10 + i) for i in days] + [
+        ("A", first_use + timedelta(days=14), "exports", 50),  # after the window
+        ("A", first_use - timedelta(days=100), "alerts", 1),  # an old use of another feature
+        ("A", first_use + timedelta(days=1), "alerts", 70),  # and a new one, sorted next to it
+        ("B", first_use + timedelta(days=1), "exports", 90),  # another account, same feature
+    ]
+    features = pl.DataFrame(
+        rows, schema=["customer_id", "date", "feature", "active_users"], orient="row"
+    )
+    signals = detect_feature_discovery(features, accounts, start, end)
+
+    def shown(customer: str, feature: str) -> list[float]:
+        picked = signals.filter(
+            (pl.col("customer_id") == customer) & (pl.col("subject") == feature)
+        ).sort("partition_date")
+        return [row["evidence"][0]["value"] for row in picked.iter_rows(named=True)]
+
+    exports = signals.filter((pl.col("customer_id") == "A") & (pl.col("subject") == "exports"))
+    assert exports["partition_date"].sort().to_list() == [
+        first_use + timedelta(days=i) for i in range(14)
+    ]
+    assert shown("A", "exports") == [10, 10, *[10 + i for i in range(2, 14)]]
+    assert set(shown("A", "alerts")) == {70} and set(shown("B", "exports")) == {90}
+    key = ["customer_id", "subject", "partition_date"]
+    repeated = detect_feature_discovery(pl.concat([features, features]), accounts, start, end)
+    assert repeated.sort(key).equals(signals.sort(key))
