@@ -157,7 +157,7 @@ def test_packed_sort_keeps_feature_discovery_exact_on_wide_codes() -> None:
         (2**31, 0, 1),
         (2**31, 1, 3),
     ]
-    # 41 + 9 + 16 bits: too wide for one key, sorted on the columns
+    # 42 + 9 + 16 bits: too wide for one key, sorted on the columns
     wide = pl.DataFrame(
         {"_c": [2**40, -(2**40)], "_f": [0, 300], "date": [0, 60_000]},
         schema={"_c": pl.Int64, "_f": pl.UInt32, "date": pl.Int32},
@@ -166,13 +166,19 @@ def test_packed_sort_keeps_feature_discovery_exact_on_wide_codes() -> None:
         (-(2**40), 300, 60_000),
         (2**40, 0, 0),
     ]
+    # a range that overflows Int64 arithmetic, and UInt64 values past Int64: the plain sort
+    for extreme in (
+        pl.DataFrame({"a": [2**62, -(2**62), 0]}, schema={"a": pl.Int64}),
+        pl.DataFrame({"a": [2**64 - 1, 0, 2**63]}, schema={"a": pl.UInt64}),
+    ):
+        assert sort_by_integers(extreme, ["a"]).equals(extreme.sort("a"))
 
 
 def test_a_discovery_shows_the_active_users_of_its_latest_active_day() -> None:
     """Each day a discovery is shown, its evidence holds the active users of the latest active
-    day up to that day within its window: the rows that follow the first use (gathered by
-    position), not a neighbouring feature's or a later window's. A source whose rows repeat
-    (not quarantined: twice as many rows in the window) gives the same signals."""
+    day up to that day within its window (the rows that follow the first use, gathered by
+    position; none after the window), and each feature and account its own. A source whose
+    rows repeat (not quarantined: twice as many rows in the window) gives the same signals."""
     start, end = END - timedelta(days=29), END
     first_use = start + timedelta(days=3)
     accounts = pl.DataFrame(

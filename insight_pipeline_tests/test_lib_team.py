@@ -736,11 +736,18 @@ def test_an_account_listed_twice_is_counted_once_among_a_patterns_accounts() -> 
     (each of its rows joins every hit of the account) must not count that account twice."""
     candidates, chosen = planted_world(0, planted=True)
     frame = accounts(seed=0)
-    repeated = pl.concat([frame, frame.filter(pl.col("customer_id").is_in(chosen))])
-    _raised, tested = run(candidates, repeated)
-    listed = tested.filter(pl.col("members").is_not_null())
-    assert listed.height > 0 and set(chosen) <= set(listed["members"].explode().to_list())
-    assert listed["accounts"].to_list() == listed["members"].list.len().to_list()
+    nameless = frame.head(1).with_columns(pl.lit(None, pl.String).alias("customer_id"))
+    # every planted account twice; or one of them twice and a row without an id (as many rows
+    # as distinct ids, null included: it must not hide the repeat)
+    for extra in (
+        [frame.filter(pl.col("customer_id").is_in(chosen))],
+        [frame.filter(pl.col("customer_id") == chosen[0]), nameless],
+    ):
+        repeated = pl.concat([frame, *extra])
+        _raised, tested = run(candidates, repeated)
+        listed = tested.filter(pl.col("members").is_not_null())
+        assert listed.height > 0 and set(chosen) <= set(listed["members"].explode().to_list())
+        assert listed["accounts"].to_list() == listed["members"].list.len().to_list()
 
 
 def test_money_in_rollups_does_not_depend_on_the_order_of_the_accounts() -> None:
