@@ -4,7 +4,7 @@ yardstick: "polars computes a last-day 28-day baseline for 24M rows (10k account
 
     .venv/bin/python benchmarks/speed_probe.py        # prints the median seconds of 7 runs
 
-The machines this benchmark runs on differ by 2-3x from session to session (and drift within
+The machines this benchmark runs on differ by 2-4x from session to session (and drift within
 an hour), so `run.py` measures this probe before and after its runs and reports the absolute
 targets also at the reference speed: a run's seconds divided by (probe seconds / 0.3). It is a
 rough scale (the probe is multi-threaded polars; a run also spends time in single-threaded
