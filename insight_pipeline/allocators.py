@@ -10,7 +10,7 @@ this kind of VM. A range run gains from keeping freed memory for reuse:
   it serve large blocks from its heap instead of a fresh `mmap` each, keeping freed ones
   (`retain_freed_memory`), and hands them back after each output is written
   (`release_freed_memory`), since the next step's frames come mostly from polars' allocator;
-- polars' jemalloc: keeping freed pages 5 s instead of polars' 0.5-1 s needs `RANGE_RUN_ENV` in
+- polars' jemalloc: keeping freed pages 30 s instead of polars' 0.5-1 s needs `RANGE_RUN_ENV` in
   the environment of the process (jemalloc reads it once, when polars is imported), so it is
   set where backfills are launched (README, *What bounds a run*).
 
@@ -26,7 +26,7 @@ import functools
 import os
 import platform
 
-RANGE_RUN_ENV = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:0"}
+RANGE_RUN_ENV = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:30000,muzzy_decay_ms:0"}
 GLIBC_ALLOCATOR_ENVS = (
     "MALLOC_MMAP_MAX_",
     "MALLOC_MMAP_THRESHOLD_",
