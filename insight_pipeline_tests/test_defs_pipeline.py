@@ -319,3 +319,26 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
         assert cached() != first, name
         original.write_parquet(source / f"{name}.parquet")
     assert cached() == first
+
+
+@pytest.mark.parametrize("absent", ["communications", "meetings"])
+def test_outcome_rates_with_one_of_meetings_and_communications_absent(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, absent: str
+) -> None:
+    """Many CRMs export meetings but not messages (or the reverse): both are optional, so the
+    two-way contact events come from the one that is there, and the month without contact is
+    still counted from it, instead of the run failing on the absent table's columns."""
+    import shutil
+
+    from insight_pipeline.defs.insights.outcomes import rates_as_of
+    from insight_pipeline.lib.contract import Source
+    from insight_pipeline.lib.settings import Settings
+
+    source = tmp_path / "source"
+    shutil.copytree(sample_dir, source)
+    (source / f"{absent}.parquet").unlink()
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "data"))
+    s = replace(Settings().outcomes, history_months=3, horizon_days=30)
+    rates = rates_as_of(Source(str(source)), date(2026, 6, 1), s)
+    dark = rates.filter(pl.col("family") == "dark")
+    assert dark.height == 1 and dark["n"].item() > 0

@@ -13,7 +13,7 @@ from insight_pipeline.defs.insights.assets import GROUP
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.lib.contract import Source
+from insight_pipeline.lib.contract import CONTRACT, Source
 from insight_pipeline.lib.insights.outcomes import (
     base_rate_json,
     comparable_events,
@@ -143,7 +143,14 @@ def rates_as_of(
             name: source.read(name, date_from=first, date_to=last, columns=columns)
             for name, columns in OUTCOME_TABLES.items()
         }
-    frames = {name: tables[name] if tables[name] is not None else pl.DataFrame() for name in tables}
+    # An absent optional table is an empty frame of the columns read, so that any mix of
+    # present and absent tables (meetings without communications, say) reads alike.
+    frames = {
+        name: tables[name]
+        if tables[name] is not None
+        else pl.DataFrame(schema=CONTRACT[name].only(OUTCOME_TABLES[name]).columns)
+        for name in tables
+    }
     customers = source.read("customers")
     assert customers is not None
     contacts = frames["contacts"]
