@@ -342,3 +342,40 @@ def test_outcome_rates_with_one_of_meetings_and_communications_absent(
     rates = rates_as_of(Source(str(source)), date(2026, 6, 1), s)
     dark = rates.filter(pl.col("family") == "dark")
     assert dark.height == 1 and dark["n"].item() > 0
+
+
+def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A late export reads as every account going idle (a flood of false drops): the run of a
+    day past the source's last day of usage fails in `usage_window`, naming the day and the
+    last day that has rows, before any detector or the store sees it; the days with data run."""
+    usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sample_dir.glob("*.parquet"):
+        (source / path.name).write_bytes(path.read_bytes())
+    cut = END - timedelta(days=2)
+    usage.filter(pl.col("date") <= cut).write_parquet(source / "usage_daily.parquet")
+    res = resources(source, f"duckdb:///{tmp_path / 'i.duckdb'}", tmp_path)
+    with dg.instance_for_test() as instance:
+        late = dg.materialize(
+            ALL_ASSETS,
+            selection=["accounts", "usage_window"],
+            partition_key=END.isoformat(),
+            resources=res,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not late.success
+        message = str(late.get_step_failure_events()[0].step_failure_data.error)
+        assert f"{END} (0 rows against a usual" in message
+        assert f"the last earlier day with rows is {cut}" in message
+        on_time = dg.materialize(
+            ALL_ASSETS,
+            selection=["accounts", "usage_window"],
+            partition_key=cut.isoformat(),
+            resources=res,
+            instance=instance,
+        )
+        assert on_time.success

@@ -242,10 +242,11 @@ def test_bad_date_is_reported(tmp_path: Path) -> None:
 def test_quarantine_counts_each_bad_row_once() -> None:
     usage = pl.DataFrame(
         {
-            "customer_id": ["C1", "C1", "C1", "C9", None, "C2"],
-            "date": [date(2026, 1, 1)] * 2 + [date(2026, 1, 2)] * 4,
-            "metric": ["dau"] * 6,
-            "value": [1.0, 2.0, -3.0, 4.0, 5.0, 6.0],
+            "customer_id": ["C1", "C1", "C1", "C9", None, "C2", "C2"],
+            "date": [date(2026, 1, 1)] * 2 + [date(2026, 1, 2)] * 4 + [date(2026, 1, 3)],
+            "metric": ["dau"] * 7,
+            # a null value is not a measurement of 0: quarantined like a negative one
+            "value": [1.0, 2.0, -3.0, 4.0, 5.0, 6.0, None],
         }
     )
     clean, bad, report = quarantine(
@@ -256,12 +257,14 @@ def test_quarantine_counts_each_bad_row_once() -> None:
     assert report.negative_values == 1
     assert report.unknown_ids == 1
     assert report.null_keys == 1
+    assert report.null_values == 1
     assert report.rows_read == clean.height + bad.height
     assert set(bad["quarantine_reason"]) == {
         "duplicate_key",
         "negative_value",
         "unknown_id",
         "null_key",
+        "null_value",
     }
 
 
@@ -472,3 +475,30 @@ def _expected_ids(meetings: pl.DataFrame, windows: list, fmt: str) -> list[list[
                 ids.append(row["meeting_id"])
         out.append(ids)
     return out
+
+
+def test_undelivered_days_flag_a_missing_or_mostly_missing_day_by_its_weekday() -> None:
+    """A day whose export has not (fully) arrived is told from quiet days by its weekday: a
+    source that has no weekend rows keeps passing on weekends, a weekday at half its usual rows
+    is usage, one at a twentieth of them (or none) is not delivered."""
+    from insight_pipeline.lib.contract import undelivered_days
+
+    start, end = date(2026, 3, 2), date(2026, 4, 26)  # Monday .. Sunday, 8 weeks
+    days = pl.date_range(start, end, "1d", eager=True)
+    usual = pl.Series([0 if d.weekday() >= 5 else 1000 for d in days])
+    rows = pl.DataFrame({"date": days, "rows": usual}).with_columns(
+        pl.when(pl.col("date") == date(2026, 4, 14))  # a Tuesday at half
+        .then(500)
+        .when(pl.col("date") == date(2026, 4, 16))  # a Thursday at 5%
+        .then(50)
+        .otherwise(pl.col("rows"))
+        .alias("rows")
+    )
+    rows = rows.filter(pl.col("date") != date(2026, 4, 22))  # a Wednesday never delivered
+    late = undelivered_days(rows, date(2026, 4, 6), end, 0.1)
+    assert late["date"].to_list() == [date(2026, 4, 16), date(2026, 4, 22)]
+    assert late["rows"].to_list() == [50, 0]
+    assert late["usual"].to_list() == [1000.0, 1000.0]
+    # the weeks before the data began have no usual count: nothing to compare, nothing flagged
+    assert undelivered_days(rows, start, date(2026, 3, 8), 0.1).height == 0
+    assert undelivered_days(rows, date(2026, 4, 6), end, 0.0).height == 0

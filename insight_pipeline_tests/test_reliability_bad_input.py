@@ -310,7 +310,11 @@ def check(case: Case, directory: Path) -> str:
     assert clean.height == report.rows_kept and bad.height == report.quarantined
     assert report.rows_kept + report.quarantined == report.rows_read
     assert (
-        report.null_keys + report.negative_values + report.unknown_ids + report.duplicates
+        report.null_keys
+        + report.null_values
+        + report.negative_values
+        + report.unknown_ids
+        + report.duplicates
         == report.quarantined
     )
     assert clean.schema == pl.Schema(spec.columns)
@@ -352,6 +356,8 @@ def assert_obeys_contract(spec: TableSpec, clean: pl.DataFrame) -> None:
         assert not clean.select(spec.key).is_duplicated().any()
     for name in spec.non_negative:
         assert (clean[name].drop_nulls() >= 0).all(), name
+    for name in spec.not_null:
+        assert clean[name].null_count() == 0, name
     for name, dtype in spec.columns.items():
         if dtype == pl.Float64:
             assert all(math.isfinite(v) for v in clean[name].drop_nulls()), (name, clean[name])

@@ -43,6 +43,9 @@ class TableSpec:
     refs: dict[str, str] = field(default_factory=dict)
     """column -> referenced table (by its first key column); unknown ids are quarantined."""
     non_negative: tuple[str, ...] = ()
+    not_null: tuple[str, ...] = ()
+    """Columns besides the key without which a row means nothing (a measurement's value, a
+    customer's CSM): a null there is quarantined and counted, never read as 0 or dropped."""
     date_column: str | None = None
     """The column a look-back window filters on (rows after the partition day are never read)."""
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -61,6 +64,7 @@ class TableSpec:
             key=tuple(c for c in self.key if c in keep),
             refs={c: t for c, t in self.refs.items() if c in keep},
             non_negative=tuple(c for c in self.non_negative if c in keep),
+            not_null=tuple(c for c in self.not_null if c in keep),
             enums={c: v for c, v in self.enums.items() if c in keep},
         )
 
@@ -87,6 +91,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id",),
             refs={"csm_user_id": "users"},
             non_negative=("arr",),
+            not_null=("csm_user_id",),
         ),
         TableSpec(
             "users",
@@ -108,6 +113,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id", "date", "metric"),
             refs={"customer_id": "customers"},
             non_negative=("value",),
+            not_null=("value",),
             date_column="date",
         ),
         TableSpec(
@@ -117,6 +123,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id", "metric"),
             refs={"customer_id": "customers"},
             non_negative=("entitled_value",),
+            not_null=("entitled_value",),
         ),
         TableSpec(
             "feature_usage_daily",
@@ -125,6 +132,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id", "date", "feature"),
             refs={"customer_id": "customers"},
             non_negative=("active_users",),
+            not_null=("active_users",),
             date_column="date",
         ),
         TableSpec(
@@ -207,6 +215,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id", "contact_id", "responded_on"),
             refs={"customer_id": "customers"},
             non_negative=("score",),
+            not_null=("score",),
             date_column="responded_on",
         ),
         TableSpec(
@@ -216,6 +225,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("customer_id", "date"),
             refs={"customer_id": "customers"},
             non_negative=("score",),
+            not_null=("score",),
             date_column="date",
         ),
     ]
@@ -237,6 +247,7 @@ class TableReport:
     negative_values: int = 0
     unknown_ids: int = 0
     null_keys: int = 0
+    null_values: int = 0
     missing: bool = False
 
     @property
@@ -252,6 +263,7 @@ class TableReport:
             "negative_values": self.negative_values,
             "unknown_ids": self.unknown_ids,
             "null_keys": self.null_keys,
+            "null_values": self.null_values,
         }
 
     def add(self, other: TableReport) -> None:
@@ -263,6 +275,7 @@ class TableReport:
             "negative_values",
             "unknown_ids",
             "null_keys",
+            "null_values",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -918,14 +931,16 @@ def quarantine(
 ) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
     """Split `frame` into (clean, quarantined-with-reason, report).
 
-    Reasons, checked in order so each bad row is counted once: null key, negative value, unknown
-    id, duplicate key (the first occurrence is kept, later ones are quarantined).
+    Reasons, checked in order so each bad row is counted once: null key, null value (of a
+    `not_null` column), negative value, unknown id, duplicate key (the first occurrence is kept,
+    later ones are quarantined).
     """
     report = TableReport(spec.name, rows_read=frame.height)
     reason = pl.lit(None, dtype=pl.String)
     conditions: list[tuple[pl.Expr, str]] = []
     if spec.key:
         conditions.append((pl.any_horizontal([pl.col(k).is_null() for k in spec.key]), "null_key"))
+    conditions.extend((pl.col(column).is_null(), "null_value") for column in spec.not_null)
     conditions.extend((pl.col(column) < 0, "negative_value") for column in spec.non_negative)
     for column, table in (spec.refs or {}).items():
         ids = (known_ids or {}).get(table)
@@ -949,11 +964,58 @@ def quarantine(
         clean = tagged.drop("_reason")
     counts = dict(bad.group_by("_reason").len().iter_rows())
     report.null_keys = counts.get("null_key", 0)
+    report.null_values = counts.get("null_value", 0)
     report.negative_values = counts.get("negative_value", 0)
     report.unknown_ids = counts.get("unknown_id", 0)
     report.duplicates = counts.get("duplicate_key", 0)
     report.rows_kept = clean.height
     return clean, bad.rename({"_reason": "quarantine_reason"}), report
+
+
+def undelivered_days(
+    rows_per_day: pl.DataFrame, first: date, last: date, min_coverage: float
+) -> pl.DataFrame:
+    """The days of [first, last] whose rows (`rows_per_day`: date, rows) number less than
+    `min_coverage` x the median of the same weekday over the 4 weeks before (a day without
+    rows counts 0; a weekday that usually has none is never flagged), with that usual count.
+    Weekday-aware, so weekday-only sources and quiet weekends pass; a day of real usage
+    where 90% of the usual rows are missing is not a pattern of customers but of delivery."""
+    schema = {"date": pl.Date, "rows": pl.Int64, "usual": pl.Float64}
+    if min_coverage <= 0:
+        return pl.DataFrame(schema=schema)
+    counts = rows_per_day.group_by("date").agg(pl.col("rows").sum())
+    days = pl.DataFrame({"date": pl.date_range(first, last, "1d", eager=True)})
+    reference = days.with_columns(
+        pl.concat_list(pl.col("date") - timedelta(days=7 * k) for k in range(1, 5)).alias("ref")
+    ).explode("ref")
+    usual = (
+        reference.join(counts.rename({"date": "ref"}), on="ref", how="left")
+        .group_by("date")
+        .agg(pl.col("rows").fill_null(0).median().alias("usual"))
+    )
+    return (
+        days.join(counts, on="date", how="left")
+        .join(usual, on="date", how="left")
+        .with_columns(pl.col("rows").fill_null(0).cast(pl.Int64))
+        .filter((pl.col("usual") > 0) & (pl.col("rows") < min_coverage * pl.col("usual")))
+        .select(list(schema))
+        .sort("date")
+    )
+
+
+def undelivered_message(table: str, late: pl.DataFrame, last_full: date | None) -> str:
+    """What a data engineer needs to see when a day's export has not (fully) arrived."""
+    shown = ", ".join(
+        f"{d} ({rows} rows against a usual {usual:.0f} on that weekday)"
+        for d, rows, usual in late.head(5).iter_rows()
+    )
+    more = f" and {late.height - 5} more day(s)" if late.height > 5 else ""
+    since = f"; the last earlier day with rows is {last_full}" if last_full else ""
+    return (
+        f"table {table!r} looks not yet delivered for {shown}{more}{since}. Read as usage, "
+        "every account would seem idle those days and raise false drops; run the partition "
+        "again once the data is in (or lower settings usage.min_day_coverage, 0 = no check)"
+    )
 
 
 def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:

@@ -33,6 +33,11 @@ class UsageSettings:
     """Minimum expected daily value: below it the metric is too small to judge."""
     min_history_days: int = 42
     """Days of history a customer x metric needs before it is judged at all."""
+    min_day_coverage: float = 0.1
+    """A run day whose usage rows number less than this share of the same weekday's usual
+    count (the median of the 4 weeks before) is taken as not yet delivered, and the run fails
+    naming it: a late export would otherwise read as every account going idle. 0 turns the
+    check off."""
     trend_weeks: int = 6
     """Weeks in the trend window (week sums ending on the partition day)."""
     trend_consecutive_weeks: int = 3

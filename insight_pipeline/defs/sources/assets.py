@@ -18,6 +18,8 @@ from insight_pipeline.lib.contract import (
     TableReport,
     TableSpec,
     quarantine,
+    undelivered_days,
+    undelivered_message,
 )
 from insight_pipeline.lib.paths import data_dir
 from insight_pipeline.lib.sharding import (
@@ -157,6 +159,16 @@ def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.Da
     return customers_clean
 
 
+def check_delivered(rows_per_day: pl.DataFrame, first: date, last: date, coverage: float) -> None:
+    """Fail, naming the days, when a run day's usage has not (fully) arrived
+    (`undelivered_days`): the run stops before any detector reads a late export as idle
+    accounts, and running the day again once it is in gives its real insights."""
+    late = undelivered_days(rows_per_day, first, last, coverage)
+    if late.height:
+        delivered = rows_per_day.filter(pl.col("date") < late["date"].min())["date"].max()
+        raise ContractError(undelivered_message("usage_daily", late, delivered))  # type: ignore[arg-type]
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
@@ -194,7 +206,7 @@ def usage_window(
         metadata.update({"validation": report.as_metadata(), "quarantine_file": path or ""})
 
     def parts() -> Iterator[pl.DataFrame]:
-        customers, metrics = 0, set()
+        customers, metrics, per_day = 0, set(), []
         read = window_parts(
             src, "usage_daily", window_start, last, in_shard(shard, shards), parts_count
         )
@@ -203,9 +215,11 @@ def usage_window(
             for clean in validated_parts(spec, read, known, str(first), str(last), validated):
                 customers += clean["customer_id"].n_unique()
                 metrics.update(clean["metric"].unique().to_list())
+                per_day.append(clean.group_by("date").agg(pl.len().alias("rows")))
                 yield clean
         finally:
             src.dispose()
         metadata.update({"customers_with_usage": customers, "metrics": sorted(metrics)})
+        check_delivered(pl.concat(per_day), first, last, settings.settings().usage.min_day_coverage)
 
     return FrameStream(parts(), metadata=metadata)
