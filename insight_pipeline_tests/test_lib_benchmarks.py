@@ -85,3 +85,50 @@ def test_benchmarks_from_the_last_weeks_equal_those_from_the_whole_window() -> N
         assert 20 <= whole["customer_id"].n_unique() < 60
         assert recent.equals(whole)
         assert detect_benchmarks(recent, s).equals(detect_benchmarks(whole, s))
+
+
+def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() -> None:
+    """A decile always holds a tenth of a cohort; among 40 accounts within 6% of each other
+    none is ahead or behind its peers, while one at twice the median and one at 0.6x are."""
+    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
+    levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)}
+    levels |= {"AHEAD": 20.0, "BEHIND": 6.0}
+    usage = pl.DataFrame(
+        [
+            (customer, day, metric, value)
+            for customer, level in levels.items()
+            for day in days
+            for metric, value in (("dau", level), ("seats_used", 20.0))
+        ],
+        schema={
+            "customer_id": pl.String,
+            "date": pl.Date,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": list(levels),
+            "segment": ["smb"] * len(levels),
+            "industry": ["retail"] * len(levels),
+            "contract_start": [None] * len(levels),
+            "churned_on": [None] * len(levels),
+            "renewal_date": [date(2027, 1, 1)] * len(levels),
+        },
+        schema_overrides={"contract_start": pl.Date, "churned_on": pl.Date},
+    )
+    no_entitlements = pl.DataFrame(
+        schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
+    )
+    s = BenchmarkSettings()
+    percentiles = peer_percentiles(usage, no_entitlements, accounts, END, END, s)
+    signals = detect_benchmarks(percentiles, s)
+    assert sorted(zip(signals["customer_id"], signals["type"], strict=True)) == [
+        ("AHEAD", "outperforming"),
+        ("BEHIND", "underperforming"),
+    ]
+    # by the deciles alone, the edges of the similar accounts would be flagged too
+    deciles_only = detect_benchmarks(percentiles, BenchmarkSettings(min_effect=0.0))
+    assert deciles_only.height > 4

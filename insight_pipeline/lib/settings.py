@@ -222,6 +222,10 @@ class BenchmarkSettings:
     """Smaller cohorts fall back to the segment alone; smaller still, no benchmark."""
     top_quantile: float = 0.9
     bottom_quantile: float = 0.1
+    min_effect: float = 0.25
+    """...and the account's value must be this far from the peer median (top: 1.25x or more;
+    bottom: 1/1.25 = 0.8x or less). A decile always holds a tenth of a cohort: in a cohort of
+    similar accounts its edge is a few percent from the median, no gap a CSM could act on."""
     window_days: int = 28
     metric: str = "dau"
     """Normalised per entitled seat (or per seat used where no entitlement exists)."""

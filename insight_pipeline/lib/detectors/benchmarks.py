@@ -190,8 +190,10 @@ def peer_percentiles(
 def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.DataFrame:
     if percentiles.height == 0:
         return empty_signals()
-    top = pl.col("percentile") >= s.top_quantile
-    bottom = pl.col("percentile") <= s.bottom_quantile
+    ahead = pl.col("per_seat") >= (1 + s.min_effect) * pl.col("peer_median")
+    behind = pl.col("per_seat") * (1 + s.min_effect) <= pl.col("peer_median")
+    top = (pl.col("percentile") >= s.top_quantile) & ahead
+    bottom = (pl.col("percentile") <= s.bottom_quantile) & behind
     hits = percentiles.filter(top | bottom)
     if hits.height == 0:
         return empty_signals()
