@@ -502,3 +502,44 @@ def test_undelivered_days_flag_a_missing_or_mostly_missing_day_by_its_weekday() 
     # the weeks before the data began have no usual count: nothing to compare, nothing flagged
     assert undelivered_days(rows, start, date(2026, 3, 8), 0.1).height == 0
     assert undelivered_days(rows, date(2026, 4, 6), end, 0.0).height == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
+    tmp_path: Path, fmt: str
+) -> None:
+    """`QBR`, `Check-in`, ` Onboarding ` are the contract's qbr, check_in and onboarding (a QBR
+    spelt in capitals is still a QBR for qbr_due); a label the contract does not name is spelt
+    alike and matches none; a users' role in capitals passes the role check."""
+    from datetime import datetime
+
+    meetings = pl.DataFrame(
+        {
+            "meeting_id": ["m1", "m2", "m3", "m4", "m5"],
+            "customer_id": ["C1"] * 5,
+            "start_at": [datetime(2026, 3, d, 10) for d in range(1, 6)],
+            "meeting_type": ["QBR", "Check-in", " Onboarding ", "Demo Call", None],
+            "sentiment": [0.1] * 5,
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            "name": ["A", "B"],
+            "email": ["a@x", "b@x"],
+            "role": ["CSM", "Manager"],
+            "manager_id": ["u2", None],
+        }
+    )
+    for name, frame in {"meetings": meetings, "users": users}.items():
+        if fmt == "csv":
+            frame.write_csv(tmp_path / f"{name}.csv")
+        else:
+            frame.write_parquet(tmp_path / f"{name}.parquet")
+    source = Source(str(tmp_path))
+    read = source.read("meetings")
+    assert read is not None
+    assert read["meeting_type"].to_list() == ["qbr", "check_in", "onboarding", "demo_call", None]
+    assert read["meeting_id"].to_list() == ["m1", "m2", "m3", "m4", "m5"]
+    roles = source.read("users")
+    assert roles is not None and roles["role"].to_list() == ["csm", "manager"]

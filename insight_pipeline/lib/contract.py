@@ -49,6 +49,11 @@ class TableSpec:
     date_column: str | None = None
     """The column a look-back window filters on (rows after the partition day are never read)."""
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    """Columns of the contract's lower_snake labels (roles, meeting types, priorities,
+    segments, directions): exports spell them `QBR`, `Check-in`, `Mid Market`, so case, spaces
+    and hyphens are normalised when typed (a label the contract does not name, `P1` or
+    `Demo call`, is spelt alike and matches no rule: `p1`, `demo_call`)."""
 
     def only(self, columns: Sequence[str]) -> TableSpec:
         """This table read for some of its columns (and its date column, which windows it):
@@ -66,6 +71,7 @@ class TableSpec:
             non_negative=tuple(c for c in self.non_negative if c in keep),
             not_null=tuple(c for c in self.not_null if c in keep),
             enums={c: v for c, v in self.enums.items() if c in keep},
+            labels=tuple(c for c in self.labels if c in keep),
         )
 
 
@@ -92,6 +98,7 @@ CONTRACT: dict[str, TableSpec] = {
             refs={"csm_user_id": "users"},
             non_negative=("arr",),
             not_null=("csm_user_id",),
+            labels=("segment",),
         ),
         TableSpec(
             "users",
@@ -105,6 +112,7 @@ CONTRACT: dict[str, TableSpec] = {
             },
             key=("user_id",),
             enums={"role": ("csm", "manager", "leader")},
+            labels=("role",),
         ),
         TableSpec(
             "usage_daily",
@@ -150,6 +158,7 @@ CONTRACT: dict[str, TableSpec] = {
             },
             key=("contact_id",),
             refs={"customer_id": "customers"},
+            labels=("role",),
         ),
         TableSpec(
             "meetings",
@@ -164,6 +173,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("meeting_id",),
             refs={"customer_id": "customers"},
             date_column="start_at",
+            labels=("meeting_type",),
         ),
         TableSpec(
             "meeting_attendees",
@@ -185,6 +195,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("message_id",),
             refs={"customer_id": "customers"},
             date_column="sent_at",
+            labels=("direction", "channel"),
         ),
         TableSpec(
             "support_tickets",
@@ -201,6 +212,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("ticket_id",),
             refs={"customer_id": "customers"},
             date_column="opened_at",
+            labels=("priority",),
         ),
         TableSpec(
             "nps_responses",
@@ -898,12 +910,27 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
                 f"{target} (row {idx + 1}: {json.dumps(example, default=str)}); "
                 f"{int(broken.sum())} such row(s)"
             )
+    typed = _normalised_labels(spec, typed)
     for name, allowed in spec.enums.items():
         bad = typed.filter(pl.col(name).is_not_null() & ~pl.col(name).is_in(allowed))
         if bad.height:
             raise ContractError(
                 f"table {spec.name!r}, column {name!r}: value {bad[name][0]!r} is not one of "
                 f"{list(allowed)} (row: {json.dumps(bad.row(0, named=True), default=str)})"
+            )
+    return typed
+
+
+def _normalised_labels(spec: TableSpec, typed: pl.DataFrame) -> pl.DataFrame:
+    """`spec.labels` in the contract's spelling (`QBR` -> `qbr`, `Check-in` -> `check_in`).
+    Worked out on the few distinct values of each column; a column already spelt so is kept."""
+    for name in spec.labels:
+        values = typed.get_column(name).unique().drop_nulls()
+        canonical = values.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
+        changed = values != canonical
+        if changed.any():
+            typed = typed.with_columns(
+                pl.col(name).replace(values.filter(changed), canonical.filter(changed))
             )
     return typed
 
