@@ -379,3 +379,40 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
             instance=instance,
         )
         assert on_time.success
+
+
+def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """Metric names are free text: a source that calls its daily actives `active_users` gets
+    no benchmark, and the asset says so (in its metadata and the run's log) naming the metric
+    it looked for and the ones there are, instead of reporting 0 signals as if all were
+    average; with the metric named in the run config, the accounts are benchmarked."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sample_dir.glob("*.parquet"):
+        (source / path.name).write_bytes(path.read_bytes())
+    pl.read_parquet(sample_dir / "usage_daily.parquet").with_columns(
+        pl.col("metric").replace("dau", "active_users")
+    ).write_parquet(source / "usage_daily.parquet")
+    selection = ["accounts", "usage_window", "activity_window", "peer_benchmarks"]
+
+    def benchmark(work: Path, overrides: dict) -> dict:
+        res = resources(source, f"duckdb:///{work / 'i.duckdb'}", work)
+        res["settings"] = SettingsResource(overrides=overrides)
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                ALL_ASSETS,
+                selection=selection,
+                partition_key=END.isoformat(),
+                resources=res,
+                instance=instance,
+            )
+        assert result.success
+        return result.asset_materializations_for_node("peer_benchmarks")[0].metadata
+
+    skipped = benchmark(tmp_path / "default", {})
+    reason = skipped["skipped"].value
+    assert "'dau'" in reason and "'active_users'" in reason and skipped["signals"].value == 0
+    named = benchmark(tmp_path / "named", {"benchmark": {"metric": "active_users"}})
+    assert "skipped" not in named and named["accounts_benchmarked"].value > 0
