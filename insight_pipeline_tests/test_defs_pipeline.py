@@ -86,6 +86,36 @@ def table(db_url: str) -> pl.DataFrame:
         store.dispose()
 
 
+def source_with_usage(sample_dir: Path, directory: Path, usage: pl.DataFrame) -> Path:
+    """The sample source with its usage table replaced by `usage`."""
+    directory.mkdir(parents=True)
+    for path in sample_dir.glob("*.parquet"):
+        (directory / path.name).write_bytes(path.read_bytes())
+    usage.write_parquet(directory / "usage_daily.parquet")
+    return directory
+
+
+def materialise_day(
+    source: Path,
+    work: Path,
+    selection: list[str],
+    day: date = END,
+    settings: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """`selection` for one day on `source` (errors returned, not raised)."""
+    res = resources(source, f"duckdb:///{work / 'i.duckdb'}", work)
+    res["settings"] = SettingsResource(overrides=settings or {})
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            ALL_ASSETS,
+            selection=selection,
+            partition_key=day.isoformat(),
+            resources=res,
+            instance=instance,
+            raise_on_error=False,
+        )
+
+
 def test_definitions_load_with_expected_assets() -> None:
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == EXPECTED_KEYS
@@ -351,34 +381,15 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
     day past the source's last day of usage fails in `usage_window`, naming the day and the
     last day that has rows, before any detector or the store sees it; the days with data run."""
     usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
-    source = tmp_path / "source"
-    source.mkdir()
-    for path in sample_dir.glob("*.parquet"):
-        (source / path.name).write_bytes(path.read_bytes())
     cut = END - timedelta(days=2)
-    usage.filter(pl.col("date") <= cut).write_parquet(source / "usage_daily.parquet")
-    res = resources(source, f"duckdb:///{tmp_path / 'i.duckdb'}", tmp_path)
-    with dg.instance_for_test() as instance:
-        late = dg.materialize(
-            ALL_ASSETS,
-            selection=["accounts", "usage_window"],
-            partition_key=END.isoformat(),
-            resources=res,
-            instance=instance,
-            raise_on_error=False,
-        )
-        assert not late.success
-        message = str(late.get_step_failure_events()[0].step_failure_data.error)
-        assert f"{END} (0 rows against a usual" in message
-        assert f"the last earlier day with rows is {cut}" in message
-        on_time = dg.materialize(
-            ALL_ASSETS,
-            selection=["accounts", "usage_window"],
-            partition_key=cut.isoformat(),
-            resources=res,
-            instance=instance,
-        )
-        assert on_time.success
+    source = source_with_usage(sample_dir, tmp_path / "source", usage.filter(pl.col("date") <= cut))
+    selection = ["accounts", "usage_window"]
+    late = materialise_day(source, tmp_path / "late", selection)
+    assert not late.success
+    message = str(late.get_step_failure_events()[0].step_failure_data.error)
+    assert f"{END} (0 rows against a usual" in message
+    assert f"the last earlier day with rows is {cut}" in message
+    assert materialise_day(source, tmp_path / "on_time", selection, day=cut).success
 
 
 def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
@@ -388,26 +399,14 @@ def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
     no benchmark, and the asset says so (in its metadata and the run's log) naming the metric
     it looked for and the ones there are, instead of reporting 0 signals as if all were
     average; with the metric named in the run config, the accounts are benchmarked."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for path in sample_dir.glob("*.parquet"):
-        (source / path.name).write_bytes(path.read_bytes())
-    pl.read_parquet(sample_dir / "usage_daily.parquet").with_columns(
+    renamed = pl.read_parquet(sample_dir / "usage_daily.parquet").with_columns(
         pl.col("metric").replace("dau", "active_users")
-    ).write_parquet(source / "usage_daily.parquet")
+    )
+    source = source_with_usage(sample_dir, tmp_path / "source", renamed)
     selection = ["accounts", "usage_window", "activity_window", "peer_benchmarks"]
 
     def benchmark(work: Path, overrides: dict) -> dict:
-        res = resources(source, f"duckdb:///{work / 'i.duckdb'}", work)
-        res["settings"] = SettingsResource(overrides=overrides)
-        with dg.instance_for_test() as instance:
-            result = dg.materialize(
-                ALL_ASSETS,
-                selection=selection,
-                partition_key=END.isoformat(),
-                resources=res,
-                instance=instance,
-            )
+        result = materialise_day(source, work, selection, settings=overrides)
         assert result.success
         return result.asset_materializations_for_node("peer_benchmarks")[0].metadata
 
@@ -416,3 +415,80 @@ def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
     assert "'dau'" in reason and "'active_users'" in reason and skipped["signals"].value == 0
     named = benchmark(tmp_path / "named", {"benchmark": {"metric": "active_users"}})
     assert "skipped" not in named and named["accounts_benchmarked"].value > 0
+
+
+def test_days_whose_usage_value_was_quarantined_raise_no_drop(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A null or negative usage value is quarantined, and its day is unknown, not 0: three such
+    days at the end of a busy series raise no usage_drop (and the asset counts them), while the
+    same three days delivered as real zeros do raise one."""
+    usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
+    busiest = (
+        usage.filter(pl.col("date") > END - timedelta(days=28), pl.col("metric") == "events")
+        .group_by("customer_id")
+        .agg(pl.col("value").min())
+        .sort("value", "customer_id", descending=[True, False])
+        .row(0, named=True)
+    )
+    assert busiest["value"] > 20
+    last_days = (pl.col("customer_id") == busiest["customer_id"]) & (pl.col("metric") == "events")
+    last_days = last_days & (pl.col("date") > END - timedelta(days=3))
+
+    def drops(name: str, value: float | None) -> tuple[pl.DataFrame, dict]:
+        changed = usage.with_columns(
+            pl.when(last_days).then(pl.lit(value, pl.Float64)).otherwise("value").alias("value")
+        )
+        work = tmp_path / name
+        source = source_with_usage(sample_dir, work / "source", changed)
+        selection = ["accounts", "usage_window", "usage_baselines", "usage_anomalies"]
+        result = materialise_day(source, work, selection)
+        assert result.success
+        day = END.isoformat()
+        signals = pl.read_parquet(
+            work / "intermediate" / "usage_anomalies" / f"{day}__{day}.parquet"
+        )
+        meta = result.asset_materializations_for_node("usage_anomalies")[0].metadata
+        mine = signals.filter(
+            (pl.col("customer_id") == busiest["customer_id"]) & (pl.col("subject") == "events")
+        )
+        return mine, {k: v.value for k, v in meta.items()}
+
+    zeros, zero_meta = drops("zeros", 0.0)
+    assert zeros["type"].to_list() == ["usage_drop"] and zero_meta["unknown_usage_days"] == 0
+    for name, value in (("negative", -5.0), ("null", None)):
+        unknown, meta = drops(name, value)
+        assert unknown.height == 0, name
+        assert meta["unknown_usage_days"] == 3, name
+
+
+def test_a_quarantine_file_is_that_of_the_latest_run_over_its_days(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Days whose values were quarantined are read back from the quarantine file of the same
+    days (and account shard): a run over them that quarantines nothing - the source fixed -
+    removes it, so no later detector takes a fixed day for unknown."""
+    from insight_pipeline.defs.sources.assets import (
+        shard_label,
+        unknown_usage_days,
+        write_quarantine,
+    )
+
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path))
+    bad = pl.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2"],
+            "date": [END, END, END],
+            "metric": ["events", "events", "dau"],
+            "value": [-1.0, -1.0, 3.0],
+            "quarantine_reason": ["negative_value", "negative_value", "duplicate_key"],
+        }
+    )
+    one_of_two = shard_label(0, 2)
+    written = write_quarantine("usage_daily", bad, str(END), str(END), one_of_two)
+    assert written is not None and one_of_two in written
+    unknown = unknown_usage_days(END, END, one_of_two)
+    assert unknown.rows() == [("C1", "events", END)]  # a duplicate's day is known
+    assert unknown_usage_days(END, END).height == 0  # another shard's file is not this run's
+    assert write_quarantine("usage_daily", bad.clear(), str(END), str(END), one_of_two) is None
+    assert unknown_usage_days(END, END, one_of_two).height == 0

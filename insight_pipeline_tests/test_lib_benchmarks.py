@@ -15,6 +15,23 @@ from insight_pipeline.lib.settings import BenchmarkSettings
 
 END = date(2026, 6, 30)
 DAYS = 112
+USAGE_SCHEMA = {"customer_id": pl.String, "date": pl.Date, "metric": pl.String, "value": pl.Float64}
+
+
+def retail_accounts(ids: list[str], segments: list[str]) -> pl.DataFrame:
+    """Customers of one industry in the given segments, renewing in 2027, none churned."""
+    n = len(ids)
+    return pl.DataFrame(
+        {
+            "customer_id": ids,
+            "segment": segments,
+            "industry": ["retail"] * n,
+            "contract_start": [None] * n,
+            "churned_on": [None] * n,
+            "renewal_date": [date(2027, 1, 1)] * n,
+        },
+        schema_overrides={"contract_start": pl.Date, "churned_on": pl.Date},
+    )
 
 
 def usage_with_gaps(seed: int = 4) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -39,24 +56,11 @@ def usage_with_gaps(seed: int = 4) -> tuple[pl.DataFrame, pl.DataFrame]:
                 rows.append((customer, day, metric, float(rng.poisson(level))))
     usage = pl.DataFrame(
         rows,
-        schema={
-            "customer_id": pl.String,
-            "date": pl.Date,
-            "metric": pl.String,
-            "value": pl.Float64,
-        },
+        schema=USAGE_SCHEMA,
         orient="row",
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": [f"C{i:03d}" for i in range(60)],
-            "segment": ["smb" if i % 2 else "mid_market" for i in range(60)],
-            "industry": ["retail"] * 60,
-            "contract_start": [None] * 60,
-            "churned_on": [None] * 60,
-            "renewal_date": [date(2027, 1, 1)] * 60,
-        },
-        schema_overrides={"contract_start": pl.Date, "churned_on": pl.Date},
+    accounts = retail_accounts(
+        [f"C{i:03d}" for i in range(60)], ["smb" if i % 2 else "mid_market" for i in range(60)]
     )
     return usage, accounts
 
@@ -100,25 +104,10 @@ def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() ->
             for day in days
             for metric, value in (("dau", level), ("seats_used", 20.0))
         ],
-        schema={
-            "customer_id": pl.String,
-            "date": pl.Date,
-            "metric": pl.String,
-            "value": pl.Float64,
-        },
+        schema=USAGE_SCHEMA,
         orient="row",
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": list(levels),
-            "segment": ["smb"] * len(levels),
-            "industry": ["retail"] * len(levels),
-            "contract_start": [None] * len(levels),
-            "churned_on": [None] * len(levels),
-            "renewal_date": [date(2027, 1, 1)] * len(levels),
-        },
-        schema_overrides={"contract_start": pl.Date, "churned_on": pl.Date},
-    )
+    accounts = retail_accounts(list(levels), ["smb"] * len(levels))
     no_entitlements = pl.DataFrame(
         schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
     )

@@ -773,3 +773,18 @@ def test_a_worker_that_dies_fails_the_narration_instead_of_hanging_it(
     frame = pl.DataFrame([row("usage_drop") for _ in range(10)])
     with pytest.raises(BrokenProcessPool):
         narrate_module.narrate_rows(frame, TemplateNarrator(), workers=2)
+
+
+def test_a_silent_account_without_communications_on_record_says_so() -> None:
+    """With no communication in the source the account is silent by its usage alone: the
+    narrative must not claim that no message came in, which nothing was there to show."""
+    base = {"days_silent": 35, "last_active": "2026-05-26"}
+    with_messages = TemplateNarrator().narrate(
+        [item("silent_account", {**base, "communications": True})]
+    )[0]
+    without = TemplateNarrator().narrate(
+        [item("silent_account", {**base, "communications": False})]
+    )[0]
+    assert "no communication from" in with_messages["summary"]
+    assert "no communication on record" in without["summary"]
+    assert "no communication from" not in without["summary"]

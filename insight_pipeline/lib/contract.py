@@ -907,8 +907,8 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
             example = _example(raw, idx)
             raise ContractError(
                 f"table {spec.name!r}, column {name!r}: value {example[name]!r} is not a valid "
-                f"{target} (row {idx + 1}: {json.dumps(example, default=str)}); "
-                f"{int(broken.sum())} such row(s)"
+                f"{target} (row {idx + 1} of the {raw.height} rows read: "
+                f"{json.dumps(example, default=str)}); {int(broken.sum())} such row(s) among them"
             )
     typed = _normalised_labels(spec, typed)
     for name, allowed in spec.enums.items():

@@ -14,7 +14,8 @@ from insight_pipeline.defs.metadata import (
 )
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
-from insight_pipeline.defs.sharding import FrameStream
+from insight_pipeline.defs.sharding import FrameStream, run_shard
+from insight_pipeline.defs.sources.assets import shard_label, unknown_usage_days
 from insight_pipeline.lib.detectors.usage import anomaly_rows, detect_usage_anomalies
 from insight_pipeline.lib.insights.formulate import formulate
 from insight_pipeline.lib.sharding import account_part_count, in_part
@@ -47,11 +48,15 @@ def usage_anomalies(
 ) -> pl.DataFrame:
     """usage_spike / usage_drop: days beyond the robust band with an effect size, persisting (or
     one extreme day for a spike). The stored baselines are scanned with the signal rows' filter,
-    so only those rows are read whole (the other columns decoded for them alone)."""
+    so only those rows are read whole (the other columns decoded for them alone). A deviation
+    over a day whose source value was quarantined (null or negative: unknown, not 0) is not
+    raised (`unknown_usage_days`)."""
     usage_settings = settings.settings().usage
     hits = usage_baselines.filter(anomaly_rows(usage_settings)).collect()
-    signals = detect_usage_anomalies(hits, usage_settings)
-    context.add_output_metadata(signal_metadata(signals))
+    first, last = partition_days(context)
+    unknown = unknown_usage_days(first, last, shard_label(*run_shard(context)))
+    signals = detect_usage_anomalies(hits, usage_settings, unknown)
+    context.add_output_metadata(signal_metadata(signals) | {"unknown_usage_days": unknown.height})
     return signals
 
 

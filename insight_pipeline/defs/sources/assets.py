@@ -3,6 +3,7 @@
 import math
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -83,6 +84,7 @@ def validated_parts(
     first: str,
     last: str,
     done: Callable[[TableReport, str | None], None],
+    shard: str = "",
 ) -> Iterator[pl.DataFrame]:
     """Each part's clean rows as it is validated (a table keyed by customer, read in account
     parts, validates exactly part by part); the quarantined rows are kept and written once the
@@ -95,18 +97,49 @@ def validated_parts(
         report.add(part_report)
         quarantined.append(bad)
         yield clean
-    done(report, write_quarantine(spec.name, pl.concat(quarantined), first, last))
+    done(report, write_quarantine(spec.name, pl.concat(quarantined), first, last, shard))
 
 
-def write_quarantine(table: str, bad: pl.DataFrame, first: str, last: str) -> str | None:
-    """Quarantined rows are kept on disk (never silently dropped) for a person to inspect."""
+def quarantine_path(table: str, first: str, last: str, shard: str = "") -> Path:
+    """Where the run over [first, last] (of one account shard: `shard_label`) keeps the rows
+    of `table` it quarantined."""
+    return data_dir() / "quarantine" / table / f"{first}__{last}{shard}.parquet"
+
+
+def shard_label(shard: int, shards: int) -> str:
+    """A file name's suffix for one account shard of a sharded run ("" when not sharded)."""
+    return f"__shard{shard + 1}of{shards}" if shards > 1 else ""
+
+
+def write_quarantine(
+    table: str, bad: pl.DataFrame, first: str, last: str, shard: str = ""
+) -> str | None:
+    """Quarantined rows are kept on disk (never silently dropped) for a person to inspect. The
+    file is that of the latest run over these days: a run that quarantines nothing removes it."""
+    path = quarantine_path(table, first, last, shard)
     if bad.height == 0:
+        path.unlink(missing_ok=True)
         return None
-    directory = data_dir() / "quarantine" / table
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{first}__{last}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     bad.write_parquet(path)
     return str(path)
+
+
+def unknown_usage_days(first: date, last: date, shard: str = "") -> pl.DataFrame:
+    """(customer_id, metric, date) of the usage rows the run over [first, last] quarantined for
+    their value (null or negative): days whose value is unknown, not 0, which a detector must not
+    read as a drop. From the quarantine file `usage_window` wrote for the same days."""
+    path = quarantine_path("usage_daily", str(first), str(last), shard)
+    schema = {"customer_id": pl.String, "metric": pl.String, "date": pl.Date}
+    if not path.exists():
+        return pl.DataFrame(schema=schema)
+    return (
+        pl.scan_parquet(path)
+        .filter(pl.col("quarantine_reason").is_in(["null_value", "negative_value"]))
+        .select(list(schema))
+        .unique()
+        .collect()
+    )
 
 
 @dg.asset(
@@ -212,7 +245,9 @@ def usage_window(
         )
         spec = CONTRACT["usage_daily"]
         try:
-            for clean in validated_parts(spec, read, known, str(first), str(last), validated):
+            for clean in validated_parts(
+                spec, read, known, str(first), str(last), validated, shard_label(shard, shards)
+            ):
                 customers += clean["customer_id"].n_unique()
                 metrics.update(clean["metric"].unique().to_list())
                 per_day.append(clean.group_by("date").agg(pl.len().alias("rows")))

@@ -160,9 +160,15 @@ def detect_entitlement_limit(
                     pl.lit("share of entitlement used (%)"),
                     (pl.col("ratio") * 100).round(0),
                     pl.format(
-                        "projected to reach the limit on {} (renewal {})",
-                        pl.col("limit_date").cast(pl.String).fill_null("n/a"),
-                        pl.col("renewal_date").cast(pl.String).fill_null("n/a"),
+                        "{} (renewal {})",
+                        pl.when(pl.col("limit_date").is_null())
+                        .then(pl.lit("no limit date at the current weekly trend"))
+                        .otherwise(
+                            pl.format(
+                                "weekly average projected to reach the limit on {}", "limit_date"
+                            )
+                        ),
+                        pl.col("renewal_date").cast(pl.String).fill_null("not on record"),
                     ),
                     "usage_daily, entitlements",
                 ),

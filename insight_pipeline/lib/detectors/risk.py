@@ -90,14 +90,20 @@ def detect_silent_account(
             pl.lit(0.9).alias("confidence"),
             pl.concat_list(
                 evidence_item(
-                    pl.lit("days without usage or communication"),
+                    pl.lit(
+                        "days without usage or communication"
+                        if communications.height
+                        else "days without usage (no communication on record)"
+                    ),
                     pl.col("days_silent"),
                     pl.format("last activity on {}", pl.col("last_active")),
-                    "usage_daily, communications",
+                    "usage_daily, communications" if communications.height else "usage_daily",
                 )
             ).alias("evidence"),
             pl.struct(
-                pl.col("days_silent"), pl.col("last_active").cast(pl.String).alias("last_active")
+                pl.col("days_silent"),
+                pl.col("last_active").cast(pl.String).alias("last_active"),
+                pl.lit(communications.height > 0).alias("communications"),
             )
             .struct.json_encode()
             .alias("facts"),

@@ -472,11 +472,17 @@ def anomaly_rows(settings: UsageSettings) -> pl.Expr:
     return (sustained & (pl.col("direction") != 0)) | single_spike
 
 
-def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
-    """usage_spike / usage_drop signals from `usage_baselines` rows."""
+def detect_usage_anomalies(
+    baselines: pl.DataFrame, settings: UsageSettings, unknown: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """usage_spike / usage_drop signals from `usage_baselines` rows. `unknown`: (customer_id,
+    metric, date) whose source value was quarantined (null or negative): the grid holds 0 there,
+    so a deviation whose days include one is not known to be real and raises nothing."""
     s = settings
     sustained = pl.col("run_days").abs() >= s.persistence_days
     hits = baselines.filter(anomaly_rows(s))
+    if unknown is not None and unknown.height and hits.height:
+        hits = hits.join(_spanning_unknown_days(hits, unknown), on=SIGNAL_DAY, how="anti")
     if hits.height == 0:
         return conform(hits)
     is_drop = pl.col("direction") < 0
@@ -522,6 +528,25 @@ def detect_usage_anomalies(baselines: pl.DataFrame, settings: UsageSettings) -> 
             .struct.json_encode()
             .alias("facts"),
         )
+    )
+
+
+SIGNAL_DAY = [*KEYS, "partition_date"]
+
+
+def _spanning_unknown_days(hits: pl.DataFrame, unknown: pl.DataFrame) -> pl.DataFrame:
+    """The SIGNAL_DAY keys of `hits` whose days (the run of deviating days ending on the
+    partition date, or that day alone) include an unknown day of their series."""
+    span = pl.col("run_days").abs().clip(1)
+    return (
+        hits.select(*SIGNAL_DAY, span.alias("_days"))
+        .join(unknown, on=["customer_id", "metric"], how="inner")
+        .filter(
+            (pl.col("date") <= pl.col("partition_date"))
+            & (pl.col("date") > pl.col("partition_date") - pl.duration(days=pl.col("_days")))
+        )
+        .select(SIGNAL_DAY)
+        .unique()
     )
 
 
