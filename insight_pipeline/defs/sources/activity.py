@@ -15,9 +15,10 @@ import polars as pl
 from insight_pipeline.defs.metadata import partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.defs.sharding import FrameStream, TableStream
+from insight_pipeline.defs.sharding import FrameStream, TableStream, run_shard
 from insight_pipeline.defs.sources.assets import (
     GROUP,
+    shard_label,
     validated_parts,
     window_parts,
     write_quarantine,
@@ -25,7 +26,7 @@ from insight_pipeline.defs.sources.assets import (
 from insight_pipeline.lib.contract import CONTRACT, TableReport, quarantine
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
-from insight_pipeline.lib.sharding import part_count
+from insight_pipeline.lib.sharding import in_shard, part_count
 
 #: key in the bundle -> source table (meetings before attendees: attendees are filtered by them)
 ACTIVITY_TABLES: dict[str, str] = {
@@ -93,6 +94,10 @@ def activity_window(
     first, last = partition_days(context)
     cfg = settings.settings()
     known = {"customers": accounts["customer_id"]}
+    # A run of one account shard reads its shard's rows (as usage_window does): the others'
+    # would be "unknown ids" here, quarantined and counted by every shard.
+    shard, shards = run_shard(context)
+    mine, label = in_shard(shard, shards), shard_label(shard, shards)
     report: dict[str, dict] = {}
     missing: list[str] = []
     metadata: dict[str, object] = {"missing_optional_tables": missing, "validation": report}
@@ -111,13 +116,24 @@ def activity_window(
                     if spec.key[:1] == ("customer_id",)
                     else 1
                 )
+                by_customer = "customer_id" in spec.columns
+                where = mine if by_customer and shards > 1 else None
                 if parts_count > 1:
-                    parts = window_parts(src, table, date_from, date_to, pl.lit(True), parts_count)
+                    parts = window_parts(
+                        src,
+                        table,
+                        date_from,
+                        date_to,
+                        pl.lit(True) if where is None else where,
+                        parts_count,
+                    )
                     done = functools.partial(record, table)
-                    clean_parts = validated_parts(spec, parts, known, str(first), str(last), done)
+                    clean_parts = validated_parts(
+                        spec, parts, known, str(first), str(last), done, label
+                    )
                     yield key, FrameStream(clean_parts)
                     continue
-                frame = src.read(table, date_from=date_from, date_to=date_to)
+                frame = src.read(table, date_from=date_from, date_to=date_to, where=where)
                 if frame is None:
                     missing.append(table)
                     yield key, empty_table(table)
@@ -131,7 +147,9 @@ def activity_window(
                 del frame
                 if table == "meetings":
                     meeting_ids = clean["meeting_id"]
-                record(table, table_report, write_quarantine(table, bad, str(first), str(last)))
+                record(
+                    table, table_report, write_quarantine(table, bad, str(first), str(last), label)
+                )
                 yield key, clean
         finally:
             src.dispose()
