@@ -61,21 +61,19 @@ def peer_benchmarks(
             signals.sort("severity", descending=True),
             ["customer_id", "type", "subject", "partition_date", "severity"],
         )
-    elif not _has_metric(usage_window, s.metric):
-        meta["skipped"] = missing_metric_reason(usage_window, s.metric)
-        context.log.warning(f"peer_benchmarks skipped: {meta['skipped']}")
+    elif (reason := missing_metric_reason(usage_window, s.metric)) is not None:
+        meta["skipped"] = reason
+        context.log.warning(f"peer_benchmarks skipped: {reason}")
     context.add_output_metadata(meta)
     return signals
 
 
-def _has_metric(usage_window: pl.LazyFrame, metric: str) -> bool:
-    return usage_window.filter(pl.col("metric") == metric).head(1).collect().height > 0
-
-
-def missing_metric_reason(usage_window: pl.LazyFrame, metric: str) -> str:
-    """Why nothing was benchmarked when the benchmarked metric is not in the source: the
-    metric names are free text, so a source without `dau` must name its own."""
+def missing_metric_reason(usage_window: pl.LazyFrame, metric: str) -> str | None:
+    """Why nothing was benchmarked when the benchmarked metric is not in the source (None when
+    it is): the metric names are free text, so a source without `dau` must name its own."""
     metrics = usage_window.select(pl.col("metric").unique().sort()).collect()["metric"].to_list()
+    if metric in metrics:
+        return None
     return (
         f"no usage metric {metric!r} in usage_daily (its metrics: {metrics[:20]}); set "
         "benchmark.metric in the run config to the one that counts active users"

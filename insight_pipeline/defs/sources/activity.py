@@ -97,7 +97,7 @@ def activity_window(
     # A run of one account shard reads its shard's rows (as usage_window does): the others'
     # would be "unknown ids" here, quarantined and counted by every shard.
     shard, shards = run_shard(context)
-    mine, label = in_shard(shard, shards), shard_label(shard, shards)
+    mine, label = in_shard(shard, shards), shard_label(shard, shards)  # mine: lit(True) unsharded
     report: dict[str, dict] = {}
     missing: list[str] = []
     metadata: dict[str, object] = {"missing_optional_tables": missing, "validation": report}
@@ -116,23 +116,15 @@ def activity_window(
                     if spec.key[:1] == ("customer_id",)
                     else 1
                 )
-                by_customer = "customer_id" in spec.columns
-                where = mine if by_customer and shards > 1 else None
-                if parts_count > 1:
-                    parts = window_parts(
-                        src,
-                        table,
-                        date_from,
-                        date_to,
-                        pl.lit(True) if where is None else where,
-                        parts_count,
-                    )
+                if parts_count > 1:  # keyed by customer
+                    parts = window_parts(src, table, date_from, date_to, mine, parts_count)
                     done = functools.partial(record, table)
                     clean_parts = validated_parts(
                         spec, parts, known, str(first), str(last), done, label
                     )
                     yield key, FrameStream(clean_parts)
                     continue
+                where = mine if shards > 1 and "customer_id" in spec.columns else None
                 frame = src.read(table, date_from=date_from, date_to=date_to, where=where)
                 if frame is None:
                     missing.append(table)

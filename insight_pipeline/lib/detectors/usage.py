@@ -540,7 +540,7 @@ def _spanning_unknown_days(hits: pl.DataFrame, unknown: pl.DataFrame) -> pl.Data
     span = pl.col("run_days").abs().clip(1)
     return (
         hits.select(*SIGNAL_DAY, span.alias("_days"))
-        .join(unknown, on=["customer_id", "metric"], how="inner")
+        .join(unknown, on=KEYS, how="inner")
         .filter(
             (pl.col("date") <= pl.col("partition_date"))
             & (pl.col("date") > pl.col("partition_date") - pl.duration(days=pl.col("_days")))
