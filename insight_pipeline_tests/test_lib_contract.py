@@ -543,3 +543,70 @@ def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
     assert read["meeting_id"].to_list() == ["m1", "m2", "m3", "m4", "m5"]
     roles = source.read("users")
     assert roles is not None and roles["role"].to_list() == ["csm", "manager"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path, fmt: str) -> None:
+    """A ticket's `P1`, `Sev 2`, `Critical`, `1 - Critical` or `Medium` (Jira, ServiceNow, on-call
+    tools) is the contract's urgent/high/normal, so a P1 escalation raises support_surge as an
+    urgent one does; a word no tool shares (`P9`) is kept, spelt alike, and weighs nothing
+    special. Message directions and contact roles likewise."""
+    from datetime import datetime
+
+    from insight_pipeline.lib.detectors.risk import detect_support_surge
+    from insight_pipeline.lib.settings import RiskSettings
+
+    priorities = ["P1", "Sev 2", "Critical", "1 - Critical", "Medium", "Urgent", "P9", "lowest"]
+    tickets = pl.DataFrame(
+        {
+            "ticket_id": [f"t{i}" for i in range(len(priorities))],
+            "customer_id": ["C1"] * len(priorities),
+            "opened_at": [datetime(2026, 3, 1 + i, 9) for i in range(len(priorities))],
+            "closed_at": [None] * len(priorities),
+            "priority": priorities,
+            "csat": [None] * len(priorities),
+            "topic": ["billing"] * len(priorities),
+        },
+        schema_overrides={"closed_at": pl.Datetime, "csat": pl.Float64},
+    )
+    messages = pl.DataFrame(
+        {
+            "message_id": ["m1", "m2", "m3"],
+            "customer_id": ["C1"] * 3,
+            "contact_id": [None] * 3,
+            "sent_at": [datetime(2026, 3, 1, 9)] * 3,
+            "direction": ["Incoming", "Sent", "inbound"],
+            "channel": ["E-mail", "Phone", "chat"],
+        },
+        schema_overrides={"contact_id": pl.String},
+    )
+    for name, frame in {"support_tickets": tickets, "communications": messages}.items():
+        if fmt == "csv":
+            frame.write_csv(tmp_path / f"{name}.csv")
+        else:
+            frame.write_parquet(tmp_path / f"{name}.parquet")
+    source = Source(str(tmp_path))
+    read = source.read("support_tickets")
+    assert read is not None
+    assert read["priority"].to_list() == [
+        "urgent", "high", "urgent", "urgent", "normal", "urgent", "p9", "low",
+    ]  # fmt: skip
+    comms = source.read("communications")
+    assert comms is not None
+    assert comms["direction"].to_list() == ["inbound", "outbound", "inbound"]
+    assert comms["channel"].to_list() == ["email", "call", "chat"]
+
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["C1"],
+            "contract_start": [date(2025, 1, 1)],
+            "churned_on": [None],
+            "renewal_date": [date(2027, 1, 1)],
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    day = date(2026, 3, 2)  # the P1 of 03-01 is within the urgent window, nothing else is
+    surge = detect_support_surge(read, accounts, day, day, RiskSettings())
+    assert surge.height == 1 and '"urgent_tickets":1' in surge["facts"][0]
+    unknown = read.with_columns(pl.lit("p9").alias("priority"))
+    assert detect_support_surge(unknown, accounts, day, day, RiskSettings()).height == 0

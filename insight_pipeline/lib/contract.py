@@ -53,7 +53,11 @@ class TableSpec:
     """Columns of the contract's lower_snake labels (roles, meeting types, priorities,
     segments, directions): exports spell them `QBR`, `Check-in`, `Mid Market`, so case, spaces
     and hyphens are normalised when typed (a label the contract does not name, `P1` or
-    `Demo call`, is spelt alike and matches no rule: `p1`, `demo_call`)."""
+    `Demo call`, is spelt alike and matches no rule: `demo_call`)."""
+    synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
+    """column -> {label as normalised: the contract's label}: the vocabularies of common tools
+    for the same thing (a ticket's `P1` or `Critical` is the contract's `urgent`), mapped when
+    typed so that a rule keyed on the contract's label sees them (`LABEL_SYNONYMS`)."""
 
     def only(self, columns: Sequence[str]) -> TableSpec:
         """This table read for some of its columns (and its date column, which windows it):
@@ -72,7 +76,67 @@ class TableSpec:
             not_null=tuple(c for c in self.not_null if c in keep),
             enums={c: v for c, v in self.enums.items() if c in keep},
             labels=tuple(c for c in self.labels if c in keep),
+            synonyms={c: v for c, v in self.synonyms.items() if c in keep},
         )
+
+
+LABEL_SYNONYMS: dict[str, dict[str, str]] = {
+    # Zendesk and Freshdesk use the contract's four; Jira highest..lowest; ServiceNow
+    # "1 - Critical".."5 - Planning"; many teams P1..P4 or Sev1..Sev4.
+    "priority": {
+        **{
+            f"{prefix}{sep}{n}": level
+            for prefix in ("p", "sev", "severity", "priority")
+            for sep in ("", "_")
+            for n, level in enumerate(["urgent", "urgent", "high", "normal", "low", "low"])
+        },
+        "critical": "urgent",
+        "blocker": "urgent",
+        "emergency": "urgent",
+        "highest": "urgent",
+        "1_critical": "urgent",
+        "2_high": "high",
+        "major": "high",
+        "medium": "normal",
+        "moderate": "normal",
+        "3_moderate": "normal",
+        "minor": "low",
+        "lowest": "low",
+        "trivial": "low",
+        "4_low": "low",
+        "5_planning": "low",
+    },
+    "direction": {
+        "incoming": "inbound",
+        "received": "inbound",
+        "in": "inbound",
+        "outgoing": "outbound",
+        "sent": "outbound",
+        "out": "outbound",
+    },
+    "channel": {"e_mail": "email", "phone": "call", "phone_call": "call", "chat_message": "chat"},
+    "meeting_type": {
+        "quarterly_business_review": "qbr",
+        "business_review": "qbr",
+        "ebr": "qbr",
+        "executive_business_review": "qbr",
+        "checkin": "check_in",
+        "check_in_call": "check_in",
+        "kickoff": "onboarding",
+        "kick_off": "onboarding",
+    },
+    "contact_role": {
+        "exec_sponsor": "executive_sponsor",
+        "sponsor": "executive_sponsor",
+        "economic_buyer": "decision_maker",
+        "administrator": "admin",
+        "end_user": "user",
+    },
+    "user_role": {"customer_success_manager": "csm", "team_lead": "manager"},
+}
+"""Other tools' words for the contract's labels, as `_normalised_labels` spells them (lower
+case, spaces and hyphens as `_`). Only unambiguous ones: a word that could mean two labels
+(`high` in a five-level scale) is left to the contract's meaning."""
 
 
 CONTRACT: dict[str, TableSpec] = {
@@ -113,6 +177,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("user_id",),
             enums={"role": ("csm", "manager", "leader")},
             labels=("role",),
+            synonyms={"role": LABEL_SYNONYMS["user_role"]},
         ),
         TableSpec(
             "usage_daily",
@@ -159,6 +224,7 @@ CONTRACT: dict[str, TableSpec] = {
             key=("contact_id",),
             refs={"customer_id": "customers"},
             labels=("role",),
+            synonyms={"role": LABEL_SYNONYMS["contact_role"]},
         ),
         TableSpec(
             "meetings",
@@ -174,6 +240,7 @@ CONTRACT: dict[str, TableSpec] = {
             refs={"customer_id": "customers"},
             date_column="start_at",
             labels=("meeting_type",),
+            synonyms={"meeting_type": LABEL_SYNONYMS["meeting_type"]},
         ),
         TableSpec(
             "meeting_attendees",
@@ -196,6 +263,10 @@ CONTRACT: dict[str, TableSpec] = {
             refs={"customer_id": "customers"},
             date_column="sent_at",
             labels=("direction", "channel"),
+            synonyms={
+                "direction": LABEL_SYNONYMS["direction"],
+                "channel": LABEL_SYNONYMS["channel"],
+            },
         ),
         TableSpec(
             "support_tickets",
@@ -213,6 +284,7 @@ CONTRACT: dict[str, TableSpec] = {
             refs={"customer_id": "customers"},
             date_column="opened_at",
             labels=("priority",),
+            synonyms={"priority": LABEL_SYNONYMS["priority"]},
         ),
         TableSpec(
             "nps_responses",
@@ -927,6 +999,7 @@ def _normalised_labels(spec: TableSpec, typed: pl.DataFrame) -> pl.DataFrame:
     for name in spec.labels:
         values = typed.get_column(name).unique().drop_nulls()
         canonical = values.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
+        canonical = canonical.replace(spec.synonyms.get(name, {}))
         changed = values != canonical
         if changed.any():
             typed = typed.with_columns(

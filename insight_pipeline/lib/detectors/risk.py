@@ -352,7 +352,7 @@ def detect_support_surge(
                 evidence_item(
                     pl.format("urgent tickets, last {} days", s.urgent_window_days),
                     pl.col("recent_urgent"),
-                    pl.lit("urgent = weight 4"),
+                    pl.lit(f"urgent = weight {s.priority_weights.get('urgent', 1.0):g}"),
                     "support_tickets",
                 ),
             ).alias("evidence"),
