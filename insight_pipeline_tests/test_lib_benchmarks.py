@@ -121,3 +121,47 @@ def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() ->
     # by the deciles alone, the edges of the similar accounts would be flagged too
     deciles_only = detect_benchmarks(percentiles, BenchmarkSettings(min_effect=0.0))
     assert deciles_only.height > 4
+
+
+def test_an_unknown_segment_or_industry_is_no_cohort() -> None:
+    """Accounts whose industry is unknown are compared within their segment (named so in the
+    evidence), not among themselves; accounts whose segment is unknown are compared with no one,
+    however far from the others they are."""
+    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
+    levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)}
+    no_industry = {f"NI{i:02d}": 10.0 for i in range(11)} | {"NI_AHEAD": 20.0}
+    no_segment = {f"NS{i:02d}": 40.0 for i in range(11)} | {"NS_AHEAD": 80.0}
+    everyone = levels | no_industry | no_segment
+    usage = pl.DataFrame(
+        [
+            (customer, day, metric, value)
+            for customer, level in everyone.items()
+            for day in days
+            for metric, value in (("dau", level), ("seats_used", 20.0))
+        ],
+        schema=USAGE_SCHEMA,
+        orient="row",
+    )
+    accounts = retail_accounts(list(everyone), ["smb"] * len(everyone)).with_columns(
+        pl.when(pl.col("customer_id").str.starts_with("NI"))
+        .then(None)
+        .otherwise(pl.col("industry"))
+        .alias("industry"),
+        pl.when(pl.col("customer_id").str.starts_with("NS"))
+        .then(None)
+        .otherwise(pl.col("segment"))
+        .alias("segment"),
+    )
+    no_entitlements = pl.DataFrame(
+        schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
+    )
+    s = BenchmarkSettings()
+    percentiles = peer_percentiles(usage, no_entitlements, accounts, END, END, s)
+    assert not percentiles["customer_id"].str.starts_with("NS").any()
+    ahead = percentiles.filter(pl.col("customer_id") == "NI_AHEAD").row(0, named=True)
+    assert (ahead["cohort_name"], ahead["peers"]) == ("smb", 52)
+    signals = detect_benchmarks(percentiles, s)
+    assert sorted(zip(signals["customer_id"], signals["type"], strict=True)) == [
+        ("NI_AHEAD", "outperforming")
+    ]
+    assert "across 52 smb accounts" in str(signals["evidence"][0])

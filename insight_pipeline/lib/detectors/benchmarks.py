@@ -3,6 +3,8 @@
 The metric is normalised per entitled seat (or per seat in use where there is no entitlement) so
 that big and small accounts compare fairly; the percentile within the cohort is the evidence.
 Cohorts smaller than min_cohort fall back to the segment alone; smaller still, no benchmark.
+An account whose industry is unknown is compared within its segment; whose segment is unknown,
+with no one (the other unknowns are no cohort).
 """
 
 from __future__ import annotations
@@ -165,7 +167,16 @@ def peer_percentiles(
         pl.col("per_seat").median().over(cohort).alias("median_cohort"),
         pl.col("per_seat").median().over(segment).alias("median_segment"),
     )
-    use_cohort = pl.col("cohort_size") >= s.min_cohort
+    # An unknown (null) segment or industry is no cohort: those accounts are not peers of each
+    # other. Null industry: compared within the segment; null segment: not benchmarked.
+    use_cohort = pl.all_horizontal(pl.col(c).is_not_null() for c in s.cohort) & (
+        pl.col("cohort_size") >= s.min_cohort
+    )
+    use_segment = pl.col(s.cohort[0]).is_not_null()
+    frame = frame.with_columns(
+        pl.when(use_segment).then(pl.col(name)).alias(name)
+        for name in ("segment_size", "pct_segment", "median_segment")
+    )
     return frame.with_columns(
         pl.when(use_cohort)
         .then(pl.col("pct_cohort"))
