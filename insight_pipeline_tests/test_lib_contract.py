@@ -610,3 +610,57 @@ def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path
     assert surge.height == 1 and '"urgent_tickets":1' in surge["facts"][0]
     unknown = read.with_columns(pl.lit("p9").alias("priority"))
     assert detect_support_surge(unknown, accounts, day, day, RiskSettings()).height == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_timestamps_in_any_iso_form_are_read_and_a_local_form_fails(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A column mixing ISO forms (a bare date for midnight, as spreadsheets write it; `Z`,
+    `+02:00`, `+00`; a space for `T`; no seconds) reads as the UTC instants they name; a
+    `03/01/2026 09:00` is never guessed (polars would read the whole column day-first from such
+    a first value): the run fails naming the row and the form expected."""
+    from datetime import UTC, datetime
+
+    def write(values: list[str | None]) -> Source:
+        frame = pl.DataFrame(
+            {
+                "message_id": [f"m{i}" for i in range(len(values))],
+                "customer_id": ["C1"] * len(values),
+                "contact_id": [None] * len(values),
+                "sent_at": values,
+                "direction": ["inbound"] * len(values),
+                "channel": ["email"] * len(values),
+            },
+            schema_overrides={"contact_id": pl.String, "sent_at": pl.String},
+        )
+        if fmt == "csv":
+            frame.write_csv(tmp_path / "communications.csv")
+        else:
+            frame.write_parquet(tmp_path / "communications.parquet")
+        return Source(str(tmp_path))
+
+    mixed = [
+        "2026-03-01T09:00:00Z",
+        "2026-03-02",
+        "2026-03-03 10:30",
+        "2026-03-04T12:00:00+02:00",
+        "2026-03-05 08:00:00+00",
+        None,
+        "2026-03-06T07:15:00.5",
+    ]
+    read = write(mixed).read("communications")
+    assert read is not None
+    assert read["sent_at"].to_list() == [
+        datetime(2026, 3, 1, 9, tzinfo=UTC),
+        datetime(2026, 3, 2, tzinfo=UTC),
+        datetime(2026, 3, 3, 10, 30, tzinfo=UTC),
+        datetime(2026, 3, 4, 10, tzinfo=UTC),
+        datetime(2026, 3, 5, 8, tzinfo=UTC),
+        None,
+        datetime(2026, 3, 6, 7, 15, 0, 500000, tzinfo=UTC),
+    ]
+    for local in (["03/01/2026 09:00", "03/02/2026 09:00"], ["2026-03-01 09:00", "03/02/2026"]):
+        with pytest.raises(ContractError, match=r"'sent_at'.*ISO 8601") as failure:
+            write(local).read("communications")
+        assert "03/0" in str(failure.value)

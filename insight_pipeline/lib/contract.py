@@ -923,6 +923,64 @@ def _needs_trim(column: pl.Series) -> bool:
     return bool(((values.str.strip_chars().str.len_bytes() != length) | (length == 0)).any())
 
 
+_ISO_DAY = r"^\d{4}-\d{2}-\d{2}"
+_ISO_HINT = (
+    "; dates and timestamps are read as ISO 8601 (2026-03-01, 2026-03-01 09:30:00, "
+    "2026-03-01T09:30:00Z or +02:00), never guessed from a local form such as 03/01/2026"
+)
+
+
+def _iso_timestamps(spec: TableSpec, raw: pl.DataFrame, typed: pl.DataFrame) -> pl.DataFrame:
+    """Timestamps from text, read as ISO 8601 whatever the mix of its forms. polars infers one
+    format from a column's first value: a file that writes midnight as a bare date (as
+    spreadsheets do) or mixes `Z` and offsets would fail on its other rows, and a first value of
+    `03/01/2026 09:00` would read every row day-first, silently. Such a column (a value that did
+    not parse, or a first value not ISO) is parsed again through `_iso_timestamp_expr`; a value
+    that is not ISO then fails the run with its row. The common case costs two null counts."""
+    for name, target in spec.columns.items():
+        if target != TS or raw.schema[name] != pl.String:
+            continue
+        text, parsed = raw.get_column(name), typed.get_column(name)
+        first = text.drop_nulls().head(100).str.strip_chars()
+        first = first.filter(first != "").head(1)
+        # null counts first: a value lost to parsing is looked for only when there can be one
+        lost = parsed.null_count() > text.null_count() and bool(
+            (
+                parsed.is_null() & raw.select(as_typed_text(pl.col(name)).is_not_null()).to_series()
+            ).any()
+        )
+        if lost or (first.len() and not first.str.contains(_ISO_DAY).all()):
+            typed = typed.with_columns(
+                raw.select(_iso_timestamp_expr(as_typed_text(pl.col(name))).alias(name))
+            )
+    return typed
+
+
+def _iso_timestamp_expr(text: pl.Expr) -> pl.Expr:
+    """ISO 8601 text in any of its usual forms (`T` or space, with or without seconds,
+    fractions, `Z`, `+02`, `+0200` or `+02:00`, or a bare date for midnight) as UTC instants;
+    anything else null. Without an offset a value is UTC (the contract's convention)."""
+    time = r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)"
+    normal = (
+        pl.when(text.str.contains(_ISO_DAY))
+        .then(text)
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})$", "${1}T00:00:00")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
+        .str.replace(r"^(\S{10}T\d{2}:\d{2})([^:\d]|$)", "${1}:00${2}")
+        .str.replace(r"\s*Z$", "+00:00")
+        .str.replace(time + r"\s*([+-]\d{2}):?(\d{2})$", "${1}${2}${3}")
+        .str.replace(time + r"\s*([+-]\d{2})$", "${1}${2}00")
+    )
+    return pl.coalesce(
+        normal.str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_zone="UTC", time_unit="us"
+        ),
+        normal.str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"
+        ).dt.replace_time_zone("UTC"),
+    )
+
+
 def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     """Cast every column to its contract type; an unparseable value fails with an example."""
     for name, target in spec.columns.items():
@@ -954,7 +1012,7 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     # for 45M rows).
     on_raw = {n for n, t in spec.columns.items() if t == INT and raw.schema[n].is_float()}
     try:
-        typed = raw.select(exprs)
+        typed = _iso_timestamps(spec, raw, raw.select(exprs))
         invalid = {
             name: (raw if name in on_raw else typed).select(check.fill_null(False)).to_series()
             for name, check in checked.items()
@@ -981,6 +1039,7 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
                 f"table {spec.name!r}, column {name!r}: value {example[name]!r} is not a valid "
                 f"{target} (row {idx + 1} of the {raw.height} rows read: "
                 f"{json.dumps(example, default=str)}); {int(broken.sum())} such row(s) among them"
+                + (_ISO_HINT if target in (DATE, TS) else "")
             )
     typed = _normalised_labels(spec, typed)
     for name, allowed in spec.enums.items():
