@@ -785,6 +785,6 @@ def test_a_silent_account_without_communications_on_record_says_so() -> None:
     without = TemplateNarrator().narrate(
         [item("silent_account", {**base, "communications": False})]
     )[0]
-    assert "no communication from" in with_messages["summary"]
+    assert "no meeting and no message from" in with_messages["summary"]
     assert "no communication on record" in without["summary"]
-    assert "no communication from" not in without["summary"]
+    assert "message from" not in without["summary"]

@@ -156,7 +156,12 @@ class RiskSettings:
     """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
 
     silent_days: int = 14
-    """No usage and no communications at all for this many days."""
+    """No usage and no two-way contact (a meeting held, an inbound message) for this many days:
+    a CSM's own unanswered emails are not the account's activity."""
+    level_metrics: tuple[str, ...] = ("seats_used",)
+    """Usage metrics that measure a level held (seats in use, storage), not activity: above 0
+    every day while nobody uses the product, so they do not count against silence. The
+    contract's `seats_used` by default; name a source's others (`storage_gb`) in the run config."""
     champion_window_days: int = 14
     champion_roles: tuple[str, ...] = ("champion", "executive_sponsor")
     health_baseline_days: int = 28

@@ -164,6 +164,7 @@ def engagement_signals(
 
 RISK_TABLES = (
     "communications",
+    "meetings",
     "contacts",
     "meeting_attendees",
     "health",
@@ -181,7 +182,7 @@ def detect_risk(
     # days within it: the latest used day before (one row per account) and the run's used
     # days (one row per account and day, not per metric), aggregated while scanning the (large)
     # usage window instead of holding every active day.
-    used = act["usage"].filter(pl.col("value") > 0)
+    used = act["usage"].filter((pl.col("value") > 0) & ~pl.col("metric").is_in(s.level_metrics))
     active_days = pl.concat(
         [
             used.filter(pl.col("date") < first).group_by("customer_id").agg(pl.col("date").max()),
@@ -193,7 +194,7 @@ def detect_risk(
             "silent_account": (
                 [act["usage_rows"]],
                 lambda: risk.detect_silent_account(
-                    active_days, act["communications"], accounts, first, last, s
+                    active_days, act["communications"], act["meetings"], accounts, first, last, s
                 ),
             ),
             "champion_left": (
@@ -233,7 +234,8 @@ def risk_signals(
     activity_window: dict[str, pl.LazyFrame],
     usage_window: pl.LazyFrame,
 ) -> pl.DataFrame:
-    """silent_account, champion_left, health_drop, support_surge, detractor_nps."""
+    """silent_account (no usage but of level metrics, no meeting, no inbound message),
+    champion_left, health_drop, support_surge, detractor_nps."""
     first, last = partition_days(context)
     usage_rows = rows_of(usage_window)
     signals, meta = by_account_parts(

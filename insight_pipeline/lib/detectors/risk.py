@@ -32,21 +32,30 @@ def _window_days(frame: pl.DataFrame, start_col: str, days: int) -> pl.Expr:
 def detect_silent_account(
     active_days: pl.DataFrame,
     communications: pl.DataFrame,
+    meetings: pl.DataFrame,
     accounts: pl.DataFrame,
     start: date,
     end: date,
     s: RiskSettings,
 ) -> pl.DataFrame:
-    """No usage and no communication (either direction) for silent_days.
+    """No usage and no two-way contact (a meeting held, an inbound message: the contract's
+    two-way contact) for silent_days. Outbound messages are the CSM's own: an account that
+    answers none of them is silent all the same.
 
     `active_days`: (customer_id, date) of the days a customer used anything (any metric above
-    0); repeated rows are allowed and change nothing, and before `start` only each customer's
-    latest day matters (a caller may pass just that one)."""
+    0 but the level metrics, `RiskSettings.level_metrics`); repeated rows are allowed and
+    change nothing, and before `start` only each customer's latest day matters (a caller may
+    pass just that one)."""
     parts = [active_days.select("customer_id", "date")]
+    contact_on_record = communications.height > 0 or meetings.height > 0
     if communications.height:
         parts.append(
-            communications.select("customer_id", pl.col("sent_at").dt.date().alias("date"))
+            communications.filter(pl.col("direction") == "inbound").select(
+                "customer_id", pl.col("sent_at").dt.date().alias("date")
+            )
         )
+    if meetings.height:
+        parts.append(meetings.select("customer_id", pl.col("start_at").dt.date().alias("date")))
     activity = pl.concat(parts)
     if activity.height == 0:
         return empty_signals()
@@ -91,19 +100,19 @@ def detect_silent_account(
             pl.concat_list(
                 evidence_item(
                     pl.lit(
-                        "days without usage or communication"
-                        if communications.height
+                        "days without usage, a meeting or an inbound message"
+                        if contact_on_record
                         else "days without usage (no communication on record)"
                     ),
                     pl.col("days_silent"),
                     pl.format("last activity on {}", pl.col("last_active")),
-                    "usage_daily, communications" if communications.height else "usage_daily",
+                    "usage_daily, communications, meetings" if contact_on_record else "usage_daily",
                 )
             ).alias("evidence"),
             pl.struct(
                 pl.col("days_silent"),
                 pl.col("last_active").cast(pl.String).alias("last_active"),
-                pl.lit(communications.height > 0).alias("communications"),
+                pl.lit(contact_on_record).alias("communications"),
             )
             .struct.json_encode()
             .alias("facts"),

@@ -1,0 +1,95 @@
+"""silent_account: an account is silent when nobody uses the product and nobody from it talks to
+its CSM. A level metric (seats in use) above 0 every day is not usage, and the CSM's own
+unanswered emails are not contact; a meeting or an inbound message is."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from insight_pipeline.defs.detectors.families import RISK_TABLES, detect_risk
+from insight_pipeline.defs.sources.activity import ACTIVITY_TABLES, empty_table
+from insight_pipeline.lib.settings import RiskSettings, Settings
+
+END = date(2026, 6, 30)
+DAYS = 112
+QUIET_SINCE = END - timedelta(days=20)  # the last day of real use of the silent ones
+
+
+def usage(customer: str, last_used: date, levels: tuple[str, ...] = ("seats_used",)) -> list:
+    """dau until `last_used` (0 after, as sparse exports leave it), level metrics every day."""
+    rows = []
+    for i in range(DAYS):
+        day = END - timedelta(days=DAYS - 1 - i)
+        if day <= last_used:
+            rows.append((customer, day, "dau", 5.0 + i % 3))
+        rows += [(customer, day, level, 12.0) for level in levels]
+    return rows
+
+
+def at(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
+
+
+def run(settings: Settings) -> pl.DataFrame:
+    customers = ["SILENT", "ANSWERED", "MET", "USING", "STORAGE"]
+    rows = (
+        usage("SILENT", QUIET_SINCE)
+        + usage("ANSWERED", QUIET_SINCE)
+        + usage("MET", QUIET_SINCE)
+        + usage("USING", END)
+        + usage("STORAGE", QUIET_SINCE, ("seats_used", "storage_gb"))
+    )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "customer_id": pl.String,
+            "date": pl.Date,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+    # the CSM writes to every account each week; only ANSWERED writes back (5 days ago)
+    messages = [
+        (f"out-{c}-{w}", c, at(END - timedelta(days=7 * w + 2)), "outbound")
+        for c in customers
+        for w in range(6)
+    ] + [("in-1", "ANSWERED", at(END - timedelta(days=5)), "inbound")]
+    communications = pl.DataFrame(
+        [(m, c, None, t, d, "email") for m, c, t, d in messages],
+        schema=empty_table("communications").schema,
+        orient="row",
+    )
+    meetings = pl.DataFrame(
+        [("mt-1", "MET", at(END - timedelta(days=3)), "check_in", 0.2)],
+        schema=empty_table("meetings").schema,
+        orient="row",
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": customers,
+            "contract_start": [date(2024, 1, 1)] * len(customers),
+            "churned_on": [None] * len(customers),
+            "renewal_date": [date(2027, 3, 1)] * len(customers),
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    tables = {key: empty_table(ACTIVITY_TABLES[key]) for key in RISK_TABLES}
+    tables |= {"communications": communications, "meetings": meetings}
+    act = tables | {"usage": frame.lazy(), "usage_rows": frame.height}
+    signals, _ = detect_risk(END, END, settings, accounts, act)
+    return signals.filter(pl.col("type") == "silent_account")
+
+
+def test_a_silent_account_is_found_despite_its_seats_and_its_csms_emails() -> None:
+    silent = run(Settings())
+    assert silent["customer_id"].to_list() == ["SILENT"]
+    assert '"days_silent":20' in silent["facts"][0]
+    assert f'"last_active":"{QUIET_SINCE}"' in silent["facts"][0]
+    assert "inbound message" in str(silent["evidence"][0])
+
+
+def test_a_level_metric_the_source_names_is_not_usage_once_configured() -> None:
+    levels = RiskSettings(level_metrics=("seats_used", "storage_gb"))
+    silent = run(Settings(risk=levels))
+    assert sorted(silent["customer_id"]) == ["SILENT", "STORAGE"]
