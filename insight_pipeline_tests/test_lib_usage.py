@@ -16,6 +16,7 @@ from insight_pipeline.lib.detectors.usage import (
     _trend_stats_of_grid,
     detect_usage_anomalies,
     detect_usage_trends,
+    population_shifts,
     rows_since,
     series_starts,
     usage_baselines,
@@ -286,3 +287,40 @@ def test_series_medians_equal_polars_rolling_median_over_series(
     np.testing.assert_array_equal(got, expected[rows])
     chunked = _lagged_median(values, position, rows, range(lag, lag + window), min_count, chunk=7)
     np.testing.assert_array_equal(chunked, expected[rows])
+
+
+def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_still_shows() -> None:
+    """Three days on which every account works at 30%, 15% and 50% of its usual (a holiday; a
+    partial export reads alike) are the population's, not any account's: judged against the
+    population's move, the clean accounts raise nothing, an account that kept working raises no
+    spike, and an account whose own drop began the day before is still found."""
+    holiday = {200: 0.3, 201: 0.15, 202: 0.5}
+    everyone = np.ones(DAYS)
+    for day, factor in holiday.items():
+        everyone[day] = factor
+    own_drop = everyone * step(DAYS, 199, 0.3)
+    kept_working = np.ones(DAYS)
+    multipliers = {i: everyone for i in range(80)} | {5: own_drop, 9: kept_working}
+    usage = usage_series(80, DAYS, END, multipliers=multipliers, seed=11)
+    first, last = day_of(195), day_of(206)
+
+    population = population_shifts(usage, first, last, S)
+    assert set(population["date"]) == {day_of(d) for d in holiday}
+    assert np.allclose(np.exp(population["population_shift"]), list(holiday.values()), atol=0.08)
+
+    def drops_and_spikes(found: pl.DataFrame) -> dict[str, set[str]]:
+        return {
+            kind: set(found.filter(pl.col("type") == kind)["customer_id"])
+            for kind in ("usage_drop", "usage_spike")
+        }
+
+    naive = drops_and_spikes(_anomalies(usage, first, last))
+    assert len(naive["usage_drop"] - {"C0005"}) > 20  # judged alone, the holiday is everyone's drop
+    baselines = usage_baselines(usage, first, last, S, population=population)
+    judged = drops_and_spikes(detect_usage_anomalies(baselines, S))
+    assert judged == {"usage_drop": {"C0005"}, "usage_spike": set()}
+    # the account that kept working deviates on no day (not up against the population either)
+    kept = baselines.filter(pl.col("customer_id") == "C0009")
+    assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
+        "direction"
+    ].to_list() == [0, 0, 0]

@@ -38,6 +38,16 @@ class UsageSettings:
     count (the median of the 4 weeks before) is taken as not yet delivered, and the run fails
     naming it: a late export would otherwise read as every account going idle. 0 turns the
     check off."""
+    population_shift: float = 0.15
+    """A day on which a metric's median account moved this far from its own baseline (15% down
+    or up, in log terms) is a day of the whole population - a holiday, a partial export, the
+    product's outage - and each account is judged on its move beyond it. Half the minimum
+    effect: the median of 50+ accounts' residuals moves a few percent on an ordinary day."""
+    min_population_series: int = 50
+    """Accounts of a metric judged on a day needed to measure its population's move."""
+    population_sample: int = 1000
+    """Accounts (a fixed hash sample) the population's move is measured on: enough for its
+    median, a small share of a large run's work."""
     trend_weeks: int = 6
     """Weeks in the trend window (week sums ending on the partition day)."""
     trend_consecutive_weeks: int = 3

@@ -3,7 +3,9 @@
 Every per-account computation (the usage baselines, anomalies and trends, the engagement, risk,
 opportunity and timing detectors) gives the same rows for a customer whatever other customers are
 in the frame, so running it shard by shard and concatenating the parts gives exactly the rows of
-one run over everything. Two independent splits use this:
+one run over everything. (One exception: the usage baselines measure a day's whole-population
+move - a holiday - on a fixed sample of the run's accounts, so a shard measures it on its own;
+on an ordinary day there is none and the rows are the same.) Two independent splits use this:
 
 - *deployment shards* (`SHARD_SEED`): a day fans out over N runs, one per shard, on as many
   workers (the date x shard partitions of `insight_pipeline.sharded`);
@@ -26,6 +28,7 @@ from insight_pipeline.lib.contract import as_typed_text
 
 SHARD_SEED = 0x5A4D
 PART_SEED = 0x9A27
+SAMPLE_SEED = 0x3C91
 ROWS_PER_PART = 5_000_000
 """Usage rows processed at once: about 1-1.5 GB of working memory for the usage detectors (their
 frames carry ~25 columns per row). A daily partition of 10k accounts (4.5M rows) is one part;
@@ -64,6 +67,12 @@ def in_shard(
 def in_part(index: int, count: int, column: str = "customer_id") -> pl.Expr:
     """True for the rows whose customer belongs to in-run part `index` of `count`."""
     return in_shard(index, count, column, PART_SEED)
+
+
+def in_sample(accounts: int, size: int, column: str = "customer_id") -> pl.Expr:
+    """True for a fixed hash sample of about `size` of `accounts` customers (all of them when
+    there are fewer): the same customers whatever the run's days or parts."""
+    return in_shard(0, accounts // max(size, 1), column, SAMPLE_SEED)
 
 
 def account_part_count(accounts: int, days: int) -> int:

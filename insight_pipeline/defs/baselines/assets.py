@@ -10,11 +10,13 @@ from insight_pipeline.defs.metadata import markdown_preview, partition_days, sig
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream
+from insight_pipeline.lib.detectors.usage import population_shifts
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 from insight_pipeline.lib.detectors.usage import (
     usage_baselines_and_trends as compute_baselines_and_trends,
 )
 from insight_pipeline.lib.detectors.usage import usage_trends as compute_usage_trends
+from insight_pipeline.lib.sharding import in_sample
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "baselines"
@@ -70,12 +72,32 @@ def usage_baselines_and_trends(
     want_trends = "usage_trends" in selected
     metadata: dict[str, object] = {}
     trends: list[pl.DataFrame] = []
+    population = None
+    if want_baselines:
+        # Measured once for the run on a fixed sample of accounts (every part judges by it).
+        sample = usage_window.lazy().filter(
+            in_sample(accounts.height, usage_settings.population_sample)
+        )
+        population = population_shifts(sample.collect(), first, last, usage_settings, churned)
+        metadata["population_days"] = (
+            markdown_preview(
+                population.with_columns(
+                    pl.col("population_shift").exp().sub(1).round(3).alias("median_change")
+                ),
+                ["metric", "date", "median_change"],
+                rows=20,
+            )
+            if population.height
+            else dg.MetadataValue.text("none: no day on which a metric's whole population moved")
+        )
 
     def compute(usage: pl.DataFrame) -> pl.DataFrame:
         """This part's baselines; its trend signals are kept aside when wanted."""
         if not want_trends:
-            return compute_usage_baselines(usage, first, last, usage_settings, churned)
-        frame, signals = compute_baselines_and_trends(usage, first, last, usage_settings, churned)
+            return compute_usage_baselines(usage, first, last, usage_settings, churned, population)
+        frame, signals = compute_baselines_and_trends(
+            usage, first, last, usage_settings, churned, population
+        )
         trends.append(signals)
         return frame
 

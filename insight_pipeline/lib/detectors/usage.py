@@ -278,13 +278,15 @@ def usage_baselines(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: value, expected, band, z, run length.
 
     `usage` must hold the look-back before `start` (see Settings.lookback_days); rows after `end`
-    are ignored, so nothing after the partition day is used.
+    are ignored, so nothing after the partition day is used. `population`: the days a metric's
+    whole population moved (`population_shifts`), whose common move is not the account's.
     """
-    return _baselines_of_grid(_grid_until(usage, end, churned), start, end, settings)
+    return _baselines_of_grid(_grid_until(usage, end, churned), start, end, settings, population)
 
 
 def usage_baselines_and_trends(
@@ -293,6 +295,7 @@ def usage_baselines_and_trends(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
+    population: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`usage_baselines` and the trend signals (`detect_usage_trends` of `weekly_trend_stats`)
     of the same rows, from one dense grid: both lay the usage out per customer x metric x day,
@@ -300,7 +303,7 @@ def usage_baselines_and_trends(
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
     trends = _trends_of_grid(grid, start, end, settings)
-    return _baselines_of_grid(grid, start, end, settings), trends
+    return _baselines_of_grid(grid, start, end, settings, population), trends
 
 
 def usage_trends(
@@ -327,8 +330,78 @@ def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) ->
     return _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
 
 
+POPULATION_SCHEMA = {"metric": pl.String, "date": pl.Date, "population_shift": pl.Float64}
+
+
+def population_shifts(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """(metric, date, population_shift) of the days, from the first one a run judges to `end`,
+    on which a metric's median account moved from its own baseline by `population_shift` or
+    more: a holiday, a partial export or the product's own outage moves every account at once,
+    and is no account's news. The shift is the median log residual (log1p(value) minus the
+    baseline's log expectation) over the series judged that day, at least
+    `min_population_series` of them. `usage`: a sample of accounts (with their look-back)."""
+    s = settings
+    first_judged = start - timedelta(days=s.persistence_days + 7)
+    base = usage_baselines(usage, first_judged, end, s, churned)
+    threshold = math.log1p(s.population_shift)
+    shifts = (
+        base.filter(
+            (pl.col("history_days") >= s.min_history_days)
+            & (pl.col("expected") >= s.min_expected)
+            & pl.col("y_expected").is_not_null()
+        )
+        .group_by("metric", "partition_date")
+        .agg(
+            (pl.col("value").log1p() - pl.col("y_expected")).median().alias("population_shift"),
+            pl.len().alias("_series"),
+        )
+        .filter(
+            (pl.col("_series") >= s.min_population_series)
+            & (
+                (pl.col("population_shift") >= threshold)
+                | (pl.col("population_shift") <= -threshold)
+            )
+        )
+        .rename({"partition_date": "date"})
+    )
+    return shifts.select(list(POPULATION_SCHEMA)).sort("metric", "date")
+
+
+def _population_at(
+    grid: _DenseGrid, rows: np.ndarray, population: pl.DataFrame | None
+) -> np.ndarray:
+    """Each row's population shift (0 where its metric's day is an ordinary one)."""
+    shift = np.zeros(rows.size)
+    if population is None or population.height == 0 or rows.size == 0:
+        return shift
+    metrics = grid.keys["metric"]
+    codes = {m: i for i, m in enumerate(population["metric"].unique().to_list())}
+    series_code = metrics.replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
+    day0 = int(grid.day[rows].min())
+    days = int(grid.day[rows].max()) - day0 + 1
+    table = np.zeros((len(codes), days))
+    pop_day = population["date"].cast(pl.Int32).to_numpy().astype(np.int64) - day0
+    inside = (pop_day >= 0) & (pop_day < days)
+    pop_code = population["metric"].replace_strict(codes, return_dtype=pl.Int64).to_numpy()
+    table[pop_code[inside], pop_day[inside]] = population["population_shift"].to_numpy()[inside]
+    code = series_code[grid.series[rows]]
+    known = code >= 0
+    shift[known] = table[code[known], grid.day[rows][known] - day0]
+    return shift
+
+
 def _baselines_of_grid(
-    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+    grid: _DenseGrid,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     s = settings
     first_judged = start - timedelta(days=s.persistence_days + 7)
@@ -350,13 +423,27 @@ def _baselines_of_grid(
     scale = _series_rolling_median(
         abs_resid, grid.position, judged_rows, 1, s.scale_days, s.scale_days // 2
     )
+    # On a day its whole population moved (`population_shifts`), an account is judged on its
+    # own move beyond the population's, in the population's direction (at most to 0); a move
+    # against it is judged as on any day (an account that kept working on a holiday is no spike).
+    expected_judged = y_expected[judged_rows]
+    shift = _population_at(grid, judged_rows, population)
+    if shift.any():
+        resid = y[judged_rows] - expected_judged
+        own = np.where(
+            (shift < 0) & (resid < 0),
+            np.minimum(resid - shift, 0.0),
+            np.where((shift > 0) & (resid > 0), np.maximum(resid - shift, 0.0), resid),
+        )
+        expected_judged = np.where(np.isnan(resid), expected_judged, y[judged_rows] - own)
     frame = (
         grid.frame(judged_rows)
         .with_columns(
             pl.col("date").dt.weekday().alias("weekday"),
             pl.Series(y[judged_rows]).alias("y"),
             pl.Series(np.minimum(grid.position[judged_rows], HISTORY_CAP)).alias("history_days"),
-            pl.Series(y_expected[judged_rows], nan_to_null=True).alias("y_expected"),
+            pl.Series(expected_judged, nan_to_null=True).alias("y_expected"),
+            pl.Series(shift).alias("population_shift"),
             pl.Series(grid.series[judged_rows], dtype=pl.UInt32).alias("_series"),
         )
         .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))
