@@ -8,6 +8,7 @@ import polars as pl
 
 from insight_pipeline.defs.detectors.families import RISK_TABLES, detect_risk
 from insight_pipeline.defs.sources.activity import ACTIVITY_TABLES, empty_table
+from insight_pipeline.lib.detectors.risk import level_metrics_by_day
 from insight_pipeline.lib.settings import RiskSettings, Settings
 
 END = date(2026, 6, 30)
@@ -30,8 +31,10 @@ def at(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
 
 
-def run(settings: Settings) -> pl.DataFrame:
-    customers = ["SILENT", "ANSWERED", "MET", "USING", "STORAGE"]
+def run(settings: Settings, crowd: int = 0) -> pl.DataFrame:
+    """The five accounts, and `crowd` busy ones that keep storage too."""
+    busy = [f"BUSY{i:02d}" for i in range(crowd)]
+    customers = ["SILENT", "ANSWERED", "MET", "USING", "STORAGE", *busy]
     rows = (
         usage("SILENT", QUIET_SINCE)
         + usage("ANSWERED", QUIET_SINCE)
@@ -39,6 +42,8 @@ def run(settings: Settings) -> pl.DataFrame:
         + usage("USING", END)
         + usage("STORAGE", QUIET_SINCE, ("seats_used", "storage_gb"))
     )
+    for customer in busy:
+        rows += usage(customer, END, ("seats_used", "storage_gb"))
     frame = pl.DataFrame(
         rows,
         schema={
@@ -76,7 +81,8 @@ def run(settings: Settings) -> pl.DataFrame:
     )
     tables = {key: empty_table(ACTIVITY_TABLES[key]) for key in RISK_TABLES}
     tables |= {"communications": communications, "meetings": meetings}
-    act = tables | {"usage": frame.lazy(), "usage_rows": frame.height}
+    level_days = level_metrics_by_day(frame, END, END, settings.risk)
+    act = tables | {"usage": frame.lazy(), "usage_rows": frame.height, "level_days": level_days}
     signals, _ = detect_risk(END, END, settings, accounts, act)
     return signals.filter(pl.col("type") == "silent_account")
 
@@ -93,3 +99,13 @@ def test_a_level_metric_the_source_names_is_not_usage_once_configured() -> None:
     levels = RiskSettings(level_metrics=("seats_used", "storage_gb"))
     silent = run(Settings(risk=levels))
     assert sorted(silent["customer_id"]) == ["SILENT", "STORAGE"]
+
+
+def test_a_metric_that_behaves_as_a_level_is_recognised_without_being_named() -> None:
+    """Among 30 busy accounts that keep storage, `storage_gb` barely moves from day to day: a
+    level, found by its behaviour, so the account with nothing but storage left is silent;
+    `dau` moves daily and stays activity (the busy accounts are not silent)."""
+    silent = run(Settings(), crowd=30)
+    assert sorted(silent["customer_id"]) == ["SILENT", "STORAGE"]
+    off = run(Settings(risk=RiskSettings(level_change=0.0)), crowd=30)
+    assert off["customer_id"].to_list() == ["SILENT"]

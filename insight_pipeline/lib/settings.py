@@ -171,7 +171,15 @@ class RiskSettings:
     level_metrics: tuple[str, ...] = ("seats_used",)
     """Usage metrics that measure a level held (seats in use, storage), not activity: above 0
     every day while nobody uses the product, so they do not count against silence. The
-    contract's `seats_used` by default; name a source's others (`storage_gb`) in the run config."""
+    contract's `seats_used` always; others are recognised by their behaviour (`level_change`)
+    or named here in the run config (`storage_gb`)."""
+    level_change: float = 0.02
+    """A metric whose median account moves less than this from day to day (mean absolute change
+    of log1p(value) over 28 days, ~2%) is a level, not activity: seats and storage change by a
+    seat or a file now and then, while activity counts move 10% or more daily. 0 = only
+    `level_metrics`."""
+    min_level_accounts: int = 20
+    """Accounts with usage of a metric needed to judge whether it is a level."""
     champion_window_days: int = 14
     champion_roles: tuple[str, ...] = ("champion", "executive_sponsor")
     health_baseline_days: int = 28

@@ -24,8 +24,8 @@ from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
 from insight_pipeline.lib.detectors.usage import series_starts
-from insight_pipeline.lib.settings import Settings
-from insight_pipeline.lib.sharding import account_part_count, in_part
+from insight_pipeline.lib.settings import RiskSettings, Settings
+from insight_pipeline.lib.sharding import account_part_count, in_part, in_sample
 from insight_pipeline.lib.signals import conform, empty_signals
 
 Detect = Callable[[pl.DataFrame, dict[str, Any]], tuple[pl.DataFrame, dict]]
@@ -173,29 +173,58 @@ RISK_TABLES = (
 )
 
 
+def _silent_accounts(
+    first: date, last: date, s: RiskSettings, accounts: pl.DataFrame, act: dict[str, Any]
+) -> pl.DataFrame:
+    """silent_account over the run's days, each judged without the metrics that are levels on
+    that day (the named ones and those `level_days` found): the days are grouped by their set of
+    level metrics (one group but where a metric changed its nature), so a range run judges each
+    day as a run of that day alone would.
+
+    Each account's last active day before the run and its active days within it: the latest
+    used day before (one row per account) and the run's used days (one row per account and
+    day, not per metric), aggregated while scanning the (large) usage window instead of holding
+    every active day."""
+    days = pl.DataFrame({"date": pl.date_range(first, last, eager=True)})
+    levels = (
+        days.join(act["level_days"], on="date", how="left")
+        .group_by("date")
+        .agg(pl.col("metric").drop_nulls().unique().sort())
+        .with_columns(pl.col("metric").list.concat(pl.lit(list(s.level_metrics))).list.unique())
+        .with_columns(pl.col("metric").list.sort())
+    )
+    found = []
+    for (level_set,), group in levels.group_by(
+        pl.col("metric").list.join("\u001f"), maintain_order=True
+    ):
+        excluded = [m for m in str(level_set).split("\u001f") if m]
+        used = act["usage"].filter((pl.col("value") > 0) & ~pl.col("metric").is_in(excluded))
+        active_days = pl.concat(
+            [
+                used.filter(pl.col("date") < first)
+                .group_by("customer_id")
+                .agg(pl.col("date").max()),
+                used.filter(pl.col("date") >= first).select("customer_id", "date").unique(),
+            ]
+        ).collect()
+        signals = risk.detect_silent_account(
+            active_days, act["communications"], act["meetings"], accounts, first, last, s
+        )
+        found.append(signals.filter(pl.col("partition_date").is_in(group["date"].implode())))
+    return pl.concat(found) if len(found) > 1 else found[0]
+
+
 def detect_risk(
     first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict]:
-    """`act` holds the risk tables and the usage window as a scan ("usage")."""
+    """`act` holds the risk tables, the usage window as a scan ("usage") and the level metrics
+    of each run day ("level_days": `risk.level_metrics_by_day`, measured once per run)."""
     s = cfg.risk
-    # Silent accounts look at each account's last active day before the run and its active
-    # days within it: the latest used day before (one row per account) and the run's used
-    # days (one row per account and day, not per metric), aggregated while scanning the (large)
-    # usage window instead of holding every active day.
-    used = act["usage"].filter((pl.col("value") > 0) & ~pl.col("metric").is_in(s.level_metrics))
-    active_days = pl.concat(
-        [
-            used.filter(pl.col("date") < first).group_by("customer_id").agg(pl.col("date").max()),
-            used.filter(pl.col("date") >= first).select("customer_id", "date").unique(),
-        ]
-    ).collect()
     return _run(
         {
             "silent_account": (
                 [act["usage_rows"]],
-                lambda: risk.detect_silent_account(
-                    active_days, act["communications"], act["meetings"], accounts, first, last, s
-                ),
+                lambda: _silent_accounts(first, last, s, accounts, act),
             ),
             "champion_left": (
                 [act["contacts"]],
@@ -237,10 +266,14 @@ def risk_signals(
     """silent_account (no usage but of level metrics, no meeting, no inbound message),
     champion_left, health_drop, support_surge, detractor_nps."""
     first, last = partition_days(context)
+    cfg = settings.settings()
     usage_rows = rows_of(usage_window)
+    # which metrics are levels (seats, storage) is measured once for the run, on a fixed sample
+    sample = usage_window.filter(in_sample(accounts.height, cfg.usage.population_sample))
+    level_days = risk.level_metrics_by_day(sample.collect(), first, last, cfg.risk)
     signals, meta = by_account_parts(
         lambda accounts, act: detect_risk(
-            first, last, settings.settings(), accounts, act | {"usage_rows": usage_rows}
+            first, last, cfg, accounts, act | {"usage_rows": usage_rows, "level_days": level_days}
         ),
         accounts,
         activity_window | {"usage": usage_window},
@@ -248,7 +281,10 @@ def risk_signals(
         last,
         lazy=("usage",),
     )
-    context.add_output_metadata(signal_metadata(signals) | meta)
+    levels = sorted(set(level_days["metric"]) | set(cfg.risk.level_metrics))
+    context.add_output_metadata(
+        signal_metadata(signals) | meta | {"level_metrics_not_usage": levels}
+    )
     return signals
 
 

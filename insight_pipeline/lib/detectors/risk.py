@@ -17,7 +17,12 @@ from insight_pipeline.lib.detectors.common import (
     last_flagged_date,
     poisson_g,
 )
-from insight_pipeline.lib.detectors.usage import _epoch_day, _lagged_median
+from insight_pipeline.lib.detectors.usage import (
+    _epoch_day,
+    _lagged_median,
+    usage_grid,
+    within_series,
+)
 from insight_pipeline.lib.settings import RiskSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -27,6 +32,57 @@ MAD_TO_SD = 1.4826
 def _window_days(frame: pl.DataFrame, start_col: str, days: int) -> pl.Expr:
     """The partition days [start_col, start_col + days - 1] as a list column."""
     return pl.date_ranges(pl.col(start_col), pl.col(start_col) + pl.duration(days=days - 1))
+
+
+LEVEL_SCHEMA = {"date": pl.Date, "metric": pl.String}
+
+
+def level_metrics_by_day(
+    usage: pl.DataFrame, start: date, end: date, s: RiskSettings
+) -> pl.DataFrame:
+    """(date, metric) of the metrics that behave as a level held on each day of [start, end]:
+    seats assigned, storage kept, a running total - above 0 every day while nobody uses the
+    product. Such a metric's median account changes by less than `level_change` (in log terms)
+    from one day to the next over the 28 days to that day; an activity count (users, events,
+    logins) moves by 10% or more even on a steady account. `usage`: a sample of accounts with
+    the look-back; a metric needs `min_level_accounts` of them with usage to be judged."""
+    if s.level_change <= 0 or usage.height == 0:
+        return pl.DataFrame(schema=LEVEL_SCHEMA)
+    window = 28
+    grid = usage_grid(usage.filter(pl.col("date") <= end), end)
+    step = pl.col("y") - pl.col("y").shift(1)
+    per_series = (
+        pl.DataFrame(
+            {
+                "_pos": grid.position,
+                "y": np.log1p(grid.value),
+                "used": grid.value > 0,
+                "day": grid.day,
+                "series": grid.series,
+            }
+        )
+        .with_columns(within_series(step.abs(), 1).alias("change"))
+        .with_columns(
+            within_series(pl.col("change").rolling_mean(window), window).alias("change"),
+            within_series(pl.col("used").cast(pl.Int8).rolling_max(window), window - 1).alias(
+                "used"
+            ),
+        )
+        .filter(
+            (pl.col("day") >= _epoch_day(start))
+            & (pl.col("day") <= _epoch_day(end))
+            & (pl.col("used") == 1)
+            & pl.col("change").is_not_null()
+        )
+    )
+    per_series = per_series.with_columns(grid.keys["metric"].gather(per_series["series"]))
+    return (
+        per_series.group_by("day", "metric")
+        .agg(pl.col("change").median(), pl.len().alias("accounts"))
+        .filter((pl.col("accounts") >= s.min_level_accounts) & (pl.col("change") < s.level_change))
+        .select(pl.col("day").cast(pl.Int32).cast(pl.Date).alias("date"), "metric")
+        .sort("date", "metric")
+    )
 
 
 def detect_silent_account(
