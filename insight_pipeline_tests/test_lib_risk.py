@@ -109,3 +109,35 @@ def test_a_metric_that_behaves_as_a_level_is_recognised_without_being_named() ->
     assert sorted(silent["customer_id"]) == ["SILENT", "STORAGE"]
     off = run(Settings(risk=RiskSettings(level_change=0.0)), crowd=30)
     assert off["customer_id"].to_list() == ["SILENT"]
+
+
+def test_an_urgent_ticket_is_an_escalation_only_where_urgent_tickets_are_rare() -> None:
+    """A first urgent ticket in months is an escalation; the same ticket at an account that
+    files one every ten days is routine, unless several come within the window."""
+    from insight_pipeline.lib.detectors.risk import detect_support_surge
+
+    def tickets(customer: str, days_ago: list[int]) -> list[tuple]:
+        return [
+            (f"{customer}-{d}", customer, at(END - timedelta(days=d)), None, "urgent", None, "x")
+            for d in days_ago
+        ]
+
+    routine = list(range(12, 190, 10))  # 18 urgent tickets over the baseline half-year
+    rows = (
+        tickets("RARE", [1])
+        + tickets("ROUTINE", [1, *routine])
+        + tickets("BURST", [0, 1, 2, *routine])
+    )
+    frame = pl.DataFrame(rows, schema=empty_table("support_tickets").schema, orient="row")
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["RARE", "ROUTINE", "BURST"],
+            "contract_start": [date(2024, 1, 1)] * 3,
+            "churned_on": [None] * 3,
+            "renewal_date": [date(2027, 3, 1)] * 3,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    found = detect_support_surge(frame, accounts, END, END, RiskSettings())
+    assert sorted(found["customer_id"]) == ["BURST", "RARE"]
+    assert (found["severity"] >= 0.75).all()

@@ -201,7 +201,11 @@ class RiskSettings:
         default_factory=lambda: {"low": 0.5, "normal": 1.0, "high": 2.0, "urgent": 4.0}
     )
     urgent_window_days: int = 3
-    """An urgent ticket opened this recently is a surge on its own (an escalation)."""
+    """An urgent ticket opened this recently is a surge on its own (an escalation)..."""
+    urgent_alpha: float = 0.05
+    """...when that many urgent tickets in the window would be rarer than this at the account's
+    own urgent rate over the baseline days (Poisson tail): one is an escalation for an account
+    that files a few a year, not for one that files one every few weeks."""
     nps_window_days: int = 14
     detractor_max_score: float = 6.0
     role_weights: dict[str, float] = field(

@@ -216,3 +216,16 @@ def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:
     lam = expected.clip(lower_bound=1e-9)
     g = 2.0 * (pl.when(k > 0).then(k * (k / lam).log()).otherwise(0.0) - (k - lam))
     return pl.when(k > lam).then(g).otherwise(0.0)
+
+
+def poisson_tail(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """P(X >= observed) for X ~ Poisson(expected), elementwise: 1 - sum_{i < k} e^-l l^i / i!,
+    summed term by term up to the largest count (counts of rare events: a few terms)."""
+    k = np.asarray(observed, dtype=np.int64)
+    lam = np.asarray(expected, dtype=np.float64)
+    term = np.exp(-lam)
+    below = np.zeros(lam.shape)
+    for i in range(int(k.max(initial=0))):
+        below += np.where(i < k, term, 0.0)
+        term = term * lam / (i + 1)
+    return np.clip(1.0 - below, 0.0, 1.0)

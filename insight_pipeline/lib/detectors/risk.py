@@ -16,6 +16,7 @@ from insight_pipeline.lib.detectors.common import (
     daily_counts,
     last_flagged_date,
     poisson_g,
+    poisson_tail,
 )
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
@@ -351,7 +352,8 @@ def detect_support_surge(
     tickets: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: RiskSettings
 ) -> pl.DataFrame:
     """Priority-weighted tickets over the last window well above the account's own baseline, or an
-    urgent ticket opened in the last urgent_window_days."""
+    escalation: urgent tickets in the last urgent_window_days that the account's own urgent rate
+    makes rare (`urgent_alpha`)."""
     if tickets.height == 0:
         return empty_signals()
     w, b = s.support_window_days, s.support_baseline_days
@@ -368,9 +370,16 @@ def detect_support_surge(
     cells = grid.cells(start, end)
     count = tickets_n.trailing_sum(cells, w)
     urgent = urgent_n.trailing_sum(cells, s.urgent_window_days, partial=True)
-    # Only cells with enough tickets or an urgent one can hit (both conditions are also in the
+    # An urgent ticket is an escalation when that many in the window are rare at the account's
+    # own urgent rate (the baseline days before the window): any for an account that had none,
+    # two or more in days for one that files an urgent ticket every few weeks.
+    usual_urgent = np.nan_to_num(
+        urgent_n.trailing_sum(cells, b, lag=s.urgent_window_days) / b * s.urgent_window_days
+    )
+    escalation = (urgent > 0) & (poisson_tail(np.nan_to_num(urgent), usual_urgent) < s.urgent_alpha)
+    # Only cells with enough tickets or an escalation can hit (both conditions are also in the
     # filter below): the test statistics are computed on those few.
-    keep = (count >= s.min_support_tickets) | (urgent > 0)
+    keep = (count >= s.min_support_tickets) | escalation
     cells = cells[keep]
     stats = grid.frame(
         cells,
@@ -379,6 +388,7 @@ def detect_support_surge(
         tickets=count[keep],
         count_expected=tickets_n.trailing_sum(cells, b, lag=w) / b * w,
         recent_urgent=urgent[keep],
+        escalation=escalation[keep],
     ).with_columns(poisson_g(pl.col("tickets"), pl.col("count_expected")).alias("g_count"))
     surge = (
         (pl.col("recent") >= s.min_support_weight)
@@ -387,7 +397,7 @@ def detect_support_surge(
         & (pl.col("g_count") >= s.support_g)
     )
     hits = (
-        stats.filter(surge | (pl.col("recent_urgent") > 0))
+        stats.filter(surge | pl.col("escalation"))
         .rename({"date": "partition_date"})
         .join(
             customer_days(accounts, start, end).select("customer_id", "partition_date"),
@@ -404,7 +414,7 @@ def detect_support_surge(
             pl.lit("").alias("subject"),
             pl.max_horizontal(
                 (ratio.log() / pl.lit(16.0).log()).clip(0.2, 1.0),
-                pl.when(pl.col("recent_urgent") > 0).then(0.75).otherwise(0.0),
+                pl.when(pl.col("escalation")).then(0.75).otherwise(0.0),
             ).alias("severity"),
             pl.lit(0.85).alias("confidence"),
             pl.concat_list(
