@@ -141,3 +141,40 @@ def test_an_urgent_ticket_is_an_escalation_only_where_urgent_tickets_are_rare() 
     found = detect_support_surge(frame, accounts, END, END, RiskSettings())
     assert sorted(found["customer_id"]) == ["BURST", "RARE"]
     assert (found["severity"] >= 0.75).all()
+
+
+def test_a_source_whose_every_metric_looks_steady_keeps_them_as_usage() -> None:
+    """If every metric of a day looked like a level (a source of steady giants), none is taken
+    for one: otherwise every account of that source would read as silent."""
+    steady = pl.DataFrame(
+        [
+            (f"G{i:02d}", END - timedelta(days=d), metric, 5000.0 + i)
+            for i in range(30)
+            for d in range(60)
+            for metric in ("dau", "events")
+        ],
+        schema={
+            "customer_id": pl.String,
+            "date": pl.Date,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+    assert level_metrics_by_day(steady, END, END, RiskSettings()).height == 0
+    seats = steady.with_columns(
+        pl.when(pl.col("metric") == "events")
+        .then(pl.lit("storage_gb"))
+        .otherwise("metric")
+        .alias("metric")
+    )
+    with_wiggle = pl.concat(
+        [
+            seats.filter(pl.col("metric") == "storage_gb"),
+            seats.filter(pl.col("metric") == "dau").with_columns(
+                (pl.col("value") * (1 + 0.3 * (pl.col("date").dt.day() % 2))).alias("value")
+            ),
+        ]
+    )
+    found = level_metrics_by_day(with_wiggle, END, END, RiskSettings())
+    assert found["metric"].to_list() == ["storage_gb"]

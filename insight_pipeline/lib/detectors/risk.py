@@ -77,10 +77,15 @@ def level_metrics_by_day(
         )
     )
     per_series = per_series.with_columns(grid.keys["metric"].gather(per_series["series"]))
+    by_metric = per_series.group_by("day", "metric").agg(
+        pl.col("change").median(), pl.len().alias("accounts")
+    )
+    level = (pl.col("accounts") >= s.min_level_accounts) & (pl.col("change") < s.level_change)
+    # A day on which every metric would be a level keeps its activity metrics (none found):
+    # a source of steady giants must not make every account silent.
+    activity_left = (~level & ~pl.col("metric").is_in(s.level_metrics)).any().over("day")
     return (
-        per_series.group_by("day", "metric")
-        .agg(pl.col("change").median(), pl.len().alias("accounts"))
-        .filter((pl.col("accounts") >= s.min_level_accounts) & (pl.col("change") < s.level_change))
+        by_metric.filter(level & activity_left)
         .select(pl.col("day").cast(pl.Int32).cast(pl.Date).alias("date"), "metric")
         .sort("date", "metric")
     )
