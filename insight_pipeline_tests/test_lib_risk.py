@@ -178,3 +178,31 @@ def test_a_source_whose_every_metric_looks_steady_keeps_them_as_usage() -> None:
     )
     found = level_metrics_by_day(with_wiggle, END, END, RiskSettings())
     assert found["metric"].to_list() == ["storage_gb"]
+
+
+def test_a_weekly_health_score_is_judged_on_its_own_swings() -> None:
+    """Weekly scores carried forward look still six days a week; the noise is measured from
+    reading to reading, so a 16-point fall of an account whose readings swing by 10 is not a
+    drop, while the same fall of a steady account is."""
+    from insight_pipeline.lib.detectors.risk import detect_health_drop
+
+    rows = []
+    for customer, swing in (("NOISY", 10.0), ("STEADY", 1.0)):
+        for week in range(16):  # 70, 50, 70, ... (or 61, 59, ...), then 44 on the last day
+            day = END - timedelta(days=7 * (15 - week))
+            score = 60.0 + swing * (-1.0) ** week if week < 15 else 44.0
+            rows.append((customer, day, score))
+    health = pl.DataFrame(
+        rows, schema={"customer_id": pl.String, "date": pl.Date, "score": pl.Float64}, orient="row"
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["NOISY", "STEADY"],
+            "contract_start": [date(2024, 1, 1)] * 2,
+            "churned_on": [None] * 2,
+            "renewal_date": [date(2027, 3, 1)] * 2,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    found = detect_health_drop(health, accounts, END, END, RiskSettings())
+    assert found["customer_id"].to_list() == ["STEADY"]

@@ -28,6 +28,9 @@ from insight_pipeline.lib.settings import RiskSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 MAD_TO_SD = 1.4826
+MIN_NOISE_READINGS = 3
+"""Reading-to-reading changes a health score's noise is measured on (over the 8 weeks before
+the last one: a weekly score has 8, a fortnightly one 4)."""
 
 
 def _window_days(frame: pl.DataFrame, start_col: str, days: int) -> pl.Expr:
@@ -287,8 +290,11 @@ def detect_health_drop(
         ] = means["score"].cast(pl.Float64).to_numpy()
     last_seen = np.maximum.accumulate(np.where(np.isnan(matrix), 0, np.arange(n_days)), axis=1)
     score = np.take_along_axis(matrix, last_seen, axis=1)  # forward filled (NaN before any)
+    # The noise is the change from one reading to the next, on the reading's day: a weekly
+    # score carried forward would show six days without change a week, a noise of ~0, and let
+    # the 15 points alone decide on an account whose readings swing by 10.
     change = np.full_like(score, np.nan)
-    change[:, 1:] = np.abs(score[:, 1:] - score[:, :-1])
+    change[:, 1:] = np.where(np.isnan(matrix[:, 1:]), np.nan, np.abs(score[:, 1:] - score[:, :-1]))
     position = np.tile(np.arange(n_days), ids.len())
     wanted_day = np.arange(n_days)[(start - first).days :]
     rows = (np.arange(ids.len())[:, None] * n_days + wanted_day[None, :]).ravel()
@@ -302,7 +308,10 @@ def detect_health_drop(
                 _lagged_median(score.ravel(), position, rows, lags, b // 2), nan_to_null=True
             ),
             "noise_mad": pl.Series(
-                _lagged_median(change.ravel(), position, rows, lags, b // 2), nan_to_null=True
+                _lagged_median(
+                    change.ravel(), position, rows, range(gap, gap + 2 * b), MIN_NOISE_READINGS
+                ),
+                nan_to_null=True,
             ),
         }
     )
