@@ -324,3 +324,33 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
         "direction"
     ].to_list() == [0, 0, 0]
+
+
+def test_a_weekend_share_within_the_accounts_own_swings_is_no_new_pattern() -> None:
+    """Two accounts of 1,000 uses a week move their weekend share from ~20% to ~38% for three
+    weeks. One swings between 5% and 35% from week to week anyway (a busy or a quiet weekend
+    for all its people at once): that is its usual, not a new pattern, though a binomial count
+    of 1,000 uses would call it 9 standard errors. The other, always at 19-21%, has changed."""
+    weeks = 30
+    days = [END - timedelta(days=7 * weeks - 1 - d) for d in range(7 * weeks)]
+    rows = []
+    for customer, swing in (("SWINGING", 0.15), ("STEADY", 0.01)):
+        for d, day in enumerate(days):
+            week = d // 7
+            share = 0.38 if week >= weeks - 3 else 0.20 + swing * (-1) ** week
+            weekend = day.weekday() >= 5
+            value = 1000 * (share / 2 if weekend else (1 - share) / 5)
+            rows.append((customer, day, "events", float(round(value))))
+    usage = pl.DataFrame(
+        rows,
+        schema={
+            "customer_id": pl.String,
+            "date": pl.Date,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+    found = _trends(usage, END, END)
+    changed = found.filter(pl.col("type") == "usage_pattern_change")["customer_id"].to_list()
+    assert changed == ["STEADY"]

@@ -19,6 +19,7 @@ Statistics, all vectorised over every customer x metric at once:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -700,6 +701,7 @@ def _trend_stats_of_grid(
         (_series_sum(pl.col("value"), 56, lag=21) / 8.0).alias("prior_week"),
         _series_sum(pl.col("_weekend"), 21).alias("_we_recent"),
         _series_sum(pl.col("_weekend"), 56, lag=21).alias("_we_prior"),
+        _series_sum(pl.col("_weekend"), 7).alias("_we7"),
     )
     w0 = sums["w0"].to_numpy()  # NaN where the series is shorter than a week
     picked = sums[wanted]
@@ -719,6 +721,7 @@ def _trend_stats_of_grid(
     scale = pl.Series(
         _series_rolling_median(wow, grid.position, wanted, 7 * (k - 1), 56, 28), nan_to_null=True
     )
+    share_sd = _weekly_share_sd(w0, sums["_we7"].to_numpy(), grid.position, wanted)
     frame = (
         grid.frame(wanted)
         .with_columns(
@@ -728,6 +731,7 @@ def _trend_stats_of_grid(
             *[pl.Series(week[i], w0[wanted - 7 * i], nan_to_null=True) for i in range(1, k)],
             *[pl.Series(log_week[i], log_w0[wanted - 7 * i], nan_to_null=True) for i in range(k)],
             (scale * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale"),
+            pl.Series("weekend_share_sd", share_sd, nan_to_null=True),
             picked["recent3"],
             picked["prior_week"],
             picked["_we_recent"],
@@ -796,6 +800,32 @@ def _trend_stats_of_grid(
         .rename({"date": "partition_date"})
         .rechunk()  # one chunk per column (see usage_baselines)
     )
+
+
+PRIOR_WEEKS = 8
+"""The weeks before the last 3 that a new pattern is compared with."""
+
+
+def _weekly_share_sd(
+    w0: np.ndarray, we7: np.ndarray, position: np.ndarray, wanted: np.ndarray
+) -> np.ndarray:
+    """At `wanted`: the standard deviation of the weekend share of each of the 8 weeks before
+    the last 3 (week sums ending 21, 28, ... 70 days back, within the series; NaN below 4 such
+    weeks). Usage is shared by a day's people - a busy Saturday is busy for all of them - so
+    the share moves from week to week far more than a binomial count of uses would say."""
+    shares = np.full((wanted.size, PRIOR_WEEKS), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(PRIOR_WEEKS):
+            lag = 21 + 7 * i
+            rows = np.maximum(wanted - lag, 0)
+            inside = position[wanted] - lag >= 6  # the whole week within the series
+            total = w0[rows]
+            shares[:, i] = np.where(inside & (total > 0), we7[rows] / total, np.nan)
+    count = np.sum(~np.isnan(shares), axis=1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, as intended
+        sd = np.nanstd(shares, axis=1, ddof=1)
+    return np.where(count >= 4, sd, np.nan)
 
 
 def _trend_candidates(
@@ -953,9 +983,12 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     still_used = pl.col("recent3") / 3.0 >= 0.05 * prior
     enough = enough & still_used
     level = enough & ((up_all & (level_z >= s.trend_z)) | (down_all & (level_z <= -s.trend_z)))
-    # Binomial standard error of the change in weekend share (recent 3 weeks vs 8 before).
+    # Standard error of the change in weekend share (recent 3 weeks vs 8 before): binomial in
+    # the uses, or from the account's own week-to-week swings of its share, whichever is wider.
     p0 = pl.col("prior_weekend_share").clip(0.02, 0.98)
-    share_se = (p0 * (1 - p0) * (1 / pl.col("recent3") + 1 / (8.0 * prior))).sqrt()
+    binomial = (p0 * (1 - p0) * (1 / pl.col("recent3") + 1 / (8.0 * prior))).sqrt()
+    weekly = pl.col("weekend_share_sd") * math.sqrt(1 / 3 + 1 / PRIOR_WEEKS)
+    share_se = pl.max_horizontal(binomial, weekly.fill_null(0.0))
     shape = (
         enough
         & (shape_shift.abs() >= s.min_shape_shift)
