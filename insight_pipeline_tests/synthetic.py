@@ -55,3 +55,20 @@ def ramp(days: int, at: int, weekly_rate: float, weeks: int) -> np.ndarray:
     t = np.arange(days - at) / 7.0
     out[at:] = (1.0 + weekly_rate) ** np.minimum(t, weeks)
     return out
+
+
+USAGE_SCHEMA = {"customer_id": pl.String, "date": pl.Date, "metric": pl.String, "value": pl.Float64}
+
+
+def customers(ids: list[str]) -> pl.DataFrame:
+    """Accounts as the detectors read them: customers since 2024, renewing in 2027, none
+    churned."""
+    return pl.DataFrame(
+        {
+            "customer_id": ids,
+            "contract_start": [date(2024, 1, 1)] * len(ids),
+            "churned_on": [None] * len(ids),
+            "renewal_date": [date(2027, 3, 1)] * len(ids),
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )

@@ -12,10 +12,10 @@ from insight_pipeline.lib.detectors.benchmarks import (
     peer_percentiles,
 )
 from insight_pipeline.lib.settings import BenchmarkSettings
+from insight_pipeline_tests.synthetic import USAGE_SCHEMA
 
 END = date(2026, 6, 30)
 DAYS = 112
-USAGE_SCHEMA = {"customer_id": pl.String, "date": pl.Date, "metric": pl.String, "value": pl.Float64}
 
 
 def retail_accounts(ids: list[str], segments: list[str]) -> pl.DataFrame:
@@ -91,13 +91,9 @@ def test_benchmarks_from_the_last_weeks_equal_those_from_the_whole_window() -> N
         assert detect_benchmarks(recent, s).equals(detect_benchmarks(whole, s))
 
 
-def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() -> None:
-    """A decile always holds a tenth of a cohort; among 40 accounts within 6% of each other
-    none is ahead or behind its peers, while one at twice the median and one at 0.6x are."""
-    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
-    levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)}
-    levels |= {"AHEAD": 20.0, "BEHIND": 6.0}
-    usage = pl.DataFrame(
+def steady_usage(levels: dict[str, float], days: pl.Series) -> pl.DataFrame:
+    """Each account's dau at its level every day, on 20 seats."""
+    return pl.DataFrame(
         [
             (customer, day, metric, value)
             for customer, level in levels.items()
@@ -107,6 +103,15 @@ def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() ->
         schema=USAGE_SCHEMA,
         orient="row",
     )
+
+
+def test_a_cohort_of_similar_accounts_has_no_outliers_but_a_real_gap_is_one() -> None:
+    """A decile always holds a tenth of a cohort; among 40 accounts within 6% of each other
+    none is ahead or behind its peers, while one at twice the median and one at 0.6x are."""
+    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
+    levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)}
+    levels |= {"AHEAD": 20.0, "BEHIND": 6.0}
+    usage = steady_usage(levels, days)
     accounts = retail_accounts(list(levels), ["smb"] * len(levels))
     no_entitlements = pl.DataFrame(
         schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
@@ -132,16 +137,7 @@ def test_an_unknown_segment_or_industry_is_no_cohort() -> None:
     no_industry = {f"NI{i:02d}": 10.0 for i in range(11)} | {"NI_AHEAD": 20.0}
     no_segment = {f"NS{i:02d}": 40.0 for i in range(11)} | {"NS_AHEAD": 80.0}
     everyone = levels | no_industry | no_segment
-    usage = pl.DataFrame(
-        [
-            (customer, day, metric, value)
-            for customer, level in everyone.items()
-            for day in days
-            for metric, value in (("dau", level), ("seats_used", 20.0))
-        ],
-        schema=USAGE_SCHEMA,
-        orient="row",
-    )
+    usage = steady_usage(everyone, days)
     accounts = retail_accounts(list(everyone), ["smb"] * len(everyone)).with_columns(
         pl.when(pl.col("customer_id").str.starts_with("NI"))
         .then(None)

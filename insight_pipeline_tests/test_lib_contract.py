@@ -504,6 +504,16 @@ def test_undelivered_days_flag_a_missing_or_mostly_missing_day_by_its_weekday() 
     assert undelivered_days(rows, date(2026, 4, 6), end, 0.0).height == 0
 
 
+def source_of(directory: Path, fmt: str, frames: dict[str, pl.DataFrame]) -> Source:
+    """A source directory holding `frames` as `<table>.csv` or `<table>.parquet`."""
+    for name, frame in frames.items():
+        if fmt == "csv":
+            frame.write_csv(directory / f"{name}.csv")
+        else:
+            frame.write_parquet(directory / f"{name}.parquet")
+    return Source(str(directory))
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
     tmp_path: Path, fmt: str
@@ -531,12 +541,7 @@ def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
             "manager_id": ["u2", None],
         }
     )
-    for name, frame in {"meetings": meetings, "users": users}.items():
-        if fmt == "csv":
-            frame.write_csv(tmp_path / f"{name}.csv")
-        else:
-            frame.write_parquet(tmp_path / f"{name}.parquet")
-    source = Source(str(tmp_path))
+    source = source_of(tmp_path, fmt, {"meetings": meetings, "users": users})
     read = source.read("meetings")
     assert read is not None
     assert read["meeting_type"].to_list() == ["qbr", "check_in", "onboarding", "demo_call", None]
@@ -555,6 +560,7 @@ def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path
 
     from insight_pipeline.lib.detectors.risk import detect_support_surge
     from insight_pipeline.lib.settings import RiskSettings
+    from insight_pipeline_tests.synthetic import customers
 
     priorities = ["P1", "Sev 2", "Critical", "1 - Critical", "Medium", "Urgent", "P9", "lowest"]
     tickets = pl.DataFrame(
@@ -580,12 +586,7 @@ def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path
         },
         schema_overrides={"contact_id": pl.String},
     )
-    for name, frame in {"support_tickets": tickets, "communications": messages}.items():
-        if fmt == "csv":
-            frame.write_csv(tmp_path / f"{name}.csv")
-        else:
-            frame.write_parquet(tmp_path / f"{name}.parquet")
-    source = Source(str(tmp_path))
+    source = source_of(tmp_path, fmt, {"support_tickets": tickets, "communications": messages})
     read = source.read("support_tickets")
     assert read is not None
     assert read["priority"].to_list() == [
@@ -596,15 +597,7 @@ def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path
     assert comms["direction"].to_list() == ["inbound", "outbound", "inbound"]
     assert comms["channel"].to_list() == ["email", "call", "chat"]
 
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["C1"],
-            "contract_start": [date(2025, 1, 1)],
-            "churned_on": [None],
-            "renewal_date": [date(2027, 1, 1)],
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers(["C1"])
     day = date(2026, 3, 2)  # the P1 of 03-01 is within the urgent window, nothing else is
     surge = detect_support_surge(read, accounts, day, day, RiskSettings())
     assert surge.height == 1 and '"urgent_tickets":1' in surge["facts"][0]
@@ -634,11 +627,7 @@ def test_timestamps_in_any_iso_form_are_read_and_a_local_form_fails(
             },
             schema_overrides={"contact_id": pl.String, "sent_at": pl.String},
         )
-        if fmt == "csv":
-            frame.write_csv(tmp_path / "communications.csv")
-        else:
-            frame.write_parquet(tmp_path / "communications.parquet")
-        return Source(str(tmp_path))
+        return source_of(tmp_path, fmt, {"communications": frame})
 
     mixed = [
         "2026-03-01T09:00:00Z",

@@ -10,6 +10,8 @@ from insight_pipeline.defs.detectors.families import RISK_TABLES, detect_risk
 from insight_pipeline.defs.sources.activity import ACTIVITY_TABLES, empty_table
 from insight_pipeline.lib.detectors.risk import level_metrics_by_day
 from insight_pipeline.lib.settings import RiskSettings, Settings
+from insight_pipeline_tests.synthetic import USAGE_SCHEMA
+from insight_pipeline_tests.synthetic import customers as customers_frame
 
 END = date(2026, 6, 30)
 DAYS = 112
@@ -46,12 +48,7 @@ def run(settings: Settings, crowd: int = 0) -> pl.DataFrame:
         rows += usage(customer, END, ("seats_used", "storage_gb"))
     frame = pl.DataFrame(
         rows,
-        schema={
-            "customer_id": pl.String,
-            "date": pl.Date,
-            "metric": pl.String,
-            "value": pl.Float64,
-        },
+        schema=USAGE_SCHEMA,
         orient="row",
     )
     # the CSM writes to every account each week; only ANSWERED writes back (5 days ago)
@@ -70,15 +67,7 @@ def run(settings: Settings, crowd: int = 0) -> pl.DataFrame:
         schema=empty_table("meetings").schema,
         orient="row",
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": customers,
-            "contract_start": [date(2024, 1, 1)] * len(customers),
-            "churned_on": [None] * len(customers),
-            "renewal_date": [date(2027, 3, 1)] * len(customers),
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers_frame(customers)
     tables = {key: empty_table(ACTIVITY_TABLES[key]) for key in RISK_TABLES}
     tables |= {"communications": communications, "meetings": meetings}
     level_days = level_metrics_by_day(frame, END, END, settings.risk)
@@ -129,15 +118,7 @@ def test_an_urgent_ticket_is_an_escalation_only_where_urgent_tickets_are_rare() 
         + tickets("BURST", [0, 1, 2, *routine])
     )
     frame = pl.DataFrame(rows, schema=empty_table("support_tickets").schema, orient="row")
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["RARE", "ROUTINE", "BURST"],
-            "contract_start": [date(2024, 1, 1)] * 3,
-            "churned_on": [None] * 3,
-            "renewal_date": [date(2027, 3, 1)] * 3,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers_frame(["RARE", "ROUTINE", "BURST"])
     found = detect_support_surge(frame, accounts, END, END, RiskSettings())
     assert sorted(found["customer_id"]) == ["BURST", "RARE"]
     assert (found["severity"] >= 0.75).all()
@@ -153,12 +134,7 @@ def test_a_source_whose_every_metric_looks_steady_keeps_them_as_usage() -> None:
             for d in range(60)
             for metric in ("dau", "events")
         ],
-        schema={
-            "customer_id": pl.String,
-            "date": pl.Date,
-            "metric": pl.String,
-            "value": pl.Float64,
-        },
+        schema=USAGE_SCHEMA,
         orient="row",
     )
     assert level_metrics_by_day(steady, END, END, RiskSettings()).height == 0
@@ -195,14 +171,6 @@ def test_a_weekly_health_score_is_judged_on_its_own_swings() -> None:
     health = pl.DataFrame(
         rows, schema={"customer_id": pl.String, "date": pl.Date, "score": pl.Float64}, orient="row"
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["NOISY", "STEADY"],
-            "contract_start": [date(2024, 1, 1)] * 2,
-            "churned_on": [None] * 2,
-            "renewal_date": [date(2027, 3, 1)] * 2,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers_frame(["NOISY", "STEADY"])
     found = detect_health_drop(health, accounts, END, END, RiskSettings())
     assert found["customer_id"].to_list() == ["STEADY"]

@@ -24,7 +24,7 @@ from insight_pipeline.lib.detectors.usage import (
     weekly_trend_stats,
 )
 from insight_pipeline.lib.settings import UsageSettings
-from insight_pipeline_tests.synthetic import ramp, step, usage_series
+from insight_pipeline_tests.synthetic import USAGE_SCHEMA, ramp, step, usage_series
 
 END = date(2026, 6, 30)
 DAYS = 240
@@ -343,12 +343,7 @@ def test_a_weekend_share_within_the_accounts_own_swings_is_no_new_pattern() -> N
             rows.append((customer, day, "events", float(round(value))))
     usage = pl.DataFrame(
         rows,
-        schema={
-            "customer_id": pl.String,
-            "date": pl.Date,
-            "metric": pl.String,
-            "value": pl.Float64,
-        },
+        schema=USAGE_SCHEMA,
         orient="row",
     )
     found = _trends(usage, END, END)
