@@ -364,14 +364,22 @@ TIMING_TABLES = ("meetings", "nps")
 
 
 def detect_timing(
-    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+    first: date,
+    last: date,
+    cfg: Settings,
+    meetings_since: date | None,
+    accounts: pl.DataFrame,
+    act: dict[str, Any],
 ) -> tuple[pl.DataFrame, dict]:
+    """`meetings_since`: the first meeting day in the window read (of all accounts)."""
     s = cfg.timing
     return _run(
         {
             "qbr_due": (
                 [act["meetings"]],
-                lambda: timing.detect_qbr_due(act["meetings"], accounts, first, last, s),
+                lambda: timing.detect_qbr_due(
+                    act["meetings"], accounts, first, last, s, meetings_since
+                ),
             ),
             "outreach_window": (
                 [accounts],
@@ -391,8 +399,10 @@ def timing_signals(
     """qbr_due (renewal within 120 days, no QBR in 90) and outreach_window (after a promoter
     response, or just before the renewal window opens)."""
     first, last = partition_days(context)
+    # how far back the meetings go (of all accounts, once): a QBR before that is not on record
+    since = activity_window["meetings"].select(pl.col("start_at").min().dt.date()).collect()
     signals, meta = by_account_parts(
-        partial(detect_timing, first, last, settings.settings()),
+        partial(detect_timing, first, last, settings.settings(), since.item()),
         accounts,
         activity_window,
         first,

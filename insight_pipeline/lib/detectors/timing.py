@@ -12,14 +12,24 @@ from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 
 def detect_qbr_due(
-    meetings: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: TimingSettings
+    meetings: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: TimingSettings,
+    meetings_since: date | None = None,
 ) -> pl.DataFrame:
     """Renewal within qbr_renewal_days and no QBR held in the last qbr_lookback_days. Needs the
-    meetings table (without it nobody can tell whether a QBR happened)."""
+    meetings table (without it nobody can tell whether a QBR happened), and that table reaching
+    back that far: `meetings_since`, the first meeting day of the source, later than
+    qbr_lookback_days before a day means a QBR before it may simply not be on record."""
     days = customer_days(accounts, start, end).with_columns(
         (pl.col("renewal_date") - pl.col("partition_date")).dt.total_days().alias("days_to_renewal")
     )
     due = days.filter(pl.col("days_to_renewal").is_between(0, s.qbr_renewal_days))
+    if meetings_since is not None:
+        covered = pl.col("partition_date") - pl.duration(days=s.qbr_lookback_days)
+        due = due.filter(covered >= pl.lit(meetings_since))
     if due.height == 0:
         return empty_signals()
     qbrs = (

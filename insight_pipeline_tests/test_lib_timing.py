@@ -1,0 +1,35 @@
+"""qbr_due says "no QBR in the last 90 days" only where the meetings on record reach back 90
+days: a source that began exporting six weeks ago cannot tell."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from insight_pipeline.defs.sources.activity import empty_table
+from insight_pipeline.lib.detectors.timing import detect_qbr_due
+from insight_pipeline.lib.settings import TimingSettings
+from insight_pipeline_tests.synthetic import customers
+
+END = date(2026, 6, 30)
+
+
+def test_no_qbr_on_record_is_due_only_when_the_record_covers_the_lookback() -> None:
+    accounts = customers(["RENEWING"]).with_columns(
+        pl.lit(END + timedelta(days=60)).alias("renewal_date")
+    )
+    check_in = datetime(2026, 6, 1, 10, tzinfo=UTC)
+    meetings = pl.DataFrame(
+        [("m1", "RENEWING", check_in, "check_in", 0.1)],
+        schema=empty_table("meetings").schema,
+        orient="row",
+    )
+    s = TimingSettings()
+    short = detect_qbr_due(meetings, accounts, END, END, s, END - timedelta(days=45))
+    assert short.height == 0
+    long = detect_qbr_due(meetings, accounts, END, END, s, END - timedelta(days=200))
+    assert long["customer_id"].to_list() == ["RENEWING"]
+    # the first day the record covers the look-back is judged
+    edge = detect_qbr_due(
+        meetings, accounts, END, END, s, END - timedelta(days=s.qbr_lookback_days)
+    )
+    assert edge.height == 1
