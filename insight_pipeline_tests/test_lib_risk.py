@@ -1,6 +1,8 @@
-"""silent_account: an account is silent when nobody uses the product and nobody from it talks to
-its CSM. A level metric (seats in use) above 0 every day is not usage, and the CSM's own
-unanswered emails are not contact; a meeting or an inbound message is."""
+"""Risk detectors on data unlike the sample's. silent_account: an account is silent when nobody
+uses the product and nobody from it talks to its CSM - a level metric (seats in use) above 0
+every day is not usage, and the CSM's own unanswered emails are not contact. Support surges and
+escalations against the account's own rates, over the days on record; health on its own
+swings."""
 
 from datetime import UTC, date, datetime, timedelta
 
@@ -71,7 +73,12 @@ def run(settings: Settings, crowd: int = 0) -> pl.DataFrame:
     tables = {key: empty_table(ACTIVITY_TABLES[key]) for key in RISK_TABLES}
     tables |= {"communications": communications, "meetings": meetings}
     level_days = level_metrics_by_day(frame, END, END, settings.risk)
-    act = tables | {"usage": frame.lazy(), "usage_rows": frame.height, "level_days": level_days}
+    act = tables | {
+        "usage": frame.lazy(),
+        "usage_rows": frame.height,
+        "level_days": level_days,
+        "tickets_since": None,
+    }
     signals, _ = detect_risk(END, END, settings, accounts, act)
     return signals.filter(pl.col("type") == "silent_account")
 
@@ -174,3 +181,36 @@ def test_a_weekly_health_score_is_judged_on_its_own_swings() -> None:
     accounts = customers_frame(["NOISY", "STEADY"])
     found = detect_health_drop(health, accounts, END, END, RiskSettings())
     assert found["customer_id"].to_list() == ["STEADY"]
+
+
+def test_a_baseline_is_a_rate_over_the_days_on_record() -> None:
+    """Six inbound messages and six tickets in the last two weeks, none before: for a customer
+    of a month, or in a source exported for six weeks, there is no quiet half-year to compare
+    with (nothing is raised); for a customer of years whose record covers the half-year, it is a
+    surge of its activity and of its tickets."""
+    from insight_pipeline.lib.detectors.engagement import detect_increased_activity
+    from insight_pipeline.lib.detectors.risk import detect_support_surge
+    from insight_pipeline.lib.settings import EngagementSettings
+
+    ids = ["NEW", "OLD"]
+    accounts = customers_frame(ids).with_columns(
+        pl.when(pl.col("customer_id") == "NEW")
+        .then(pl.lit(END - timedelta(days=30)))
+        .otherwise(pl.col("contract_start"))
+        .alias("contract_start")
+    )
+    recent = [END - timedelta(days=d) for d in (1, 2, 4, 6, 8, 10)]
+    events = pl.DataFrame({"customer_id": [c for c in ids for _ in recent], "date": recent * 2})
+    tickets = pl.DataFrame(
+        [(f"{c}-{d}", c, at(d), None, "normal", None, "x") for c in ids for d in recent],
+        schema=empty_table("support_tickets").schema,
+        orient="row",
+    )
+
+    def raised(since: date | None) -> tuple[list[str], list[str]]:
+        active = detect_increased_activity(events, accounts, END, END, EngagementSettings(), since)
+        surge = detect_support_surge(tickets, accounts, END, END, RiskSettings(), since)
+        return sorted(active["customer_id"]), sorted(surge["customer_id"])
+
+    assert raised(None) == (["OLD"], ["OLD"])
+    assert raised(END - timedelta(days=45)) == ([], [])  # exported for six weeks

@@ -154,6 +154,9 @@ class EngagementSettings:
     """Recent inbound + meeting rate must be this many times the account's own baseline rate."""
     activity_g: float = 10.83
     """Poisson likelihood-ratio statistic (chi-square, 1 df): 10.83 is p = 0.001."""
+    min_baseline_days: int = 60
+    """Days of the baseline on record (after the source's first day and the contract start)
+    an account needs before its activity is compared with it."""
     min_activity_events: int = 5
     stakeholder_window_days: int = 14
     """A new senior contact stays a stakeholder shift for this many days."""
@@ -195,6 +198,9 @@ class RiskSettings:
     support_ratio: float = 3.0
     support_g: float = 10.83
     min_support_weight: float = 4.0
+    min_support_baseline_days: int = 60
+    """Days of the ticket baseline on record (after the source's first day and the contract
+    start) an account needs before a surge is judged against it."""
     min_support_tickets: int = 3
     """The likelihood-ratio test runs on ticket counts (weights would fake precision); at least
     this many tickets in the window."""

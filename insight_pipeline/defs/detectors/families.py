@@ -110,9 +110,25 @@ def _asset(**kwargs):
 ENGAGEMENT_TABLES = ("meetings", "communications", "contacts", "meeting_attendees")
 
 
+def first_day(tables: dict[str, pl.LazyFrame], columns: dict[str, str]) -> date | None:
+    """The first day of any row of these tables (table -> its date or timestamp column), read
+    once per run over all accounts: where the source's record of them begins."""
+    days = [
+        tables[name].select(pl.col(column).min().cast(pl.Date)).collect().item()
+        for name, column in columns.items()
+    ]
+    return min((d for d in days if d is not None), default=None)
+
+
 def detect_engagement(
-    first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
+    first: date,
+    last: date,
+    cfg: Settings,
+    since: date | None,
+    accounts: pl.DataFrame,
+    act: dict[str, Any],
 ) -> tuple[pl.DataFrame, dict]:
+    """`since`: the first day of the meetings and communications on record (`first_day`)."""
     s = cfg.engagement
     events = engagement.two_way_events(act["meetings"], act["communications"])
     return _run(
@@ -123,7 +139,9 @@ def detect_engagement(
             ),
             "increased_activity": (
                 [events],
-                lambda: engagement.detect_increased_activity(events, accounts, first, last, s),
+                lambda: engagement.detect_increased_activity(
+                    events, accounts, first, last, s, since
+                ),
             ),
             "stakeholder_shift": (
                 [act["contacts"]],
@@ -151,8 +169,9 @@ def engagement_signals(
     """going_dark (silence beyond the account's own cadence), increased_activity (inbound and
     meetings well above its own rate), stakeholder_shift (a new senior contact)."""
     first, last = partition_days(context)
+    since = first_day(activity_window, {"meetings": "start_at", "communications": "sent_at"})
     signals, meta = by_account_parts(
-        partial(detect_engagement, first, last, settings.settings()),
+        partial(detect_engagement, first, last, settings.settings(), since),
         accounts,
         activity_window,
         first,
@@ -217,8 +236,9 @@ def _silent_accounts(
 def detect_risk(
     first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict]:
-    """`act` holds the risk tables, the usage window as a scan ("usage") and the level metrics
-    of each run day ("level_days": `risk.level_metrics_by_day`, measured once per run)."""
+    """`act` holds the risk tables, the usage window as a scan ("usage"), and what is measured
+    once per run: the level metrics of each run day ("level_days":
+    `risk.level_metrics_by_day`) and the tickets' first day on record ("tickets_since")."""
     s = cfg.risk
     return _run(
         {
@@ -243,7 +263,9 @@ def detect_risk(
             ),
             "support_surge": (
                 [act["support_tickets"]],
-                lambda: risk.detect_support_surge(act["support_tickets"], accounts, first, last, s),
+                lambda: risk.detect_support_surge(
+                    act["support_tickets"], accounts, first, last, s, act["tickets_since"]
+                ),
             ),
             "detractor_nps": (
                 [act["nps"]],
@@ -271,10 +293,13 @@ def risk_signals(
     # which metrics are levels (seats, storage) is measured once for the run, on a fixed sample
     sample = usage_window.filter(in_sample(accounts.height, cfg.usage.population_sample))
     level_days = risk.level_metrics_by_day(sample.collect(), first, last, cfg.risk)
+    once = {
+        "usage_rows": usage_rows,
+        "level_days": level_days,
+        "tickets_since": first_day(activity_window, {"support_tickets": "opened_at"}),
+    }
     signals, meta = by_account_parts(
-        lambda accounts, act: detect_risk(
-            first, last, cfg, accounts, act | {"usage_rows": usage_rows, "level_days": level_days}
-        ),
+        lambda accounts, act: detect_risk(first, last, cfg, accounts, act | once),
         accounts,
         activity_window | {"usage": usage_window},
         first,
@@ -400,9 +425,9 @@ def timing_signals(
     response, or just before the renewal window opens)."""
     first, last = partition_days(context)
     # how far back the meetings go (of all accounts, once): a QBR before that is not on record
-    since = activity_window["meetings"].select(pl.col("start_at").min().dt.date()).collect()
+    since = first_day(activity_window, {"meetings": "start_at"})
     signals, meta = by_account_parts(
-        partial(detect_timing, first, last, settings.settings(), since.item()),
+        partial(detect_timing, first, last, settings.settings(), since),
         accounts,
         activity_window,
         first,

@@ -117,6 +117,32 @@ class DayGrid:
         days = np.arange((start - self.first).days, (end - self.first).days + 1)
         return (np.arange(self.ids.len())[:, None] * self.n_days + days[None, :]).ravel()
 
+    def days_on_record(
+        self,
+        cells: np.ndarray,
+        accounts: pl.DataFrame,
+        since: date | None,
+        window: int,
+        lag: int,
+    ) -> np.ndarray:
+        """At `cells`: how many of the `window` days ending `lag` days before are on record for
+        the customer - on or after both the source's first day (`since`: the table's first
+        event day; None = all) and the customer's contract_start. A baseline rate is its sum
+        over these days, not over the whole window: a table exported for six weeks, or a
+        customer of a month, has no quiet half-year behind it."""
+        first = pl.lit(since) if since is not None else pl.lit(None, pl.Date)
+        starts = (
+            pl.DataFrame({"customer_id": self.ids})
+            .join(accounts.select("customer_id", "contract_start"), on="customer_id", how="left")
+            .select(pl.max_horizontal(first, pl.col("contract_start")).alias("start"))
+            .to_series()
+        )
+        epoch = (self.first - date(1970, 1, 1)).days
+        start = starts.cast(pl.Int32).fill_null(np.iinfo(np.int32).min).to_numpy()
+        start = start.astype(np.int64)[cells // self.n_days]
+        window_end = cells % self.n_days + epoch - lag  # the window's last day (epoch days)
+        return np.clip(window_end - np.maximum(start, window_end - window + 1) + 1, 0, window)
+
     def frame(self, cells: np.ndarray, **columns: np.ndarray) -> pl.DataFrame:
         """(customer_id, date, *columns) of `cells`; NaN in a column is null."""
         return pl.DataFrame(

@@ -162,10 +162,17 @@ def detect_going_dark(
 
 
 def detect_increased_activity(
-    events: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: EngagementSettings
+    events: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: EngagementSettings,
+    since: date | None = None,
 ) -> pl.DataFrame:
     """Inbound messages + meetings over the last window well above the account's own rate:
-    ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001."""
+    ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001. The rate is over
+    the baseline days on record (`DayGrid.days_on_record`: from `since`, the tables' first day,
+    and the contract start), at least min_baseline_days of them."""
     if events.height == 0:
         return empty_signals()
     w, b = s.activity_window_days, s.activity_baseline_days
@@ -173,14 +180,15 @@ def detect_increased_activity(
     (counts,) = grid.counts(events, None)
     cells = grid.cells(start, end)
     recent = counts.trailing_sum(cells, w)
-    # Only cells with enough recent events can hit (also in the filter below): the baseline and
-    # the test statistic are computed on those few.
-    keep = recent >= s.min_activity_events
+    # Only cells with enough recent events and history can hit (also in the filter below): the
+    # baseline and the test statistic are computed on those few.
+    on_record = grid.days_on_record(cells, accounts, since, b, w)
+    keep = (recent >= s.min_activity_events) & (on_record >= s.min_baseline_days)
     cells = cells[keep]
     stats = grid.frame(
         cells,
         recent=recent[keep],
-        expected=counts.trailing_sum(cells, b, lag=w) / b * w,
+        expected=counts.trailing_sum(cells, b, lag=w) / on_record[keep] * w,
     ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))
     hits = stats.filter(
         (pl.col("recent") >= s.min_activity_events)

@@ -363,11 +363,17 @@ def detect_health_drop(
 
 
 def detect_support_surge(
-    tickets: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: RiskSettings
+    tickets: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: RiskSettings,
+    since: date | None = None,
 ) -> pl.DataFrame:
     """Priority-weighted tickets over the last window well above the account's own baseline, or an
     escalation: urgent tickets in the last urgent_window_days that the account's own urgent rate
-    makes rare (`urgent_alpha`)."""
+    makes rare (`urgent_alpha`). The rates are over the baseline days on record
+    (`DayGrid.days_on_record`: from `since`, the table's first day, and the contract start)."""
     if tickets.height == 0:
         return empty_signals()
     w, b = s.support_window_days, s.support_baseline_days
@@ -387,25 +393,34 @@ def detect_support_surge(
     # An urgent ticket is an escalation when that many in the window are rare at the account's
     # own urgent rate (the baseline days before the window): any for an account that had none,
     # two or more in days for one that files an urgent ticket every few weeks.
+    urgent_days = grid.days_on_record(cells, accounts, since, b, s.urgent_window_days)
     usual_urgent = np.nan_to_num(
-        urgent_n.trailing_sum(cells, b, lag=s.urgent_window_days) / b * s.urgent_window_days
+        urgent_n.trailing_sum(cells, b, lag=s.urgent_window_days)
+        / np.maximum(urgent_days, 1)
+        * s.urgent_window_days
     )
     escalation = (urgent > 0) & (poisson_tail(np.nan_to_num(urgent), usual_urgent) < s.urgent_alpha)
     # Only cells with enough tickets or an escalation can hit (both conditions are also in the
     # filter below): the test statistics are computed on those few.
-    keep = (count >= s.min_support_tickets) | escalation
+    on_record = grid.days_on_record(cells, accounts, since, b, w)
+    keep = ((count >= s.min_support_tickets) & (on_record >= s.min_support_baseline_days)) | (
+        escalation
+    )
+    on_record = np.maximum(on_record[keep], 1)
     cells = cells[keep]
     stats = grid.frame(
         cells,
         recent=weight_n.trailing_sum(cells, w),
-        expected=weight_n.trailing_sum(cells, b, lag=w) / b * w,
+        expected=weight_n.trailing_sum(cells, b, lag=w) / on_record * w,
         tickets=count[keep],
-        count_expected=tickets_n.trailing_sum(cells, b, lag=w) / b * w,
+        count_expected=tickets_n.trailing_sum(cells, b, lag=w) / on_record * w,
+        judged=on_record >= s.min_support_baseline_days,
         recent_urgent=urgent[keep],
         escalation=escalation[keep],
     ).with_columns(poisson_g(pl.col("tickets"), pl.col("count_expected")).alias("g_count"))
     surge = (
-        (pl.col("recent") >= s.min_support_weight)
+        pl.col("judged")
+        & (pl.col("recent") >= s.min_support_weight)
         & (pl.col("recent") >= s.support_ratio * pl.col("expected"))
         & (pl.col("tickets") >= s.min_support_tickets)
         & (pl.col("g_count") >= s.support_g)
