@@ -92,6 +92,23 @@ def test_clean_accounts_stay_quiet(evaluated: tuple[pl.DataFrame, Path]) -> None
     assert rate < 1.0, f"{rate:.2f} pattern insights per clean account per quarter"
 
 
+def test_no_insight_stays_open_past_its_customers_churn(
+    evaluated: tuple[pl.DataFrame, Path],
+) -> None:
+    """An account that churned is no one's work: its insights raised before the churn expire on
+    the churn day at the latest, so the feed, digests and rollups stop showing them."""
+    insights, src = evaluated
+    customers = Source(str(src)).read("customers")
+    assert customers is not None
+    churned = customers.filter(pl.col("churned_on") <= END).select("customer_id", "churned_on")
+    theirs = insights.join(churned, on="customer_id")
+    assert theirs.height > 20, "the sample must raise insights on accounts that later churn"
+    still_open = theirs.filter(
+        pl.col("expires_at").is_null() | (pl.col("expires_at").dt.date() > pl.col("churned_on"))
+    )
+    assert still_open.height == 0, still_open.select("customer_id", "type", "expires_at")
+
+
 def test_every_type_has_evidence_and_a_narrative(evaluated: tuple[pl.DataFrame, Path]) -> None:
     insights, _ = evaluated
     assert insights["type"].n_unique() >= 18

@@ -224,6 +224,35 @@ def test_upserts_and_extensions_in_one_call(store: InsightStore) -> None:
     assert store.load_episodes(D0).height == 4
 
 
+def test_insights_of_a_churned_customer_close_on_its_churn_day(store: InsightStore) -> None:
+    """Open insights of a customer that churned expire on the churn day (the feed hides them
+    from then on); one already expired earlier keeps its earlier expiry; the user's columns and
+    other customers' insights are untouched; a second pass closes nothing more."""
+    frame = insights(3, expires_at=[EXPIRES, None, datetime(2024, 3, 3, tzinfo=UTC)]).with_columns(
+        pl.lit("c0").alias("customer_id")
+    )
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 2)
+        .then(pl.lit("c9"))
+        .otherwise("customer_id")
+        .alias("customer_id")
+    )
+    store.write_insights(frame, NO_EXTENSIONS)
+    a, b, other = frame["id"].to_list()
+    store.set_status(a, "viewed", at=AS_OF)
+    churn = datetime(2024, 3, 10, tzinfo=UTC)
+    churned = pl.DataFrame({"customer_id": ["c0", "c9"], "churned_at": [churn, EXPIRES]})
+    before = store.get_insights([other])
+    written = store.write_insights(pl.DataFrame(), pl.DataFrame(), churned)
+    assert written == {"inserted": 0, "updated": 0, "extended": 0, "closed": 2}
+    assert row(store, a)["expires_at"] == churn and row(store, a)["status"] == "viewed"
+    assert row(store, b)["expires_at"] == churn  # never expiring: closed too
+    assert store.get_insights([other]).equals(before)  # expired before its churn day: as it was
+    feed = store.query_insights(as_of=churn + timedelta(hours=1))
+    assert not set(feed["id"]) & {a, b}
+    assert store.write_insights(pl.DataFrame(), pl.DataFrame(), churned)["closed"] == 0
+
+
 def test_empty_frames_are_a_no_op(store: InsightStore) -> None:
     assert store.write_insights(pl.DataFrame(), pl.DataFrame()) == {
         "inserted": 0,

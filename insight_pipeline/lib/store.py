@@ -79,6 +79,12 @@ EXTENSION_SCHEMA: dict[str, pl.DataType] = {
     "expires_at": _UTC,
 }
 
+#: Columns of the churned customers given to `write_insights` (their churn day, as an instant).
+CHURNED_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "churned_at": _UTC,
+}
+
 #: Ranking columns an upsert may carry (ranking's daily cap, migration 005); a frame without
 #: them is written as pushed (everything was delivered before ranking decided).
 PUSH_SCHEMA: dict[str, pl.DataType] = {
@@ -239,6 +245,7 @@ _ROLES = ("csm", "manager", "leader")
 _JSON_COLUMNS = ("evidence", "recommended_action", "score_parts")
 _STAGE_UPSERTS = "stage_insight_upserts"
 _STAGE_EXTENSIONS = "stage_insight_extensions"
+_STAGE_CHURNED = "stage_churned_customers"
 _MIGRATION_LOCK_KEY = 7_351_946_020_001  # arbitrary, fixed: "insight_pipeline migrations"
 _COPY_CHUNK_ROWS = 50_000
 
@@ -367,7 +374,12 @@ class InsightStore:
 
     # ---------------------------------------------------------------------------- writes
 
-    def write_insights(self, upserts: pl.DataFrame, extensions: pl.DataFrame) -> dict[str, int]:
+    def write_insights(
+        self,
+        upserts: pl.DataFrame,
+        extensions: pl.DataFrame,
+        churned: pl.DataFrame | None = None,
+    ) -> dict[str, int]:
         """Upsert new and re-detected insights and extend continuing episodes, in ONE transaction.
 
         Upserts insert as status 'new'; an existing id gets fresh content, the earliest
@@ -382,12 +394,17 @@ class InsightStore:
         PostgreSQL still fails to break a deadlock (with some other writer) or a serialization
         conflict is run again, up to 3 times.
 
-        Returns {"inserted", "updated", "extended"}. Raises StoreWriteError after rollback.
+        `churned` (customer_id, churned_at): customers that churned; their insights still open
+        past the churn day are closed there (expires_at moved back, nothing else changed), in
+        the same transaction - an insight about an account that is gone is no one's work.
+
+        Returns {"inserted", "updated", "extended"} (and "closed" when `churned` is given).
+        Raises StoreWriteError after rollback.
         """
         attempt = 0
         while True:
             try:
-                return self._write_insights_once(upserts, extensions)
+                return self._write_insights_once(upserts, extensions, churned)
             except StoreWriteError as exc:
                 if attempt == _CONFLICT_RETRIES or not _is_conflict(exc.__cause__):
                     raise
@@ -395,13 +412,18 @@ class InsightStore:
                 attempt += 1
 
     def _write_insights_once(
-        self, upserts: pl.DataFrame, extensions: pl.DataFrame
+        self, upserts: pl.DataFrame, extensions: pl.DataFrame, churned: pl.DataFrame | None
     ) -> dict[str, int]:
         """One attempt of `write_insights`: one transaction, rolled back on any error."""
         ups = _prepare(_with_push_defaults(upserts), UPSERT_SCHEMA | PUSH_SCHEMA, "upserts")
         ext = _prepare(extensions, EXTENSION_SCHEMA, "extensions")
+        gone = _prepare(
+            churned if churned is not None else pl.DataFrame(), CHURNED_SCHEMA, "churned"
+        )
         counts = {"inserted": 0, "updated": 0, "extended": 0}
-        if ups.is_empty() and ext.is_empty():
+        if churned is not None:
+            counts["closed"] = 0
+        if ups.is_empty() and ext.is_empty() and gone.is_empty():
             return counts
         step = "opening a transaction"
         try:
@@ -425,12 +447,19 @@ class InsightStore:
                         counts["extended"] = self._scalar(conn, "count_existing_extensions")
                         step = "extending"
                         self._extend(conn)
+                if not gone.is_empty():
+                    step = "staging churned customers"
+                    with self._staged(conn, "churned", _STAGE_CHURNED, gone):
+                        step = "counting insights of churned customers"
+                        counts["closed"] = self._scalar(conn, "count_churned_open")
+                        step = "closing insights of churned customers"
+                        self._run(conn, "close_churned")
                 step = "committing"
         except Exception as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StoreWriteError(
                 f"write_insights failed while {step} ({ups.height} upserts, {ext.height} "
-                f"extensions) on {self.dialect}; {_outcome(step)}: "
+                f"extensions, {gone.height} churned) on {self.dialect}; {_outcome(step)}: "
                 f"{type(cause).__name__}: {cause}"
             ) from exc
         return counts
@@ -1394,11 +1423,12 @@ def _prepare(frame: pl.DataFrame, schema: dict[str, pl.DataType], label: str) ->
         prepared = frame.select(exprs)
     except Exception as exc:
         raise StoreWriteError(f"{label} frame has bad values: {exc}; nothing was written") from exc
-    duplicated = prepared.filter(pl.col("id").is_duplicated())
+    key = "id" if "id" in schema else next(iter(schema))
+    duplicated = prepared.filter(pl.col(key).is_duplicated())
     if not duplicated.is_empty():
         raise StoreWriteError(
-            f"{label} frame repeats {duplicated.get_column('id').n_unique()} id(s), e.g. "
-            f"{duplicated.item(0, 'id')!r}; nothing was written"
+            f"{label} frame repeats {duplicated.get_column(key).n_unique()} {key}(s), e.g. "
+            f"{duplicated.item(0, key)!r}; nothing was written"
         )
     return prepared
 

@@ -28,17 +28,25 @@ SINK_RETRY_POLICY = dg.RetryPolicy(
     retry_policy=SINK_RETRY_POLICY,
 )
 def insights_table(
-    context: dg.AssetExecutionContext, store: StoreResource, insights: pl.DataFrame
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    insights: pl.DataFrame,
+    accounts: pl.DataFrame,
 ) -> dg.MaterializeResult:
     """Upserts the plan into the insights table: new episodes inserted (or updated in place on a
-    re-run, keeping every user column), open ones extended. All or nothing."""
+    re-run, keeping every user column), open ones extended, and those of customers that churned
+    by the run's last day closed on their churn day (`accounts` shows a churn only once it has
+    happened). All or nothing."""
     new = insights.filter(pl.col("action") == "insert").select(UPSERT_COLUMNS)
     extensions = insights.filter(pl.col("action") == "extend").select(
         "id", "last_seen_date", "expires_at"
     )
+    churned = accounts.filter(pl.col("churned_on").is_not_null()).select(
+        "customer_id", pl.col("churned_on").alias("churned_at")
+    )
     db = store.open()
     try:
-        written = db.write_insights(new, extensions)
+        written = db.write_insights(new, extensions, churned)
         total = db.count_insights()
         url = make_url(db.url).render_as_string(hide_password=True)
     finally:
