@@ -650,9 +650,10 @@ class Source:
         )
 
     def monthly_usage(self, date_from: date, date_to: date) -> pl.DataFrame:
-        """(customer_id, month, value): usage summed per calendar month over [date_from, date_to],
-        all metrics but seats_used. Aggregated while scanning, so 18 months of 100k accounts
-        never sit in memory as daily rows (SQL sources are aggregated after a windowed read)."""
+        """(customer_id, month, value, first_day): usage summed per calendar month over
+        [date_from, date_to], all metrics but seats_used, with the month's first day of usage.
+        Aggregated while scanning, so 18 months of 100k accounts never sit in memory as daily
+        rows (SQL sources are aggregated after a windowed read)."""
         month = pl.col("date").dt.truncate("1mo").alias("month")
         return self._usage_sums(date_from, date_to, month)
 
@@ -681,12 +682,12 @@ class Source:
             yield (
                 sums.filter(pl.col("segment").is_between(first, last))
                 .group_by("customer_id", pl.col("segment").dt.truncate("1mo").alias("month"))
-                .agg(pl.col("value").sum())
+                .agg(pl.col("value").sum(), pl.col("first_day").min())
             )
 
     def _usage_sums(self, date_from: date, date_to: date, key: pl.Expr) -> pl.DataFrame:
-        """(customer_id, key, value): usage of [date_from, date_to] but seats_used, summed by
-        customer and `key` (an expression of the date)."""
+        """(customer_id, key, value, first_day): usage of [date_from, date_to] but seats_used,
+        summed by customer and `key` (an expression of the date), with its first day."""
         wanted = (pl.col("metric") != "seats_used") & (pl.col("value") >= 0)
         if not self._is_url:
             path = self._file("usage_daily")
@@ -696,12 +697,16 @@ class Source:
                 return (
                     lf.filter(pl.col("date").is_between(date_from, date_to) & wanted)
                     .group_by("customer_id", key)
-                    .agg(pl.col("value").sum())
+                    .agg(pl.col("value").sum(), pl.col("date").min().alias("first_day"))
                     .collect(engine="streaming")
                 )
         usage = self.read("usage_daily", date_from=date_from, date_to=date_to)
         assert usage is not None
-        return usage.filter(wanted).group_by("customer_id", key).agg(pl.col("value").sum())
+        return (
+            usage.filter(wanted)
+            .group_by("customer_id", key)
+            .agg(pl.col("value").sum(), pl.col("date").min().alias("first_day"))
+        )
 
     def dispose(self) -> None:
         if self._engine is not None:

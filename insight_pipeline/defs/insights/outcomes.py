@@ -106,9 +106,11 @@ def _cache_path(source: Source, as_of: date, s: OutcomeSettings) -> Path:
 
 
 def history_window(as_of: date, s: OutcomeSettings) -> tuple[date, date]:
-    """The source days the rates as of `as_of` read (a month more than the history, for the
-    month-over-month comparisons at its start)."""
-    return history_start(as_of, s) - timedelta(days=31), as_of - timedelta(days=1)
+    """The source days the rates as of `as_of` read: the history and the whole month before it,
+    for the month-over-month comparisons at its start (31 days back reached into the month
+    before that whenever it had fewer days, and a month of one day 'rose' in every account)."""
+    start = history_start(as_of, s)
+    return month_start(start - timedelta(days=1)), as_of - timedelta(days=1)
 
 
 OUTCOME_TABLES: dict[str, tuple[str, ...]] = {

@@ -81,6 +81,17 @@ def _with_previous(frame: pl.DataFrame, value: str) -> pl.DataFrame:
     )
 
 
+def _whole_months(monthly_usage: pl.DataFrame) -> pl.DataFrame:
+    """The monthly usage without each customer's first month when its usage began after the
+    1st (`first_day`): a source exported from the 24th, or a customer onboarded mid-month, has
+    a first month of a week, which the next month would 'rise' 300% from."""
+    if "first_day" not in monthly_usage.columns:
+        return monthly_usage
+    first_month = pl.col("month").min().over("customer_id")
+    partial = (pl.col("month") == first_month) & (pl.col("first_day") > pl.col("month"))
+    return monthly_usage.filter(~partial)
+
+
 def _month_over_month(frame: pl.DataFrame, family: str, rule: pl.Expr) -> pl.DataFrame:
     """Events where `rule` holds between consecutive months of a `_with_previous` frame."""
     return (
@@ -106,7 +117,7 @@ def comparable_events(
     """(customer_id, event_date, family) for every comparable event dated in [first, last]."""
     parts = [pl.DataFrame(schema=EVENT_SCHEMA)]
     if monthly_usage.height:
-        usage = _with_previous(monthly_usage, "value")  # sorted once for both families
+        usage = _with_previous(_whole_months(monthly_usage), "value")  # sorted once for both
         parts.append(
             _month_over_month(
                 usage,
