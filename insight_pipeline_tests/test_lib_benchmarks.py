@@ -161,3 +161,30 @@ def test_an_unknown_segment_or_industry_is_no_cohort() -> None:
         ("NI_AHEAD", "outperforming")
     ]
     assert "across 52 smb accounts" in str(signals["evidence"][0])
+
+
+def test_an_account_still_onboarding_is_neither_benchmarked_nor_a_peer() -> None:
+    """A customer of three weeks at a third of its peers' use is ramping up, not behind; once
+    its onboarding is over, the same gap is one."""
+    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
+    levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)} | {"NEW": 3.0}
+    usage = steady_usage(levels, days)
+    accounts = retail_accounts(list(levels), ["smb"] * len(levels)).with_columns(
+        pl.when(pl.col("customer_id") == "NEW")
+        .then(pl.lit(END - timedelta(days=21)))
+        .otherwise(pl.col("contract_start"))
+        .alias("contract_start")
+    )
+    no_entitlements = pl.DataFrame(
+        schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
+    )
+    s = BenchmarkSettings()
+    percentiles = peer_percentiles(usage, no_entitlements, accounts, END, END, s)
+    assert "NEW" not in percentiles["customer_id"].to_list()
+    assert percentiles["peers"].max() == 40
+    later = END + timedelta(days=30)
+    usage_later = steady_usage(levels, pl.date_range(END - timedelta(days=40), later, eager=True))
+    behind = detect_benchmarks(
+        peer_percentiles(usage_later, no_entitlements, accounts, later, later, s), s
+    )
+    assert behind["customer_id"].to_list() == ["NEW"]

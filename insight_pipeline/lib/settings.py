@@ -261,6 +261,9 @@ class BenchmarkSettings:
     bottom: 1/1.25 = 0.8x or less). A decile always holds a tenth of a cohort: in a cohort of
     similar accounts its edge is a few percent from the median, no gap a CSM could act on."""
     window_days: int = 28
+    onboarding_days: int = 45
+    """Days after contract_start an account is still ramping up (as for stakeholder shifts):
+    not benchmarked, and no one's peer."""
     metric: str = "dau"
     """Normalised per entitled seat (or per seat used where no entitlement exists)."""
 

@@ -4,7 +4,8 @@ The metric is normalised per entitled seat (or per seat in use where there is no
 that big and small accounts compare fairly; the percentile within the cohort is the evidence.
 Cohorts smaller than min_cohort fall back to the segment alone; smaller still, no benchmark.
 An account whose industry is unknown is compared within its segment; whose segment is unknown,
-with no one (the other unknowns are no cohort).
+with no one (the other unknowns are no cohort). An account in its first `onboarding_days` is
+ramping up, and neither benchmarked nor anyone's peer.
 """
 
 from __future__ import annotations
@@ -148,7 +149,16 @@ def peer_percentiles(
         .with_columns((pl.col(s.metric) / pl.col("seats")).alias("per_seat"))
         .join(accounts.select("customer_id", *s.cohort), on="customer_id", how="inner")
         .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
+            # a customer still onboarding is ramping up: neither benchmarked nor a peer
+            customer_days(accounts, start, end)
+            .filter(
+                pl.col("contract_start").is_null()
+                | (
+                    pl.col("partition_date")
+                    >= pl.col("contract_start") + pl.duration(days=s.onboarding_days)
+                )
+            )
+            .select("customer_id", "partition_date"),
             on=["customer_id", "partition_date"],
             how="semi",
         )
