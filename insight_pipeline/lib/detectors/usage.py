@@ -436,7 +436,10 @@ def _baselines_of_grid(
             np.minimum(resid - shift, 0.0),
             np.where((shift > 0) & (resid > 0), np.maximum(resid - shift, 0.0), resid),
         )
-        expected_judged = np.where(np.isnan(resid), expected_judged, y[judged_rows] - own)
+        # only the rows that moved with their population change (the others keep their bits:
+        # a range run holding a population day must give a run of one day's numbers)
+        moved = ((shift < 0) & (resid < 0)) | ((shift > 0) & (resid > 0))
+        expected_judged = np.where(moved, y[judged_rows] - own, expected_judged)
     frame = (
         grid.frame(judged_rows)
         .with_columns(
