@@ -319,6 +319,13 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     baselines = usage_baselines(usage, first, last, S, population=population)
     judged = drops_and_spikes(detect_usage_anomalies(baselines, S))
     assert judged == {"usage_drop": {"C0005"}, "usage_spike": set()}
+    # a run of each day alone measures the same population days and gives the same rows
+    for offset in range((last - first).days + 1):
+        day = first + timedelta(days=offset)
+        alone = usage_baselines(
+            usage, day, day, S, population=population_shifts(usage, day, day, S)
+        )
+        assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
     # the account that kept working deviates on no day (not up against the population either)
     kept = baselines.filter(pl.col("customer_id") == "C0009")
     assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
