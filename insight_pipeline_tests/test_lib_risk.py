@@ -214,3 +214,38 @@ def test_a_baseline_is_a_rate_over_the_days_on_record() -> None:
 
     assert raised(None) == (["OLD"], ["OLD"])
     assert raised(END - timedelta(days=45)) == ([], [])  # exported for six weeks
+
+
+def test_health_drops_of_a_range_are_those_of_its_days() -> None:
+    """Weekly and fortnightly scores, some falling by 15-30 points: a range run raises exactly
+    what runs of each day alone raise (the noise's look-back reaches before the first day)."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.risk import detect_health_drop
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(300):
+        every = 7 if i % 2 else 14
+        fall_at = 260 + i % 60
+        for day in range(0, 320, every):
+            score = 70 + rng.normal(0, 6) - (15 + i % 16 if day >= fall_at else 0)
+            rows.append((f"A{i:02d}", END - timedelta(days=319 - day), float(round(score, 1))))
+    health = pl.DataFrame(
+        rows, schema={"customer_id": pl.String, "date": pl.Date, "score": pl.Float64}, orient="row"
+    )
+    accounts = customers_frame([f"A{i:02d}" for i in range(300)])
+    s, first = RiskSettings(), END - timedelta(days=59)
+    whole = detect_health_drop(health, accounts, first, END, s)
+    days = [
+        detect_health_drop(
+            health, accounts, first + timedelta(days=k), first + timedelta(days=k), s
+        )
+        for k in range(60)
+    ]
+    assert whole.height > 3
+    assert (
+        pl.concat(days)
+        .sort("customer_id", "partition_date")
+        .equals(whole.sort("customer_id", "partition_date"))
+    )

@@ -35,7 +35,7 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
     not once a day, as a key of file times did); any change to what they read recomputes them.
     (A database source is fingerprinted by row counts only.)"""
     read = {"usage_daily": ("customer_id", "date", "metric", "value"), **OUTCOME_TABLES}
-    settings = f"{s.history_months}|{s.horizon_days}|{s.min_accounts}"
+    settings = f"v{RATES_VERSION}|{s.history_months}|{s.horizon_days}|{s.min_accounts}"
     root = data_dir() / "outcome_rates"
     # The fingerprints scan the windows (~5 s at 100k accounts); while no file of the source is
     # rewritten, the keys last computed for these months are taken as they are.
@@ -77,6 +77,11 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
     if memo is not None:
         _write_memo(memo, keys)
     return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
+
+
+RATES_VERSION = 2
+"""Bumped whenever what the rates count changes (2: whole months), so that months cached by an
+older version are computed again instead of served as they are."""
 
 
 def _read_memo(memo: Path) -> dict[str, str] | None:

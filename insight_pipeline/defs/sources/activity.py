@@ -60,9 +60,16 @@ def history_days(table: str, settings: Settings) -> int:
     return {
         "meetings": settings.engagement.history_days,
         "communications": settings.engagement.history_days,
-        "support_tickets": settings.risk.support_baseline_days + settings.risk.support_window_days,
+        # a half-year more than the baseline: the first ticket read is where the source's
+        # record begins (`days_on_record`) unless the source is that new, whatever the range
+        "support_tickets": max(
+            settings.risk.support_baseline_days + settings.risk.support_window_days,
+            settings.engagement.history_days,
+        ),
         "nps_responses": 180,
-        "health_scores": settings.risk.health_baseline_days + settings.risk.health_gap_days + 60,
+        "health_scores": 2 * settings.risk.health_baseline_days
+        + settings.risk.health_gap_days
+        + 60,
         # feature_discovery looks back this far, less than the usage baselines' look-back
         "feature_usage_daily": FEATURE_HISTORY_DAYS,
     }.get(table, 0)

@@ -249,9 +249,13 @@ def poisson_tail(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
     summed term by term up to the largest count (counts of rare events: a few terms)."""
     k = np.asarray(observed, dtype=np.int64)
     lam = np.asarray(expected, dtype=np.float64)
+    out = np.ones(lam.shape)  # P(X >= 0) = 1
+    some = np.flatnonzero(k > 0)  # only those need the sum (a storm at one account: few cells)
+    k, lam = k[some], lam[some]
     term = np.exp(-lam)
     below = np.zeros(lam.shape)
     for i in range(int(k.max(initial=0))):
         below += np.where(i < k, term, 0.0)
         term = term * lam / (i + 1)
-    return np.clip(1.0 - below, 0.0, 1.0)
+    out[some] = np.clip(1.0 - below, 0.0, 1.0)
+    return out

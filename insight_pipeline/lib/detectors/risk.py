@@ -28,6 +28,9 @@ from insight_pipeline.lib.settings import RiskSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 MAD_TO_SD = 1.4826
+READING_GAP_DAYS = 31
+"""A health reading's change is measured from the reading before it when that one is at most a
+month older (a longer silence is no measure of day-to-day noise)."""
 MIN_NOISE_READINGS = 3
 """Reading-to-reading changes a health score's noise is measured on (over the 8 weeks before
 the last one: a weekly score has 8, a fortnightly one 4)."""
@@ -265,9 +268,11 @@ def detect_health_drop(
     day-to-day variation."""
     if health.height == 0:
         return empty_signals()
-    first = start - timedelta(days=s.health_baseline_days + s.health_gap_days + 30)
-    rows = health.filter(pl.col("date").is_between(first, end))  # the grid starts at `first`
     b, gap = s.health_baseline_days, s.health_gap_days
+    # the grid reaches the noise's look-back (2b + gap days) and a reading's predecessor
+    # (READING_GAP_DAYS) before it, so a run of one day sees what a range run sees
+    first = start - timedelta(days=2 * b + gap + READING_GAP_DAYS)
+    rows = health.filter(pl.col("date").is_between(first, end))  # the grid starts at `first`
     # A dense customer x day matrix (customers sorted, days from `first`), scores carried
     # forward within the customer; the two medians evaluated only on the run's days, over the
     # b days ending `gap` days back (`_lagged_median`: polars' rolling median on those rows).
@@ -293,8 +298,13 @@ def detect_health_drop(
     # The noise is the change from one reading to the next, on the reading's day: a weekly
     # score carried forward would show six days without change a week, a noise of ~0, and let
     # the 15 points alone decide on an account whose readings swing by 10.
+    # A change counts when the reading before it is at most READING_GAP_DAYS earlier.
     change = np.full_like(score, np.nan)
-    change[:, 1:] = np.where(np.isnan(matrix[:, 1:]), np.nan, np.abs(score[:, 1:] - score[:, :-1]))
+    days = np.arange(1, n_days)
+    recent = days - last_seen[:, :-1] <= READING_GAP_DAYS
+    change[:, 1:] = np.where(
+        np.isnan(matrix[:, 1:]) | ~recent, np.nan, np.abs(score[:, 1:] - score[:, :-1])
+    )
     position = np.tile(np.arange(n_days), ids.len())
     wanted_day = np.arange(n_days)[(start - first).days :]
     rows = (np.arange(ids.len())[:, None] * n_days + wanted_day[None, :]).ravel()
