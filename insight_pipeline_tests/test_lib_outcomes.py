@@ -12,22 +12,42 @@ from insight_pipeline.lib.settings import OutcomeSettings
 
 
 def test_a_partial_first_month_is_no_month_to_rise_from() -> None:
+    """PARTIAL was onboarded on 20 January: a week of use is no month to rise from. SPARSE, a
+    customer for years, has no row on the 1st (a sparse export) but its January is whole; it
+    and WHOLE really grew 40%. When the source itself begins on the 24th, no January is whole."""
     jan, feb, mar = date(2026, 1, 1), date(2026, 2, 1), date(2026, 3, 1)
     monthly = pl.DataFrame(
         {
-            "customer_id": ["PARTIAL"] * 3 + ["WHOLE"] * 2,
-            "month": [jan, feb, mar, jan, feb],
-            # a week of January, then whole months; WHOLE really grew 40%
-            "value": [100.0, 400.0, 410.0, 300.0, 420.0],
-            "first_day": [date(2026, 1, 24), feb, mar, jan, feb],
+            "customer_id": ["PARTIAL"] * 3 + ["WHOLE"] * 2 + ["SPARSE"] * 2,
+            "month": [jan, feb, mar, jan, feb, jan, feb],
+            "value": [100.0, 400.0, 410.0, 300.0, 420.0, 300.0, 420.0],
+            "first_day": [date(2026, 1, 24), feb, mar, jan, feb, date(2026, 1, 3), feb],
+        }
+    )
+    starts = pl.DataFrame(
+        {
+            "customer_id": ["PARTIAL", "WHOLE", "SPARSE"],
+            "contract_start": [date(2026, 1, 20), date(2024, 5, 1), date(2023, 2, 1)],
         }
     )
     empty = pl.DataFrame()
-    events = comparable_events(
-        monthly, empty, empty, empty, empty, empty, empty, date(2025, 12, 1), date(2026, 3, 31)
+
+    def rises(usage: pl.DataFrame, contract_starts: pl.DataFrame | None) -> list[str]:
+        events = comparable_events(
+            usage, empty, empty, empty, empty, empty, empty, date(2025, 12, 1), date(2026, 3, 31),
+            contract_starts,
+        )  # fmt: skip
+        return sorted(events.filter(pl.col("family") == "usage_rise")["customer_id"])
+
+    assert rises(monthly, starts) == ["SPARSE", "WHOLE"]
+    assert rises(monthly, None) == ["WHOLE"]  # without contract starts: first rows only
+    late_source = monthly.with_columns(
+        pl.when(pl.col("month") == jan)
+        .then(pl.max_horizontal(pl.col("first_day"), pl.lit(date(2026, 1, 24))))
+        .otherwise(pl.col("first_day"))
+        .alias("first_day")
     )
-    rises = events.filter(pl.col("family") == "usage_rise")
-    assert rises["customer_id"].to_list() == ["WHOLE"]
+    assert rises(late_source, starts) == []
 
 
 def test_the_history_read_begins_with_a_whole_month() -> None:

@@ -79,9 +79,9 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
     return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
 
 
-RATES_VERSION = 2
-"""Bumped whenever what the rates count changes (2: whole months), so that months cached by an
-older version are computed again instead of served as they are."""
+RATES_VERSION = 3
+"""Bumped whenever what the rates count changes (2, 3: whole months), so that months cached by
+an older version are computed again instead of served as they are."""
 
 
 def _read_memo(memo: Path) -> dict[str, str] | None:
@@ -173,6 +173,7 @@ def rates_as_of(
         frames["communications"],
         first,
         last,
+        customers.select("customer_id", "contract_start"),
     )
     rates = outcome_rates(events, customers, as_of, s)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,15 +81,30 @@ def _with_previous(frame: pl.DataFrame, value: str) -> pl.DataFrame:
     )
 
 
-def _whole_months(monthly_usage: pl.DataFrame) -> pl.DataFrame:
-    """The monthly usage without each customer's first month when its usage began after the
-    1st (`first_day`): a source exported from the 24th, or a customer onboarded mid-month, has
-    a first month of a week, which the next month would 'rise' 300% from."""
+def _whole_months(
+    monthly_usage: pl.DataFrame, contract_starts: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """The monthly usage without each customer's first month when that month is not whole: the
+    source's record of it begins after the 1st (an export from the 24th), or the customer's
+    contract does (onboarded mid-month) - a first month of a week, which the next month would
+    'rise' 300% from. Without `contract_starts` (customer_id, contract_start), a first month
+    whose usage began after the 1st (`first_day`) is taken as partial; with them, a customer
+    whose contract and the source's record cover the month keeps it even if its first row came
+    later (a sparse export without a row on the 1st)."""
     if "first_day" not in monthly_usage.columns:
         return monthly_usage
-    first_month = pl.col("month").min().over("customer_id")
-    partial = (pl.col("month") == first_month) & (pl.col("first_day") > pl.col("month"))
-    return monthly_usage.filter(~partial)
+    first_month = pl.col("month") == pl.col("month").min().over("customer_id")
+    late = pl.col("first_day") > pl.col("month")
+    if contract_starts is None:
+        return monthly_usage.filter(~(first_month & late))
+    record_start = monthly_usage["first_day"].min()  # where the source's record begins
+    usage = monthly_usage.join(
+        contract_starts.select("customer_id", "contract_start"), on="customer_id", how="left"
+    )
+    covered = (pl.lit(record_start) <= pl.col("month")) & (
+        pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col("month"))
+    )
+    return usage.filter(~(first_month & late & ~covered)).drop("contract_start")
 
 
 def _month_over_month(frame: pl.DataFrame, family: str, rule: pl.Expr) -> pl.DataFrame:
@@ -113,11 +128,15 @@ def comparable_events(
     communications: pl.DataFrame,
     first: date,
     last: date,
+    contract_starts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """(customer_id, event_date, family) for every comparable event dated in [first, last]."""
+    """(customer_id, event_date, family) for every comparable event dated in [first, last].
+    `contract_starts`: the customers' contract_start, to tell a partial first month
+    (`_whole_months`)."""
     parts = [pl.DataFrame(schema=EVENT_SCHEMA)]
     if monthly_usage.height:
-        usage = _with_previous(_whole_months(monthly_usage), "value")  # sorted once for both
+        whole = _whole_months(monthly_usage, contract_starts)
+        usage = _with_previous(whole, "value")  # sorted once for both families
         parts.append(
             _month_over_month(
                 usage,
