@@ -213,10 +213,7 @@ def _silent_accounts(
         .with_columns(pl.col("metric").list.sort())
     )
     found = []
-    for (level_set,), group in levels.group_by(
-        pl.col("metric").list.join("\u001f"), maintain_order=True
-    ):
-        excluded = [m for m in str(level_set).split("\u001f") if m]
+    for (excluded,), group in levels.group_by("metric", maintain_order=True):
         used = act["usage"].filter((pl.col("value") > 0) & ~pl.col("metric").is_in(excluded))
         active_days = pl.concat(
             [
