@@ -92,6 +92,46 @@ def test_gradual_trend_found_within_six_weeks(rate: float, kind: str) -> None:
     assert others.height <= 1
 
 
+def _noisy(customers: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Day-to-day noise of real usage (lognormal, ~30%), far above the counts' Poisson noise."""
+    return {i: rng.lognormal(0.0, 0.3, DAYS) for i in range(customers)}
+
+
+def test_noisy_gradual_decline_found_though_weeks_do_not_fall_in_a_row() -> None:
+    """A decline of 7% a week for 9 weeks in usage with 30% day-to-day noise seldom falls three
+    weeks in a row (that rule found 10 of 30, and one clean account); the trend across the
+    weeks is found in most accounts, never before two weeks of it, and clean ones stay quiet."""
+    found_planted = clean_alarms = 0
+    for seed in (1, 2, 3):
+        rng = np.random.default_rng(100 + seed)
+        multipliers = _noisy(40, rng)
+        for i in range(10):
+            multipliers[i] = multipliers[i] * ramp(DAYS, 160, -0.07, weeks=9)
+        usage = usage_series(40, DAYS, END, multipliers=multipliers, seed=seed)
+        declines = _trends(usage, day_of(160), END).filter(pl.col("type") == "declining_usage")
+        planted = pl.col("customer_id").is_in([f"C{i:04d}" for i in range(10)])
+        first = declines.filter(planted).group_by("customer_id").agg(pl.col("partition_date").min())
+        assert first["partition_date"].min() >= day_of(160) + timedelta(days=14)
+        found_planted += first.height
+        clean_alarms += declines.filter(~planted)["customer_id"].n_unique()
+    assert found_planted >= 15, f"{found_planted} of 30 slow declines found"
+    assert clean_alarms == 0, f"{clean_alarms} of 90 clean accounts declining"
+
+
+def test_a_small_step_down_or_one_bad_week_is_not_a_declining_trend() -> None:
+    """A level that dropped 20% once and stayed, and a single bad week in a flat series, are
+    not a decline across the weeks (a line fitted through the step would call it a 40% slide),
+    while a 40% step that stays is one: the weeks after it all sit below the weeks before."""
+    week_off = np.ones(DAYS)
+    week_off[200:207] = 0.3
+    multipliers = {1: step(DAYS, 205, 0.8), 2: week_off, 3: step(DAYS, 205, 0.6)}
+    usage = usage_series(20, DAYS, END, multipliers=multipliers, seed=8)
+    declines = _trends(usage, day_of(170), END).filter(pl.col("type") == "declining_usage")
+    assert set(declines["customer_id"]) == {"C0003"}
+    facts = declines["facts"].str.json_decode()
+    assert facts.struct.field("change_pct").is_between(-45, -35).all()
+
+
 def test_no_look_ahead_same_result_on_cut_source() -> None:
     usage = usage_series(40, DAYS, END, multipliers={2: step(DAYS, 200, 0.3)}, seed=9)
     day = day_of(205)
@@ -144,8 +184,16 @@ def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
         UsageSettings(min_effect=0.1),
         UsageSettings(trend_consecutive_weeks=0),
         UsageSettings(trend_consecutive_weeks=6),
+        UsageSettings(decline_weeks=14),
     ],
-    ids=["default", "longer-window", "smaller-effect", "no-run-needed", "run-longer-than-window"],
+    ids=[
+        "default",
+        "longer-window",
+        "smaller-effect",
+        "no-run-needed",
+        "run-longer-than-window",
+        "long-decline-window",
+    ],
 )
 def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
     """The trend signals computed on the candidate rows only (the pipeline's path) are those of
@@ -173,7 +221,10 @@ def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
     ).with_columns(pl.lit("C0999").alias("customer_id"))
     usage = pl.concat([usage, young, small, small_step])
     # A NaN value (rejected at the source, not by the detectors) gives the same signals too.
-    nan_day = (pl.col("customer_id") == "C0010") & (pl.col("date") == day_of(225))
+    # (one 14 days before the end; one 84, in a decline, where only a long window reaches)
+    nan_day = ((pl.col("customer_id") == "C0010") & (pl.col("date") == day_of(225))) | (
+        (pl.col("customer_id") == "C0002") & (pl.col("date") == day_of(155))
+    )
     nan_value = pl.when(nan_day).then(float("nan")).otherwise("value").alias("value")
     usage = usage.with_columns(nan_value)
     first = day_of(120)
@@ -217,6 +268,10 @@ def test_a_trend_window_too_short_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"usage\.trend_weeks=2"):
         Settings.from_dict({"usage": {"trend_weeks": 2}})
     assert Settings.from_dict({"usage": {"trend_weeks": 3}}).usage.trend_weeks == 3
+    with pytest.raises(ValueError, match=r"usage\.decline_weeks=3"):
+        Settings.from_dict({"usage": {"decline_weeks": 3}})
+    with pytest.raises(ValueError, match=r"usage\.decline_alpha=0"):
+        Settings.from_dict({"usage": {"decline_alpha": 0}})
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

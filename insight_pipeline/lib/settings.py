@@ -50,17 +50,30 @@ class UsageSettings:
     (`RiskSettings.level_change`), are measured on: the median of 500 accounts' residuals moves
     ~2% by chance, far below `population_shift`; ~0.1 s of a run (10k accounts: 5% of them)."""
     trend_weeks: int = 6
-    """Weeks in the trend window (week sums ending on the partition day)."""
+    """Weeks in the adoption trend's window (week sums ending on the partition day)."""
     trend_consecutive_weeks: int = 3
-    """Consecutive week-over-week rises (or falls) needed (the contract's default)."""
+    """Consecutive week-over-week rises needed for adoption_trend (the contract's default)."""
     min_trend_change: float = 0.25
-    """Minimum total relative change across the consecutive weeks."""
+    """Minimum total relative change of a trend (across the consecutive rises of an adoption
+    trend; from the first two to the last two weeks of a declining_usage's window)."""
     trend_t: float = 3.0
-    """Minimum |t| of the log-linear weekly slope over the trend window."""
+    """Minimum t of the log-linear weekly slope over the adoption trend's window."""
     trend_z: float = 3.0
-    """Minimum size of the run's total log change in units of the account's own robust
+    """Minimum size of a trend's total log change in units of the account's own robust
     week-over-week variability (MAD of past weekly log changes): growth a noisy account shows
     every other month is not a trend."""
+    decline_weeks: int = 8
+    """Weekly totals (ending on the partition day) a declining_usage is judged over: the
+    contract asks for a sustained downward trend across weeks, which noise seldom lets fall
+    week after week, so the fall is tested on the whole window (Mann-Kendall) and measured
+    from its first two weeks to its last two."""
+    decline_z: float = 3.0
+    """Minimum fall of a declining_usage's last two weeks below its first two, in units of the
+    account's own robust week-over-week variability (log scale): a slow wander of a noisy
+    account that happens to order its weeks is not a decline."""
+    decline_alpha: float = 0.01
+    """One-sided significance of the Mann-Kendall test of a fall across the `decline_weeks`
+    weekly totals (8 weeks: at least 24 of the 28 week pairs lower later, ties aside)."""
     min_shape_shift: float = 0.12
     """Absolute change in the weekend share of weekly usage that counts as a new weekly shape."""
     shape_z: float = 5.0
@@ -73,6 +86,15 @@ class UsageSettings:
             raise ValueError(
                 f"usage.trend_weeks={self.trend_weeks}: at least 3 weeks are needed (a new "
                 "pattern compares the last three weeks; the trend's slope needs a standard error)"
+            )
+        if not 4 <= self.decline_weeks <= 16:
+            raise ValueError(
+                f"usage.decline_weeks={self.decline_weeks}: between 4 (a trend test needs more "
+                "pairs of weeks than that) and 16 (the usage look-back holds 16 weeks)"
+            )
+        if not 0 < self.decline_alpha < 0.5:
+            raise ValueError(
+                f"usage.decline_alpha={self.decline_alpha}: a significance in (0, 0.5)"
             )
 
 

@@ -11,9 +11,13 @@ Statistics, all vectorised over every customer x metric at once:
   `persistence_days` consecutive deviating days in the same direction; a single-day spike needs
   |z| > `single_day_z`. Requiring both a z-score and an effect size, plus persistence, is what
   keeps clean accounts quiet: on daily data the bare 2-sigma rule fires several times a month.
-- trends: week sums over 7-day blocks ending on D; `trend_consecutive_weeks` rises (falls) in a
-  row, a total change of at least `min_trend_change`, and a log-linear slope over
-  `trend_weeks` weeks whose t-statistic passes `trend_t`.
+- adoption trends: week sums over 7-day blocks ending on D; `trend_consecutive_weeks` rises in
+  a row (the contract's definition), a total change of at least `min_trend_change`, and a
+  log-linear slope over `trend_weeks` weeks whose t-statistic passes `trend_t`;
+- declining usage: the `decline_weeks` week sums ending on D fall by a one-sided Mann-Kendall
+  test (rank-based: one odd week neither makes nor breaks it, where "three falls in a row"
+  breaks on any noisy week), and the window's last two weeks sit at least `min_trend_change`
+  and `decline_z` of the account's own weekly variability below its first two.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -680,8 +685,10 @@ def _trend_stats_of_grid(
     median and the wide frame for the rows no test could pass."""
     s = settings
     k = s.trend_weeks
-    week = [f"w{i}" for i in range(k)]  # w0 = the 7 days ending on D, w1 the week before...
-    log_week = [f"_log_w{i}" for i in range(k)]  # log1p of each
+    kd = s.decline_weeks
+    n_weeks = max(k, kd)
+    week = [f"w{i}" for i in range(n_weeks)]  # w0 = the 7 days ending on D, w1 the week before
+    log_week = [f"_log_w{i}" for i in range(n_weeks)]  # log1p of each
     # Rolling sums need every day of a series; everything else only the rows of [start, end]
     # (`wanted`), so those are taken out first and the week sums gathered at their lags.
     # ... and of those only the rows with all k weeks inside their series (the others would be
@@ -730,9 +737,16 @@ def _trend_stats_of_grid(
         .with_columns(
             pl.Series("w0", w0[wanted], nan_to_null=True),
             pl.Series("history_days", np.minimum(grid.position[wanted], HISTORY_CAP)),
-            # every wanted row has its k weeks inside its series: plain gathers at the lags
-            *[pl.Series(week[i], w0[wanted - 7 * i], nan_to_null=True) for i in range(1, k)],
-            *[pl.Series(log_week[i], log_w0[wanted - 7 * i], nan_to_null=True) for i in range(k)],
+            # every wanted row has its k weeks inside its series (plain gathers at the lags);
+            # a decline window longer than that is null where the series is younger
+            *[
+                pl.Series(week[i], _week_at(w0, grid.position, wanted, i))
+                for i in range(1, n_weeks)
+            ],
+            *[
+                pl.Series(log_week[i], _week_at(log_w0, grid.position, wanted, i))
+                for i in range(n_weeks)
+            ],
             (scale * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale"),
             pl.Series("weekend_share_sd", share_sd, nan_to_null=True),
             picked["recent3"],
@@ -753,26 +767,20 @@ def _trend_stats_of_grid(
         return frame.drop("value", "_we_recent", "_we_prior", *log_week).rename(
             {"date": "partition_date"}
         )
-    # Consecutive rises (falls) counted back from the latest week.
+    # Consecutive rises counted back from the latest week.
     rises = pl.lit(0, dtype=pl.Int32)
-    falls = pl.lit(0, dtype=pl.Int32)
     still_rising = pl.lit(True)
-    still_falling = pl.lit(True)
     for i in range(k - 1):
-        up = pl.col(week[i]) > pl.col(week[i + 1])
-        down = pl.col(week[i]) < pl.col(week[i + 1])
-        still_rising = still_rising & up
-        still_falling = still_falling & down
+        still_rising = still_rising & (pl.col(week[i]) > pl.col(week[i + 1]))
         rises = rises + still_rising.cast(pl.Int32)
-        falls = falls + still_falling.cast(pl.Int32)
     # OLS of log1p(week sum) on week index x = 0 (oldest) .. k-1 (latest).
     xs = [float(k - 1 - i) for i in range(k)]
     x_mean = sum(xs) / k
     sxx = sum((x - x_mean) ** 2 for x in xs)
-    ys = [pl.col(w) for w in log_week]
+    ys = [pl.col(w) for w in log_week[:k]]
     y_mean = pl.sum_horizontal(ys) / k
     slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
-    frame = frame.with_columns(rises.alias("weeks_up"), falls.alias("weeks_down"))
+    frame = frame.with_columns(rises.alias("weeks_up"), *_decline_stats(week[:kd], log_week[:kd]))
     frame = frame.with_columns(slope.alias("slope"), y_mean.alias("_ymean"))
     resid_ss = pl.sum_horizontal(
         [
@@ -781,7 +789,7 @@ def _trend_stats_of_grid(
         ]
     )
     se = (resid_ss / (k - 2) / sxx).sqrt().clip(lower_bound=1e-6)
-    run_weeks = pl.max_horizontal("weeks_up", "weeks_down")
+    run_weeks = pl.col("weeks_up")
 
     def run_base_of(columns: list[str]) -> pl.Expr:
         """The column of the week the run started from (the oldest when no run)."""
@@ -798,11 +806,58 @@ def _trend_stats_of_grid(
             pl.when(run_base > 0).then(pl.col("w0") / run_base - 1.0).alias("run_change"),
             run_base.alias("run_base"),
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
+            (pl.col("decline_log_change") / pl.col("weekly_scale")).alias("decline_z"),
         )
         .drop("_ymean", "value", "_we_recent", "_we_prior", *log_week)
         .rename({"date": "partition_date"})
         .rechunk()  # one chunk per column (see usage_baselines)
     )
+
+
+def _week_at(sums: np.ndarray, position: np.ndarray, wanted: np.ndarray, lag: int) -> pl.Series:
+    """The week sum ending `lag` weeks before each wanted row; null where that week is not
+    (wholly) inside the row's series."""
+    inside = position[wanted] >= 7 * lag + 6
+    values = np.where(inside, sums[np.maximum(wanted - 7 * lag, 0)], np.nan)
+    return pl.Series(values, nan_to_null=True)
+
+
+def _week_pairs(weeks: int) -> list[tuple[int, int]]:
+    """(later, earlier) week indices of every pair of weeks (index 0 = the latest week)."""
+    return [(i, j) for i in range(weeks) for j in range(i + 1, weeks)]
+
+
+def mann_kendall_threshold(weeks: int, alpha: float) -> int:
+    """The smallest Mann-Kendall S (pairs falling later minus pairs rising later) significant
+    at one-sided `alpha` among `weeks` values: the normal approximation with its continuity
+    correction, variance n(n-1)(2n+5)/18 (ties, rare in weekly sums, only make it stricter)."""
+    sd = math.sqrt(weeks * (weeks - 1) * (2 * weeks + 5) / 18)
+    return math.ceil(1 + NormalDist().inv_cdf(1 - alpha) * sd - 1e-9)
+
+
+def _decline_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
+    """The decline test's statistics over the given weeks (latest first): the pairs of weeks
+    lower (higher) later, Mann-Kendall's S (falls minus rises), and the weekly average of the
+    window's last two weeks and of its first two, with the log change between them (the
+    effect: a line fitted through a step would make a 20% step read as a 40% slide)."""
+    pairs = _week_pairs(len(week))
+    falls = pl.sum_horizontal(
+        [(pl.col(week[i]) < pl.col(week[j])).cast(pl.Int32) for i, j in pairs]
+    )
+    rises = pl.sum_horizontal(
+        [(pl.col(week[i]) > pl.col(week[j])).cast(pl.Int32) for i, j in pairs]
+    )
+    log_change = (
+        pl.col(log_week[0]) + pl.col(log_week[1]) - pl.col(log_week[-1]) - pl.col(log_week[-2])
+    ) / 2
+    complete = pl.col(week[-1]).is_not_null()  # every week of the window in the series
+    return [
+        pl.when(complete).then(falls).alias("decline_pairs"),
+        pl.when(complete).then(falls - rises).alias("decline_s"),
+        ((pl.col(week[0]) + pl.col(week[1])) / 2).alias("decline_recent"),
+        ((pl.col(week[-1]) + pl.col(week[-2])) / 2).alias("decline_base"),
+        log_change.alias("decline_log_change"),
+    ]
 
 
 PRIOR_WEEKS = 8
@@ -855,11 +910,10 @@ def _trend_candidates(
     # UsageSettings refuses less)
     weeks = [w0[wanted - 7 * i] for i in range(min(max(run + 1, 3), k))]
     if run < k:
-        rising = np.logical_and.reduce([weeks[i] > weeks[i + 1] for i in range(run)])
-        falling = np.logical_and.reduce([weeks[i] < weeks[i + 1] for i in range(run)])
-        moving = rising | falling
+        moving = np.logical_and.reduce([weeks[i] > weeks[i + 1] for i in range(run)])
     else:  # weeks_up counts at most k - 1 rises
         moving = np.zeros(wanted.size, dtype=bool)
+    moving |= _decline_candidates(w0, position, wanted, s)
 
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
@@ -890,6 +944,25 @@ def _trend_candidates(
     return enough & (moving | pattern | nan_sum)
 
 
+def _decline_candidates(
+    w0: np.ndarray, position: np.ndarray, wanted: np.ndarray, settings: UsageSettings
+) -> np.ndarray:
+    """The wanted rows whose decline window is whole and whose Mann-Kendall S passes (the
+    count of `_decline_stats`, exactly), or holds a NaN week (compared as polars does, by
+    `_decline_stats` itself). The S is counted on the rows with the whole window only."""
+    kd = settings.decline_weeks
+    rows = np.flatnonzero(position[wanted] >= 7 * kd - 1)
+    weeks = [w0[wanted[rows] - 7 * i] for i in range(kd)]
+    s = np.zeros(rows.size, dtype=np.int16)
+    for i, j in _week_pairs(kd):
+        s += weeks[i] < weeks[j]
+        s -= weeks[i] > weeks[j]
+    nan = np.logical_or.reduce([np.isnan(w) for w in weeks])
+    out = np.zeros(wanted.size, dtype=bool)
+    out[rows] = (s >= mann_kendall_threshold(kd, settings.decline_alpha)) | nan
+    return out
+
+
 def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     """adoption_trend (sustained weekly growth) and declining_usage (sustained weekly decline)."""
     s = settings
@@ -906,25 +979,22 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("run_z") >= s.trend_z)
     )
     down = (
-        enough
-        & (pl.col("weeks_down") >= s.trend_consecutive_weeks)
-        & (pl.col("run_change") <= -s.min_trend_change)
-        & (pl.col("t") <= -s.trend_t)
-        & (pl.col("run_z") <= -s.trend_z)
+        ~up
+        & (pl.col("decline_base") >= s.min_weekly_volume)
+        & (pl.col("decline_s") >= mann_kendall_threshold(s.decline_weeks, s.decline_alpha))
+        & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
+        & (pl.col("decline_z") <= -s.decline_z)
     )
-    hits = stats.filter(up | down)
     changes = detect_pattern_changes(stats.filter(~(up | down)), s)
+    declines = _declines(stats.filter(down), s)
+    hits = stats.filter(up)
     if hits.height == 0:
-        return changes
-    rising = pl.col("weeks_up") >= s.trend_consecutive_weeks
-    weeks = pl.when(rising).then(pl.col("weeks_up")).otherwise(pl.col("weeks_down"))
+        return pl.concat([declines, changes])
+    weeks = pl.col("weeks_up")
     pct = (pl.col("run_change") * 100).round(0)
     trends = conform(
         hits.with_columns(
-            pl.when(rising)
-            .then(pl.lit("adoption_trend"))
-            .otherwise(pl.lit("declining_usage"))
-            .alias("type"),
+            pl.lit("adoption_trend").alias("type"),
             pl.col("metric").alias("subject"),
             _severity_of_ratio(1.0 + pl.col("run_change")).alias("severity"),
             (pl.col("t").abs() / (2 * s.trend_t)).clip(0.2, 1.0).alias("confidence"),
@@ -962,7 +1032,59 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
             .alias("facts"),
         )
     )
-    return pl.concat([trends, changes])
+    return pl.concat([trends, declines, changes])
+
+
+def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """declining_usage signals of the rows that passed the decline test: the evidence says how
+    far the window's last two weeks sit below its first two and how many week pairs fell."""
+    kd = settings.decline_weeks
+    pairs = len(_week_pairs(kd))
+    ratio = pl.col("decline_recent") / pl.col("decline_base")
+    pct = ((ratio - 1.0) * 100).round(0)
+    weekly_pct = ((ratio.pow(1.0 / (kd - 2)) - 1.0) * 100).round(1)
+    return conform(
+        hits.with_columns(
+            pl.lit("declining_usage").alias("type"),
+            pl.col("metric").alias("subject"),
+            _severity_of_ratio(ratio).alias("severity"),
+            (-pl.col("decline_z") / (2 * settings.decline_z)).clip(0.2, 1.0).alias("confidence"),
+            evidence_list(
+                evidence_item(
+                    pl.format("{} per week, last 2 weeks", pl.col("metric")),
+                    pl.col("decline_recent").round(0),
+                    pl.format(
+                        "{} per week {} weeks earlier", pl.col("decline_base").round(0), kd - 2
+                    ),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.format("{} change over {} weeks (%)", pl.col("metric"), kd),
+                    pct,
+                    pl.lit("the last 2 weeks against the first 2"),
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.lit("week pairs lower later"),
+                    pl.col("decline_pairs"),
+                    pl.format("of {} (Mann-Kendall, one-sided {})", pairs, settings.decline_alpha),
+                    "usage_daily",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                pl.col("decline_recent").round(0).alias("last_week"),
+                pl.col("decline_base").round(0).alias("base_week"),
+                pl.lit(kd).alias("weeks"),
+                pct.alias("change_pct"),
+                weekly_pct.alias("weekly_rate_pct"),
+                pl.col("decline_pairs").alias("falling_pairs"),
+                pl.lit(pairs).alias("pairs"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
 
 
 def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
