@@ -3,6 +3,7 @@ customer within the stated delay, clean customers stay quiet, and nothing after 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -386,6 +387,30 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
         "direction"
     ].to_list() == [0, 0, 0]
+
+
+def test_a_small_books_shared_outage_is_the_populations_and_its_ordinary_days_are_not() -> None:
+    """A book of 12 noisy accounts (30% day-to-day) that all fall to 20% for three days: the
+    days are the population's (every account moved, which chance does not do), so no account
+    raises a drop; on ordinary days the median of 12 noisy accounts moves 15% now and then by
+    chance, and those days are not taken for the population's (without the sign test they are)."""
+    outage = {200: 0.2, 201: 0.2, 202: 0.2}
+    rng = np.random.default_rng(7)
+    multipliers = _noisy(12, rng)
+    for i in multipliers:
+        multipliers[i][list(outage)] *= 0.2
+    usage = usage_series(12, DAYS, END, multipliers=multipliers, seed=7)
+    first, last = day_of(150), END
+
+    population = population_shifts(usage, first, last, S)
+    assert set(population["date"]) == {day_of(d) for d in outage}
+    by_median_alone = population_shifts(usage, first, last, replace(S, population_alpha=1.0))
+    assert by_median_alone.height > population.height + 3
+    naive = _anomalies(usage, first, last).filter(pl.col("type") == "usage_drop")
+    assert naive["customer_id"].n_unique() >= 10  # judged alone, every account dropped
+    baselines = usage_baselines(usage, first, last, S, population=population)
+    drops = detect_usage_anomalies(baselines, S).filter(pl.col("type") == "usage_drop")
+    assert drops.height == 0
 
 
 def test_a_weekend_share_within_the_accounts_own_swings_is_no_new_pattern() -> None:

@@ -42,9 +42,15 @@ class UsageSettings:
     """A day on which a metric's median account moved this far from its own baseline (15% down
     or up, in log terms) is a day of the whole population - a holiday, a partial export, the
     product's outage - and each account is judged on its move beyond it. Half the minimum
-    effect: the median of 50+ accounts' residuals moves a few percent on an ordinary day."""
-    min_population_series: int = 50
-    """Accounts of a metric judged on a day needed to measure its population's move."""
+    effect: the median of hundreds of accounts' residuals moves a few percent on an ordinary day,
+    of a dozen more, hence the sign test (`population_alpha`)."""
+    min_population_series: int = 10
+    """Accounts of a metric judged on a day needed to measure its population's move (fewer
+    cannot pass the sign test below at 0.001 even when every one of them moved)."""
+    population_alpha: float = 0.001
+    """A population's move must also be shared: the accounts moving its way are more than a
+    fair coin would give with this probability (one-sided sign test). In a book of 14 accounts
+    13 must have moved; in one of 500 the median's move alone already says as much."""
     population_sample: int = 500
     """Accounts (a fixed hash sample) the population's move, and which metrics are levels
     (`RiskSettings.level_change`), are measured on: the median of 500 accounts' residuals moves

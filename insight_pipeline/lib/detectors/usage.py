@@ -22,6 +22,7 @@ Statistics, all vectorised over every customer x metric at once:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -351,7 +352,9 @@ def population_shifts(
     more: a holiday, a partial export or the product's own outage moves every account at once,
     and is no account's news. The shift is the median log residual (log1p(value) minus the
     baseline's log expectation) over the series judged that day, at least
-    `min_population_series` of them. `usage`: a sample of accounts (with their look-back)."""
+    `min_population_series` of them, and more of them moved its way than chance would give
+    (sign test at `population_alpha`): a small book's median moves by chance, its accounts do
+    not all move together. `usage`: a sample of accounts (with their look-back)."""
     s = settings
     first_judged = start - timedelta(days=s.persistence_days + 7)
     base = usage_baselines(usage, first_judged, end, s, churned)
@@ -362,10 +365,13 @@ def population_shifts(
             & (pl.col("expected") >= s.min_expected)
             & pl.col("y_expected").is_not_null()
         )
+        .with_columns((pl.col("value").log1p() - pl.col("y_expected")).alias("_residual"))
         .group_by("metric", "partition_date")
         .agg(
-            (pl.col("value").log1p() - pl.col("y_expected")).median().alias("population_shift"),
+            pl.col("_residual").median().alias("population_shift"),
             pl.len().alias("_series"),
+            (pl.col("_residual") > 0).sum().alias("_up"),
+            (pl.col("_residual") < 0).sum().alias("_down"),
         )
         .filter(
             (pl.col("_series") >= s.min_population_series)
@@ -376,7 +382,31 @@ def population_shifts(
         )
         .rename({"partition_date": "date"})
     )
+    critical = pl.DataFrame(
+        [
+            (n, sign_test_critical(n, s.population_alpha))
+            for n in shifts["_series"].unique().to_list()  # a few distinct book sizes
+        ],
+        schema={"_series": shifts["_series"].dtype, "_critical": pl.Int64},
+        orient="row",
+    )
+    shared = pl.when(pl.col("population_shift") > 0).then(pl.col("_up")).otherwise(
+        pl.col("_down")
+    ) >= pl.col("_critical")
+    shifts = shifts.join(critical, on="_series", how="left").filter(shared)
     return shifts.select(list(POPULATION_SCHEMA)).sort("metric", "date")
+
+
+@functools.cache
+def sign_test_critical(n: int, alpha: float) -> int:
+    """The fewest of `n` accounts moving one way that a fair coin per account reaches with
+    probability below `alpha` (exact binomial tail); n + 1 when no count does."""
+    total, tail = 2**n, 0
+    for k in range(n, -1, -1):
+        tail += math.comb(n, k)
+        if tail >= alpha * total:
+            return k + 1
+    return 0
 
 
 def _population_at(
