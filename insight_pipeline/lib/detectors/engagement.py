@@ -6,6 +6,7 @@ dark after a week. "Two-way contact" is a meeting held or an inbound communicati
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 
 import polars as pl
@@ -42,8 +43,10 @@ def two_way_events(meetings: pl.DataFrame, communications: pl.DataFrame) -> pl.D
 def detect_going_dark(
     events: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: EngagementSettings
 ) -> pl.DataFrame:
-    """Days since the last two-way contact beyond max(min_dark_days, multiplier x the account's
-    own median gap)."""
+    """Days since the last two-way contact beyond what the account's own rhythm explains:
+    max(min_dark_days, dark_multiplier x its median gap, long_gap_multiplier x its 95th
+    percentile gap, and the silence that contact at its mean rate (a Poisson process) leaves
+    with probability dark_alpha: ln(1/alpha) mean gaps)."""
     if events.height == 0:
         return empty_signals()
     # Distinct contact days sorted by (customer, date) through one integer key (the customer's
@@ -100,6 +103,7 @@ def detect_going_dark(
             .cast(pl.Int32)
             .rolling_sum_by("_key", window_size=window)
             .alias("gaps"),
+            pl.col("gap").rolling_mean_by("_key", window_size=window).alias("mean_gap"),
         )
         .filter("_read")
         .select(pl.lit(ids).gather("_c").alias("customer_id"), pl.exclude("_c", "_key", "_read"))
@@ -118,6 +122,7 @@ def detect_going_dark(
         pl.lit(float(s.min_dark_days)),
         s.dark_multiplier * pl.col("median_gap"),
         s.long_gap_multiplier * pl.col("long_gap"),
+        math.log(1 / s.dark_alpha) * pl.col("mean_gap"),
     )
     silent = (pl.col("partition_date") - pl.col("date")).dt.total_days()
     hits = joined.filter(
@@ -144,7 +149,24 @@ def detect_going_dark(
                     pl.lit("usual gap between contacts (days)"),
                     pl.col("median_gap"),
                     pl.format(
-                        "median of {} gaps in the last {} days", pl.col("gaps"), s.cadence_days
+                        "median of {} gaps, those of the {} days before the last contact",
+                        pl.col("gaps"),
+                        s.cadence_days,
+                    ),
+                    "meetings, communications",
+                ),
+                evidence_item(
+                    pl.lit("longest silence its own rhythm explains (days)"),
+                    pl.col("threshold").floor(),
+                    pl.format(
+                        "the longest of {} days, {}x its median gap, {}x its 95th-percentile "
+                        "gap, and the silence that contact at its mean pace leaves less than {} "
+                        "of the time (a contact every {} days)",
+                        s.min_dark_days,
+                        s.dark_multiplier,
+                        s.long_gap_multiplier,
+                        pl.lit(f"{s.dark_alpha:.1%}"),
+                        pl.col("mean_gap").round(1),
                     ),
                     "meetings, communications",
                 ),
