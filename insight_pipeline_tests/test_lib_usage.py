@@ -133,6 +133,23 @@ def test_a_small_step_down_or_one_bad_week_is_not_a_declining_trend() -> None:
     assert facts.struct.field("change_pct").is_between(-45, -35).all()
 
 
+def test_a_dips_recovery_rising_three_weeks_is_not_adoption() -> None:
+    """Usage at 110% until seven weeks ago, then a dip to 65% and five weekly rises back to
+    120%: five rises in a row, +85% and a clean log-linear fit over six weeks, but no sustained
+    rise across the weeks (usage is back where it was), so no adoption_trend; the same six
+    weeks after a level as low as the dip are one."""
+    recovery = np.full(DAYS, 1.1)
+    growth = np.full(DAYS, 0.65)
+    for weeks_back, level in enumerate([1.2, 1.05, 0.95, 0.85, 0.75, 0.65]):
+        days = slice(DAYS - 7 * weeks_back - 7, DAYS - 7 * weeks_back)
+        recovery[days] = growth[days] = level
+    usage = usage_series(10, DAYS, END, level=1000.0, multipliers={1: recovery, 2: growth}, seed=6)
+    stats = weekly_trend_stats(usage, END, END, S)
+    assert stats.filter(pl.col("customer_id") == "C0001")["weeks_up"].item() == 5
+    adoption = detect_usage_trends(stats, S).filter(pl.col("type") == "adoption_trend")
+    assert adoption["customer_id"].to_list() == ["C0002"]
+
+
 def test_no_look_ahead_same_result_on_cut_source() -> None:
     usage = usage_series(40, DAYS, END, multipliers={2: step(DAYS, 200, 0.3)}, seed=9)
     day = day_of(205)
@@ -185,7 +202,7 @@ def test_baselines_and_trends_from_one_grid_equal_each_on_its_own() -> None:
         UsageSettings(min_effect=0.1),
         UsageSettings(trend_consecutive_weeks=0),
         UsageSettings(trend_consecutive_weeks=6),
-        UsageSettings(decline_weeks=14),
+        UsageSettings(trend_test_weeks=14),
     ],
     ids=[
         "default",
@@ -269,10 +286,10 @@ def test_a_trend_window_too_short_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"usage\.trend_weeks=2"):
         Settings.from_dict({"usage": {"trend_weeks": 2}})
     assert Settings.from_dict({"usage": {"trend_weeks": 3}}).usage.trend_weeks == 3
-    with pytest.raises(ValueError, match=r"usage\.decline_weeks=3"):
-        Settings.from_dict({"usage": {"decline_weeks": 3}})
-    with pytest.raises(ValueError, match=r"usage\.decline_alpha=0"):
-        Settings.from_dict({"usage": {"decline_alpha": 0}})
+    with pytest.raises(ValueError, match=r"usage\.trend_test_weeks=3"):
+        Settings.from_dict({"usage": {"trend_test_weeks": 3}})
+    with pytest.raises(ValueError, match=r"usage\.trend_alpha=0"):
+        Settings.from_dict({"usage": {"trend_alpha": 0}})
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

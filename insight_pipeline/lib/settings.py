@@ -68,18 +68,20 @@ class UsageSettings:
     """Minimum size of a trend's total log change in units of the account's own robust
     week-over-week variability (MAD of past weekly log changes): growth a noisy account shows
     every other month is not a trend."""
-    decline_weeks: int = 8
-    """Weekly totals (ending on the partition day) a declining_usage is judged over: the
-    contract asks for a sustained downward trend across weeks, which noise seldom lets fall
-    week after week, so the fall is tested on the whole window (Mann-Kendall) and measured
-    from its first two weeks to its last two."""
+    trend_test_weeks: int = 8
+    """Weekly totals (ending on the partition day) both trends are tested over (Mann-Kendall):
+    the contract asks for a sustained trend across weeks. A decline is judged on this window
+    alone (noise seldom lets usage fall week after week, however steadily it declines), and
+    measured from its first two weeks to its last two; a rise needs the contract's consecutive
+    rises too, and this test keeps a dip's recovery and a last week's burst from passing for
+    adoption."""
+    trend_alpha: float = 0.01
+    """One-sided significance of the Mann-Kendall test across the `trend_test_weeks` weekly
+    totals (8 weeks: at least 24 of the 28 week pairs lower (higher) later, ties aside)."""
     decline_z: float = 3.0
     """Minimum fall of a declining_usage's last two weeks below its first two, in units of the
     account's own robust week-over-week variability (log scale): a slow wander of a noisy
     account that happens to order its weeks is not a decline."""
-    decline_alpha: float = 0.01
-    """One-sided significance of the Mann-Kendall test of a fall across the `decline_weeks`
-    weekly totals (8 weeks: at least 24 of the 28 week pairs lower later, ties aside)."""
     min_shape_shift: float = 0.12
     """Absolute change in the weekend share of weekly usage that counts as a new weekly shape."""
     shape_z: float = 5.0
@@ -93,15 +95,13 @@ class UsageSettings:
                 f"usage.trend_weeks={self.trend_weeks}: at least 3 weeks are needed (a new "
                 "pattern compares the last three weeks; the trend's slope needs a standard error)"
             )
-        if not 4 <= self.decline_weeks <= 16:
+        if not 4 <= self.trend_test_weeks <= 16:
             raise ValueError(
-                f"usage.decline_weeks={self.decline_weeks}: between 4 (a trend test needs more "
-                "pairs of weeks than that) and 16 (the usage look-back holds 16 weeks)"
+                f"usage.trend_test_weeks={self.trend_test_weeks}: between 4 (a trend test needs "
+                "more pairs of weeks than that) and 16 (the usage look-back holds 16 weeks)"
             )
-        if not 0 < self.decline_alpha < 0.5:
-            raise ValueError(
-                f"usage.decline_alpha={self.decline_alpha}: a significance in (0, 0.5)"
-            )
+        if not 0 < self.trend_alpha < 0.5:
+            raise ValueError(f"usage.trend_alpha={self.trend_alpha}: a significance in (0, 0.5)")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ Statistics, all vectorised over every customer x metric at once:
   |z| > `single_day_z`. Requiring both a z-score and an effect size, plus persistence, is what
   keeps clean accounts quiet: on daily data the bare 2-sigma rule fires several times a month.
 - adoption trends: week sums over 7-day blocks ending on D; `trend_consecutive_weeks` rises in
-  a row (the contract's definition), a total change of at least `min_trend_change`, and a
-  log-linear slope over `trend_weeks` weeks whose t-statistic passes `trend_t`;
-- declining usage: the `decline_weeks` week sums ending on D fall by a one-sided Mann-Kendall
+  a row (the contract's definition), a total change of at least `min_trend_change`, a
+  log-linear slope over `trend_weeks` weeks whose t-statistic passes `trend_t`, and a rise
+  across the `trend_test_weeks` week sums by the one-sided Mann-Kendall test below (a dip's
+  recovery or a last week's burst also rises three weeks in a row);
+- declining usage: the `trend_test_weeks` week sums ending on D fall by a one-sided Mann-Kendall
   test (rank-based: one odd week neither makes nor breaks it, where "three falls in a row"
   breaks on any noisy week), and the window's last two weeks sit at least `min_trend_change`
   and `decline_z` of the account's own weekly variability below its first two.
@@ -715,7 +717,7 @@ def _trend_stats_of_grid(
     median and the wide frame for the rows no test could pass."""
     s = settings
     k = s.trend_weeks
-    kd = s.decline_weeks
+    kd = s.trend_test_weeks
     n_weeks = max(k, kd)
     week = [f"w{i}" for i in range(n_weeks)]  # w0 = the 7 days ending on D, w1 the week before
     log_week = [f"_log_w{i}" for i in range(n_weeks)]  # log1p of each
@@ -866,7 +868,7 @@ def mann_kendall_threshold(weeks: int, alpha: float) -> int:
 
 
 def _decline_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
-    """The decline test's statistics over the given weeks (latest first): the pairs of weeks
+    """The trend test's statistics over the given weeks (latest first): the pairs of weeks
     lower (higher) later, Mann-Kendall's S (falls minus rises), and the weekly average of the
     window's last two weeks and of its first two, with the log change between them (the
     effect: a line fitted through a step would make a 20% step read as a 40% slide)."""
@@ -883,6 +885,7 @@ def _decline_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
     complete = pl.col(week[-1]).is_not_null()  # every week of the window in the series
     return [
         pl.when(complete).then(falls).alias("decline_pairs"),
+        pl.when(complete).then(rises).alias("rise_pairs"),
         pl.when(complete).then(falls - rises).alias("decline_s"),
         ((pl.col(week[0]) + pl.col(week[1])) / 2).alias("decline_recent"),
         ((pl.col(week[-1]) + pl.col(week[-2])) / 2).alias("decline_base"),
@@ -980,7 +983,7 @@ def _decline_candidates(
     """The wanted rows whose decline window is whole and whose Mann-Kendall S passes (the
     count of `_decline_stats`, exactly), or holds a NaN week (compared as polars does, by
     `_decline_stats` itself). The S is counted on the rows with the whole window only."""
-    kd = settings.decline_weeks
+    kd = settings.trend_test_weeks
     rows = np.flatnonzero(position[wanted] >= 7 * kd - 1)
     weeks = [w0[wanted[rows] - 7 * i] for i in range(kd)]
     s = np.zeros(rows.size, dtype=np.int16)
@@ -989,7 +992,7 @@ def _decline_candidates(
         s -= weeks[i] > weeks[j]
     nan = np.logical_or.reduce([np.isnan(w) for w in weeks])
     out = np.zeros(wanted.size, dtype=bool)
-    out[rows] = (s >= mann_kendall_threshold(kd, settings.decline_alpha)) | nan
+    out[rows] = (s >= mann_kendall_threshold(kd, settings.trend_alpha)) | nan
     return out
 
 
@@ -1007,11 +1010,12 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("run_change") >= s.min_trend_change)
         & (pl.col("t") >= s.trend_t)
         & (pl.col("run_z") >= s.trend_z)
+        & (-pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
     )
     down = (
         ~up
         & (pl.col("decline_base") >= s.min_weekly_volume)
-        & (pl.col("decline_s") >= mann_kendall_threshold(s.decline_weeks, s.decline_alpha))
+        & (pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
         & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
         & (pl.col("decline_z") <= -s.decline_z)
     )
@@ -1049,6 +1053,17 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
                     ),
                     "usage_daily",
                 ),
+                evidence_item(
+                    pl.lit("week pairs higher later"),
+                    pl.col("rise_pairs"),
+                    pl.format(
+                        "of {} over {} weeks (Mann-Kendall, one-sided {})",
+                        len(_week_pairs(s.trend_test_weeks)),
+                        s.trend_test_weeks,
+                        s.trend_alpha,
+                    ),
+                    "usage_daily",
+                ),
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
@@ -1068,7 +1083,7 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
 def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     """declining_usage signals of the rows that passed the decline test: the evidence says how
     far the window's last two weeks sit below its first two and how many week pairs fell."""
-    kd = settings.decline_weeks
+    kd = settings.trend_test_weeks
     pairs = len(_week_pairs(kd))
     ratio = pl.col("decline_recent") / pl.col("decline_base")
     pct = ((ratio - 1.0) * 100).round(0)
@@ -1097,7 +1112,7 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
                 evidence_item(
                     pl.lit("week pairs lower later"),
                     pl.col("decline_pairs"),
-                    pl.format("of {} (Mann-Kendall, one-sided {})", pairs, settings.decline_alpha),
+                    pl.format("of {} (Mann-Kendall, one-sided {})", pairs, settings.trend_alpha),
                     "usage_daily",
                 ),
             ).alias("evidence"),
