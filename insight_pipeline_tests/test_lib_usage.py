@@ -13,10 +13,13 @@ import pytest
 from insight_pipeline.lib.detectors.usage import (
     _grid_until,
     _lagged_median,
+    _mann_kendall_s,
+    _mann_kendall_s_at,
     _series_rolling_median,
     _trend_stats_of_grid,
     detect_usage_anomalies,
     detect_usage_trends,
+    mann_kendall_threshold,
     population_shifts,
     rows_since,
     series_starts,
@@ -261,6 +264,30 @@ def test_trend_candidates_keep_every_signal(settings: UsageSettings) -> None:
         assert candidates.height < full.height / 2
 
 
+@pytest.mark.parametrize("weeks", [6, 8, 16])
+def test_mann_kendall_counted_by_lag_over_the_grid_equals_counting_each_rows_pairs(
+    weeks: int,
+) -> None:
+    """The two ways to count the trend test's S (falls minus rises) and NaN weeks - each row's
+    pairs of week sums gathered (a day's run), or each lag compared once over the whole grid
+    and added in at its offsets (a range) - agree on every row with its weeks in its series:
+    series of many lengths, tied sums, NaN sums, rising and falling ones."""
+    rng = np.random.default_rng(weeks)
+    lengths = rng.integers(1, 200, 150)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    direction = np.repeat(rng.choice([-1.0, 0.0, 1.0], lengths.size), lengths)
+    w0 = np.round(rng.gamma(2.0, 5.0, position.size)) + 0.2 * position * direction
+    w0[rng.random(position.size) < 0.01] = np.nan
+    rows = np.flatnonzero(position >= 7 * weeks - 1)
+    over_grid = [a[rows] for a in _mann_kendall_s(w0, weeks)]
+    per_row = _mann_kendall_s_at(w0, rows, weeks)
+    np.testing.assert_array_equal(over_grid[0], per_row[0])
+    np.testing.assert_array_equal(over_grid[1], per_row[1])
+    threshold = mann_kendall_threshold(weeks, 0.01)
+    assert per_row[0].max() >= threshold and per_row[0].min() <= -threshold
+    assert (per_row[1] > 0).any() and (per_row[0] == 0).any()
+
+
 def test_rows_since_with_series_starts_learnt_once() -> None:
     """`rows_since` with the series' first days given (learnt from the whole window, in one pass
     for all parts and spans) yields the rows it finds by reading the older rows itself: series
@@ -290,6 +317,10 @@ def test_a_trend_window_too_short_is_refused_by_name() -> None:
         Settings.from_dict({"usage": {"trend_test_weeks": 3}})
     with pytest.raises(ValueError, match=r"usage\.trend_alpha=0"):
         Settings.from_dict({"usage": {"trend_alpha": 0}})
+    # 5 weeks have 10 pairs: none of their orderings is significant at 1%
+    with pytest.raises(ValueError, match=r"usage\.trend_test_weeks=5: too few weeks"):
+        Settings.from_dict({"usage": {"trend_test_weeks": 5}})
+    assert Settings.from_dict({"usage": {"trend_test_weeks": 5, "trend_alpha": 0.05}})
 
 
 def test_missing_rows_count_as_zero_usage() -> None:

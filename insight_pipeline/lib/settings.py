@@ -102,6 +102,14 @@ class UsageSettings:
             )
         if not 0 < self.trend_alpha < 0.5:
             raise ValueError(f"usage.trend_alpha={self.trend_alpha}: a significance in (0, 0.5)")
+        from insight_pipeline.lib.detectors.usage import mann_kendall_threshold  # (a cycle)
+
+        pairs = self.trend_test_weeks * (self.trend_test_weeks - 1) // 2
+        if mann_kendall_threshold(self.trend_test_weeks, self.trend_alpha) > pairs:
+            raise ValueError(
+                f"usage.trend_test_weeks={self.trend_test_weeks}: too few weeks for any trend to "
+                f"be significant at usage.trend_alpha={self.trend_alpha}"
+            )
 
 
 @dataclass(frozen=True)

@@ -982,18 +982,55 @@ def _decline_candidates(
 ) -> np.ndarray:
     """The wanted rows whose decline window is whole and whose Mann-Kendall S passes (the
     count of `_decline_stats`, exactly), or holds a NaN week (compared as polars does, by
-    `_decline_stats` itself). The S is counted on the rows with the whole window only."""
+    `_decline_stats` itself)."""
     kd = settings.trend_test_weeks
-    rows = np.flatnonzero(position[wanted] >= 7 * kd - 1)
-    weeks = [w0[wanted[rows] - 7 * i] for i in range(kd)]
-    s = np.zeros(rows.size, dtype=np.int16)
-    for i, j in _week_pairs(kd):
-        s += weeks[i] < weeks[j]
-        s -= weeks[i] > weeks[j]
-    nan = np.logical_or.reduce([np.isnan(w) for w in weeks])
+    whole = np.flatnonzero(position[wanted] >= 7 * kd - 1)
+    rows = wanted[whole]
+    if rows.size * 4 < w0.size:  # a day or a few of a long look-back: only their weeks
+        falls_minus_rises, nan_weeks = _mann_kendall_s_at(w0, rows, kd)
+    else:  # a range: every lag compared once over the grid
+        falls_minus_rises, nan_weeks = (a[rows] for a in _mann_kendall_s(w0, kd))
     out = np.zeros(wanted.size, dtype=bool)
-    out[rows] = (s >= mann_kendall_threshold(kd, settings.trend_alpha)) | nan
+    passes = falls_minus_rises >= mann_kendall_threshold(kd, settings.trend_alpha)
+    out[whole] = passes | (nan_weeks > 0)
     return out
+
+
+def _mann_kendall_s_at(w0: np.ndarray, rows: np.ndarray, weeks: int) -> tuple[np.ndarray, ...]:
+    """`_mann_kendall_s` at the given rows only (each with its `weeks` weeks in its series),
+    their week sums gathered and compared pair by pair."""
+    sums = [w0[rows - 7 * i] for i in range(weeks)]
+    total = np.zeros(rows.size, dtype=np.int16)
+    for i, j in _week_pairs(weeks):
+        total += sums[i] < sums[j]
+        total -= sums[i] > sums[j]
+    return total, np.sum([np.isnan(w) for w in sums], axis=0, dtype=np.int16)
+
+
+def _mann_kendall_s(w0: np.ndarray, weeks: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every row t of the grid: Mann-Kendall's S of the week sums ending on t, t - 7, ...
+    (`weeks` of them) as falls minus rises (pairs lower later minus pairs higher later), and
+    how many of them are NaN. The pair of weeks ending on t - 7i and t - 7i - 7d compares the
+    same two sums as row t - 7i's pair at lag d, so each lag's comparisons are made once over
+    the whole grid and added in at their offsets: contiguous arrays, no gather per row and pair
+    (a year's range has ~20M rows). Meaningful where the row's series holds all the weeks
+    (position >= 7 weeks - 1)."""
+    n = w0.size
+    total = np.zeros(n, dtype=np.int16)  # |S| <= weeks (weeks - 1) / 2 = 120 at 16 weeks
+    sign = np.zeros(n, dtype=np.int16)
+    for d in range(1, weeks):
+        lag = 7 * d
+        if n <= lag:
+            break
+        later, earlier = w0[lag:], w0[:-lag]
+        np.subtract(later < earlier, later > earlier, out=sign[lag:], dtype=np.int16)
+        for i in range(weeks - d):  # the pair (i, i + d) of row t is this lag's pair at t - 7i
+            total[7 * i :] += sign[: n - 7 * i]
+    nan = np.isnan(w0)
+    nan_weeks = np.zeros(n, dtype=np.int16)
+    for i in range(weeks):
+        nan_weeks[7 * i :] += nan[: n - 7 * i]
+    return total, nan_weeks
 
 
 def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
