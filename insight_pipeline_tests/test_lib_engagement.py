@@ -8,6 +8,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 
 from insight_pipeline.lib.detectors.engagement import detect_going_dark
 from insight_pipeline.lib.settings import EngagementSettings
@@ -58,3 +59,11 @@ def test_chance_silences_of_random_contact_are_not_going_dark() -> None:
     assert 21 < delays.min() and delays.median() <= 40
     false_alarms = first_alarm.filter(~stopped).height
     assert false_alarms < (n - dark) / 14, f"{false_alarms} of {n - dark} in touch called dark"
+
+
+def test_a_going_dark_significance_outside_0_1_is_refused_by_name() -> None:
+    from insight_pipeline.lib.settings import Settings
+
+    for alpha in (0, 1.5):
+        with pytest.raises(ValueError, match=r"engagement\.dark_alpha="):
+            Settings.from_dict({"engagement": {"dark_alpha": alpha}})

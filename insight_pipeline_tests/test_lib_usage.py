@@ -153,6 +153,23 @@ def test_a_dips_recovery_rising_three_weeks_is_not_adoption() -> None:
     assert adoption["customer_id"].to_list() == ["C0002"]
 
 
+def test_a_young_series_new_pattern_does_not_wait_for_a_long_trend_window() -> None:
+    """A level step in a series 80 days old is a new pattern on the same days whatever the
+    trend test's window: a window the series cannot fill yet (16 weeks) is no trend and no bar
+    to the pattern test."""
+    usage = usage_series(10, DAYS, END, level=400.0, multipliers={1: step(DAYS, 200, 1.8)}).filter(
+        pl.col("date") >= day_of(120)
+    )
+    changes = [
+        detect_usage_trends(weekly_trend_stats(usage, day_of(190), END, st), st)
+        .filter((pl.col("type") == "usage_pattern_change") & (pl.col("customer_id") == "C0001"))
+        .get_column("partition_date")
+        .to_list()
+        for st in (S, replace(S, trend_test_weeks=16))
+    ]
+    assert changes[0] and changes[0] == changes[1]
+
+
 def test_no_look_ahead_same_result_on_cut_source() -> None:
     usage = usage_series(40, DAYS, END, multipliers={2: step(DAYS, 200, 0.3)}, seed=9)
     day = day_of(205)

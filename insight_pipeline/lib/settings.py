@@ -205,6 +205,10 @@ class EngagementSettings:
     """Contacts that start within this many days of contract_start are onboarding, not a shift."""
     senior_roles: tuple[str, ...] = ("executive_sponsor", "decision_maker", "champion")
 
+    def __post_init__(self) -> None:
+        if not 0 < self.dark_alpha < 1:
+            raise ValueError(f"engagement.dark_alpha={self.dark_alpha}: a probability in (0, 1)")
+
 
 @dataclass(frozen=True)
 class RiskSettings:

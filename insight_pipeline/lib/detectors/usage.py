@@ -1048,14 +1048,14 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("t") >= s.trend_t)
         & (pl.col("run_z") >= s.trend_z)
         & (-pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
-    )
+    ).fill_null(False)  # (a statistic without history is no trend, and no bar to a pattern)
     down = (
         ~up
         & (pl.col("decline_base") >= s.min_weekly_volume)
         & (pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
         & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
         & (pl.col("decline_z") <= -s.decline_z)
-    )
+    ).fill_null(False)
     changes = detect_pattern_changes(stats.filter(~(up | down)), s)
     declines = _declines(stats.filter(down), s)
     hits = stats.filter(up)
