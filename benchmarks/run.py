@@ -726,6 +726,8 @@ def main() -> None:
                     if accounts > args.sqlite_backfill_max_accounts:
                         continue
                     runs = min(runs, args.sqlite_backfill_runs)
+                if runs <= 0:  # (--backfill-runs 0: daily runs only)
+                    continue
                 row["backfill"][instance] = run_pair(
                     "backfill",
                     ["--partition-range", backfill],
