@@ -84,8 +84,8 @@ FACTS: dict[str, dict[str, Any]] = {
         "contact_role": "executive sponsor", "started_on": "2026-06-02", "meetings_attended": 2,
     },
     "declining_usage": {
-        "metric": "seats_used", "last_week": 310.0, "base_week": 452.0, "weeks": 4,
-        "change_pct": -31.0, "weekly_rate_pct": -8.9,
+        "metric": "seats_used", "last_week": 310.0, "base_week": 452.0, "weeks": 8,
+        "change_pct": -31.0, "weekly_rate_pct": -6.1, "falling_pairs": 25, "pairs": 28,
     },
     "silent_account": {"days_silent": 35, "last_active": "2026-05-26"},
     "champion_left": {
@@ -643,6 +643,17 @@ def test_template_narratives_handle_missing_optional_facts() -> None:
     facts = {**FACTS["detractor_nps"], "comment": None}
     (text,) = TemplateNarrator().narrate([item("detractor_nps", facts)])
     assert "None" not in json.dumps(text)
+    # usage that fell to nothing has no weekly rate ("-100% a week"), only its fall
+    collapse = {**FACTS["declining_usage"], "last_week": 0.0, "change_pct": -100.0}
+    (text,) = TemplateNarrator().narrate(
+        [item("declining_usage", collapse | {"weekly_rate_pct": None})]
+    )
+    assert "None" not in json.dumps(text) and "about" not in text["summary"]
+    assert "-100%" in text["summary"] and "25 of 28" in text["summary"]
+    # facts stored before the trend test (three falls in a row) keep their own wording
+    old = {k: v for k, v in FACTS["declining_usage"].items() if k not in ("falling_pairs", "pairs")}
+    (text,) = TemplateNarrator().narrate([item("declining_usage", old | {"weeks": 3})])
+    assert "3 weeks in a row" in text["summary"] and "3 weeks in a row" in text["title"]
 
 
 def base_rate(n: int, k: int) -> dict[str, Any]:

@@ -1124,7 +1124,8 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     pairs = len(_week_pairs(kd))
     ratio = pl.col("decline_recent") / pl.col("decline_base")
     pct = ((ratio - 1.0) * 100).round(0)
-    weekly_pct = ((ratio.pow(1.0 / (kd - 2)) - 1.0) * 100).round(1)
+    # a fall to (almost) nothing is a collapse, not a weekly rate ("-100% a week")
+    weekly_pct = pl.when(ratio >= 0.05).then(((ratio.pow(1.0 / (kd - 2)) - 1.0) * 100).round(1))
     return conform(
         hits.with_columns(
             pl.lit("declining_usage").alias("type"),
