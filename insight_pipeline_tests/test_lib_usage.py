@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from insight_pipeline.lib.detectors.common import mann_kendall_threshold
 from insight_pipeline.lib.detectors.usage import (
     _grid_until,
     _lagged_median,
@@ -19,7 +20,6 @@ from insight_pipeline.lib.detectors.usage import (
     _trend_stats_of_grid,
     detect_usage_anomalies,
     detect_usage_trends,
-    mann_kendall_threshold,
     population_shifts,
     rows_since,
     series_starts,

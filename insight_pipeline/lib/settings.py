@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from insight_pipeline.lib.detectors.common import mann_kendall_threshold
+
 
 @dataclass(frozen=True)
 class UsageSettings:
@@ -102,8 +104,6 @@ class UsageSettings:
             )
         if not 0 < self.trend_alpha < 0.5:
             raise ValueError(f"usage.trend_alpha={self.trend_alpha}: a significance in (0, 0.5)")
-        from insight_pipeline.lib.detectors.usage import mann_kendall_threshold  # (a cycle)
-
         pairs = self.trend_test_weeks * (self.trend_test_weeks - 1) // 2
         if mann_kendall_threshold(self.trend_test_weeks, self.trend_alpha) > pairs:
             raise ValueError(

@@ -4,9 +4,11 @@ several integer columns."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cached_property
+from functools import cache, cached_property
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -259,3 +261,23 @@ def poisson_tail(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
         term = term * lam / (i + 1)
     out[some] = np.clip(1.0 - below, 0.0, 1.0)
     return out
+
+
+def mann_kendall_threshold(weeks: int, alpha: float) -> int:
+    """The smallest Mann-Kendall S (pairs falling later minus pairs rising later) significant
+    at one-sided `alpha` among `weeks` values: the normal approximation with its continuity
+    correction, variance n(n-1)(2n+5)/18 (ties, rare in weekly sums, only make it stricter)."""
+    sd = math.sqrt(weeks * (weeks - 1) * (2 * weeks + 5) / 18)
+    return math.ceil(1 + NormalDist().inv_cdf(1 - alpha) * sd - 1e-9)
+
+
+@cache
+def sign_test_critical(n: int, alpha: float) -> int:
+    """The fewest of `n` accounts moving one way that a fair coin per account reaches with
+    probability below `alpha` (exact binomial tail); n + 1 when no count does."""
+    total, tail = 2**n, 0
+    for k in range(n, -1, -1):
+        tail += math.comb(n, k)
+        if tail >= alpha * total:
+            return k + 1
+    return 0

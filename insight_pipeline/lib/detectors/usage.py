@@ -24,17 +24,16 @@ Statistics, all vectorised over every customer x metric at once:
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from statistics import NormalDist
 
 import numpy as np
 import polars as pl
 
+from insight_pipeline.lib.detectors.common import mann_kendall_threshold, sign_test_critical
 from insight_pipeline.lib.parallel import for_each_chunk
 from insight_pipeline.lib.settings import UsageSettings
 from insight_pipeline.lib.signals import conform, evidence_item
@@ -397,18 +396,6 @@ def population_shifts(
     ) >= pl.col("_critical")
     shifts = shifts.join(critical, on="_series", how="left").filter(shared)
     return shifts.select(list(POPULATION_SCHEMA)).sort("metric", "date")
-
-
-@functools.cache
-def sign_test_critical(n: int, alpha: float) -> int:
-    """The fewest of `n` accounts moving one way that a fair coin per account reaches with
-    probability below `alpha` (exact binomial tail); n + 1 when no count does."""
-    total, tail = 2**n, 0
-    for k in range(n, -1, -1):
-        tail += math.comb(n, k)
-        if tail >= alpha * total:
-            return k + 1
-    return 0
 
 
 def _population_at(
@@ -812,7 +799,9 @@ def _trend_stats_of_grid(
     ys = [pl.col(w) for w in log_week[:k]]
     y_mean = pl.sum_horizontal(ys) / k
     slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
-    frame = frame.with_columns(rises.alias("weeks_up"), *_decline_stats(week[:kd], log_week[:kd]))
+    frame = frame.with_columns(
+        rises.alias("weeks_up"), *_trend_test_stats(week[:kd], log_week[:kd])
+    )
     frame = frame.with_columns(slope.alias("slope"), y_mean.alias("_ymean"))
     resid_ss = pl.sum_horizontal(
         [
@@ -859,15 +848,7 @@ def _week_pairs(weeks: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(weeks) for j in range(i + 1, weeks)]
 
 
-def mann_kendall_threshold(weeks: int, alpha: float) -> int:
-    """The smallest Mann-Kendall S (pairs falling later minus pairs rising later) significant
-    at one-sided `alpha` among `weeks` values: the normal approximation with its continuity
-    correction, variance n(n-1)(2n+5)/18 (ties, rare in weekly sums, only make it stricter)."""
-    sd = math.sqrt(weeks * (weeks - 1) * (2 * weeks + 5) / 18)
-    return math.ceil(1 + NormalDist().inv_cdf(1 - alpha) * sd - 1e-9)
-
-
-def _decline_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
+def _trend_test_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
     """The trend test's statistics over the given weeks (latest first): the pairs of weeks
     lower (higher) later, Mann-Kendall's S (falls minus rises), and the weekly average of the
     window's last two weeks and of its first two, with the log change between them (the
@@ -981,8 +962,8 @@ def _decline_candidates(
     w0: np.ndarray, position: np.ndarray, wanted: np.ndarray, settings: UsageSettings
 ) -> np.ndarray:
     """The wanted rows whose decline window is whole and whose Mann-Kendall S passes (the
-    count of `_decline_stats`, exactly), or holds a NaN week (compared as polars does, by
-    `_decline_stats` itself)."""
+    count of `_trend_test_stats`, exactly), or holds a NaN week (compared as polars does, by
+    `_trend_test_stats` itself)."""
     kd = settings.trend_test_weeks
     whole = np.flatnonzero(position[wanted] >= 7 * kd - 1)
     rows = wanted[whole]
@@ -1041,18 +1022,19 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
     enough = (pl.col("run_base") >= s.min_weekly_volume) & (
         pl.col("history_days") >= 7 * s.trend_weeks
     )
+    threshold = mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha)
     up = (
         enough
         & (pl.col("weeks_up") >= s.trend_consecutive_weeks)
         & (pl.col("run_change") >= s.min_trend_change)
         & (pl.col("t") >= s.trend_t)
         & (pl.col("run_z") >= s.trend_z)
-        & (-pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
+        & (-pl.col("decline_s") >= threshold)
     ).fill_null(False)  # (a statistic without history is no trend, and no bar to a pattern)
     down = (
         ~up
         & (pl.col("decline_base") >= s.min_weekly_volume)
-        & (pl.col("decline_s") >= mann_kendall_threshold(s.trend_test_weeks, s.trend_alpha))
+        & (pl.col("decline_s") >= threshold)
         & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
         & (pl.col("decline_z") <= -s.decline_z)
     ).fill_null(False)
