@@ -8,6 +8,7 @@ viewer must see. Times are relative to now, since the API judges expiry and snoo
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -64,12 +65,24 @@ class Spec:
     score: float
     age_days: int
     expired: bool = False
+    echo_of: str | None = None
 
 
 SPECS = [
     Spec("a", "c1", "A1", "Acme Health", "usage", "usage_drop", "high", 0.90, 2),
     Spec("b", "c1", "A1", "Acme Health", "usage", "adoption_trend", "medium", 0.60, 5),
-    Spec("c", "c1", "A2", "Apex Retail", "risk", "declining_usage", "low", 0.30, 8),
+    Spec(
+        "c",
+        "c1",
+        "A2",
+        "Apex Retail",
+        "risk",
+        "declining_usage",
+        "low",
+        0.30,
+        8,
+        echo_of="usage_drop <b>dau</b>",
+    ),
     Spec("d", "c1", "A2", "Apex Retail", "usage", "usage_spike", "medium", 0.50, 20, True),
     Spec("e", "c2", "B1", "Beta Bank", "usage", "usage_drop", "high", 0.80, 1),
     Spec("f", "c2", "B2", "Bolt Energy", "risk", "champion_left", "high", 0.95, 3),
@@ -125,7 +138,7 @@ def insights_frame(today: date | None = None, now: datetime | None = None) -> pl
                 "recommended_action": '{"type": "Schedule a meeting", "description": '
                 '"Call them.", "quick_action_id": "schedule_meeting"}',
                 "fingerprint": f"{s.customer_id}|{s.type}|{s.key}",
-                "score_parts": '{"severity": 0.5}',
+                "score_parts": json.dumps({"severity": 0.5, "echo_of": s.echo_of}),
                 "expires_at": now - timedelta(days=1) if s.expired else now + timedelta(days=20),
             }
         )

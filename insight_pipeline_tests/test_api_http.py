@@ -223,6 +223,17 @@ def test_customer_data_is_escaped_in_the_feed(api: Api) -> None:
     assert account.status_code == 200 and XSS_NAME not in account.text
 
 
+def test_an_echo_says_what_it_repeats_in_the_feed_and_the_api(api: Api) -> None:
+    """An insight that repeats an open one (score_parts.echo_of) says so on its card, escaped;
+    the others do not."""
+    api.client.cookies.set(COOKIE, api.tokens["c1"])
+    html = api.client.get("/feed").text
+    assert html.count('data-testid="echo"') == 1
+    assert "Repeats the open usage drop in &lt;b&gt;dau&lt;/b&gt; on this account" in html
+    body = api.get("c1", f"/api/insights/{ID['c']}").json()
+    assert body["score_parts"]["echo_of"] == "usage_drop <b>dau</b>"
+
+
 def test_feed_forms_need_the_session_and_its_csrf_value(api: Api) -> None:
     path = f"/feed/insights/{ID['a']}/action"
     form = {"action": "dismiss", "feedback": "not_relevant"}

@@ -166,6 +166,14 @@ class RankingSettings:
     right, but not news."""
     quality_window_days: int = 28
     """The rolling window of the quality metrics (relevance and action rates)."""
+    echo_factor: float = 0.5
+    """An echo (a new insight repeating what an open insight on the same account says, see
+    lib/ranking/echoes.py) scores this share of its score: kept and shown, ranked below news.
+    1 turns echoes off."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.echo_factor <= 1:
+            raise ValueError(f"ranking.echo_factor={self.echo_factor}: a share in (0, 1]")
 
 
 @dataclass(frozen=True)

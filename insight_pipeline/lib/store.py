@@ -100,6 +100,11 @@ EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "last_seen_date": pl.Date(),
     "status": pl.String(),
     "expires_at": _UTC,
+    "customer_id": pl.String(),
+    "category": pl.String(),
+    "type": pl.String(),
+    "subject": pl.String(),
+    "score_parts": pl.String(),
 }
 
 #: Columns of `query_insights` and `get_insights`: the whole insights row.

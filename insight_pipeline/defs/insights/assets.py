@@ -59,12 +59,13 @@ def plan_by_part(
     candidates: FrameParts, existing: pl.DataFrame, ranking: RankingSettings
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`plan_episodes` one part of the candidates (a group of whole accounts) at a time, each
-    against the open episodes of its fingerprints; the day's push rank per CSM spans accounts,
-    so it is ranked again over all new episodes. The same plan as one call on everything."""
+    against the stored episodes of its accounts (those it may continue or echo); the day's push
+    rank per CSM spans accounts, so it is ranked again over all new episodes. The same plan as
+    one call on everything."""
     plans = [
         plan_episodes(
             part,
-            existing.join(part.select("fingerprint").unique(), on="fingerprint", how="semi"),
+            existing.join(part.select("customer_id").unique(), on="customer_id", how="semi"),
             ranking,
         )
         for part in candidates

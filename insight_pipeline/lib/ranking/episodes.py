@@ -6,6 +6,9 @@ last_seen_date and expires_at move. Anything else opens a new episode whose id i
 (fingerprint, first day), so re-running a partition updates rather than duplicates, and a range
 run decides exactly what day-by-day runs in date order would.
 
+Echoes: a new episode that repeats what an open episode of the same account says scores less
+and is not critical (echoes.py).
+
 Novelty: a new episode of a pattern whose previous episode ended less than `novelty_days`
 before scores as less new (novelty 0.5 rising to 1), so a flapping pattern fades.
 
@@ -21,6 +24,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from insight_pipeline.lib.ranking.echoes import echo_of, explainers
 from insight_pipeline.lib.ranking.scoring import score_insights
 from insight_pipeline.lib.settings import RankingSettings
 
@@ -130,7 +134,9 @@ def plan_episodes(
     """Split day-level candidates into (new episodes to upsert, extensions of existing ones).
 
     candidates: one row per fingerprint x partition_date with `category` and the content.
-    existing:   id, fingerprint, partition_date, last_seen_date, status from the store.
+    existing:   id, fingerprint, partition_date, last_seen_date, status from the store (and
+                customer_id, type, subject, category, score_parts: the episodes that may
+                explain an echo).
     Returns upserts (first row of each new episode + id, last_seen_date, expires_at; for
     scored candidates also novelty, scored again, and rank_in_day and pushed: see
     `novelty_expr` and `rank_for_push`) and extensions (id, last_seen_date, expires_at).
@@ -260,6 +266,11 @@ def plan_episodes(
         firsts["_novelty"].alias("novelty"),
     )
     if _SCORED <= set(upserts.columns):
-        # novelty is only known here, against the episodes before: score again, then cap
+        # novelty and echoes are only known here, against the episodes before: score again,
+        # then cap
+        if settings.echo_factor < 1:
+            upserts = upserts.with_columns(
+                echo_of(upserts, explainers(existing, upserts, extensions, settings))
+            )
         upserts = rank_for_push(score_insights(upserts, settings), settings)
     return upserts.sort("id"), extensions

@@ -32,6 +32,11 @@ value down to ~44% of expected or less) are flagged `critical` and their prefere
 at 0.5, so a CSM's dismissals can raise them but never push them below their neutral score; the
 daily cap also ranks them first (episodes.py).
 
+**Echoes rank lower** (echoes.py): a new insight that repeats what an open insight on the same
+account already says (a declining_usage on a metric that dropped, a going_dark of a silent
+account, the second metric of one drop) scores `echo_factor` (0.5) of its score and is not
+critical; `score_parts.echo_of` names the insight it repeats.
+
 The score never falls when severity, confidence, ARR or renewal proximity rises (tested).
 """
 
@@ -65,13 +70,19 @@ def critical_expr(settings: RankingSettings) -> pl.Expr:
 
 def score_insights(frame: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
     """Adds impact, novelty, preference (if absent), critical, score, priority and score_parts
-    (JSON). A critical insight's preference is floored at `critical_preference_floor`."""
+    (JSON). A critical insight's preference is floored at `critical_preference_floor`; an echo
+    (`echo_of` set) is not critical and scores `echo_factor` of its score."""
     s = settings
     if "preference" not in frame.columns:
         frame = frame.with_columns(pl.lit(0.5).alias("preference"))
     if "novelty" not in frame.columns:
         frame = frame.with_columns(pl.lit(1.0).alias("novelty"))
-    frame = frame.with_columns(impact_expr().alias("impact"), critical_expr(s).alias("critical"))
+    if "echo_of" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("echo_of"))
+    echo = pl.col("echo_of").is_not_null()
+    frame = frame.with_columns(
+        impact_expr().alias("impact"), (critical_expr(s) & ~echo).alias("critical")
+    )
     frame = frame.with_columns(
         pl.when(pl.col("critical"))
         .then(pl.max_horizontal("preference", pl.lit(s.critical_preference_floor)))
@@ -84,7 +95,9 @@ def score_insights(frame: pl.DataFrame, settings: RankingSettings) -> pl.DataFra
         + s.weight_confidence * pl.col("confidence")
         + s.weight_novelty * pl.col("novelty")
     )
-    score = (base * 2.0 * pl.col("preference")).clip(0.0, 1.0)
+    score = (base * 2.0 * pl.col("preference")).clip(0.0, 1.0) * (
+        pl.when(echo).then(pl.lit(s.echo_factor)).otherwise(pl.lit(1.0))
+    )
     return frame.with_columns(score.alias("score")).with_columns(
         pl.when(pl.col("score") >= s.high_cutoff)
         .then(pl.lit("high"))
@@ -101,6 +114,7 @@ def score_insights(frame: pl.DataFrame, settings: RankingSettings) -> pl.DataFra
             pl.col("arr_percentile").round(3),
             pl.col("days_to_renewal"),
             pl.col("critical"),
+            pl.col("echo_of"),
             pl.col("score").round(4),
         )
         .struct.json_encode()
