@@ -8,22 +8,18 @@ import polars as pl
 
 from insight_pipeline.defs.metadata import markdown_preview, partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
-from insight_pipeline.defs.resources import SettingsResource
+from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sharding import FrameParts, FrameStream
+from insight_pipeline.defs.sources.assets import churn_dates, sample_usage
 from insight_pipeline.lib.detectors.usage import population_shifts
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 from insight_pipeline.lib.detectors.usage import (
     usage_baselines_and_trends as compute_baselines_and_trends,
 )
 from insight_pipeline.lib.detectors.usage import usage_trends as compute_usage_trends
-from insight_pipeline.lib.sharding import in_sample
 from insight_pipeline.lib.signals import empty_signals
 
 GROUP = "baselines"
-
-
-def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:
-    return accounts.select("customer_id", "churned_on").filter(pl.col("churned_on").is_not_null())
 
 
 @dg.multi_asset(
@@ -57,6 +53,7 @@ def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:
 def usage_baselines_and_trends(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
+    source: SourceResource,
     usage_window: FrameParts,
     accounts: pl.DataFrame,
 ) -> Iterator[dg.Output]:
@@ -75,10 +72,15 @@ def usage_baselines_and_trends(
     population = None
     if want_baselines:
         # Measured once for the run on a fixed sample of accounts (every part judges by it).
-        sample = usage_window.lazy().filter(
-            in_sample(accounts.height, usage_settings.population_sample)
+        sample, sample_churned = sample_usage(
+            context,
+            source,
+            usage_window.lazy(),
+            accounts,
+            usage_settings.population_sample,
+            settings.settings().lookback_days,
         )
-        population = population_shifts(sample.collect(), first, last, usage_settings, churned)
+        population = population_shifts(sample, first, last, usage_settings, sample_churned)
         metadata["population_days"] = (
             markdown_preview(
                 population.with_columns(

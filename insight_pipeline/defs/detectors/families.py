@@ -19,13 +19,14 @@ import polars as pl
 from insight_pipeline.defs.detectors.assets import GROUP
 from insight_pipeline.defs.metadata import partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
-from insight_pipeline.defs.resources import SettingsResource
+from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.defs.sources.activity import activity_tables
+from insight_pipeline.defs.sources.assets import sample_usage
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
 from insight_pipeline.lib.detectors.usage import series_starts
 from insight_pipeline.lib.settings import RiskSettings, Settings
-from insight_pipeline.lib.sharding import account_part_count, in_part, in_sample
+from insight_pipeline.lib.sharding import account_part_count, in_part
 from insight_pipeline.lib.signals import conform, empty_signals
 
 Detect = Callable[[pl.DataFrame, dict[str, Any]], tuple[pl.DataFrame, dict]]
@@ -278,6 +279,7 @@ def detect_risk(
 def risk_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
+    source: SourceResource,
     accounts: pl.DataFrame,
     activity_window: dict[str, pl.LazyFrame],
     usage_window: pl.LazyFrame,
@@ -288,8 +290,11 @@ def risk_signals(
     cfg = settings.settings()
     usage_rows = rows_of(usage_window)
     # which metrics are levels (seats, storage) is measured once for the run, on a fixed sample
-    sample = usage_window.filter(in_sample(accounts.height, cfg.usage.population_sample))
-    level_days = risk.level_metrics_by_day(sample.collect(), first, last, cfg.risk)
+    # of all accounts (the same in every account shard)
+    sample, _churned = sample_usage(
+        context, source, usage_window, accounts, cfg.usage.population_sample, cfg.lookback_days
+    )
+    level_days = risk.level_metrics_by_day(sample, first, last, cfg.risk)
     once = {
         "usage_rows": usage_rows,
         "level_days": level_days,

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from insight_pipeline.lib.paths import data_dir
 from insight_pipeline.lib.sharding import (
     PART_SEED,
     PARTS_PER_SCAN,
+    SAMPLE_SEED,
+    in_sample,
     in_shard,
     part_count,
     shard_of,
@@ -142,20 +145,21 @@ def unknown_usage_days(first: date, last: date, shard: str = "") -> pl.DataFrame
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily_partitions,
-    backfill_policy=backfill_policy,
-    kinds={"polars"},
-)
-def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.DataFrame:
-    """Customers with their CSM, validated against the contract (users and customers tables).
+@dataclass(frozen=True)
+class CheckedCustomers:
+    """The users and customers tables validated against the contract, with what was set aside."""
 
-    Churn dates after the last partition day are hidden (no look-ahead); duplicate ids, null
-    keys and customers whose CSM is not a known user are quarantined and counted.
-    """
-    first, last = partition_days(context)
-    src = source.open()
+    customers: pl.DataFrame
+    users: pl.DataFrame
+    customers_bad: pl.DataFrame
+    users_bad: pl.DataFrame
+    customers_report: TableReport
+    users_report: TableReport
+
+
+def validated_customers(src: Source, last: date) -> CheckedCustomers:
+    """Every customer with a known CSM, validated; churn dates after `last` hidden (no
+    look-ahead) and the ARR percentile among all customers."""
     users = src.read("users")
     customers = src.read("customers")
     assert users is not None and customers is not None
@@ -170,6 +174,71 @@ def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.Da
         # among all customers, also when this run only keeps one account shard
         (pl.col("arr").rank("average") / pl.col("arr").count()).alias("arr_percentile"),
     )
+    return CheckedCustomers(
+        customers_clean, users_clean, customers_bad, users_bad, customers_report, users_report
+    )
+
+
+def sample_usage(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    usage_window: pl.LazyFrame,
+    accounts: pl.DataFrame,
+    size: int,
+    lookback_days: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The usage window of a fixed hash sample of about `size` of ALL accounts, and their
+    churn dates (customer_id, churned_on): for what is measured across accounts (the days a
+    metric's whole population moved, the metrics that hold a level). A run over every account
+    takes the sample from its own window; a run of one account shard holds only its accounts,
+    so it reads the sample's rows from the source and validates them as `usage_window` does:
+    every shard measures on the accounts the unsharded run measures on."""
+    _shard, shards = run_shard(context)
+    if shards == 1:
+        sample = usage_window.filter(in_sample(accounts.height, size)).collect()
+        return sample, churn_dates(accounts)
+    first, last = partition_days(context)
+    src = source.open()
+    try:
+        everyone = validated_customers(src, last).customers
+        buckets = everyone.height // max(size, 1)
+        raw = shard_of(buckets, seed=SAMPLE_SEED, raw=True) == 0 if buckets > 1 else pl.lit(True)
+        read = src.read(
+            "usage_daily", date_from=first - timedelta(days=lookback_days), date_to=last, where=raw
+        )
+    finally:
+        src.dispose()
+    if read is None:
+        raise ContractError("table 'usage_daily' disappeared from the source while being read")
+    clean, _bad, _report = quarantine(
+        CONTRACT["usage_daily"], read, {"customers": everyone["customer_id"]}
+    )
+    sampled = everyone.filter(in_sample(everyone.height, size))
+    return clean.filter(in_sample(everyone.height, size)), churn_dates(sampled)
+
+
+def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:
+    return accounts.select("customer_id", "churned_on").filter(pl.col("churned_on").is_not_null())
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    kinds={"polars"},
+)
+def accounts(context: dg.AssetExecutionContext, source: SourceResource) -> pl.DataFrame:
+    """Customers with their CSM, validated against the contract (users and customers tables).
+
+    Churn dates after the last partition day are hidden (no look-ahead); duplicate ids, null
+    keys and customers whose CSM is not a known user are quarantined and counted.
+    """
+    first, last = partition_days(context)
+    src = source.open()
+    checked = validated_customers(src, last)
+    customers_clean, users_clean = checked.customers, checked.users
+    users_bad, users_report = checked.users_bad, checked.users_report
+    customers_bad, customers_report = checked.customers_bad, checked.customers_report
     shard, shards = run_shard(context)
     customers_clean = customers_clean.filter(in_shard(shard, shards))
     q_users = write_quarantine("users", users_bad, str(first), str(last))
