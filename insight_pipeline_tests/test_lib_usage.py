@@ -25,9 +25,10 @@ from insight_pipeline.lib.detectors.usage import (
     series_starts,
     usage_baselines,
     usage_baselines_and_trends,
+    usage_trends,
     weekly_trend_stats,
 )
-from insight_pipeline.lib.settings import UsageSettings
+from insight_pipeline.lib.settings import Settings, UsageSettings
 from insight_pipeline_tests.synthetic import USAGE_SCHEMA, ramp, step, usage_series
 
 END = date(2026, 6, 30)
@@ -452,6 +453,67 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
         "direction"
     ].to_list() == [0, 0, 0]
+
+
+def _holiday_book(seed: int) -> pl.DataFrame:
+    """120 noisy accounts whose usage all falls to 60% for the last 14 days (a holiday), the
+    first 8 of them also declining 8% a week over the last 8 weeks."""
+    rng = np.random.default_rng(seed)
+    multipliers = _noisy(120, rng)
+    for i in multipliers:
+        multipliers[i][DAYS - 14 :] *= 0.6
+    for i in range(8):
+        multipliers[i] = multipliers[i] * ramp(DAYS, DAYS - 56, -0.08, weeks=8)
+    return usage_series(120, DAYS, END, multipliers=multipliers, seed=seed)
+
+
+def test_a_holiday_at_the_end_of_the_trend_window_is_no_accounts_decline() -> None:
+    """Two weeks of holiday close every account's 8-week window with two low weeks: judged on
+    the raw week sums, one account in nine has a declining_usage. With the days the whole book
+    moved taken at its level, the clean accounts stay quiet, the declining ones are still
+    found, and the evidence says which days were taken out."""
+    first = day_of(DAYS - 21)
+    planted = {f"C{i:04d}" for i in range(8)}
+    false_raw = false_adjusted = found = 0
+    for seed in (1, 2):
+        usage = _holiday_book(seed)
+        population = population_shifts(usage, first, END, S)
+        assert set(population["date"]) >= {day_of(d) for d in range(DAYS - 14, DAYS)}
+        raw = usage_trends(usage, first, END, S).filter(pl.col("type") == "declining_usage")
+        adjusted = usage_trends(usage, first, END, S, population=population).filter(
+            pl.col("type") == "declining_usage"
+        )
+        false_raw += len(set(raw["customer_id"]) - planted)
+        false_adjusted += len(set(adjusted["customer_id"]) - planted)
+        found += len(set(adjusted["customer_id"]) & planted)
+        holiday_end = adjusted.filter(pl.col("partition_date") == END)
+        for evidence in holiday_end["evidence"]:
+            assert "14 day(s) on which all accounts moved together" in evidence[0]["comparison"]
+    assert false_raw >= 15
+    assert false_adjusted <= 1
+    assert found >= 8  # of 16
+
+
+def test_the_trend_tests_population_days_are_the_same_in_a_range_and_in_each_day_alone() -> None:
+    """A range's trend signals with its population days taken out are those of each day run
+    alone with its own (its look-back holds the 8 weeks of population days it needs), from the
+    candidate rows and from the full statistics alike."""
+    usage = _holiday_book(3)
+    first = day_of(DAYS - 20)
+    population = population_shifts(usage, first, END, S)
+    ranged = usage_trends(usage, first, END, S, population=population)
+    full = detect_usage_trends(weekly_trend_stats(usage, first, END, S, population=population), S)
+    assert ranged.equals(full)
+    assert ranged.filter(pl.col("type") == "declining_usage").height > 0
+    lookback = Settings().lookback_days
+    singles = []
+    for offset in [*range(0, 19, 3), 19]:  # (the last is END)
+        day = first + timedelta(days=offset)
+        cut = usage.filter(pl.col("date") >= day - timedelta(days=lookback))
+        alone = population_shifts(cut, day, day, S)
+        singles.append(usage_trends(cut, day, day, S, population=alone))
+        wanted = pl.col("partition_date") == day
+        assert singles[-1].equals(ranged.filter(wanted)), day
 
 
 def test_a_small_books_shared_outage_is_the_populations_and_its_ordinary_days_are_not() -> None:

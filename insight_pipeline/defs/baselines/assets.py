@@ -70,8 +70,9 @@ def usage_baselines_and_trends(
     metadata: dict[str, object] = {}
     trends: list[pl.DataFrame] = []
     population = None
-    if want_baselines:
-        # Measured once for the run on a fixed sample of accounts (every part judges by it).
+    if want_baselines or want_trends:
+        # Measured once for the run on a fixed sample of accounts (every part judges by it;
+        # the trend test takes those days out of its week sums).
         sample, sample_churned = sample_usage(
             context,
             source,
@@ -144,7 +145,7 @@ def usage_baselines_and_trends(
         yield dg.Output(FrameStream(parts(), metadata=metadata), "usage_baselines")
     elif want_trends:
         trends.extend(
-            compute_usage_trends(usage, first, last, usage_settings, churned)
+            compute_usage_trends(usage, first, last, usage_settings, churned, population)
             for usage in usage_window
         )
     if want_trends:

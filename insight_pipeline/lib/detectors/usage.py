@@ -310,7 +310,7 @@ def usage_baselines_and_trends(
     the costliest step of each. The trend statistics are reduced to their few signals before
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
-    trends = _trends_of_grid(grid, start, end, settings)
+    trends = _trends_of_grid(grid, start, end, settings, population)
     return _baselines_of_grid(grid, start, end, settings, population), trends
 
 
@@ -320,16 +320,23 @@ def usage_trends(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
     computed only on the rows that could pass its tests (`_trend_candidates`)."""
-    return _trends_of_grid(_grid_until(usage, end, churned), start, end, settings)
+    return _trends_of_grid(_grid_until(usage, end, churned), start, end, settings, population)
 
 
 def _trends_of_grid(
-    grid: _DenseGrid, start: date, end: date, settings: UsageSettings
+    grid: _DenseGrid,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    stats = _trend_stats_of_grid(grid, start, end, settings, only_candidates=True)
+    stats = _trend_stats_of_grid(
+        grid, start, end, settings, only_candidates=True, population=population
+    )
     return detect_usage_trends(stats, settings)
 
 
@@ -357,7 +364,9 @@ def population_shifts(
     (sign test at `population_alpha`): a small book's median moves by chance, its accounts do
     not all move together. `usage`: a sample of accounts (with their look-back)."""
     s = settings
-    first_judged = start - timedelta(days=s.persistence_days + 7)
+    # back over the trend test's weeks too (`_population_adjusted`); within a daily run's
+    # look-back, each of those days has its 8 same-weekday weeks before it
+    first_judged = start - timedelta(days=max(s.persistence_days + 7, 7 * s.trend_test_weeks - 1))
     base = usage_baselines(usage, first_judged, end, s, churned)
     threshold = math.log1p(s.population_shift)
     shifts = (
@@ -686,10 +695,42 @@ def weekly_trend_stats(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: week sums ending on that day, the run of
-    consecutive rises/falls, and the log-linear slope with its t-statistic."""
-    return _trend_stats_of_grid(_grid_until(usage, end, churned), start, end, settings)
+    consecutive rises/falls, and the log-linear slope with its t-statistic; the trend test's
+    statistics (`_trend_test_stats`) of the week sums with `population` days taken out."""
+    return _trend_stats_of_grid(
+        _grid_until(usage, end, churned), start, end, settings, population=population
+    )
+
+
+def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+    """The week sums the trend test compares: 7-day sums of the grid with each population
+    day's common move taken out (the day's log1p value less the population's shift: a holiday
+    that took every account to 60% counts an account at 60% as at its usual level), and each
+    row's count of such days in its week. A holiday of two weeks is no account's decline, but
+    it is two low weeks at the end of every account's window: without this, 1 account in 9 of
+    a noisy book had a declining_usage after one (tested).
+
+    Summed as seven terms in a fixed order, not as a running sum: adjusted values are not whole
+    numbers, and a running sum's rounding would depend on where the grid starts, which a range
+    run and a day's run do not share. NaN where the week is not wholly in the series."""
+    values = grid.value
+    moved = np.zeros(values.size, dtype=bool)
+    if population is not None and population.height and values.size:
+        shift = _population_at(grid, np.arange(values.size), population)
+        moved = shift != 0
+        if moved.any():
+            values = values.copy()
+            values[moved] = np.expm1(np.log1p(values[moved]) - shift[moved])
+    sums = values.copy()
+    days = moved.astype(np.int16)
+    for lag in range(1, 7):
+        sums[lag:] += values[:-lag]
+        days[lag:] += moved[:-lag]
+    whole = grid.position >= 6
+    return np.where(whole, sums, np.nan), np.where(whole, days, 0)
 
 
 def _trend_stats_of_grid(
@@ -698,6 +739,7 @@ def _trend_stats_of_grid(
     end: date,
     settings: UsageSettings,
     only_candidates: bool = False,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """`weekly_trend_stats` of the grid; with `only_candidates`, only of the rows that could
     become a signal (`_trend_candidates`): the same signals, without the weekly scale's rolling
@@ -733,10 +775,14 @@ def _trend_stats_of_grid(
         _series_sum(pl.col("_weekend"), 7).alias("_we7"),
     )
     w0 = sums["w0"].to_numpy()  # NaN where the series is shorter than a week
+    test_w0, moved_days = _test_weeks(grid, population)
     picked = sums[wanted]
     if only_candidates:
-        kept = _trend_candidates(w0, picked, wanted, grid.position, s)
+        kept = _trend_candidates(w0, test_w0, picked, wanted, grid.position, s)
         wanted, picked = wanted[kept], picked.filter(pl.Series(kept))
+    test_week = [f"_test_w{i}" for i in range(kd)]
+    test_log_week = [f"_test_log_w{i}" for i in range(kd)]
+    test_weeks = [_week_at(test_w0, grid.position, wanted, i) for i in range(kd)]
 
     # log1p of every week sum, once (polars' log1p, as the rest); the log week sums of the
     # regression and the week-to-week changes below are all gathered from it.
@@ -772,6 +818,11 @@ def _trend_stats_of_grid(
             picked["prior_week"],
             picked["_we_recent"],
             picked["_we_prior"],
+            *[w.alias(name) for w, name in zip(test_weeks, test_week, strict=True)],
+            *[w.log1p().alias(name) for w, name in zip(test_weeks, test_log_week, strict=True)],
+            pl.sum_horizontal([_week_at(moved_days, grid.position, wanted, i) for i in range(kd)])
+            .cast(pl.Int32)
+            .alias("trend_population_days"),
         )
         .with_columns(
             pl.when(pl.col("recent3") > 0)
@@ -783,9 +834,9 @@ def _trend_stats_of_grid(
         )
     )
     if frame.height == 0:
-        return frame.drop("value", "_we_recent", "_we_prior", *log_week).rename(
-            {"date": "partition_date"}
-        )
+        return frame.drop(
+            "value", "_we_recent", "_we_prior", *log_week, *test_week, *test_log_week
+        ).rename({"date": "partition_date"})
     # Consecutive rises counted back from the latest week.
     rises = pl.lit(0, dtype=pl.Int32)
     still_rising = pl.lit(True)
@@ -800,7 +851,7 @@ def _trend_stats_of_grid(
     y_mean = pl.sum_horizontal(ys) / k
     slope = pl.sum_horizontal([(x - x_mean) * y for x, y in zip(xs, ys, strict=True)]) / sxx
     frame = frame.with_columns(
-        rises.alias("weeks_up"), *_trend_test_stats(week[:kd], log_week[:kd])
+        rises.alias("weeks_up"), *_trend_test_stats(test_week, test_log_week)
     )
     frame = frame.with_columns(slope.alias("slope"), y_mean.alias("_ymean"))
     resid_ss = pl.sum_horizontal(
@@ -829,7 +880,7 @@ def _trend_stats_of_grid(
             (pl.col("slope").exp() - 1.0).alias("weekly_rate"),
             (pl.col("decline_log_change") / pl.col("weekly_scale")).alias("decline_z"),
         )
-        .drop("_ymean", "value", "_we_recent", "_we_prior", *log_week)
+        .drop("_ymean", "value", "_we_recent", "_we_prior", *log_week, *test_week, *test_log_week)
         .rename({"date": "partition_date"})
         .rechunk()  # one chunk per column (see usage_baselines)
     )
@@ -902,6 +953,7 @@ def _weekly_share_sd(
 
 def _trend_candidates(
     w0: np.ndarray,
+    test_w0: np.ndarray,
     picked: pl.DataFrame,
     wanted: np.ndarray,
     position: np.ndarray,
@@ -927,7 +979,7 @@ def _trend_candidates(
         moving = np.logical_and.reduce([weeks[i] > weeks[i + 1] for i in range(run)])
     else:  # weeks_up counts at most k - 1 rises
         moving = np.zeros(wanted.size, dtype=bool)
-    moving |= _decline_candidates(w0, position, wanted, s)
+    moving |= _decline_candidates(test_w0, position, wanted, s)
 
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
@@ -1075,11 +1127,13 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
                 evidence_item(
                     pl.lit("week pairs higher later"),
                     pl.col("rise_pairs"),
-                    pl.format(
-                        "of {} over {} weeks (Mann-Kendall, one-sided {})",
-                        len(_week_pairs(s.trend_test_weeks)),
-                        s.trend_test_weeks,
-                        s.trend_alpha,
+                    _population_note(
+                        pl.format(
+                            "of {} over {} weeks (Mann-Kendall, one-sided {})",
+                            len(_week_pairs(s.trend_test_weeks)),
+                            s.trend_test_weeks,
+                            s.trend_alpha,
+                        )
                     ),
                     "usage_daily",
                 ),
@@ -1097,6 +1151,23 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         )
     )
     return pl.concat([trends, declines, changes])
+
+
+def _population_note(comparison: pl.Expr) -> pl.Expr:
+    """The comparison, saying how many days of the trend test's weeks were population days
+    (`_test_weeks`), when any were: the week sums shown are then not the raw ones."""
+    days = pl.col("trend_population_days").fill_null(0)
+    return (
+        pl.when(days > 0)
+        .then(
+            pl.format(
+                "{}; {} day(s) on which all accounts moved together counted at their usual level",
+                comparison,
+                days,
+            )
+        )
+        .otherwise(comparison)
+    )
 
 
 def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
@@ -1118,8 +1189,10 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
                 evidence_item(
                     pl.format("{} per week, last 2 weeks", pl.col("metric")),
                     pl.col("decline_recent").round(0),
-                    pl.format(
-                        "{} per week {} weeks earlier", pl.col("decline_base").round(0), kd - 2
+                    _population_note(
+                        pl.format(
+                            "{} per week {} weeks earlier", pl.col("decline_base").round(0), kd - 2
+                        )
                     ),
                     "usage_daily",
                 ),
@@ -1145,6 +1218,7 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
                 weekly_pct.alias("weekly_rate_pct"),
                 pl.col("decline_pairs").alias("falling_pairs"),
                 pl.lit(pairs).alias("pairs"),
+                pl.col("trend_population_days").fill_null(0).alias("population_days"),
             )
             .struct.json_encode()
             .alias("facts"),
