@@ -6,11 +6,13 @@ import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.benchmarks import (
+    benchmark_opened,
     benchmark_usage,
-    benchmarked_series_starts,
+    benchmarked_series_last_before,
     detect_benchmarks,
     peer_percentiles,
 )
+from insight_pipeline.lib.detectors.usage import carry_last_before
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline_tests.synthetic import USAGE_SCHEMA
 
@@ -79,9 +81,9 @@ def test_benchmarks_from_the_last_weeks_equal_those_from_the_whole_window() -> N
         whole = peer_percentiles(usage, entitlements, accounts, first, last, s)
         recent_rows = benchmark_usage(usage.lazy(), first, last, s)
         recent = peer_percentiles(recent_rows, entitlements, accounts, first, last, s)
-        # the series' first days learnt once for a run of several spans: the same rows
-        starts = benchmarked_series_starts(usage.lazy(), s)
-        spanned = benchmark_usage(usage.lazy(), first, last, s, starts)
+        # the series' last days before the span learnt once for a run of several spans
+        last_before = benchmarked_series_last_before(usage.lazy(), first, s)
+        spanned = benchmark_usage(usage.lazy(), first, last, s, last_before)
         keys = ["customer_id", "metric", "date", "value"]
         assert spanned.sort(keys).equals(recent_rows.sort(keys))
         assert recent_rows.height < 0.75 * usage.height
@@ -188,3 +190,81 @@ def test_an_account_still_onboarding_is_neither_benchmarked_nor_a_peer() -> None
         peer_percentiles(usage_later, no_entitlements, accounts, later, later, s), s
     )
     assert behind["customer_id"].to_list() == ["NEW"]
+
+
+def test_an_account_whose_rows_stopped_long_ago_is_judged_alike_by_a_range_and_its_days() -> None:
+    """One account stopped sending rows 140 days before the end, another had a 114-day hole.
+    A day's run sees only its look-back (112 days): the first account is a peer at 0 while a
+    row of it is on record in the look-back, then no longer one; the second is not benchmarked
+    until 28 days after it came back. A range run, in one span or in several that carry what
+    they learnt, counts them on the same days, so cohort sizes and medians agree."""
+    days = pl.date_range(END - timedelta(days=299), END, "1d", eager=True)
+    ids = [f"C{i:03d}" for i in range(24)]
+    usage = steady_usage({c: 4.0 + i % 7 for i, c in enumerate(ids)}, days)
+    stopped = (pl.col("customer_id") == "C000") & (pl.col("date") > END - timedelta(days=140))
+    hole = (pl.col("customer_id") == "C001") & pl.col("date").is_between(
+        END - timedelta(days=129), END - timedelta(days=16)
+    )
+    usage = usage.filter(~stopped & ~hole)
+    accounts = retail_accounts(ids, ["mid_market"] * len(ids))
+    # seats entitled: an account that sends no rows keeps its seats (a dau of 0 per seat)
+    seats = pl.DataFrame(
+        {
+            "customer_id": ids,
+            "metric": ["seats_used"] * len(ids),
+            "entitled_value": [20.0] * len(ids),
+        }
+    )
+    s = BenchmarkSettings(min_cohort=5)
+    lookback = 112
+    first = END - timedelta(days=59)
+
+    def window(start: date, end: date) -> pl.LazyFrame:
+        return usage.filter(pl.col("date").is_between(start - timedelta(days=lookback), end)).lazy()
+
+    def spans_run(spans: list[tuple[date, date]]) -> pl.DataFrame:
+        read = window(spans[0][0], spans[-1][1])
+        last_before = benchmarked_series_last_before(read, spans[0][0], s)
+        out = []
+        for index, (start, end) in enumerate(spans):
+            rows = benchmark_usage(read, start, end, s, last_before)
+            out.append(peer_percentiles(rows, seats, accounts, start, end, s, lookback))
+            if index + 1 < len(spans):
+                last_before = carry_last_before(rows, benchmark_opened(spans[index + 1][0], s))
+        return pl.concat(out)
+
+    key = ["customer_id", "partition_date"]
+    one_span = peer_percentiles(
+        benchmark_usage(window(first, END), first, END, s), seats, accounts, first, END, s, lookback
+    ).sort(key)
+    several = spans_run(
+        [
+            (first + timedelta(days=d), first + timedelta(days=min(d + 9, 59)))
+            for d in range(0, 60, 10)
+        ]
+    ).sort(key)
+    daily = pl.concat(
+        [
+            peer_percentiles(
+                benchmark_usage(window(day, day), day, day, s),
+                seats,
+                accounts,
+                day,
+                day,
+                s,
+                lookback,
+            )
+            for day in pl.date_range(first, END, "1d", eager=True)
+        ]
+    ).sort(key)
+    assert one_span.equals(daily)
+    assert several.equals(daily)
+
+    def judged(customer: str) -> list[date]:
+        return daily.filter(pl.col("customer_id") == customer)["partition_date"].to_list()
+
+    # a peer at 0 while its last row (140 days back) is within the look-back of the day
+    assert judged("C000") == [d for d in days if first <= d <= END - timedelta(days=28)]
+    assert daily.filter(pl.col("customer_id") == "C000")["dau"].max() == 0
+    assert judged("C001") == [d for d in days if first <= d <= END - timedelta(days=18)]
+    assert len(judged("C002")) == 60

@@ -18,10 +18,12 @@ from insight_pipeline.lib.detectors.usage import (
     _mann_kendall_s_at,
     _series_rolling_median,
     _trend_stats_of_grid,
+    carry_last_before,
     detect_usage_anomalies,
     detect_usage_trends,
     population_shifts,
     rows_since,
+    series_last_before,
     series_starts,
     usage_baselines,
     usage_baselines_and_trends,
@@ -322,7 +324,19 @@ def test_rows_since_with_series_starts_learnt_once() -> None:
         expected = rows_since(scan, opened)
         zeros = expected.filter((pl.col("date") == opened) & (pl.col("value") == 0))
         assert ("C0002" in zeros["customer_id"]) == (opened > day_of(205))
-        assert rows_since(scan, opened, starts).sort(keys).equals(expected.sort(keys))
+        given = rows_since(scan, opened, starts).select(keys)
+        assert given.sort(keys).equals(expected.select(keys).sort(keys))
+        # ... or their last days before it, learnt once or carried from an earlier span
+        last = series_last_before(scan, opened)
+        carried = carry_last_before(rows_since(scan, day_of(190)), opened)
+        assert carried.sort("customer_id").equals(last.sort("customer_id"))
+        both = ["customer_id", "metric", "date", "value", "last_before"]
+        assert rows_since(scan, opened, last_before=carried).sort(both).equals(expected.sort(both))
+    # the 0 added for the series with a gap across the opened day says when it was last seen
+    added = rows_since(usage.lazy(), day_of(210)).filter(
+        (pl.col("customer_id") == "C0003") & pl.col("last_before").is_not_null()
+    )
+    assert added["last_before"].to_list() == [day_of(149)]
 
 
 def test_a_trend_window_too_short_is_refused_by_name() -> None:

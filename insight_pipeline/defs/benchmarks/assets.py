@@ -8,11 +8,13 @@ from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource
 from insight_pipeline.defs.sources.activity import activity_tables
 from insight_pipeline.lib.detectors.benchmarks import (
+    benchmark_opened,
     benchmark_usage,
-    benchmarked_series_starts,
+    benchmarked_series_last_before,
     detect_benchmarks,
     peer_percentiles,
 )
+from insight_pipeline.lib.detectors.usage import carry_last_before
 from insight_pipeline.lib.sharding import day_spans
 from insight_pipeline.lib.signals import empty_signals
 
@@ -36,17 +38,23 @@ def peer_benchmarks(
     """outperforming / underperforming: the account's usage per seat in the top or bottom decile
     of its peer cohort (percentile in the evidence; small cohorts fall back to the segment)."""
     first, last = partition_days(context)
-    s = settings.settings().benchmark
+    every = settings.settings()
+    s = every.benchmark
     # Percentiles are across accounts but per day: a long run goes a span of days at a time,
     # reading only the benchmarked metric and seats of that span (and its look-back).
     found, cohorts, benchmarked, spans = [], set(), set(), day_spans(first, last, accounts.height)
-    # Which series began before each span's window: one pass for all spans.
-    starts = benchmarked_series_starts(usage_window, s) if len(spans) > 1 else None
-    for start, end in spans:
-        usage = benchmark_usage(usage_window, start, end, s, starts)
+    # Which series began before each span's window, and when they were last seen: one pass
+    # over the older rows for the first span, then carried from span to span.
+    last_before = (
+        benchmarked_series_last_before(usage_window, spans[0][0], s) if len(spans) > 1 else None
+    )
+    for index, (start, end) in enumerate(spans):
+        usage = benchmark_usage(usage_window, start, end, s, last_before)
         percentiles = peer_percentiles(
-            usage, activity_window["entitlements"], accounts, start, end, s
+            usage, activity_window["entitlements"], accounts, start, end, s, every.lookback_days
         )
+        if index + 1 < len(spans):
+            last_before = carry_last_before(usage, benchmark_opened(spans[index + 1][0], s))
         del usage
         if percentiles.height:
             found.append(detect_benchmarks(percentiles, s))

@@ -21,7 +21,7 @@ from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     evidence_list,
     rows_since,
-    series_starts,
+    series_last_before,
     usage_grid,
     within_series,
 )
@@ -89,24 +89,32 @@ def benchmark_usage(
     start: date,
     end: date,
     s: BenchmarkSettings,
-    starts: pl.DataFrame | None = None,
+    last_before: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The usage rows `peer_percentiles` needs for [start, end], read from a (large) window:
     the benchmarked metric and seats from `window_days - 1` days before `start` to `end`
     (`rows_since`: the rolling means are those of the whole window). A daily run reads a
-    quarter of the window's rows. `starts`: `benchmarked_series_starts` of the window, for a
-    run that reads it a span of days at a time."""
+    quarter of the window's rows. `last_before`: `series_last_before` of the window for this
+    span's first day (`benchmark_opened`), for a run that reads it a span of days at a time."""
     wanted = usage.filter(benchmarked_metrics(s) & (pl.col("date") <= end))
-    return rows_since(wanted, start - timedelta(days=s.window_days - 1), starts)
+    return rows_since(wanted, benchmark_opened(start, s), last_before=last_before)
+
+
+def benchmark_opened(start: date, s: BenchmarkSettings) -> date:
+    """The first day of usage a span starting on `start` reads."""
+    return start - timedelta(days=s.window_days - 1)
 
 
 def benchmarked_metrics(s: BenchmarkSettings) -> pl.Expr:
     return pl.col("metric").is_in([s.metric, "seats_used"])
 
 
-def benchmarked_series_starts(usage: pl.LazyFrame, s: BenchmarkSettings) -> pl.DataFrame:
-    """`series_starts` of the benchmarked metrics (one pass over the window for all spans)."""
-    return series_starts(usage.filter(benchmarked_metrics(s)))
+def benchmarked_series_last_before(
+    usage: pl.LazyFrame, start: date, s: BenchmarkSettings
+) -> pl.DataFrame:
+    """`series_last_before` of the benchmarked metrics for the span starting on `start` (one
+    pass over the older rows of the window; later spans carry it: `carry_last_before`)."""
+    return series_last_before(usage.filter(benchmarked_metrics(s)), benchmark_opened(start, s))
 
 
 def peer_percentiles(
@@ -116,8 +124,16 @@ def peer_percentiles(
     start: date,
     end: date,
     s: BenchmarkSettings,
+    lookback_days: int = 112,
 ) -> pl.DataFrame:
-    """Per (customer, day): normalised metric, cohort, cohort size and percentile (0..1)."""
+    """Per (customer, day): normalised metric, cohort, cohort size and percentile (0..1).
+
+    An account is benchmarked on day D only if its metric has a row on record between
+    `lookback_days` (the usage window's look-back, Settings.lookback_days) and `window_days - 1`
+    days before D: what a run of D alone can see. An account whose rows stopped months ago
+    counts as 0 in the zero-filled mean of a long range's grid, but not in a day's run, whose
+    window no longer holds it; without this rule a range and its days disagreed on cohort sizes
+    and medians. (A quiet account still sending rows, or missing some days, is benchmarked.)"""
     w = s.window_days
     wanted = usage.filter(benchmarked_metrics(s) & (pl.col("date") <= end))
     if wanted.filter(pl.col("metric") == s.metric).height == 0:
@@ -163,6 +179,7 @@ def peer_percentiles(
             how="semi",
         )
     )
+    frame = _on_record(frame, wanted, s, lookback_days)
     cohort = [*s.cohort, "partition_date"]
     segment = [s.cohort[0], "partition_date"]
     frame = frame.with_columns(
@@ -206,6 +223,45 @@ def peer_percentiles(
         .str.replace_all("_", "-")
         .alias("cohort_name"),
     ).filter(pl.col("peers") >= s.min_cohort)
+
+
+def _on_record(
+    frame: pl.DataFrame, usage: pl.DataFrame, s: BenchmarkSettings, lookback_days: int
+) -> pl.DataFrame:
+    """The rows (customer_id, partition_date) of `frame` whose account's metric has a row in
+    `usage` between `lookback_days` and `window_days - 1` days before the day (see
+    `peer_percentiles`). The rows a `rows_since` adds carry the series' last day before them."""
+    metric = usage.filter(pl.col("metric") == s.metric)
+    if "last_before" in metric.columns:
+        added = pl.col("last_before").is_not_null()
+        seen = pl.concat(
+            [
+                metric.filter(~added).select("customer_id", pl.col("date").alias("_seen")),
+                metric.filter(added).select("customer_id", pl.col("last_before").alias("_seen")),
+            ]
+        )
+    else:
+        seen = metric.select("customer_id", pl.col("date").alias("_seen"))
+    latest = (
+        frame.with_row_index("_row")
+        .with_columns(
+            (pl.col("partition_date") - pl.duration(days=s.window_days - 1)).alias("_until")
+        )
+        .sort("_until")
+        .join_asof(
+            seen.unique().sort("_seen"),
+            left_on="_until",
+            right_on="_seen",
+            by="customer_id",
+            strategy="backward",
+            check_sortedness=False,  # sorted above (by the join key; `by` groups are not checked)
+        )
+    )
+    return (
+        latest.filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=lookback_days))
+        .sort("_row")
+        .drop("_row", "_until", "_seen")
+    )
 
 
 def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.DataFrame:

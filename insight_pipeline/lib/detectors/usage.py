@@ -66,7 +66,10 @@ def usage_grid(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None = No
 
 
 def rows_since(
-    usage: pl.LazyFrame, opened: date, starts: pl.DataFrame | None = None
+    usage: pl.LazyFrame,
+    opened: date,
+    starts: pl.DataFrame | None = None,
+    last_before: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The usage rows from `opened` on, plus a 0 on `opened` for each series seen before it.
 
@@ -75,18 +78,62 @@ def rows_since(
     begins at or before `opened`. For detectors whose windows reach back less than the look-back
     (peer benchmarks: 28 days; entitlement projections: 8 weeks of a 16-week window).
 
-    `starts`, when given, must be `series_starts` of the same series (the rows of `usage`, with
-    more days or without them): it saves the pass over the older rows when one run asks for
-    several `opened` days or several parts of the same window."""
+    Column `last_before`: null on the rows read; on each added 0, the series' last day with a
+    row before `opened` (where known), so a detector can tell a series that stopped sending
+    rows long ago from one that is merely quiet (`peer_percentiles`).
+
+    `starts` (`series_starts` of the same series) or `last_before` (customer_id, metric,
+    last_before: `series_last_before` of the same series for this `opened`), when given, save
+    the pass over the older rows when one run asks for several `opened` days or several parts of
+    the same window; `starts` leaves `last_before` unknown."""
     dtype = usage.collect_schema()["value"]
     columns = ["customer_id", "metric", "date", "value"]
-    recent = usage.filter(pl.col("date") >= opened).select(columns)
-    if starts is None:
-        begun = usage.filter(pl.col("date") < opened).select("customer_id", "metric").unique()
+    recent = (
+        usage.filter(pl.col("date") >= opened)
+        .select(columns)
+        .with_columns(pl.lit(None, dtype=pl.Date).alias("last_before"))
+    )
+    if last_before is not None:
+        begun = last_before.lazy().filter(pl.col("last_before") < opened)
+    elif starts is not None:
+        begun = (
+            starts.lazy()
+            .filter(pl.col("first_day") < opened)
+            .select("customer_id", "metric", pl.lit(None, dtype=pl.Date).alias("last_before"))
+        )
     else:
-        begun = starts.lazy().filter(pl.col("first_day") < opened).select("customer_id", "metric")
-    zeros = begun.with_columns(pl.lit(opened).alias("date"), pl.lit(0, dtype).alias("value"))
+        begun = series_last_before(usage, opened).lazy()
+    zeros = begun.select(
+        "customer_id",
+        "metric",
+        pl.lit(opened).alias("date"),
+        pl.lit(0, dtype).alias("value"),
+        "last_before",
+    )
     return pl.concat([recent, zeros]).collect()
+
+
+def series_last_before(usage: pl.LazyFrame, opened: date) -> pl.DataFrame:
+    """customer_id, metric and last_before (the last day with a row before `opened`) of every
+    series of `usage` with a row before `opened` (one pass over the older rows)."""
+    return (
+        usage.filter(pl.col("date") < opened)
+        .group_by("customer_id", "metric")
+        .agg(pl.col("date").max().alias("last_before"))
+        .collect()
+    )
+
+
+def carry_last_before(rows: pl.DataFrame, opened: date) -> pl.DataFrame:
+    """`series_last_before` for a later `opened`, from the `rows_since` of an earlier one (its
+    rows reach at least to the day before `opened`): a long run's next span learns which series
+    began before it, and when they were last seen, without reading the older rows again."""
+    seen = pl.coalesce(pl.col("last_before"), pl.col("date"))
+    return (
+        rows.filter(pl.col("last_before").is_not_null() | (pl.col("date") < opened))
+        .group_by("customer_id", "metric")
+        .agg(seen.max().alias("last_before"))
+    )
 
 
 def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
@@ -728,7 +775,8 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
     days = moved.astype(np.int16)
     for lag in range(1, 7):
         sums[lag:] += values[:-lag]
-        days[lag:] += moved[:-lag]
+        if values is not grid.value:  # (no population day: no count to make)
+            days[lag:] += moved[:-lag]
     whole = grid.position >= 6
     return np.where(whole, sums, np.nan), np.where(whole, days, 0)
 
