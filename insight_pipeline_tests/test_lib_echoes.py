@@ -179,9 +179,13 @@ def test_an_explaining_insight_counts_while_it_is_open() -> None:
 
     assert echo_on(ttl, store) == "usage_drop logins"  # open: last seen day 0, TTL 14
     assert echo_on(ttl + 1, store) is None  # expired
+    # a dismissed insight explains nothing: the CSM set it aside, it carries no alarm
     dismissed = store.with_columns(pl.lit("dismissed").alias("status"))
-    assert echo_on(S.dismiss_cooldown_days, dismissed) == "usage_drop logins"
-    assert echo_on(S.dismiss_cooldown_days + 1, dismissed) is None
+    assert echo_on(1, dismissed) is None
+    # an expired episode of a pattern beside its open one: the open one explains
+    again = plan_days(store, [row("usage_drop", "logins", ttl + 20, 1.0)])
+    assert again.filter(pl.col("type") == "usage_drop").height == 2
+    assert echo_on(ttl + 25, again) == "usage_drop logins"
     # an explaining insight that began after the echo's day does not explain it
     late = plan_days(STORE, [row("usage_drop", "logins", 3, 1.0)])
     assert echo_on(2, late) is None

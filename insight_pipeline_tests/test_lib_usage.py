@@ -509,25 +509,44 @@ def test_a_holiday_at_the_end_of_the_trend_window_is_no_accounts_decline() -> No
 
 
 def test_the_trend_tests_population_days_are_the_same_in_a_range_and_in_each_day_alone() -> None:
-    """A range's trend signals with its population days taken out are those of each day run
-    alone with its own (its look-back holds the 8 weeks of population days it needs), from the
-    candidate rows and from the full statistics alike."""
+    """A range's population days and trend signals are those of each day run alone with its
+    own look-back, though the earliest days measured sit at the start of a day's look-back and
+    the export is sparse (40% of the rows missing: a series' first row in a look-back falls on
+    different days for a range and for a day); from the candidate rows and from the full
+    statistics alike."""
+    rng = np.random.default_rng(11)
     usage = _holiday_book(3)
-    first = day_of(DAYS - 20)
-    population = population_shifts(usage, first, END, S)
-    ranged = usage_trends(usage, first, END, S, population=population)
-    full = detect_usage_trends(weekly_trend_stats(usage, first, END, S, population=population), S)
-    assert ranged.equals(full)
-    assert ranged.filter(pl.col("type") == "declining_usage").height > 0
+    # and a shared outage eight and a half weeks before the end: population days at the start
+    # of the look-back of the range's last days, their shift a median of the accounts' residuals
+    outage = pl.col("date").is_between(day_of(DAYS - 61), day_of(DAYS - 59))
+    usage = usage.with_columns(
+        pl.when(outage).then((pl.col("value") * 0.5).round(0)).otherwise("value").alias("value")
+    )
+    usage = usage.filter(pl.Series(rng.random(usage.height) >= 0.4))
     lookback = Settings().lookback_days
-    singles = []
-    for offset in [*range(0, 19, 3), 19]:  # (the last is END)
+    first = day_of(DAYS - 20)
+
+    def window(day: date) -> pl.DataFrame:
+        return usage.filter(pl.col("date") >= day - timedelta(days=lookback))
+
+    def measured(frame: pl.DataFrame, a: date, b: date) -> pl.DataFrame:
+        return population_shifts(frame, a, b, S, window_start=a - timedelta(days=lookback))
+
+    cut = window(first)
+    population = measured(cut, first, END)
+    ranged = usage_trends(cut, first, END, S, population=population)
+    full = detect_usage_trends(weekly_trend_stats(cut, first, END, S, population=population), S)
+    assert ranged.equals(full)
+    assert ranged.height > 0
+    assert day_of(DAYS - 61) in set(population["date"])
+    for offset in range(20):
         day = first + timedelta(days=offset)
-        cut = usage.filter(pl.col("date") >= day - timedelta(days=lookback))
-        alone = population_shifts(cut, day, day, S)
-        singles.append(usage_trends(cut, day, day, S, population=alone))
+        alone = measured(window(day), day, day)
+        reach = pl.col("date") >= day - timedelta(days=7 * S.trend_test_weeks - 1)
+        assert alone.equals(population.filter(reach & (pl.col("date") <= day))), day
         wanted = pl.col("partition_date") == day
-        assert singles[-1].equals(ranged.filter(wanted)), day
+        found = usage_trends(window(day), day, day, S, population=alone)
+        assert found.equals(ranged.filter(wanted)), day
 
 
 def test_a_small_books_shared_outage_is_the_populations_and_its_ordinary_days_are_not() -> None:

@@ -2,6 +2,7 @@
 from the same dense grid, the weekly usage trends."""
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 import polars as pl
@@ -81,7 +82,15 @@ def usage_baselines_and_trends(
             usage_settings.population_sample,
             settings.settings().lookback_days,
         )
-        population = population_shifts(sample, first, last, usage_settings, sample_churned)
+        lookback = settings.settings().lookback_days
+        population = population_shifts(
+            sample,
+            first,
+            last,
+            usage_settings,
+            sample_churned,
+            window_start=first - timedelta(days=lookback),
+        )
         metadata["population_days"] = (
             markdown_preview(
                 population.with_columns(

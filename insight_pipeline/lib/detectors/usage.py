@@ -401,6 +401,7 @@ def population_shifts(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
+    window_start: date | None = None,
 ) -> pl.DataFrame:
     """(metric, date, population_shift) of the days, from the first one a run judges to `end`,
     on which a metric's median account moved from its own baseline by `population_shift` or
@@ -409,15 +410,59 @@ def population_shifts(
     baseline's log expectation) over the series judged that day, at least
     `min_population_series` of them, and more of them moved its way than chance would give
     (sign test at `population_alpha`): a small book's median moves by chance, its accounts do
-    not all move together. `usage`: a sample of accounts (with their look-back)."""
+    not all move together. `usage`: a sample of accounts, with the run's look-back from
+    `window_start` (default: its first day).
+
+    The days measured reach back over the trend test's weeks (`_test_weeks`), whose earliest
+    day's 8 same-weekday weeks end a day after a daily run's look-back begins. So that where a
+    series' first row falls in the look-back decides nothing (a sparse export misses days, and a
+    range's look-back begins earlier than its days'), every series counts from `window_start`
+    (a missing day is 0, as in the grid), and a series is judged on a day if it has a row 6 to 8
+    weeks before it (`min_history_days`): both read within any run's look-back of that day."""
     s = settings
-    # back over the trend test's weeks too (`_population_adjusted`); within a daily run's
-    # look-back, each of those days has its 8 same-weekday weeks before it
     first_judged = start - timedelta(days=max(s.persistence_days + 7, 7 * s.trend_test_weeks - 1))
-    base = usage_baselines(usage, first_judged, end, s, churned)
+    if usage.height == 0:
+        return pl.DataFrame(schema=POPULATION_SCHEMA)
+    opened = window_start or usage["date"].min()
+    padded = pl.concat(
+        [
+            usage.select(*KEYS, "date", "value"),
+            usage.select(KEYS)
+            .unique()
+            .with_columns(
+                pl.lit(opened).alias("date"), pl.lit(0, usage.schema["value"]).alias("value")
+            ),
+        ]
+    )
+    base = usage_baselines(padded, first_judged, end, s, churned)
     threshold = math.log1p(s.population_shift)
+    weeks_back = 7 * s.baseline_weeks
+    seen = (
+        usage.filter(pl.col("date") >= opened)
+        .select(*KEYS, pl.col("date").alias("_seen"))
+        .unique()
+        .sort("_seen")
+    )
+    on_record = (
+        base.select(*KEYS, "partition_date")
+        .with_columns(
+            (pl.col("partition_date") - pl.duration(days=s.min_history_days)).alias("_until")
+        )
+        .sort("_until")
+        .join_asof(
+            seen,
+            left_on="_until",
+            right_on="_seen",
+            by=KEYS,
+            strategy="backward",
+            check_sortedness=False,  # sorted by the join key above
+        )
+        .filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=weeks_back))
+        .select(*KEYS, "partition_date")
+    )
     shifts = (
-        base.filter(
+        base.join(on_record, on=[*KEYS, "partition_date"], how="semi")
+        .filter(
             (pl.col("history_days") >= s.min_history_days)
             & (pl.col("expected") >= s.min_expected)
             & pl.col("y_expected").is_not_null()
@@ -766,11 +811,13 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
     values = grid.value
     moved = np.zeros(values.size, dtype=bool)
     if population is not None and population.height and values.size:
-        shift = _population_at(grid, np.arange(values.size), population)
+        shift = _population_at(grid, np.arange(values.size, dtype=np.int32), population)
         moved = shift != 0
         if moved.any():
             values = values.copy()
-            values[moved] = np.expm1(np.log1p(values[moved]) - shift[moved])
+            # (a day without usage stays one: 0 is no level to scale)
+            scaled = moved & (values > 0)
+            values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
     sums = values.copy()
     days = moved.astype(np.int16)
     for lag in range(1, 7):

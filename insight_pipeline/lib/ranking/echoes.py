@@ -8,10 +8,11 @@ top three were one account's three declining metrics.
 
 A new episode is an **echo** when an episode of the same account that `RELATIONS` says explains
 it is open on the echo's first day (it began on or before that day and was last seen within its
-TTL, or within the dismissal cooldown if dismissed: the same rule that folds a pattern into its
-open insight), and, where the two measure the same fall on the same scale, is at least as
-severe (a worse fall than the one already raised is news). Two new episodes of the same type on
-the same day are ranked by severity, then fingerprint: the first explains the others.
+TTL, the rule that keeps a pattern in its open insight; a dismissed insight explains nothing:
+the CSM has set it aside, so it carries no alarm), and, where the two measure the same fall on
+the same scale, is at least as severe (a worse fall than the one already raised is news).
+Two new episodes of the same type on the same day are ranked by severity, then fingerprint:
+the first explains the others.
 
 An echo is kept (the account's page shows it, feedback on it counts) but its score is
 `echo_factor` of what it would be, it is never critical (the explaining insight carries the
@@ -85,9 +86,9 @@ def explainers(
     existing: pl.DataFrame, new: pl.DataFrame, extensions: pl.DataFrame, settings: RankingSettings
 ) -> pl.DataFrame:
     """The episodes that may explain others, as the store holds them after the run's plan:
-    the stored ones (last seen moved by `extensions`) and the new ones, each with the last day
-    it stays open (`_open_until`) and its severity. Stored episodes without customer_id, type
-    and subject (bare test frames) explain nothing."""
+    the stored ones not dismissed (last seen moved by `extensions`) and the new ones, each with
+    the last day it stays open (`_open_until`) and its severity. Stored episodes without
+    customer_id, type and subject (bare test frames) explain nothing."""
     columns = {
         "_e_customer": pl.String,
         "_e_type": pl.String,
@@ -124,16 +125,11 @@ def explainers(
                 on="id",
                 how="left",
             ).with_columns(pl.max_horizontal("last_seen_date", "_extended").alias("last_seen_date"))
-        stored_ttl = pl.col("category").replace_strict(
+        threshold = pl.col("category").replace_strict(
             settings.ttl_days, default=14, return_dtype=pl.Int32
         )
-        threshold = (
-            pl.when(pl.col("status") == "dismissed")
-            .then(pl.max_horizontal(stored_ttl, pl.lit(settings.dismiss_cooldown_days)))
-            .otherwise(stored_ttl)
-        )
         frames.append(
-            stored.select(
+            stored.filter(pl.col("status").ne_missing("dismissed")).select(
                 pl.col("customer_id").alias("_e_customer"),
                 pl.col("type").alias("_e_type"),
                 pl.col("subject").fill_null("").alias("_e_subject"),
@@ -147,8 +143,10 @@ def explainers(
         )
     if not frames:
         return pl.DataFrame(schema=columns)
+    # one row per episode (a fingerprint has one per first day; a re-run's new episode is also
+    # the stored one)
     return pl.concat([f.cast(columns) for f in frames]).unique(
-        "_e_fingerprint", keep="first", maintain_order=True
+        ["_e_fingerprint", "_e_first"], keep="first", maintain_order=True
     )
 
 
