@@ -549,6 +549,26 @@ def test_the_trend_tests_population_days_are_the_same_in_a_range_and_in_each_day
         assert found.equals(ranged.filter(wanted)), day
 
 
+def test_accounts_younger_than_six_weeks_do_not_move_the_population() -> None:
+    """A book where most accounts began four to five weeks ago: counted from the look-back's
+    first day, their weeks before they began are zeros, so their expected level is half their
+    level or less and every day they seem to rise. They are not judged until they have a row
+    6-8 weeks back, so their ordinary days are no population's."""
+    old = usage_series(40, DAYS, END, seed=2)
+    young = usage_series(60, DAYS, END, seed=9).with_columns(
+        ("Y" + pl.col("customer_id")).alias("customer_id")
+    )
+    young = young.filter(pl.col("date") >= END - timedelta(days=34))
+    usage = pl.concat([old, young])
+    first = END - timedelta(days=6)
+    lookback = Settings().lookback_days
+    window = usage.filter(pl.col("date") >= first - timedelta(days=lookback))
+    population = population_shifts(
+        window, first, END, S, window_start=first - timedelta(days=lookback)
+    )
+    assert population.filter(pl.col("date") >= first).height == 0
+
+
 def test_a_small_books_shared_outage_is_the_populations_and_its_ordinary_days_are_not() -> None:
     """A book of 12 noisy accounts (30% day-to-day) that all fall to 20% for three days: the
     days are the population's (every account moved, which chance does not do), so no account
