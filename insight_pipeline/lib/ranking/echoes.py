@@ -99,54 +99,44 @@ def explainers(
         "_e_severity": pl.Float64,
     }
     frames = []
-    ttl = (
-        pl.col("category").replace_strict(settings.ttl_days, default=14, return_dtype=pl.Int32)
-        if "category" in new.columns
-        else pl.lit(14)
-    )
     if set(EXPLAINER_COLUMNS) <= set(new.columns) and "severity" in new.columns:
-        frames.append(
-            new.filter(pl.col("type").is_in(list(EXPLAINER_TYPES))).select(
-                pl.col("customer_id").alias("_e_customer"),
-                pl.col("type").alias("_e_type"),
-                pl.col("subject").fill_null("").alias("_e_subject"),
-                pl.col("fingerprint").alias("_e_fingerprint"),
-                pl.col("partition_date").alias("_e_first"),
-                (pl.col("last_seen_date") + pl.duration(days=ttl)).alias("_open_until"),
-                _rounded(pl.col("severity")).alias("_e_severity"),
-            )
-        )
+        frames.append(_explaining(new, pl.col("severity"), settings))
     stored_columns = {*EXPLAINER_COLUMNS, "score_parts", "category", "status"}
     if existing.height and stored_columns <= set(existing.columns):
-        stored = existing.filter(pl.col("type").is_in(list(EXPLAINER_TYPES)))
+        stored = existing.filter(pl.col("status").ne_missing("dismissed"))
         if extensions.height:
             stored = stored.join(
                 extensions.select("id", pl.col("last_seen_date").alias("_extended")),
                 on="id",
                 how="left",
             ).with_columns(pl.max_horizontal("last_seen_date", "_extended").alias("last_seen_date"))
-        threshold = pl.col("category").replace_strict(
-            settings.ttl_days, default=14, return_dtype=pl.Int32
-        )
-        frames.append(
-            stored.filter(pl.col("status").ne_missing("dismissed")).select(
-                pl.col("customer_id").alias("_e_customer"),
-                pl.col("type").alias("_e_type"),
-                pl.col("subject").fill_null("").alias("_e_subject"),
-                pl.col("fingerprint").alias("_e_fingerprint"),
-                pl.col("partition_date").alias("_e_first"),
-                (pl.col("last_seen_date") + pl.duration(days=threshold)).alias("_open_until"),
-                _rounded(
-                    pl.col("score_parts").str.json_path_match("$.severity").cast(pl.Float64)
-                ).alias("_e_severity"),
-            )
-        )
+        severity = pl.col("score_parts").str.json_path_match("$.severity").cast(pl.Float64)
+        frames.append(_explaining(stored, severity, settings))
     if not frames:
         return pl.DataFrame(schema=columns)
     # one row per episode (a fingerprint has one per first day; a re-run's new episode is also
     # the stored one)
     return pl.concat([f.cast(columns) for f in frames]).unique(
         ["_e_fingerprint", "_e_first"], keep="first", maintain_order=True
+    )
+
+
+def _explaining(frame: pl.DataFrame, severity: pl.Expr, settings: RankingSettings) -> pl.DataFrame:
+    """The explaining episodes of `frame` in `explainers`' columns: open until their TTL after
+    they were last seen."""
+    ttl = (
+        pl.col("category").replace_strict(settings.ttl_days, default=14, return_dtype=pl.Int32)
+        if "category" in frame.columns
+        else pl.lit(14)
+    )
+    return frame.filter(pl.col("type").is_in(list(EXPLAINER_TYPES))).select(
+        pl.col("customer_id").alias("_e_customer"),
+        pl.col("type").alias("_e_type"),
+        pl.col("subject").fill_null("").alias("_e_subject"),
+        pl.col("fingerprint").alias("_e_fingerprint"),
+        pl.col("partition_date").alias("_e_first"),
+        (pl.col("last_seen_date") + pl.duration(days=ttl)).alias("_open_until"),
+        _rounded(severity).alias("_e_severity"),
     )
 
 
