@@ -125,14 +125,17 @@ class FakeMessagesAPI:
                     api.raw_bodies.append(raw)
                     api.in_flight += 1
                     api.max_in_flight = max(api.max_in_flight, api.in_flight)
+                # In flight while the reply is being worked out, not while it is written: the
+                # client may read a whole reply and send its next request before this thread
+                # returns from writing, which counted one request too many under load.
                 try:
                     reply = api.responder(request)
                     if reply.delay:
                         time.sleep(reply.delay)
-                    self._send(reply)
                 finally:
                     with api._lock:
                         api.in_flight -= 1
+                self._send(reply)
 
             def _send(self, reply: Reply) -> None:
                 if isinstance(reply.body, dict | list):
