@@ -64,6 +64,7 @@ def insight(
     raised: date = DAY,
     title: str | None = None,
     action: str | None = "Call them",
+    echo_of: str | None = None,
 ) -> dict[str, object]:
     """One candidate row as `InsightStore.digest_insights` returns it."""
     return {
@@ -81,6 +82,7 @@ def insight(
         "summary": "summary",
         "recommended_action": json.dumps({"description": action}) if action else None,
         "status": "new",
+        "score_parts": json.dumps({"severity": 0.5, "echo_of": echo_of}),
     }
 
 
@@ -99,6 +101,7 @@ CANDIDATE_SCHEMA = {
     "summary": pl.String,
     "recommended_action": pl.String,
     "status": pl.String,
+    "score_parts": pl.String,
 }
 
 
@@ -281,6 +284,28 @@ def _parts(message: EmailMessage) -> tuple[str, str]:
     text = parsed.get_body(preferencelist=("plain",)).get_content()
     html = parsed.get_body(preferencelist=("html",)).get_content()
     return text, html
+
+
+def test_an_echo_says_what_it_repeats_in_both_parts() -> None:
+    """An insight repeating an open one (score_parts.echo_of) says so on its line, in the text
+    and the HTML part (escaped); news does not."""
+    rows = [
+        insight("C1", "Acme", title="Logins declining", echo_of="usage_drop <b>logins</b>"),
+        insight("C1", "Zeta", title="Zeta went silent", echo_of="silent_account", score=0.4),
+        insight("C1", "Kilo", title="Kilo usage down", score=0.3),
+    ]
+    digest = _digest(rows)
+    repeats = {item.customer: item.repeats for group in digest.groups for item in group.items}
+    assert repeats == {"Acme": "usage drop in <b>logins</b>", "Zeta": "silent account", "Kilo": ""}
+    message = render_digest(
+        digest, sender=SENDER, feed_url=FEED, message_id="<m@example.com>", now=datetime.now(UTC)
+    )
+    text, html = _parts(message)
+    assert "Acme: Logins declining (repeats the open usage drop in <b>logins</b>)" in text
+    assert "Zeta: Zeta went silent (repeats the open silent account)" in text
+    assert text.count("repeats the open") == 2
+    assert "(repeats the open usage drop in &lt;b&gt;logins&lt;/b&gt;)" in html
+    assert "<b>logins" not in html
 
 
 def test_render_is_multipart_with_escaped_customer_data() -> None:

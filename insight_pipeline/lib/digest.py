@@ -106,6 +106,9 @@ class Item:
     is_new: bool
     owner_id: str
     owner_name: str = ""
+    repeats: str = ""
+    """What the insight repeats (an echo, lib/ranking/echoes.py), as words: "usage drop in
+    logins"; empty for news."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,19 @@ def rank_items(insights: pl.DataFrame, window: DigestWindow) -> pl.DataFrame:
     frame = insights.filter(pl.col("partition_date") <= window.day)
     customer = pl.coalesce(pl.col("customer_name"), pl.col("customer_id"), pl.lit("?"))
     action = pl.col("recommended_action").str.json_path_match("$.description")
+    echo = (
+        pl.col("score_parts").str.json_path_match("$.echo_of")
+        if "score_parts" in frame.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    echo_type = echo.str.splitn(" ", 2).struct.field("field_0").str.replace_all("_", " ")
+    echo_subject = echo.str.splitn(" ", 2).struct.field("field_1").str.replace_all("_", " ")
     frame = frame.with_columns(
+        pl.when(echo_subject.is_not_null() & (echo_subject != ""))
+        .then(pl.format("{} in {}", echo_type, echo_subject))
+        .otherwise(echo_type)
+        .fill_null("")
+        .alias("repeats"),
         customer.alias("customer"),
         pl.col("priority").replace_strict(_PRIORITY_RANK, default=3).alias("_prio"),
         (pl.col("partition_date") >= window.first_day).alias("is_new"),
@@ -361,6 +376,7 @@ def _items(frame: pl.DataFrame, names: dict[str, str]) -> list[Item]:
             is_new=bool(row["is_new"]),
             owner_id=row["user_id"],
             owner_name=one_line(names.get(row["user_id"]) or row["user_id"]),
+            repeats=one_line(row.get("repeats") or ""),
         )
         for row in frame.iter_rows(named=True)
     ]

@@ -655,6 +655,7 @@ class InsightStore:
                 "summary": pl.String(),
                 "recommended_action": pl.String(),
                 "status": pl.String(),
+                "score_parts": pl.String(),
             },
         )
 

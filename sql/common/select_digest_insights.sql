@@ -4,7 +4,8 @@
 select
     cast(id as text) as id, customer_id, customer_name, user_id, partition_date, last_seen_date,
     category, type, priority, score, title, summary,
-    cast(recommended_action as text) as recommended_action, status
+    cast(recommended_action as text) as recommended_action, status,
+    cast(score_parts as text) as score_parts
 from insights
 where partition_date <= cast(:last_day as date)
     and status not in ('dismissed', 'actioned')
