@@ -21,6 +21,7 @@ from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     evidence_list,
     rows_since,
+    seen_between,
     series_last_before,
     usage_grid,
     within_series,
@@ -232,36 +233,11 @@ def _on_record(
     `usage` between `lookback_days` and `window_days - 1` days before the day (see
     `peer_percentiles`). The rows a `rows_since` adds carry the series' last day before them."""
     metric = usage.filter(pl.col("metric") == s.metric)
-    if "last_before" in metric.columns:
-        added = pl.col("last_before").is_not_null()
-        seen = pl.concat(
-            [
-                metric.filter(~added).select("customer_id", pl.col("date").alias("_seen")),
-                metric.filter(added).select("customer_id", pl.col("last_before").alias("_seen")),
-            ]
-        )
-    else:
-        seen = metric.select("customer_id", pl.col("date").alias("_seen"))
-    latest = (
-        frame.with_row_index("_row")
-        .with_columns(
-            (pl.col("partition_date") - pl.duration(days=s.window_days - 1)).alias("_until")
-        )
-        .sort("_until")
-        .join_asof(
-            seen.unique().sort("_seen"),
-            left_on="_until",
-            right_on="_seen",
-            by="customer_id",
-            strategy="backward",
-            check_sortedness=False,  # sorted above (by the join key; `by` groups are not checked)
-        )
-    )
-    return (
-        latest.filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=lookback_days))
-        .sort("_row")
-        .drop("_row", "_until", "_seen")
-    )
+    day = pl.col("date")
+    if "last_before" in metric.columns:  # an added row stands for the series' last real one
+        day = pl.coalesce(pl.col("last_before"), day)
+    seen = metric.select("customer_id", day.alias("_seen"))
+    return seen_between(frame, seen, ["customer_id"], s.window_days - 1, lookback_days)
 
 
 def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.DataFrame:

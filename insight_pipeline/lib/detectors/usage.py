@@ -136,6 +136,32 @@ def carry_last_before(rows: pl.DataFrame, opened: date) -> pl.DataFrame:
     )
 
 
+def seen_between(
+    frame: pl.DataFrame, seen: pl.DataFrame, by: list[str], near: int, far: int
+) -> pl.DataFrame:
+    """The rows of `frame` (in its order) whose `by` key has a day in `seen` (column `_seen`)
+    between `far` and `near` days before the row's `partition_date`: what a run of that day
+    alone has on record, whatever look-back another run started from."""
+    latest = (
+        frame.with_row_index("_row")
+        .with_columns((pl.col("partition_date") - pl.duration(days=near)).alias("_until"))
+        .sort("_until")
+        .join_asof(
+            seen.select(*by, "_seen").unique().sort("_seen"),
+            left_on="_until",
+            right_on="_seen",
+            by=by,
+            strategy="backward",
+            check_sortedness=False,  # sorted above (by the join key; `by` groups are not checked)
+        )
+    )
+    return (
+        latest.filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=far))
+        .sort("_row")
+        .drop("_row", "_until", "_seen")
+    )
+
+
 def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
     """customer_id, metric and first_day of every series in `usage` (one pass, three columns)."""
     return (
@@ -436,29 +462,9 @@ def population_shifts(
     )
     base = usage_baselines(padded, first_judged, end, s, churned)
     threshold = math.log1p(s.population_shift)
-    weeks_back = 7 * s.baseline_weeks
-    seen = (
-        usage.filter(pl.col("date") >= opened)
-        .select(*KEYS, pl.col("date").alias("_seen"))
-        .unique()
-        .sort("_seen")
-    )
-    on_record = (
-        base.select(*KEYS, "partition_date")
-        .with_columns(
-            (pl.col("partition_date") - pl.duration(days=s.min_history_days)).alias("_until")
-        )
-        .sort("_until")
-        .join_asof(
-            seen,
-            left_on="_until",
-            right_on="_seen",
-            by=KEYS,
-            strategy="backward",
-            check_sortedness=False,  # sorted by the join key above
-        )
-        .filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=weeks_back))
-        .select(*KEYS, "partition_date")
+    seen = usage.filter(pl.col("date") >= opened).select(*KEYS, pl.col("date").alias("_seen"))
+    on_record = seen_between(
+        base.select(*KEYS, "partition_date"), seen, KEYS, s.min_history_days, 7 * s.baseline_weeks
     )
     shifts = (
         base.join(on_record, on=[*KEYS, "partition_date"], how="semi")
@@ -819,10 +825,11 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
             scaled = moved & (values > 0)
             values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
     sums = values.copy()
-    days = moved.astype(np.int16)
     for lag in range(1, 7):
         sums[lag:] += values[:-lag]
-        if values is not grid.value:  # (no population day: no count to make)
+    days = moved.astype(np.int16)
+    if moved.any():
+        for lag in range(1, 7):
             days[lag:] += moved[:-lag]
     whole = grid.position >= 6
     return np.where(whole, sums, np.nan), np.where(whole, days, 0)
