@@ -12,6 +12,7 @@ import pytest
 
 from insight_pipeline.lib.detectors.common import mann_kendall_threshold
 from insight_pipeline.lib.detectors.usage import (
+    KEYS,
     _grid_until,
     _lagged_median,
     _mann_kendall_s,
@@ -27,6 +28,7 @@ from insight_pipeline.lib.detectors.usage import (
     series_starts,
     usage_baselines,
     usage_baselines_and_trends,
+    usage_reach_days,
     usage_trends,
     weekly_trend_stats,
 )
@@ -380,6 +382,76 @@ def test_lookback_window_is_enough() -> None:
     stats_full = weekly_trend_stats(usage, day, day, S).sort("customer_id")
     stats_cut = weekly_trend_stats(cut, day, day, S).sort("customer_id")
     assert stats_full.equals(stats_cut)
+
+
+@pytest.mark.parametrize(
+    "settings", [S, replace(S, trend_weeks=4)], ids=["trend-reaches-furthest", "baselines-do"]
+)
+def test_each_day_of_a_range_is_judged_on_its_own_look_back(settings: UsageSettings) -> None:
+    """A run of day D reads the rows of [D - lookback, D] only: a series that paused and
+    resumed begins, for it, at its first row after the pause, and a series that stopped long
+    ago is not there at all; a range reads further back and would see zeros in the pause (the
+    baselines' history, scale and expected level then differ for weeks). With `lookback_days`
+    the range gives, row for row, what each day alone gives on its own look-back, and so does
+    a range given the whole history: pauses of 5 to 130 days ending at several distances from
+    the range, a stopped account, a sparse export and a drop after a resumption."""
+    lookback = Settings().lookback_days
+    first = day_of(180)
+    multipliers = {1: step(DAYS, 205, 0.3), 2: ramp(DAYS, 150, -0.12, weeks=8)}
+    usage = usage_series(30, DAYS, END, level=300.0, multipliers=multipliers, seed=17)
+    pauses = [5, 9, 10, 11, 12, 14, 20, 30, 45, 60, 80, 100, 111, 112, 113, 130]
+    resumed = [95 + 3 * i for i in range(len(pauses))]
+    for i, (pause, back) in enumerate(zip(pauses, resumed, strict=True)):
+        paused = pl.col("date").is_between(day_of(back - pause), day_of(back - 1))
+        usage = usage.filter(~((pl.col("customer_id") == f"C{i + 1:04d}") & paused))
+    stopped = (pl.col("customer_id") == "C0020") & (pl.col("date") > day_of(75))
+    sparse = (pl.col("customer_id") == "C0021") & pl.Series(
+        np.random.default_rng(3).random(usage.height) < 0.3
+    )
+    usage = usage.filter(~stopped & ~sparse)
+    key = ["customer_id", "subject", "partition_date", "type"]
+
+    def run(frame: pl.DataFrame, a: date, b: date, cut: int | None = lookback) -> tuple:
+        base, trends = usage_baselines_and_trends(frame, a, b, settings, lookback_days=cut)
+        return base, trends.sort(key)
+
+    def window(day: date) -> pl.DataFrame:
+        return usage.filter(pl.col("date") >= day - timedelta(days=lookback))
+
+    days = [first + timedelta(days=i) for i in range((END - first).days + 1)]
+    alone = [run(window(day).filter(pl.col("date") <= day), day, day) for day in days]
+    base_days = pl.concat([b for b, _ in alone]).sort(*KEYS, "partition_date")
+    trend_days = pl.concat([t for _, t in alone]).sort(key)
+    assert trend_days.filter(pl.col("customer_id") == "C0002").height > 0  # signals compared
+    # the stopped account is there while its last row is in a day's look-back, then not
+    last_seen = base_days.filter(pl.col("customer_id") == "C0020")["partition_date"].max()
+    assert last_seen == day_of(75) + timedelta(days=lookback)
+    for frame in (window(first), usage):
+        base, trends = run(frame, first, END)
+        assert base.equals(base_days)
+        assert trends.equals(trend_days)
+    # every trend statistic too (the weekly scale reads furthest back), not only the signals
+    stats = weekly_trend_stats(usage, first, END, settings, lookback_days=lookback)
+    stats_days = pl.concat(
+        [
+            weekly_trend_stats(window(day), day, day, settings, lookback_days=lookback)
+            for day in days
+        ]
+    ).sort(*KEYS, "partition_date")
+    assert stats.equals(stats_days)
+    # the restarts were needed: judged on the range's look-back, some days differ
+    assert not run(window(first), first, END, cut=None)[0].equals(base_days)
+    # and the baselines, which keep every row, keep the part of a day's grid it begins with
+    assert usage_baselines(usage, first, END, settings, lookback_days=lookback).equals(base_days)
+
+
+def test_a_look_back_shorter_than_the_statistics_reach_is_refused() -> None:
+    """Eight trend weeks read 117 days back (their weekly scale): a 112-day look-back would
+    judge a day on less history than that, and a range would then disagree with its days."""
+    with pytest.raises(ValueError, match=r"lookback_days=112: .* 117 days"):
+        Settings.from_dict({"usage": {"trend_weeks": 8}})
+    assert Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 117})
+    assert usage_reach_days(S) <= Settings().lookback_days
 
 
 @pytest.mark.parametrize("wanted", ["few rows (direct medians)", "every row (kernel pass)"])

@@ -140,9 +140,10 @@ class ChartSource:
         usage = usage.join(pairs, on=["customer_id", "metric"], how="semi")
         if usage.height == 0:
             return dict.fromkeys(keys)
-        baselines = usage_baselines(usage, start, end, self.settings.usage).select(
-            "customer_id", "metric", "partition_date", "value", "expected", "lower", "upper"
-        )
+        # each day's band as the pipeline drew it: from that day's own look-back
+        baselines = usage_baselines(
+            usage, start, end, self.settings.usage, lookback_days=self.settings.lookback_days
+        ).select("customer_id", "metric", "partition_date", "value", "expected", "lower", "upper")
         out: dict[Any, pl.DataFrame | None] = {}
         for customer_id, metric, last in keys:
             out[(customer_id, metric, last)] = baselines.filter(

@@ -403,6 +403,18 @@ class Settings:
     ranking: RankingSettings = field(default_factory=RankingSettings)
     team: TeamSettings = field(default_factory=TeamSettings)
 
+    def __post_init__(self) -> None:
+        from insight_pipeline.lib.detectors.usage import usage_reach_days  # (imports settings)
+
+        reach = usage_reach_days(self.usage)
+        if self.lookback_days < reach:
+            raise ValueError(
+                f"lookback_days={self.lookback_days}: the usage settings read {reach} days "
+                "before a partition day (usage.baseline_weeks, scale_days, persistence_days, "
+                "trend_weeks, trend_test_weeks); a shorter look-back would judge a day on less "
+                f"history than its statistics need. Set lookback_days to {reach} or more."
+            )
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Settings:
         """Build from nested overrides, failing loudly on unknown keys."""

@@ -64,6 +64,8 @@ def usage_baselines_and_trends(
     when the usage window is large; the trend signals of each part are kept (they are few)."""
     first, last = partition_days(context)
     usage_settings = settings.settings().usage
+    # each day is judged on its own look-back, as a run of that day alone would judge it
+    lookback = settings.settings().lookback_days
     churned = churn_dates(accounts)
     selected = context.selected_output_names
     want_baselines = "usage_baselines" in selected
@@ -80,9 +82,8 @@ def usage_baselines_and_trends(
             usage_window.lazy(),
             accounts,
             usage_settings.population_sample,
-            settings.settings().lookback_days,
+            lookback,
         )
-        lookback = settings.settings().lookback_days
         population = population_shifts(
             sample,
             first,
@@ -106,9 +107,11 @@ def usage_baselines_and_trends(
     def compute(usage: pl.DataFrame) -> pl.DataFrame:
         """This part's baselines; its trend signals are kept aside when wanted."""
         if not want_trends:
-            return compute_usage_baselines(usage, first, last, usage_settings, churned, population)
+            return compute_usage_baselines(
+                usage, first, last, usage_settings, churned, population, lookback
+            )
         frame, signals = compute_baselines_and_trends(
-            usage, first, last, usage_settings, churned, population
+            usage, first, last, usage_settings, churned, population, lookback
         )
         trends.append(signals)
         return frame
@@ -154,7 +157,7 @@ def usage_baselines_and_trends(
         yield dg.Output(FrameStream(parts(), metadata=metadata), "usage_baselines")
     elif want_trends:
         trends.extend(
-            compute_usage_trends(usage, first, last, usage_settings, churned, population)
+            compute_usage_trends(usage, first, last, usage_settings, churned, population, lookback)
             for usage in usage_window
         )
     if want_trends:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -182,12 +182,14 @@ class _DenseGrid:
     position: np.ndarray
     day: np.ndarray
     value: np.ndarray
+    observed: np.ndarray
+    """True where the source had a row (the other rows are the contract's zeros)."""
 
     @classmethod
     def build(cls, usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
         if usage.height == 0:
             empty = np.zeros(0, dtype=np.int64)
-            return cls(usage.select(KEYS), empty, empty, empty, np.zeros(0))
+            return cls(usage.select(KEYS), empty, empty, empty, np.zeros(0), np.zeros(0, bool))
         spans = (
             usage.group_by(KEYS)
             .agg(
@@ -229,9 +231,13 @@ class _DenseGrid:
         value = np.bincount(
             offset[observed[kept]] + day[kept], weights=values[kept], minlength=int(length.sum())
         )
+        observed_rows = np.zeros(value.size, dtype=bool)
+        observed_rows[offset[observed[kept]] + day[kept]] = True
         series = np.repeat(np.arange(spans.height), length)
         position = np.arange(series.size, dtype=np.int64) - offset[series]
-        return cls(spans.select(KEYS), series, position, first[series] + position, value)
+        return cls(
+            spans.select(KEYS), series, position, first[series] + position, value, observed_rows
+        )
 
     def frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
         """customer_id, metric, date, value of `rows` (all rows when None)."""
@@ -360,14 +366,26 @@ def usage_baselines(
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
     population: pl.DataFrame | None = None,
+    lookback_days: int | None = None,
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: value, expected, band, z, run length.
 
     `usage` must hold the look-back before `start` (see Settings.lookback_days); rows after `end`
     are ignored, so nothing after the partition day is used. `population`: the days a metric's
     whole population moved (`population_shifts`), whose common move is not the account's.
+    `lookback_days`: judge each day on the rows of its own look-back only (`_LookBackCut`), so
+    that a range gives what each of its days gives alone.
     """
-    return _baselines_of_grid(_grid_until(usage, end, churned), start, end, settings, population)
+    grid = _grid_until(usage, end, churned)
+    return _per_look_back(
+        lambda g, dropped: _baselines_of_grid(g, start, end, settings, population, dropped),
+        grid,
+        start,
+        end,
+        settings,
+        lookback_days,
+        merge=True,
+    )
 
 
 def usage_baselines_and_trends(
@@ -377,14 +395,32 @@ def usage_baselines_and_trends(
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
     population: pl.DataFrame | None = None,
+    lookback_days: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`usage_baselines` and the trend signals (`detect_usage_trends` of `weekly_trend_stats`)
     of the same rows, from one dense grid: both lay the usage out per customer x metric x day,
     the costliest step of each. The trend statistics are reduced to their few signals before
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
-    trends = _trends_of_grid(grid, start, end, settings, population)
-    return _baselines_of_grid(grid, start, end, settings, population), trends
+    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    trends = _per_look_back(
+        lambda g, dropped: _trends_of_grid(g, start, end, settings, population, dropped),
+        grid,
+        start,
+        end,
+        settings,
+        cut=cut,
+    )
+    baselines = _per_look_back(
+        lambda g, dropped: _baselines_of_grid(g, start, end, settings, population, dropped),
+        grid,
+        start,
+        end,
+        settings,
+        cut=cut,
+        merge=True,
+    )
+    return baselines, trends
 
 
 def usage_trends(
@@ -394,10 +430,18 @@ def usage_trends(
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
     population: pl.DataFrame | None = None,
+    lookback_days: int | None = None,
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
     computed only on the rows that could pass its tests (`_trend_candidates`)."""
-    return _trends_of_grid(_grid_until(usage, end, churned), start, end, settings, population)
+    return _per_look_back(
+        lambda g, dropped: _trends_of_grid(g, start, end, settings, population, dropped),
+        _grid_until(usage, end, churned),
+        start,
+        end,
+        settings,
+        lookback_days,
+    )
 
 
 def _trends_of_grid(
@@ -406,9 +450,10 @@ def _trends_of_grid(
     end: date,
     settings: UsageSettings,
     population: pl.DataFrame | None = None,
+    dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
     stats = _trend_stats_of_grid(
-        grid, start, end, settings, only_candidates=True, population=population
+        grid, start, end, settings, only_candidates=True, population=population, dropped=dropped
     )
     return detect_usage_trends(stats, settings)
 
@@ -416,6 +461,137 @@ def _trends_of_grid(
 def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
     """The dense grid of the rows up to `end` (nothing after the partition day is used)."""
     return _DenseGrid.build(usage.filter(pl.col("date") <= end), end, churned)
+
+
+def usage_reach_days(settings: UsageSettings) -> int:
+    """How many days before a partition day its usage statistics read: a series that began
+    this long before the day (or earlier) gives the same numbers on it whenever it began. The
+    longest reaches: the first judged day (`persistence_days` + 7 back) with its scale's
+    `scale_days` residuals, each against `baseline_weeks` same-weekday weeks, and its history
+    (capped at `HISTORY_CAP`); the weekly scale of the trend (56 days of week-to-week changes
+    ending `trend_weeks` - 1 weeks back, each change two weeks long); the trend test's and the
+    trend's week sums; the weekend share's prior weeks."""
+    s = settings
+    first_judged = s.persistence_days + 7
+    return max(
+        first_judged + s.scale_days + 7 * s.baseline_weeks,
+        first_judged + HISTORY_CAP,
+        7 * (s.trend_weeks - 1) + 55 + 13,
+        7 * max(s.trend_weeks, s.trend_test_weeks) - 1,
+        21 + 7 * (PRIOR_WEEKS - 1) + 6,
+    )
+
+
+@dataclass(frozen=True)
+class _LookBackCut:
+    """What a day's run alone sees of a longer grid. A run of day D reads the usage rows of its
+    look-back [D - lookback_days, D], so its grid of a series begins at the series' first row
+    in that window. A range's grid begins at the first row of the range's (longer) look-back,
+    which gives the same numbers on D unless:
+    - the series has no row in D's look-back (it stopped sending rows long ago): a day's run
+      has no such series, so the range's row of D is dropped;
+    - the series' first row in D's look-back came after a gap, within `usage_reach_days` of D:
+      a day's run judges it as a series that began at that row (`restarted`), the range as one
+      with a gap of zeros. Such a gap must be longer than the look-back less the reach (11 days
+      with the defaults), so this is rare (a paused account resuming) and costs little.
+    `dropped`: the range grid's rows judged elsewhere or not at all; `restarted`: a grid of the
+    restarted series (same keys and series numbers), each from its restart row to the last day
+    it is judged as restarted, and `restarted_dropped` its rows before its first such day."""
+
+    dropped: np.ndarray
+    restarted: _DenseGrid | None
+    restarted_dropped: np.ndarray | None
+
+    @classmethod
+    def of(
+        cls,
+        grid: _DenseGrid,
+        start: date,
+        end: date,
+        settings: UsageSettings,
+        lookback_days: int | None,
+    ) -> _LookBackCut | None:
+        if lookback_days is None or grid.value.size == 0:
+            return None
+        lookback, reach = lookback_days, usage_reach_days(settings)
+        first, last = _epoch_day(start), _epoch_day(end)
+        in_range = (grid.day >= first) & (grid.day <= last)
+        # a grid begins each series on a row, so the count restarts on every series' first row
+        dropped = in_range & (_index_since(grid.observed) > lookback)
+        rows = np.flatnonzero(grid.observed)
+        before, after = rows[:-1], rows[1:]
+        gap = (grid.series[before] == grid.series[after]) & (after - before >= lookback - reach + 2)
+        before, after = before[gap], after[gap]
+        series_end = np.searchsorted(grid.series, grid.series[after], side="right") - 1
+        # the days whose look-back begins after the gap's last row, up to the reach
+        block_first = np.maximum(grid.day[before] + lookback + 1, grid.day[after])
+        block_last = np.minimum(grid.day[after] + reach - 1, grid.day[series_end])
+        block_first, block_last = np.maximum(block_first, first), np.minimum(block_last, last)
+        kept = block_first <= block_last
+        if not kept.any():
+            return cls(dropped, None, None) if dropped.any() else None
+        after, block_first, block_last = after[kept], block_first[kept], block_last[kept]
+        length = block_last - grid.day[after] + 1
+        begins = np.zeros(length.size, dtype=np.int64)
+        np.cumsum(length[:-1], out=begins[1:])
+        position = np.arange(int(length.sum()), dtype=np.int64) - np.repeat(begins, length)
+        taken = np.repeat(after, length) + position
+        restarted = _DenseGrid(
+            grid.keys,
+            grid.series[taken],
+            position,
+            grid.day[taken],
+            grid.value[taken],
+            grid.observed[taken],
+        )
+        restarted_dropped = restarted.day < np.repeat(block_first, length)
+        dropped[taken[~restarted_dropped]] = True
+        return cls(dropped, restarted, restarted_dropped)
+
+
+def _per_look_back(
+    compute: Callable[[_DenseGrid, np.ndarray | None], pl.DataFrame],
+    grid: _DenseGrid,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    lookback_days: int | None = None,
+    cut: _LookBackCut | None = None,
+    merge: bool = False,
+) -> pl.DataFrame:
+    """`compute` of the grid as each day's run would see it alone (`_LookBackCut`, given or
+    made for `lookback_days`): the grid less its dropped rows, and the restarted series' rows.
+    Rows in series and day order: `merge` (rows of every grid row in [start, end] not dropped,
+    as the baselines give) interleaves the two by their grid order; otherwise (a few signals)
+    they are sorted."""
+    if cut is None:
+        cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    if cut is None:
+        return compute(grid, None)
+    frame = compute(grid, cut.dropped)
+    if cut.restarted is None:
+        return frame
+    extra = compute(cut.restarted, cut.restarted_dropped)
+    if extra.height == 0:
+        return frame
+    together = pl.concat([frame, extra], how="vertical_relaxed")
+    if not merge:
+        order = ("customer_id", "metric", "subject", "partition_date", "type")
+        return together.sort([c for c in order if c in together.columns], maintain_order=True)
+    first, last = _epoch_day(start), _epoch_day(end)
+
+    def order_key(g: _DenseGrid, dropped: np.ndarray) -> np.ndarray:
+        rows = (g.day >= first) & (g.day <= last) & ~dropped
+        return (g.series[rows].astype(np.int64) << 20) | (g.day[rows] - first)
+
+    ours = order_key(grid, cut.dropped)
+    theirs = order_key(cut.restarted, cut.restarted_dropped)  # type: ignore[arg-type]
+    order = np.empty(ours.size + theirs.size, dtype=np.int64)
+    order[np.arange(ours.size) + np.searchsorted(theirs, ours)] = np.arange(ours.size)
+    order[np.arange(theirs.size) + np.searchsorted(ours, theirs)] = ours.size + np.arange(
+        theirs.size
+    )
+    return together[order]
 
 
 POPULATION_SCHEMA = {"metric": pl.String, "date": pl.Date, "population_shift": pl.Float64}
@@ -534,7 +710,9 @@ def _baselines_of_grid(
     end: date,
     settings: UsageSettings,
     population: pl.DataFrame | None = None,
+    dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
+    """`usage_baselines` of the grid, less its `dropped` rows (`_LookBackCut`)."""
     s = settings
     first_judged = start - timedelta(days=s.persistence_days + 7)
     needs_expected = first_judged - timedelta(days=s.scale_days)
@@ -648,7 +826,11 @@ def _baselines_of_grid(
             ).alias("run_effect"),
             previous("rel_change", 1).alias("prev_rel_change"),
         )
-        .filter(pl.col("date").is_between(start, end))
+        .filter(
+            pl.col("date").is_between(start, end)
+            if dropped is None
+            else pl.col("date").is_between(start, end) & pl.Series(~dropped[judged_rows])
+        )
         .drop("_pos", "_series", "y", "abs_resid")
         .rename({"date": "partition_date"})
     )
@@ -794,12 +976,21 @@ def weekly_trend_stats(
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
     population: pl.DataFrame | None = None,
+    lookback_days: int | None = None,
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: week sums ending on that day, the run of
     consecutive rises/falls, and the log-linear slope with its t-statistic; the trend test's
-    statistics (`_trend_test_stats`) of the week sums with `population` days taken out."""
-    return _trend_stats_of_grid(
-        _grid_until(usage, end, churned), start, end, settings, population=population
+    statistics (`_trend_test_stats`) of the week sums with `population` days taken out.
+    `lookback_days`: as in `usage_baselines`."""
+    return _per_look_back(
+        lambda g, dropped: _trend_stats_of_grid(
+            g, start, end, settings, population=population, dropped=dropped
+        ),
+        _grid_until(usage, end, churned),
+        start,
+        end,
+        settings,
+        lookback_days,
     )
 
 
@@ -842,10 +1033,11 @@ def _trend_stats_of_grid(
     settings: UsageSettings,
     only_candidates: bool = False,
     population: pl.DataFrame | None = None,
+    dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """`weekly_trend_stats` of the grid; with `only_candidates`, only of the rows that could
     become a signal (`_trend_candidates`): the same signals, without the weekly scale's rolling
-    median and the wide frame for the rows no test could pass."""
+    median and the wide frame for the rows no test could pass. Not on `dropped` rows."""
     s = settings
     k = s.trend_weeks
     kd = s.trend_test_weeks
@@ -860,6 +1052,7 @@ def _trend_stats_of_grid(
         (grid.day >= _epoch_day(start))
         & (grid.day <= _epoch_day(end))
         & (grid.position >= 7 * (k - 1) + 6)
+        & (True if dropped is None else ~dropped)
     )
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
     sums = pl.DataFrame(
