@@ -15,6 +15,7 @@ from insight_pipeline.lib.detectors.usage import (
     KEYS,
     _grid_until,
     _lagged_median,
+    _LookBackCut,
     _mann_kendall_s,
     _mann_kendall_s_at,
     _series_rolling_median,
@@ -28,7 +29,6 @@ from insight_pipeline.lib.detectors.usage import (
     series_starts,
     usage_baselines,
     usage_baselines_and_trends,
-    usage_reach_days,
     usage_trends,
     weekly_trend_stats,
 )
@@ -447,11 +447,49 @@ def test_each_day_of_a_range_is_judged_on_its_own_look_back(settings: UsageSetti
 
 def test_a_look_back_shorter_than_the_statistics_reach_is_refused() -> None:
     """Eight trend weeks read 117 days back (their weekly scale): a 112-day look-back would
-    judge a day on less history than that, and a range would then disagree with its days."""
-    with pytest.raises(ValueError, match=r"lookback_days=112: .* 117 days"):
+    judge a day on less history than that. The look-back holds a week more than the reach,
+    so that a weekday-only export's weekends never restart a series in a range run."""
+    with pytest.raises(ValueError, match=r"lookback_days=112: .* 117 days .* to 124 or more"):
         Settings.from_dict({"usage": {"trend_weeks": 8}})
-    assert Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 117})
-    assert usage_reach_days(S) <= Settings().lookback_days
+    with pytest.raises(ValueError, match=r"lookback_days=120"):
+        Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 120})
+    assert Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 124})
+    with pytest.raises(ValueError, match=r"shorter than the usage reach"):
+        usage_baselines(usage_series(2, 120, END), END, END, S, lookback_days=90)
+
+
+def test_a_weekday_only_export_restarts_nothing() -> None:
+    """Weekend days without rows are no pause: with the longest trend test the settings allow
+    (16 weeks, its look-back a week beyond its reach), a range of weekday-only rows is judged
+    without restarted copies, and equals its days."""
+    settings = Settings.from_dict({"usage": {"trend_test_weeks": 16}, "lookback_days": 118})
+    usage = usage_series(6, DAYS, END, level=200.0, seed=4).filter(pl.col("date").dt.weekday() <= 5)
+    first = day_of(200)
+    grid = _grid_until(usage, END, None)
+    cut = _LookBackCut.of(grid, first, END, settings.usage, settings.lookback_days)
+    assert cut is None or cut.restarted is None
+    ranged = weekly_trend_stats(usage, first, END, settings.usage, lookback_days=118)
+    for offset in range(0, 40, 3):
+        day = first + timedelta(days=offset)
+        window = usage.filter(pl.col("date").is_between(day - timedelta(days=118), day))
+        alone = weekly_trend_stats(window, day, day, settings.usage, lookback_days=118)
+        assert alone.equals(ranged.filter(pl.col("partition_date") == day)), day
+
+
+def test_a_range_wholly_inside_a_restart_gives_its_days_statistics() -> None:
+    """Every day of the range judged on a restarted copy (the grid itself has none left):
+    the statistics are the copy's, with every column."""
+    usage = usage_series(1, DAYS, END, level=300.0, seed=2).filter(
+        ~pl.col("date").is_between(day_of(100), day_of(159))
+    )
+    first, last = day_of(215), day_of(225)
+    ranged = weekly_trend_stats(usage, first, last, S, lookback_days=112)
+    day = day_of(220)
+    window = usage.filter(pl.col("date") >= day - timedelta(days=112))
+    assert ranged.height == 11 and ranged.columns == weekly_trend_stats(window, day, day, S).columns
+    assert ranged.filter(pl.col("partition_date") == day).equals(
+        weekly_trend_stats(window, day, day, S, lookback_days=112)
+    )
 
 
 @pytest.mark.parametrize("wanted", ["few rows (direct medians)", "every row (kernel pass)"])

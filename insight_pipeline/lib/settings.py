@@ -100,7 +100,7 @@ class UsageSettings:
         if not 4 <= self.trend_test_weeks <= 16:
             raise ValueError(
                 f"usage.trend_test_weeks={self.trend_test_weeks}: between 4 (a trend test needs "
-                "more pairs of weeks than that) and 16 (the usage look-back holds 16 weeks)"
+                "more pairs of weeks than that) and 16 (with a look-back of 16 weeks and more)"
             )
         if not 0 < self.trend_alpha < 0.5:
             raise ValueError(f"usage.trend_alpha={self.trend_alpha}: a significance in (0, 0.5)")
@@ -385,6 +385,12 @@ class TeamSettings:
     """Member accounts renewing within this many days are named in the narrative."""
 
 
+LOOKBACK_MARGIN_DAYS = 7
+"""Days the look-back holds beyond the usage statistics' reach (`usage_reach_days`): a day's
+history then begins where a range's does unless the series had no row for longer than that
+(a pause), which a range run judges as that day's run does (`_LookBackCut`), at a cost."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """All thresholds. `Settings.from_dict` reads the nested dict of Dagster run config."""
@@ -407,12 +413,13 @@ class Settings:
         from insight_pipeline.lib.detectors.usage import usage_reach_days  # (imports settings)
 
         reach = usage_reach_days(self.usage)
-        if self.lookback_days < reach:
+        if self.lookback_days < reach + LOOKBACK_MARGIN_DAYS:
             raise ValueError(
                 f"lookback_days={self.lookback_days}: the usage settings read {reach} days "
                 "before a partition day (usage.baseline_weeks, scale_days, persistence_days, "
-                "trend_weeks, trend_test_weeks); a shorter look-back would judge a day on less "
-                f"history than its statistics need. Set lookback_days to {reach} or more."
+                "trend_weeks, trend_test_weeks), and the look-back must hold a week more, so "
+                "that a weekend or a week without rows never moves where a day's history "
+                f"begins. Set lookback_days to {reach + LOOKBACK_MARGIN_DAYS} or more."
             )
 
     @classmethod

@@ -493,7 +493,8 @@ class _LookBackCut:
     - the series' first row in D's look-back came after a gap, within `usage_reach_days` of D:
       a day's run judges it as a series that began at that row (`restarted`), the range as one
       with a gap of zeros. Such a gap must be longer than the look-back less the reach (11 days
-      with the defaults), so this is rare (a paused account resuming) and costs little.
+      with the defaults; at least a week with any allowed settings), so this is rare (a paused
+    account resuming) and costs little.
     `dropped`: the range grid's rows judged elsewhere or not at all; `restarted`: a grid of the
     restarted series (same keys and series numbers), each from its restart row to the last day
     it is judged as restarted, and `restarted_dropped` its rows before its first such day."""
@@ -514,6 +515,8 @@ class _LookBackCut:
         if lookback_days is None or grid.value.size == 0:
             return None
         lookback, reach = lookback_days, usage_reach_days(settings)
+        if lookback < reach:  # (Settings refuses it; a caller of the library may not)
+            raise ValueError(f"lookback_days={lookback} is shorter than the usage reach {reach}")
         first, last = _epoch_day(start), _epoch_day(end)
         in_range = (grid.day >= first) & (grid.day <= last)
         # a grid begins each series on a row, so the count restarts on every series' first row
@@ -574,6 +577,8 @@ def _per_look_back(
     extra = compute(cut.restarted, cut.restarted_dropped)
     if extra.height == 0:
         return frame
+    if frame.height == 0:  # (an empty frame may lack the columns computed from rows)
+        return extra
     together = pl.concat([frame, extra], how="vertical_relaxed")
     if not merge:
         order = ("customer_id", "metric", "subject", "partition_date", "type")
