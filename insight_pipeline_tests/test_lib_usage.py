@@ -445,6 +445,29 @@ def test_each_day_of_a_range_is_judged_on_its_own_look_back(settings: UsageSetti
     assert usage_baselines(usage, first, END, settings, lookback_days=lookback).equals(base_days)
 
 
+def test_trend_statistics_of_fractional_usage_are_a_ranges_and_its_days_to_the_bit() -> None:
+    """Usage in hours or gigabytes is no whole number: the week sums of a range and of a day
+    alone are added in the same order (a running sum's rounding depends on where the grid
+    starts), so every statistic is the same float, and every weekly total is its seven days'."""
+    usage = usage_series(40, DAYS, END, level=200.0, seed=4).with_columns(
+        pl.col("value") * 0.37 + 0.013
+    )
+    first = day_of(200)
+
+    def window(day: date) -> pl.DataFrame:
+        return usage.filter(pl.col("date") >= day - timedelta(days=112))
+
+    ranged = weekly_trend_stats(window(first), first, END, S, lookback_days=112)
+    for offset in range(0, 40, 3):
+        day = first + timedelta(days=offset)
+        alone = weekly_trend_stats(window(day), day, day, S, lookback_days=112)
+        assert alone.equals(ranged.filter(pl.col("partition_date") == day)), day
+    last = ranged.filter(pl.col("partition_date") == END).sort("customer_id")
+    week = usage.filter(pl.col("date") > END - timedelta(days=7))
+    totals = week.group_by("customer_id").agg(pl.col("value").sum()).sort("customer_id")
+    assert np.allclose(last["w0"].to_numpy(), totals["value"].to_numpy(), rtol=1e-12)
+
+
 def test_a_look_back_shorter_than_the_statistics_reach_is_refused() -> None:
     """Eight trend weeks read 117 days back (their weekly scale): a 112-day look-back would
     judge a day on less history than that. The look-back holds a week more than the reach,

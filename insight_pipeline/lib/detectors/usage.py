@@ -966,14 +966,6 @@ def within_series(window: pl.Expr, reach: int) -> pl.Expr:
     return pl.when(pl.col("_pos") >= reach).then(window)
 
 
-def _series_sum(value: pl.Expr, window: int, lag: int = 0) -> pl.Expr:
-    """Sum of `value` over `window` days ending `lag` days back, within the series."""
-    shifted = value.shift(lag) if lag else value
-    return within_series(
-        shifted.rolling_sum(window_size=window, min_samples=window), lag + window - 1
-    )
-
-
 def weekly_trend_stats(
     usage: pl.DataFrame,
     start: date,
@@ -1020,15 +1012,45 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
             # (a day without usage stays one: 0 is no level to scale)
             scaled = moved & (values > 0)
             values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
-    sums = values.copy()
-    for lag in range(1, 7):
-        sums[lag:] += values[:-lag]
     days = moved.astype(np.int16)
     if moved.any():
         for lag in range(1, 7):
             days[lag:] += moved[:-lag]
-    whole = grid.position >= 6
-    return np.where(whole, sums, np.nan), np.where(whole, days, 0)
+    return _week_sums(values, grid.position), np.where(grid.position >= 6, days, 0)
+
+
+def _week_sums(values: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """The 7-day sums ending on each row of a grid, NaN where the week is not wholly in the
+    series. Added as seven terms in a fixed order, not as a running sum: usage values need not
+    be whole numbers, and a running sum's rounding depends on where the grid starts, which a
+    range run and a day's run do not share (the weeks would differ in their last bits)."""
+    sums = values.copy()
+    for lag in range(1, 7):
+        sums[lag:] += values[:-lag]
+    return np.where(position >= 6, sums, np.nan)
+
+
+def _weeks_back(
+    sums: np.ndarray, position: np.ndarray, rows: np.ndarray, first: int, n: int
+) -> pl.Series:
+    """At `rows`: the total of the `n` week sums ending `first`, `first` + 1, ... weeks back,
+    added in that order (see `_week_sums`); null where they are not wholly in the series."""
+    if rows.size * 4 >= sums.size:  # most of the grid (a range): whole shifted arrays
+        total = np.full(sums.size, np.nan)
+        total[7 * first :] = sums[: sums.size - 7 * first]
+        for i in range(first + 1, first + n):
+            total[7 * i :] += sums[: sums.size - 7 * i]
+        total = total[rows]
+    else:  # a day or a few: only their weeks, added in the same order
+        total = sums[np.maximum(rows - 7 * first, 0)].copy()
+        for i in range(first + 1, first + n):
+            total += sums[np.maximum(rows - 7 * i, 0)]
+    whole = position[rows] >= 7 * (first + n) - 1
+    return (
+        pl.DataFrame({"total": total, "whole": whole})
+        .select(pl.when("whole").then("total"))
+        .to_series()
+    )
 
 
 def _trend_stats_of_grid(
@@ -1060,23 +1082,18 @@ def _trend_stats_of_grid(
         & (True if dropped is None else ~dropped)
     )
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
-    sums = pl.DataFrame(
-        {
-            "value": grid.value,
-            "_pos": grid.position,
-            "_weekend": np.where(weekend_day, grid.value, 0.0),
-        }
-    ).select(
-        _series_sum(pl.col("value"), 7).alias("w0"),
-        _series_sum(pl.col("value"), 21).alias("recent3"),
-        (_series_sum(pl.col("value"), 56, lag=21) / 8.0).alias("prior_week"),
-        _series_sum(pl.col("_weekend"), 21).alias("_we_recent"),
-        _series_sum(pl.col("_weekend"), 56, lag=21).alias("_we_prior"),
-        _series_sum(pl.col("_weekend"), 7).alias("_we7"),
+    w0 = _week_sums(grid.value, grid.position)  # NaN where the series is shorter than a week
+    we7 = _week_sums(np.where(weekend_day, grid.value, 0.0), grid.position)
+    # the last 3 weeks and the 8 before them, at the wanted rows only
+    picked = pl.DataFrame(
+        [
+            _weeks_back(w0, grid.position, wanted, 0, 3).alias("recent3"),
+            (_weeks_back(w0, grid.position, wanted, 3, 8) / 8.0).alias("prior_week"),
+            _weeks_back(we7, grid.position, wanted, 0, 3).alias("_we_recent"),
+            _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
+        ]
     )
-    w0 = sums["w0"].to_numpy()  # NaN where the series is shorter than a week
     test_w0, moved_days = _test_weeks(grid, population)
-    picked = sums[wanted]
     if only_candidates:
         kept = _trend_candidates(w0, test_w0, picked, wanted, grid.position, s)
         wanted, picked = wanted[kept], picked.filter(pl.Series(kept))
@@ -1086,7 +1103,7 @@ def _trend_stats_of_grid(
 
     # log1p of every week sum, once (polars' log1p, as the rest); the log week sums of the
     # regression and the week-to-week changes below are all gathered from it.
-    log_w0 = sums["w0"].log1p().to_numpy()  # NaN where w0 is null
+    log_w0 = pl.Series(w0).log1p().to_numpy()  # NaN where w0 is
 
     # The account's own week-to-week variability: robust scale of past weekly log changes,
     # taken from before the current run could have started (shifted by the trend window).
@@ -1096,7 +1113,7 @@ def _trend_stats_of_grid(
     scale = pl.Series(
         _series_rolling_median(wow, grid.position, wanted, 7 * (k - 1), 56, 28), nan_to_null=True
     )
-    share_sd = _weekly_share_sd(w0, sums["_we7"].to_numpy(), grid.position, wanted)
+    share_sd = _weekly_share_sd(w0, we7, grid.position, wanted)
     frame = (
         grid.frame(wanted)
         .with_columns(
