@@ -268,3 +268,39 @@ def test_an_account_whose_rows_stopped_long_ago_is_judged_alike_by_a_range_and_i
     assert daily.filter(pl.col("customer_id") == "C000")["dau"].max() == 0
     assert judged("C001") == [d for d in days if first <= d <= END - timedelta(days=18)]
     assert len(judged("C002")) == 60
+
+
+def test_fractional_usage_gives_a_range_its_days_peer_means_to_the_bit() -> None:
+    """Usage in hours is no whole number: each account's 28-day mean is added in a fixed order,
+    so a range and each of its days alone compute the same floats (a running rolling sum's
+    rounding depends on where the grid starts), hence the same percentiles and medians."""
+    rng = np.random.default_rng(5)
+    days = pl.date_range(END - timedelta(days=200), END, "1d", eager=True)
+    ids = [f"C{i:03d}" for i in range(30)]
+    usage = steady_usage({c: 5.0 for c in ids}, days).with_columns(
+        pl.when(pl.col("metric") == "dau")
+        .then(pl.Series(rng.gamma(4.0, 1.7, size=len(ids) * days.len() * 2)) * 0.37 + 0.013)
+        .otherwise(pl.col("value"))
+        .alias("value")
+    )
+    accounts = retail_accounts(ids, ["mid_market"] * len(ids))
+    seats = pl.DataFrame(
+        schema={"customer_id": pl.String, "metric": pl.String, "entitled_value": pl.Float64}
+    )
+    s = BenchmarkSettings(min_cohort=5)
+    first = END - timedelta(days=20)
+
+    def window(start: date, end: date) -> pl.LazyFrame:
+        return usage.filter(pl.col("date").is_between(start - timedelta(days=112), end)).lazy()
+
+    def percentiles(start: date, end: date) -> pl.DataFrame:
+        rows = benchmark_usage(window(start, end), start, end, s)
+        return peer_percentiles(rows, seats, accounts, start, end, s, 112)
+
+    key = ["customer_id", "partition_date"]
+    ranged = percentiles(first, END).sort(key)
+    daily = pl.concat(
+        [percentiles(day, day) for day in pl.date_range(first, END, "1d", eager=True)]
+    ).sort(key)
+    assert ranged.height == 21 * 30
+    assert ranged.equals(daily)

@@ -23,8 +23,8 @@ from insight_pipeline.lib.detectors.usage import (
     rows_since,
     seen_between,
     series_last_before,
+    trailing_sums,
     usage_grid,
-    within_series,
 )
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
@@ -143,10 +143,8 @@ def peer_percentiles(
     # and daily), kept only for the run's days
     dense = usage_grid(wanted, end)
     rows = np.flatnonzero((dense.day >= _epoch_day(start)) & (dense.day <= _epoch_day(end)))
-    means = pl.DataFrame({"value": dense.value, "_pos": dense.position}).select(
-        within_series(pl.col("value").rolling_mean(w, min_samples=w), w - 1).alias("mean")
-    )
-    wide = _metric_with_seats(dense, rows, means["mean"], s.metric)
+    means = pl.Series("mean", trailing_sums(dense.value, dense.position, w) / w, nan_to_null=True)
+    wide = _metric_with_seats(dense, rows, means, s.metric)
     if "seats_used" not in wide.columns:
         wide = wide.with_columns(pl.lit(None, pl.Float64).alias("seats_used"))
     seats = (

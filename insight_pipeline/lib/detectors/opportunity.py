@@ -13,6 +13,7 @@ from insight_pipeline.lib.detectors.usage import (
     dense_usage,
     evidence_list,
     rows_since,
+    trailing_sums,
     usage_grid,
     within_series,
 )
@@ -64,7 +65,8 @@ def detect_entitlement_limit(
     wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
     windows = pl.DataFrame({"value": grid.value, "_pos": grid.position}).select(
         within_series(pl.col("value").rolling_max(7, min_samples=7), 6).alias("peak7"),
-        within_series(pl.col("value").rolling_mean(7, min_samples=7), 6).alias("m0"),
+        # (a sum in a fixed order: the same floats in a range and in a day's run)
+        pl.Series("m0", trailing_sums(grid.value, grid.position, 7) / 7, nan_to_null=True),
     )
     m0 = windows["m0"].to_numpy()
 

@@ -21,6 +21,7 @@ from insight_pipeline.lib.detectors.common import (
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     _lagged_median,
+    trailing_sums,
     usage_grid,
     within_series,
 )
@@ -57,20 +58,22 @@ def level_metrics_by_day(
         return pl.DataFrame(schema=LEVEL_SCHEMA)
     window = 28
     grid = usage_grid(usage.filter(pl.col("date") <= end), end)
-    step = pl.col("y") - pl.col("y").shift(1)
+    y = np.log1p(grid.value)
+    step = np.abs(y - np.roll(y, 1))  # from the day before (masked below at series starts)
+    # the mean of the `window` days' changes, each from its previous day in the series (a sum
+    # in a fixed order: the same floats whichever day the run's grid starts on)
+    change = trailing_sums(step, grid.position - 1, window) / window
     per_series = (
         pl.DataFrame(
             {
                 "_pos": grid.position,
-                "y": np.log1p(grid.value),
+                "change": pl.Series(change, nan_to_null=True),
                 "used": grid.value > 0,
                 "day": grid.day,
                 "series": grid.series,
             }
         )
-        .with_columns(within_series(step.abs(), 1).alias("change"))
         .with_columns(
-            within_series(pl.col("change").rolling_mean(window), window).alias("change"),
             within_series(pl.col("used").cast(pl.Int8).rolling_max(window), window - 1).alias(
                 "used"
             ),

@@ -1020,14 +1020,31 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
 
 
 def _week_sums(values: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """The 7-day sums ending on each row of a grid, NaN where the week is not wholly in the
-    series. Added as seven terms in a fixed order, not as a running sum: usage values need not
-    be whole numbers, and a running sum's rounding depends on where the grid starts, which a
-    range run and a day's run do not share (the weeks would differ in their last bits)."""
-    sums = values.copy()
+    """The 7-day sums ending on each row of a grid (`trailing_sums`)."""
+    return trailing_sums(values, position, 7)
+
+
+def trailing_sums(values: np.ndarray, position: np.ndarray, window: int) -> np.ndarray:
+    """The sums of the `window` days ending on each row of a grid (rows contiguous and daily per
+    series, `position` the row's day in its series), NaN where the window is not wholly in the
+    series. Added in a fixed order - the seven days of each week, then the weeks and the days
+    left, latest first - not as a running sum: usage need not be whole numbers (hours,
+    gigabytes), and a running sum's rounding depends on where the grid starts, which a range
+    run and a day's run do not share (their sums would differ in the last bits)."""
+    weeks, days = divmod(window, 7)
+    week = values.copy()
     for lag in range(1, 7):
-        sums[lag:] += values[:-lag]
-    return np.where(position >= 6, sums, np.nan)
+        week[lag:] += values[:-lag]
+    if window == 7:
+        total = week
+    else:
+        total = np.zeros_like(values)
+        for k in range(weeks):
+            total[7 * k :] += week[: week.size - 7 * k]
+        for d in range(days):
+            lag = 7 * weeks + d
+            total[lag:] += values[: values.size - lag]
+    return np.where(position >= window - 1, total, np.nan)
 
 
 def _weeks_back(
