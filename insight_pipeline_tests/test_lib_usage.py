@@ -27,8 +27,10 @@ from insight_pipeline.lib.detectors.usage import (
     rows_since,
     series_last_before,
     series_starts,
+    trailing_sums,
     usage_baselines,
     usage_baselines_and_trends,
+    usage_reach_days,
     usage_trends,
     weekly_trend_stats,
 )
@@ -468,6 +470,45 @@ def test_trend_statistics_of_fractional_usage_are_a_ranges_and_its_days_to_the_b
     assert np.allclose(last["w0"].to_numpy(), totals["value"].to_numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("window", [7, 10, 28, 30])
+def test_trailing_sums_are_the_window_sums_of_any_grid_however_short(window: int) -> None:
+    """Every series of a grid, long or shorter than the window, and a whole grid shorter than
+    the window's weeks: each row holds the sum of its window's days, NaN where the window is
+    not wholly in its series."""
+    rng = np.random.default_rng(3)
+    for lengths in ([3, 40, 1, 65, 29], [5], [12, 3], [20]):
+        position = np.concatenate([np.arange(n) for n in lengths])
+        values = rng.gamma(2.0, 1.3, size=position.size)
+        sums = trailing_sums(values, position, window)
+        for row in range(values.size):
+            if position[row] >= window - 1:
+                assert sums[row] == pytest.approx(values[row - window + 1 : row + 1].sum())
+            else:
+                assert np.isnan(sums[row])
+
+
+def test_a_short_restarted_series_in_a_range_is_judged_as_its_days() -> None:
+    """An account that sent rows for a few days, paused five months and came back 61 days
+    before the end: in a 41-day range its days are computed on a restarted copy of 60-odd rows,
+    shorter than the weeks the trend reaches back over (no error; the same rows as each day)."""
+    usage = usage_series(4, DAYS, END, level=150.0, seed=9)
+    back = (pl.col("customer_id") == "C0003") & ~(
+        pl.col("date").is_between(day_of(DAYS - 146), day_of(DAYS - 141))
+        | (pl.col("date") >= day_of(DAYS - 61))
+    )
+    usage = usage.filter(~back)
+    lookback = usage_reach_days(S) + 7
+    first = day_of(DAYS - 41)
+    window = usage.filter(pl.col("date") >= first - timedelta(days=lookback))
+    ranged = weekly_trend_stats(window, first, END, S, lookback_days=lookback)
+    assert ranged.filter(pl.col("customer_id") == "C0003").height > 0
+    for offset in range(0, 41, 4):
+        day = first + timedelta(days=offset)
+        alone = usage.filter(pl.col("date").is_between(day - timedelta(days=lookback), day))
+        found = weekly_trend_stats(alone, day, day, S, lookback_days=lookback)
+        assert found.equals(ranged.filter(pl.col("partition_date") == day)), day
+
+
 def test_a_look_back_shorter_than_the_statistics_reach_is_refused() -> None:
     """Eight trend weeks read 117 days back (their weekly scale): a 112-day look-back would
     judge a day on less history than that. The look-back holds a week more than the reach,
@@ -477,6 +518,10 @@ def test_a_look_back_shorter_than_the_statistics_reach_is_refused() -> None:
     with pytest.raises(ValueError, match=r"lookback_days=120"):
         Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 120})
     assert Settings.from_dict({"usage": {"trend_weeks": 8}, "lookback_days": 124})
+    # usage growth's earlier weeks must lie before the day and within its look-back
+    for weeks in (3, 17):
+        with pytest.raises(ValueError, match=rf"opportunity\.growth_weeks={weeks}: from 4"):
+            Settings.from_dict({"opportunity": {"growth_weeks": weeks}})
     with pytest.raises(ValueError, match=r"shorter than the usage reach"):
         usage_baselines(usage_series(2, 120, END), END, END, S, lookback_days=90)
 

@@ -293,6 +293,7 @@ class OpportunitySettings:
     promoter_min_score: float = 9.0
     promoter_window_days: int = 14
     growth_weeks: int = 12
+    """Usage growth compares the last 4 weeks with the 4 weeks ending this many weeks ago."""
     case_study_min_growth: float = 0.08
     case_study_min_health: float = 75.0
     case_study_min_sentiment: float = 0.4
@@ -412,6 +413,13 @@ class Settings:
     def __post_init__(self) -> None:
         from insight_pipeline.lib.detectors.usage import usage_reach_days  # (imports settings)
 
+        growth = 7 * self.opportunity.growth_weeks
+        if not 28 <= growth <= self.lookback_days:
+            raise ValueError(
+                f"opportunity.growth_weeks={self.opportunity.growth_weeks}: from 4 (the weeks "
+                "compared must not lie after the day) to lookback_days / 7 "
+                f"({self.lookback_days // 7}: a day's look-back must hold them)"
+            )
         reach = usage_reach_days(self.usage)
         if self.lookback_days < reach + LOOKBACK_MARGIN_DAYS:
             raise ValueError(

@@ -10,7 +10,6 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import customer_days
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
-    dense_usage,
     evidence_list,
     rows_since,
     trailing_sums,
@@ -45,17 +44,15 @@ def detect_entitlement_limit(
     metrics = entitlements["metric"].unique()
     # lazy: filtered in parallel, and only the rows the windows need are collected
     scan = usage.lazy().filter(pl.col("metric").is_in(metrics.implode()) & (pl.col("date") <= end))
-    # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days).
-    if _exact_sums(scan):
-        if starts is not None:
-            # the series of `scan`: its metrics, this part's accounts (usage of a customer not
-            # in `accounts` is quarantined at the source, and no signal would read it)
-            starts = starts.filter(pl.col("metric").is_in(metrics.implode())).join(
-                accounts.select("customer_id"), on="customer_id", how="semi"
-            )
-        usage = rows_since(scan, start - timedelta(days=7 * k - 1), starts)
-    else:
-        usage = scan.collect()
+    # The windows of a run day reach back 7 k - 1 days (k weekly means of 7 days), and give
+    # the same floats on a grid that starts there (sums in a fixed order, `trailing_sums`).
+    if starts is not None:
+        # the series of `scan`: its metrics, this part's accounts (usage of a customer not
+        # in `accounts` is quarantined at the source, and no signal would read it)
+        starts = starts.filter(pl.col("metric").is_in(metrics.implode())).join(
+            accounts.select("customer_id"), on="customer_id", how="semi"
+        )
+    usage = rows_since(scan, start - timedelta(days=7 * k - 1), starts)
     if usage.height == 0:
         return empty_signals()
     grid = usage_grid(usage, end)
@@ -189,23 +186,6 @@ def detect_entitlement_limit(
     )
 
 
-def _exact_sums(usage: pl.LazyFrame) -> bool:
-    """Whole numbers whose total stays far below 2^53: every window sum over them is exact.
-
-    polars' rolling sums run on (compensated) from the first row of the frame, so on fractional
-    values a window's last bit depends on the rows before it; on whole numbers it does not, and
-    a grid of fewer rows gives the same windows to the bit."""
-    v = pl.col("value").cast(pl.Float64)
-    whole, total = (
-        usage.select(  # one parallel pass; nulls (0 in the grid) are skipped
-            (v.is_finite() & (v == v.round())).all().alias("whole"), v.abs().sum()
-        )
-        .collect()
-        .row(0)
-    )
-    return bool(whole) and total < 2.0**50
-
-
 def account_momentum(
     usage: pl.DataFrame,
     health: pl.DataFrame,
@@ -223,20 +203,20 @@ def account_momentum(
     meetings = meetings.lazy().filter(customers).collect()
     counts = usage.filter((pl.col("metric") != "seats_used") & (pl.col("date") <= end))
     total = counts.group_by("customer_id", "date").agg(pl.col("value").sum())
-    grid = dense_usage(total.with_columns(pl.lit("all").alias("metric")), end)
-    recent = pl.col("value").rolling_sum(28, min_samples=28).over("customer_id")
-    growth = (
-        grid.with_columns(recent.alias("recent"))
-        .with_columns(
-            pl.col("recent").shift(7 * (growth_weeks - 4)).over("customer_id").alias("older")
-        )
-        .select(
-            "customer_id",
-            pl.col("date").alias("partition_date"),
-            pl.when(pl.col("older") > 0)
-            .then(pl.col("recent") / pl.col("older") - 1.0)
-            .alias("growth"),
-        )
+    grid = usage_grid(total.with_columns(pl.lit("all").alias("metric")), end)
+    # 4-week totals now and `growth_weeks` - 4 weeks before (sums in a fixed order: the same
+    # floats in a range and in a day's run)
+    recent = trailing_sums(grid.value, grid.position, 28)
+    lag = 7 * (growth_weeks - 4)
+    older = np.full(recent.size, np.nan)
+    older[lag:] = recent[: max(recent.size - lag, 0)]
+    older[grid.position < lag] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.where(older > 0, recent / older - 1.0, np.nan)
+    growth = grid.frame().select(
+        "customer_id",
+        pl.col("date").alias("partition_date"),
+        pl.Series("growth", change, nan_to_null=True),
     )
     out = days.join(growth, on=["customer_id", "partition_date"], how="left").sort("partition_date")
     if health.height:

@@ -1027,24 +1027,30 @@ def _week_sums(values: np.ndarray, position: np.ndarray) -> np.ndarray:
 def trailing_sums(values: np.ndarray, position: np.ndarray, window: int) -> np.ndarray:
     """The sums of the `window` days ending on each row of a grid (rows contiguous and daily per
     series, `position` the row's day in its series), NaN where the window is not wholly in the
-    series. Added in a fixed order - the seven days of each week, then the weeks and the days
-    left, latest first - not as a running sum: usage need not be whole numbers (hours,
+    series. Added in a fixed order - the seven days of each week, then the weeks (latest
+    first) and the days left - not as a running sum: usage need not be whole numbers (hours,
     gigabytes), and a running sum's rounding depends on where the grid starts, which a range
     run and a day's run do not share (their sums would differ in the last bits)."""
     weeks, days = divmod(window, 7)
+    size = values.size
     week = values.copy()
     for lag in range(1, 7):
-        week[lag:] += values[:-lag]
+        week[lag:] += values[: _kept(size, lag)]
     if window == 7:
         total = week
     else:
         total = np.zeros_like(values)
         for k in range(weeks):
-            total[7 * k :] += week[: week.size - 7 * k]
+            total[7 * k :] += week[: _kept(size, 7 * k)]
         for d in range(days):
             lag = 7 * weeks + d
-            total[lag:] += values[: values.size - lag]
+            total[lag:] += values[: _kept(size, lag)]
     return np.where(position >= window - 1, total, np.nan)
+
+
+def _kept(size: int, lag: int) -> int:
+    """How many of `size` values a shift by `lag` keeps (none when the lag is longer)."""
+    return max(size - lag, 0)
 
 
 def _weeks_back(
@@ -1054,9 +1060,9 @@ def _weeks_back(
     added in that order (see `_week_sums`); null where they are not wholly in the series."""
     if rows.size * 4 >= sums.size:  # most of the grid (a range): whole shifted arrays
         total = np.full(sums.size, np.nan)
-        total[7 * first :] = sums[: sums.size - 7 * first]
+        total[7 * first :] = sums[: _kept(sums.size, 7 * first)]
         for i in range(first + 1, first + n):
-            total[7 * i :] += sums[: sums.size - 7 * i]
+            total[7 * i :] += sums[: _kept(sums.size, 7 * i)]
         total = total[rows]
     else:  # a day or a few: only their weeks, added in the same order
         total = sums[np.maximum(rows - 7 * first, 0)].copy()
