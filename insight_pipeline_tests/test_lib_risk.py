@@ -249,3 +249,48 @@ def test_health_drops_of_a_range_are_those_of_its_days() -> None:
         .sort("customer_id", "partition_date")
         .equals(whole.sort("customer_id", "partition_date"))
     )
+
+
+def test_support_surges_with_fractional_priority_weights_are_a_ranges_and_its_days() -> None:
+    """Priority weights an organisation chose (0.3, 1.1, 2.7, 4.9) make no sums exact in
+    binary: the weighted ticket totals are added in a fixed order, so a range and each day
+    alone, whose grids start on different days, raise the same surges with the same numbers."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.risk import detect_support_surge
+
+    rng = np.random.default_rng(8)
+    ids = [f"C{i:02d}" for i in range(20)]
+    accounts = customers_frame(ids)
+    rows = []
+    for index, customer in enumerate(ids):
+        days = rng.integers(1, 300, size=25).tolist()
+        if index < 4:  # a surge in the last fortnight
+            days += rng.integers(1, 14, size=12).tolist()
+        for n, day in enumerate(days):
+            priority = ["low", "normal", "high", "urgent"][int(rng.integers(0, 4))]
+            rows.append(
+                (
+                    f"{customer}-{n}",
+                    customer,
+                    at(END - timedelta(days=day)),
+                    None,
+                    priority,
+                    None,
+                    "x",
+                )
+            )
+    tickets = pl.DataFrame(rows, schema=empty_table("support_tickets").schema, orient="row")
+    s = RiskSettings(priority_weights={"low": 0.3, "normal": 1.1, "high": 2.7, "urgent": 4.9})
+    first = END - timedelta(days=20)
+    key = ["customer_id", "partition_date", "type"]
+    ranged = detect_support_surge(tickets, accounts, first, END, s).sort(key)
+    daily = pl.concat(
+        [
+            detect_support_surge(tickets, accounts, day, day, s)
+            for day in pl.date_range(first, END, "1d", eager=True)
+        ],
+        how="vertical_relaxed",
+    ).sort(key)
+    assert ranged.height > 0
+    assert ranged.equals(daily)

@@ -158,6 +158,35 @@ class DayGrid:
         )
 
 
+def trailing_sums(values: np.ndarray, position: np.ndarray, window: int) -> np.ndarray:
+    """The sums of the `window` days ending on each row of a grid (rows contiguous and daily per
+    series, `position` the row's day in its series), NaN where the window is not wholly in the
+    series. Added in a fixed order - the seven days of each week, then the weeks (latest
+    first) and the days left - not as a running sum: usage need not be whole numbers (hours,
+    gigabytes), and a running sum's rounding depends on where the grid starts, which a range
+    run and a day's run do not share (their sums would differ in the last bits)."""
+    weeks, days = divmod(window, 7)
+    size = values.size
+    week = values.copy()
+    for lag in range(1, 7):
+        week[lag:] += values[: _kept(size, lag)]
+    if window == 7:
+        total = week
+    else:
+        total = np.zeros_like(values)
+        for k in range(weeks):
+            total[7 * k :] += week[: _kept(size, 7 * k)]
+        for d in range(days):
+            lag = 7 * weeks + d
+            total[lag:] += values[: _kept(size, lag)]
+    return np.where(position >= window - 1, total, np.nan)
+
+
+def _kept(size: int, lag: int) -> int:
+    """How many of `size` values a shift by `lag` keeps (none when the lag is longer)."""
+    return max(size - lag, 0)
+
+
 @dataclass(frozen=True)
 class CellCounts:
     """Per-cell sums of a `DayGrid` (`DayGrid.counts`), to be summed over day windows at the
@@ -183,9 +212,9 @@ class CellCounts:
         customer; NaN (null) where the window is incomplete, unless `partial` (then the sum of
         the days there are; only without a lag).
 
-        The same floats as polars' rolling sum over the whole `daily_counts` frame: differences
-        of prefix sums read at the cells when the sums are exact, else that rolling sum itself
-        (same kernel, same rounding)."""
+        Differences of prefix sums read at the cells when the sums are exact (whole counts,
+        weights like 0.5), else `trailing_sums` (added in a fixed order, so that a range's grid
+        and a day's, which start on different days, give the same floats)."""
         if partial and lag:
             raise ValueError("partial windows are only supported without a lag")
         n_days = self.grid.n_days
@@ -196,13 +225,12 @@ class CellCounts:
             prefix = self._prefix
             full = (prefix[stop] - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
             since_first = prefix[stop] - prefix[customer_first]
-        else:
-            values = self.values
-            series = pl.Series(values).shift(lag) if lag else pl.Series(values)
-            rolled = series.rolling_sum(window_size=window, min_samples=window)
-            full = rolled.gather(cells).to_numpy()
+        else:  # sums in a fixed order: the same floats whichever day the grid starts on
+            values = self.values.astype(np.float64)
+            day = np.arange(values.size) % n_days
+            full = trailing_sums(values, day, window)[np.maximum(cells - lag, 0)]
             if partial:  # (not needed otherwise: a pass over every cell)
-                running = series.fill_null(0.0).cum_sum().to_numpy()
+                running = np.cumsum(values)
                 since_first = running[cells] - (running[customer_first] - values[customer_first])
         if not partial:
             return np.where(complete, full, np.nan)

@@ -33,7 +33,12 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import mann_kendall_threshold, sign_test_critical
+from insight_pipeline.lib.detectors.common import (
+    _kept,
+    mann_kendall_threshold,
+    sign_test_critical,
+    trailing_sums,
+)
 from insight_pipeline.lib.parallel import for_each_chunk
 from insight_pipeline.lib.settings import UsageSettings
 from insight_pipeline.lib.signals import conform, evidence_item
@@ -1022,35 +1027,6 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
 def _week_sums(values: np.ndarray, position: np.ndarray) -> np.ndarray:
     """The 7-day sums ending on each row of a grid (`trailing_sums`)."""
     return trailing_sums(values, position, 7)
-
-
-def trailing_sums(values: np.ndarray, position: np.ndarray, window: int) -> np.ndarray:
-    """The sums of the `window` days ending on each row of a grid (rows contiguous and daily per
-    series, `position` the row's day in its series), NaN where the window is not wholly in the
-    series. Added in a fixed order - the seven days of each week, then the weeks (latest
-    first) and the days left - not as a running sum: usage need not be whole numbers (hours,
-    gigabytes), and a running sum's rounding depends on where the grid starts, which a range
-    run and a day's run do not share (their sums would differ in the last bits)."""
-    weeks, days = divmod(window, 7)
-    size = values.size
-    week = values.copy()
-    for lag in range(1, 7):
-        week[lag:] += values[: _kept(size, lag)]
-    if window == 7:
-        total = week
-    else:
-        total = np.zeros_like(values)
-        for k in range(weeks):
-            total[7 * k :] += week[: _kept(size, 7 * k)]
-        for d in range(days):
-            lag = 7 * weeks + d
-            total[lag:] += values[: _kept(size, lag)]
-    return np.where(position >= window - 1, total, np.nan)
-
-
-def _kept(size: int, lag: int) -> int:
-    """How many of `size` values a shift by `lag` keeps (none when the lag is longer)."""
-    return max(size - lag, 0)
 
 
 def _weeks_back(
