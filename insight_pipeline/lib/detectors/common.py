@@ -226,7 +226,7 @@ class CellCounts:
             full = (prefix[stop] - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
             since_first = prefix[stop] - prefix[customer_first]
         else:  # sums in a fixed order: the same floats whichever day the grid starts on
-            values = self.values.astype(np.float64)
+            values = np.asarray(self.values, dtype=np.float64)
             day = np.arange(values.size) % n_days
             full = trailing_sums(values, day, window)[np.maximum(cells - lag, 0)]
             if partial:  # (not needed otherwise: a pass over every cell)

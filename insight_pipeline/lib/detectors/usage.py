@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -382,15 +383,11 @@ def usage_baselines(
     that a range gives what each of its days gives alone.
     """
     grid = _grid_until(usage, end, churned)
-    return _per_look_back(
-        lambda g, dropped: _baselines_of_grid(g, start, end, settings, population, dropped),
-        grid,
-        start,
-        end,
-        settings,
-        lookback_days,
-        merge=True,
+    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    baselines = partial(
+        _baselines_of_grid, start=start, end=end, settings=settings, population=population
     )
+    return _per_look_back(baselines, grid, cut, start, end, merge=True)
 
 
 def usage_baselines_and_trends(
@@ -408,22 +405,10 @@ def usage_baselines_and_trends(
     the baselines are computed, so the two wide frames are never in memory together."""
     grid = _grid_until(usage, end, churned)
     cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    trends = _per_look_back(
-        lambda g, dropped: _trends_of_grid(g, start, end, settings, population, dropped),
-        grid,
-        start,
-        end,
-        settings,
-        cut=cut,
-    )
+    judged = {"start": start, "end": end, "settings": settings, "population": population}
+    trends = _per_look_back(partial(_trends_of_grid, **judged), grid, cut, start, end)
     baselines = _per_look_back(
-        lambda g, dropped: _baselines_of_grid(g, start, end, settings, population, dropped),
-        grid,
-        start,
-        end,
-        settings,
-        cut=cut,
-        merge=True,
+        partial(_baselines_of_grid, **judged), grid, cut, start, end, merge=True
     )
     return baselines, trends
 
@@ -439,14 +424,12 @@ def usage_trends(
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
     computed only on the rows that could pass its tests (`_trend_candidates`)."""
-    return _per_look_back(
-        lambda g, dropped: _trends_of_grid(g, start, end, settings, population, dropped),
-        _grid_until(usage, end, churned),
-        start,
-        end,
-        settings,
-        lookback_days,
+    grid = _grid_until(usage, end, churned)
+    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    trends = partial(
+        _trends_of_grid, start=start, end=end, settings=settings, population=population
     )
+    return _per_look_back(trends, grid, cut, start, end)
 
 
 def _trends_of_grid(
@@ -498,8 +481,8 @@ class _LookBackCut:
     - the series' first row in D's look-back came after a gap, within `usage_reach_days` of D:
       a day's run judges it as a series that began at that row (`restarted`), the range as one
       with a gap of zeros. Such a gap must be longer than the look-back less the reach (11 days
-      with the defaults; at least a week with any allowed settings), so this is rare (a paused
-    account resuming) and costs little.
+      with the defaults; at least a week with any allowed settings), so this is rare (a
+      paused account resuming) and costs little.
     `dropped`: the range grid's rows judged elsewhere or not at all; `restarted`: a grid of the
     restarted series (same keys and series numbers), each from its restart row to the last day
     it is judged as restarted, and `restarted_dropped` its rows before its first such day."""
@@ -558,28 +541,24 @@ class _LookBackCut:
 
 
 def _per_look_back(
-    compute: Callable[[_DenseGrid, np.ndarray | None], pl.DataFrame],
+    compute: Callable[..., pl.DataFrame],
     grid: _DenseGrid,
+    cut: _LookBackCut | None,
     start: date,
     end: date,
-    settings: UsageSettings,
-    lookback_days: int | None = None,
-    cut: _LookBackCut | None = None,
     merge: bool = False,
 ) -> pl.DataFrame:
-    """`compute` of the grid as each day's run would see it alone (`_LookBackCut`, given or
-    made for `lookback_days`): the grid less its dropped rows, and the restarted series' rows.
-    Rows in series and day order: `merge` (rows of every grid row in [start, end] not dropped,
-    as the baselines give) interleaves the two by their grid order; otherwise (a few signals)
-    they are sorted."""
+    """`compute(grid, dropped=...)` of the grid as each day's run would see it alone (`cut`,
+    None: as it is): the grid less its dropped rows, and the restarted series' rows. Rows in
+    series and day order: `merge` (rows of every grid row in [start, end] not dropped, as the
+    baselines give) interleaves the two by their grid order; otherwise (a few signals) they are
+    sorted."""
     if cut is None:
-        cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    if cut is None:
-        return compute(grid, None)
-    frame = compute(grid, cut.dropped)
+        return compute(grid, dropped=None)
+    frame = compute(grid, dropped=cut.dropped)
     if cut.restarted is None:
         return frame
-    extra = compute(cut.restarted, cut.restarted_dropped)
+    extra = compute(cut.restarted, dropped=cut.restarted_dropped)
     if extra.height == 0:
         return frame
     if frame.height == 0:  # (an empty frame may lack the columns computed from rows)
@@ -984,16 +963,12 @@ def weekly_trend_stats(
     consecutive rises/falls, and the log-linear slope with its t-statistic; the trend test's
     statistics (`_trend_test_stats`) of the week sums with `population` days taken out.
     `lookback_days`: as in `usage_baselines`."""
-    return _per_look_back(
-        lambda g, dropped: _trend_stats_of_grid(
-            g, start, end, settings, population=population, dropped=dropped
-        ),
-        _grid_until(usage, end, churned),
-        start,
-        end,
-        settings,
-        lookback_days,
+    grid = _grid_until(usage, end, churned)
+    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    stats = partial(
+        _trend_stats_of_grid, start=start, end=end, settings=settings, population=population
     )
+    return _per_look_back(stats, grid, cut, start, end)
 
 
 def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
@@ -1021,19 +996,14 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
     if moved.any():
         for lag in range(1, 7):
             days[lag:] += moved[:-lag]
-    return _week_sums(values, grid.position), np.where(grid.position >= 6, days, 0)
-
-
-def _week_sums(values: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """The 7-day sums ending on each row of a grid (`trailing_sums`)."""
-    return trailing_sums(values, position, 7)
+    return trailing_sums(values, grid.position, 7), np.where(grid.position >= 6, days, 0)
 
 
 def _weeks_back(
     sums: np.ndarray, position: np.ndarray, rows: np.ndarray, first: int, n: int
 ) -> pl.Series:
     """At `rows`: the total of the `n` week sums ending `first`, `first` + 1, ... weeks back,
-    added in that order (see `_week_sums`); null where they are not wholly in the series."""
+    added in that order (see `trailing_sums`); null where they are not wholly in the series."""
     if rows.size * 4 >= sums.size:  # most of the grid (a range): whole shifted arrays
         total = np.full(sums.size, np.nan)
         total[7 * first :] = sums[: _kept(sums.size, 7 * first)]
@@ -1081,8 +1051,8 @@ def _trend_stats_of_grid(
         & (True if dropped is None else ~dropped)
     )
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
-    w0 = _week_sums(grid.value, grid.position)  # NaN where the series is shorter than a week
-    we7 = _week_sums(np.where(weekend_day, grid.value, 0.0), grid.position)
+    w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
+    we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
     # the last 3 weeks and the 8 before them, at the wanted rows only
     picked = pl.DataFrame(
         [
