@@ -113,11 +113,11 @@ def rank_for_push(new: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
         ["user_id", "partition_date", "_critical", "score", "id"],
         descending=[False, False, True, True, False],
     )
-    ranked = ranked.with_columns(
-        (pl.int_range(pl.len()).over(["user_id", "partition_date"]) + 1)
-        .cast(pl.Int32)
-        .alias("rank_in_day")
-    )
+    # the row's place in its run of (user_id, partition_date): `int_range(len).over(...)`
+    # without a window per CSM and day (see `_previous`)
+    row = pl.int_range(pl.len())
+    first_row = pl.when(_starts("user_id", "partition_date")).then(row).forward_fill()
+    ranked = ranked.with_columns((row - first_row + 1).cast(pl.Int32).alias("rank_in_day"))
     eligible = pl.col("_critical") | (pl.col("score") >= settings.push_min_score)
     return (
         ranked.with_columns(
@@ -128,12 +128,50 @@ def rank_for_push(new: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
     )
 
 
+def _rows(candidates: pl.DataFrame | pl.LazyFrame, rows: pl.Series) -> pl.DataFrame:
+    """`candidates[rows]` for ascending `rows`; of a lazy frame (a stored part) only those rows
+    are collected whole, so its heavy columns (evidence, facts) are decoded for them alone."""
+    if isinstance(candidates, pl.DataFrame):
+        return candidates[rows]
+    return (
+        candidates.with_row_index("_row")
+        .filter(pl.col("_row").is_in(rows.implode()))
+        .drop("_row")
+        .collect()
+    )
+
+
+def _starts(*keys: str) -> pl.Expr:
+    """True on the first row of each run of equal `keys` values (nulls equal)."""
+    same = [pl.col(key).eq_missing(pl.col(key).shift(1)) for key in keys]
+    return ~pl.all_horizontal(same) | (pl.int_range(pl.len()) == 0)
+
+
+def _previous(column: str, key: str) -> pl.Expr:
+    """`pl.col(column).shift(1).over(key)` on rows sorted by `key`: the row above within the
+    same key. A window runs once per group, and with a group per fingerprint (tens of
+    thousands) it took ~0.1 s per window; this is a shift and a mask."""
+    return pl.when(~_starts(key)).then(pl.col(column).shift(1))
+
+
+def _all_so_far(flag: str, key: str) -> pl.Expr:
+    """`pl.col(flag).cast(pl.Int8).cum_min().over(key).cast(pl.Boolean)` on rows sorted by
+    `key` (see `_previous`): whether no False came yet within the key, up to this row; a null
+    flag stays null and is skipped, as cum_min skips it."""
+    falses = (~pl.col(flag)).fill_null(False).cast(pl.Int64)
+    seen = falses.cum_sum()
+    before_key = pl.when(_starts(key)).then(seen - falses).forward_fill()
+    return pl.when(pl.col(flag).is_not_null()).then(seen == before_key)
+
+
 def plan_episodes(
-    candidates: pl.DataFrame, existing: pl.DataFrame, settings: RankingSettings
+    candidates: pl.DataFrame | pl.LazyFrame, existing: pl.DataFrame, settings: RankingSettings
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split day-level candidates into (new episodes to upsert, extensions of existing ones).
 
-    candidates: one row per fingerprint x partition_date with `category` and the content.
+    candidates: one row per fingerprint x partition_date with `category` and the content; a
+                LazyFrame (a stored part) is read narrow, then only the new episodes' first
+                rows whole (a year's range raises new episodes on ~4% of its candidates).
     existing:   id, fingerprint, partition_date, last_seen_date, status from the store (and
                 customer_id, type, subject, category, score_parts: the episodes that may
                 explain an echo).
@@ -141,7 +179,16 @@ def plan_episodes(
     scored candidates also novelty, scored again, and rank_in_day and pushed: see
     `novelty_expr` and `rank_for_push`) and extensions (id, last_seen_date, expires_at).
     """
-    if candidates.height == 0:
+    # The episode structure is worked out on a narrow frame (row, fingerprint, day, TTL): only
+    # the first row of each new episode is taken from the wide candidates (evidence, facts...),
+    # whose sort was most of the time of a long range.
+    narrow = None
+    if isinstance(candidates, pl.LazyFrame):
+        narrow = candidates.select("fingerprint", "partition_date", ttl_expr(settings)).collect()
+        if narrow.height == 0:
+            candidates = candidates.clear().collect()
+    if (narrow if narrow is not None else candidates).height == 0:
+        assert isinstance(candidates, pl.DataFrame)
         empty_ext = pl.DataFrame(
             schema={
                 "id": pl.String,
@@ -157,24 +204,22 @@ def plan_episodes(
             pl.lit(None, dtype=pl.Boolean).alias("pushed"),
         )
         return empty_new, empty_ext
-    # The episode structure is worked out on a narrow frame (row, fingerprint, day, TTL): only
-    # the first row of each new episode is taken from the wide candidates (evidence, facts...),
-    # whose sort was most of the time of a long range.
-    cands = (
-        candidates.select("fingerprint", "partition_date", ttl_expr(settings))
-        .with_row_index("_row")
-        .sort(["fingerprint", "partition_date"])
-    )
-    # Segments inside the range: a new one starts after a silence longer than the TTL.
+    if narrow is None:
+        narrow = candidates.select("fingerprint", "partition_date", ttl_expr(settings))
+    cands = narrow.with_row_index("_row").sort(["fingerprint", "partition_date"])
+    # Segments inside the range: a new one starts after a silence longer than the TTL. The
+    # rows are sorted by fingerprint, so the previous row of the same fingerprint is the row
+    # above, and numbering the segments through all rows (not from 1 per fingerprint) keeps
+    # their order within each fingerprint and makes `_segment` alone a segment's key: no
+    # window over the fingerprint texts.
     cands = cands.with_columns(
-        (pl.col("partition_date") - pl.col("partition_date").shift(1).over("fingerprint"))
+        (pl.col("partition_date") - _previous("partition_date", "fingerprint"))
         .dt.total_days()
         .alias("_gap")
     ).with_columns(
         (pl.col("_gap").is_null() | (pl.col("_gap") > pl.col("ttl_days")))
-        .cast(pl.Int32)
+        .cast(pl.Int64)
         .cum_sum()
-        .over("fingerprint")
         .alias("_segment")
     )
     segments = cands.group_by(["fingerprint", "_segment"]).agg(
@@ -207,22 +252,16 @@ def plan_episodes(
         .otherwise(pl.col("ttl_days"))
     )
     # Segment i continues the existing episode iff every gap up to i (the first measured from
-    # the existing last_seen_date) is within the threshold: a prefix, found with cum_min.
-    previous_last = pl.coalesce(
-        pl.col("last_day").shift(1).over("fingerprint"), pl.col("existing_last")
-    )
+    # the existing last_seen_date) is within the threshold: a prefix (a cum_min per
+    # fingerprint, taken on the sorted rows without a window: see `_previous`).
+    previous_last = pl.coalesce(_previous("last_day", "fingerprint"), pl.col("existing_last"))
     segments = segments.with_columns(
         novelty_expr(previous_last, settings).alias("_novelty"),
         (
             pl.col("existing_id").is_not_null()
             & ((pl.col("first_day") - previous_last).dt.total_days() <= threshold)
-        )
-        .cast(pl.Int8)
-        .cum_min()
-        .over("fingerprint")
-        .cast(pl.Boolean)
-        .alias("_continues"),
-    )
+        ).alias("_within"),
+    ).with_columns(_all_so_far("_within", "fingerprint").alias("_continues"))
     expires = (
         (pl.col("last_seen_date") + pl.duration(days=pl.col("ttl_days")))
         .cast(pl.Datetime("us"))
@@ -247,14 +286,11 @@ def plan_episodes(
     )
     firsts = (
         cands.join(new_segments, on=["fingerprint", "_segment"], how="inner")
-        .filter(
-            pl.col("partition_date")
-            == pl.col("partition_date").min().over(["fingerprint", "_segment"])
-        )
+        .filter(pl.col("partition_date") == pl.col("partition_date").min().over("_segment"))
         .sort("_row")
     )
     upserts = (
-        candidates[firsts["_row"]]
+        _rows(candidates, firsts["_row"])
         .with_columns(
             firsts["last_day"].alias("last_seen_date"), firsts["ttl_days"].alias("ttl_days")
         )
