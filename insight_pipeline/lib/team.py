@@ -185,13 +185,21 @@ TAIL_TERMS_PER_CHUNK = 2_000_000
 """Terms of the tail sums laid out at once per chunk (16 MB a float array): bounds memory."""
 
 
+PerTerm = Callable[[np.ndarray], np.ndarray]
+"""Spreads a value per tail (test) over the terms of its tail (see `_upper_tails`)."""
+
+
 def _upper_tails(
-    start: np.ndarray, stop: np.ndarray, log_pmf: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    start: np.ndarray, stop: np.ndarray, log_pmf: Callable[[PerTerm, np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """sum_{j = start_i}^{stop_i} exp(log_pmf(i, j)) for every i at once (0 where stop < start):
     all the terms of all the tails laid out in one array (segment i = the terms of tail i),
     each tail summed relative to its largest term. Chunks of ~2M terms bound the memory; they
-    run on a thread per core, each tail summed within its chunk as one after another would."""
+    run on a thread per core, each tail summed within its chunk as one after another would.
+
+    `log_pmf(per_term, j)` gets the terms' j and `per_term`, which turns an array of a value
+    per tail into that value at each term (a repeat: a gather by tail index per term was a
+    third of the time)."""
     count = np.maximum(stop - start + 1, 0)
     out = np.zeros(start.size, dtype=np.float64)
     terms_through = np.cumsum(count)  # terms of tails 0..i
@@ -211,11 +219,17 @@ def _upper_tails(
             n_terms = count[rows]
             offset = np.zeros(rows.size, dtype=np.int64)
             np.cumsum(n_terms[:-1], out=offset[1:])
-            tail = np.repeat(np.arange(rows.size), n_terms)
-            j = start[rows][tail] + (np.arange(int(n_terms.sum())) - offset[tail])
-            terms = log_pmf(rows[tail], j)
+
+            def per_term(values: np.ndarray) -> np.ndarray:
+                return np.repeat(values, n_terms)
+
+            def per_term_of_tail(values: np.ndarray) -> np.ndarray:
+                return per_term(values[rows])
+
+            j = per_term(start[rows]) + (np.arange(int(n_terms.sum())) - per_term(offset))
+            terms = log_pmf(per_term_of_tail, j)
             peak = np.maximum.reduceat(terms, offset)
-            total = np.add.reduceat(np.exp(terms - peak[tail]), offset)
+            total = np.add.reduceat(np.exp(terms - per_term(peak)), offset)
             out[rows] = np.minimum(1.0, np.exp(peak) * total)
 
     for_each_chunk(one, chunks, "tails")
@@ -242,13 +256,14 @@ def binomial_sf(x: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     sd = np.sqrt(ni * pi * (1 - pi))
     stop = np.minimum(ni, (np.maximum(xi, ni * pi) + 30 * sd + 30).astype(np.int64))
 
-    def log_pmf(i: np.ndarray, k: np.ndarray) -> np.ndarray:
+    def log_pmf(per_term: PerTerm, k: np.ndarray) -> np.ndarray:
+        n_k, p_k = per_term(ni), per_term(pi)
         return (
-            log_fact[ni[i]]
+            log_fact[n_k]
             - log_fact[k]
-            - log_fact[ni[i] - k]
-            + k * np.log(pi[i])
-            + (ni[i] - k) * np.log1p(-pi[i])
+            - log_fact[n_k - k]
+            + k * np.log(p_k)
+            + (n_k - k) * np.log1p(-p_k)
         )
 
     out[tested] = _upper_tails(xi, stop, log_pmf)
@@ -294,12 +309,12 @@ def hypergeometric_sf(
     rest = ti - ki
     log_fact_k, log_fact_rest, log_all = log_fact[ki], log_fact[rest], log_choose(ti, ni)
 
-    def log_pmf(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        others = ni[i] - j
+    def log_pmf(per_term: PerTerm, j: np.ndarray) -> np.ndarray:
+        others = per_term(ni) - j
         return (
-            (log_fact_k[i] - log_fact[j] - log_fact[ki[i] - j])
-            + (log_fact_rest[i] - log_fact[others] - log_fact[rest[i] - others])
-            - log_all[i]
+            (per_term(log_fact_k) - log_fact[j] - log_fact[per_term(ki) - j])
+            + (per_term(log_fact_rest) - log_fact[others] - log_fact[per_term(rest) - others])
+            - per_term(log_all)
         )
 
     out[tested] = np.where(xi > top, 0.0, _upper_tails(start, stop, log_pmf))
