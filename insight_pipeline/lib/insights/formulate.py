@@ -87,9 +87,17 @@ def formulate(
     # One candidate per fingerprint and day: the strongest, if a detector repeats itself.
     # Keeping the first row of each key in sorted order is `unique(keep="first",
     # maintain_order=True)`, but a filter copies the (heavy) rows in order instead of gathering.
+    # Sorted, a key's first row is the one whose key differs from the row above (nulls equal,
+    # as `is_first_distinct` has them): no hash of the keys, and no copy at all when no
+    # detector repeated itself (the usual case).
     frame = frame.sort(
         ["fingerprint", "partition_date", "severity"], descending=[False, False, True]
-    ).filter(pl.struct("fingerprint", "partition_date").is_first_distinct())
+    )
+    repeated = (pl.int_range(pl.len()) > 0) & pl.all_horizontal(
+        pl.col(key).eq_missing(pl.col(key).shift(1)) for key in ("fingerprint", "partition_date")
+    )
+    if frame.select(repeated.any()).item():
+        frame = frame.filter(~repeated)
     frame = attach_preferences(frame, preferences)
     return score_insights(frame, settings).drop("churned_on")
 
