@@ -15,13 +15,11 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import customer_days
 from insight_pipeline.lib.detectors.usage import (
     _DenseGrid,
     _epoch_day,
     evidence_list,
     rows_since,
-    seen_between,
     series_last_before,
     trailing_sums,
     usage_grid,
@@ -31,7 +29,7 @@ from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
 
 def _metric_with_seats(
-    dense: _DenseGrid, rows: np.ndarray, means: pl.Series, metric: str
+    dense: _DenseGrid, rows: np.ndarray, means: pl.Series, metric: str, seen: np.ndarray
 ) -> pl.DataFrame:
     """`dense.frame(rows)` with `means` pivoted on metric (`metric` and seats_used) by customer_id
     and date, only the rows with a `metric` mean (the only ones benchmarked): the rows, order and
@@ -41,6 +39,7 @@ def _metric_with_seats(
     metric) and running to the last day, so the seats row of a day is found by offset. The pivot
     orders rows by first appearance: per customer, the days of its first series, then the days
     of its second series before the first one starts; its columns by first appearance too.
+    `seen` (one per grid row) comes along as column `_seen`, after the metrics.
     """
     keys = dense.keys
     customer = keys["customer_id"]
@@ -74,15 +73,75 @@ def _metric_with_seats(
             metric: means.gather(picked),
             "_seats": means.gather(seat_row),
             "_covered": covered,
+            "_seen": seen[picked],
         }
     ).filter(pl.col(metric).is_not_null())
     if metric == "seats_used":
-        return frame.drop("_seats", "_covered")
+        return frame.select("customer_id", "date", metric, "_seen")
     frame = frame.with_columns(pl.when("_covered").then("_seats").alias("seats_used"))
     metrics = [metric, "seats_used"] if (~is_metric).any() else [metric]
     if keys["metric"][int(dense.series[rows[0]])] != metric:
         metrics.reverse()
-    return frame.select("customer_id", "date", *metrics)
+    return frame.select("customer_id", "date", *metrics, "_seen")
+
+
+def _seen_in_window(
+    dense: _DenseGrid, rows: np.ndarray, usage: pl.DataFrame, metric: str, near: int, far: int
+) -> np.ndarray:
+    """Per grid row (set on the `metric` rows among `rows`): whether the series has a row in
+    `usage` between `far` and `near` days before the row's day. The `seen_between` of the rule in
+    `peer_percentiles` on the grid's arrays, instead of a sort and an as-of join of 3M rows on
+    string keys: the grid marks the days with a row, and its rows are daily, so the latest one
+    `near` days back is a running maximum of row numbers. A row that `rows_since` added stands
+    for its series' last day before it (`last_before`), not for its own day."""
+    keys = dense.keys
+    start_row = np.searchsorted(dense.series, np.arange(keys.height))
+    observed, extra_series, extra_day = dense.observed, np.zeros(0, np.int64), np.zeros(0)
+    if "last_before" in usage.columns:
+        of_metric = pl.col("metric") == metric
+        added = usage.filter(of_metric & pl.col("last_before").is_not_null())
+        if added.height:
+            series_of = keys.with_row_index("_series").filter(of_metric)
+            real = (
+                usage.filter(
+                    of_metric
+                    & pl.col("last_before").is_null()
+                    & pl.col("date").is_in(added["date"].unique().implode())
+                )
+                .select("customer_id", "date", pl.lit(True).alias("_real"))
+                .unique()
+            )
+            added = (
+                added.select("customer_id", "date", "last_before")
+                .join(series_of.select("customer_id", "_series"), on="customer_id", how="inner")
+                .join(real, on=["customer_id", "date"], how="left")
+            )
+            extra_series = added["_series"].to_numpy().astype(np.int64)
+            day = added["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+            alone = start_row[extra_series] + day - dense.day[start_row[extra_series]]
+            observed = observed.copy()
+            observed[alone[added["_real"].is_null().to_numpy()]] = False  # only added rows
+            extra_day = added["last_before"].cast(pl.Int32).to_numpy().astype(np.int64)
+    wanted = rows[(keys["metric"] == metric).to_numpy()[dense.series[rows]]]
+    series, position = dense.series[wanted], dense.position[wanted]
+    # the latest row with a row on record at most `near` days back, in the same series
+    latest = np.maximum.accumulate(np.where(observed, np.arange(observed.size), -1))
+    back = latest[np.maximum(wanted - near, 0)]
+    seen = (position >= near) & (back >= start_row[series]) & (wanted - back <= far)
+    if extra_series.size:
+        until = dense.day[wanted] - near
+        low = min(int(extra_day.min()), int(until.min()))
+        width = max(int(extra_day.max()), int(until.max())) - low + 1
+        order = np.lexsort((extra_day, extra_series))
+        extra_series, extra_day = extra_series[order], extra_day[order]
+        found = np.searchsorted(
+            extra_series * width + (extra_day - low), series * width + (until - low), "right"
+        )
+        found = np.maximum(found - 1, 0)
+        seen |= (extra_series[found] == series) & (extra_day[found] >= until + near - far)
+    out = np.zeros(dense.day.size, dtype=bool)
+    out[wanted] = seen
+    return out
 
 
 def benchmark_usage(
@@ -144,7 +203,8 @@ def peer_percentiles(
     dense = usage_grid(wanted, end)
     rows = np.flatnonzero((dense.day >= _epoch_day(start)) & (dense.day <= _epoch_day(end)))
     means = pl.Series("mean", trailing_sums(dense.value, dense.position, w) / w, nan_to_null=True)
-    wide = _metric_with_seats(dense, rows, means, s.metric)
+    seen = _seen_in_window(dense, rows, wanted, s.metric, w - 1, lookback_days)
+    wide = _metric_with_seats(dense, rows, means, s.metric, seen)
     if "seats_used" not in wide.columns:
         wide = wide.with_columns(pl.lit(None, pl.Float64).alias("seats_used"))
     seats = (
@@ -154,6 +214,13 @@ def peer_percentiles(
         if entitlements.height
         else pl.DataFrame(schema={"customer_id": pl.String, "entitled_seats": pl.Float64})
     )
+    # a customer still onboarding is ramping up: neither benchmarked nor a peer (the days of
+    # `customer_days` past onboarding, tested on the account's row rather than semi-joined)
+    peers, cohort_names, segment_names = _peer_keys(accounts, s)
+    began, ended = pl.col("_contract_start"), pl.col("_churned_on")
+    day = pl.col("partition_date")
+    customer = (ended.is_null() | (ended > day)) & (began.is_null() | (began <= day))
+    ramped = began.is_null() | (day >= began + pl.duration(days=s.onboarding_days))
     frame = (
         wide.rename({"date": "partition_date"})
         .join(seats, on="customer_id", how="left")
@@ -162,25 +229,19 @@ def peer_percentiles(
         )
         .filter(pl.col(s.metric).is_not_null() & (pl.col("seats") > 0))
         .with_columns((pl.col(s.metric) / pl.col("seats")).alias("per_seat"))
-        .join(accounts.select("customer_id", *s.cohort), on="customer_id", how="inner")
-        .join(
-            # a customer still onboarding is ramping up: neither benchmarked nor a peer
-            customer_days(accounts, start, end)
-            .filter(
-                pl.col("contract_start").is_null()
-                | (
-                    pl.col("partition_date")
-                    >= pl.col("contract_start") + pl.duration(days=s.onboarding_days)
-                )
-            )
-            .select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .join(peers, on="customer_id", how="inner")
+        # and its metric on record (see above): `_seen_in_window`
+        .filter(customer & ramped & pl.col("_seen"))
+        .drop("_contract_start", "_churned_on", "_seen")
     )
-    frame = _on_record(frame, wanted, s, lookback_days)
-    cohort = [*s.cohort, "partition_date"]
-    segment = [s.cohort[0], "partition_date"]
+    # the windows go over one integer per (cohort, day) and (segment, day): the same groups in
+    # the same row order as over the string columns and the date, grouped without hashing them
+    n_days = (end - start).days + 1
+    day_index = (pl.col("partition_date") - pl.lit(start)).dt.total_days()
+    cohort = (pl.col("_cohort").cast(pl.Int64) * n_days + day_index).alias("_by_cohort")
+    segment = (pl.col("_segment").cast(pl.Int64) * n_days + day_index).alias("_by_segment")
+    frame = frame.with_columns(cohort, segment)
+    cohort, segment = pl.col("_by_cohort"), pl.col("_by_segment")
     frame = frame.with_columns(
         pl.len().over(cohort).alias("cohort_size"),
         ((pl.col("per_seat").rank("average").over(cohort) - 0.5) / pl.len().over(cohort)).alias(
@@ -192,7 +253,7 @@ def peer_percentiles(
         ),
         pl.col("per_seat").median().over(cohort).alias("median_cohort"),
         pl.col("per_seat").median().over(segment).alias("median_segment"),
-    )
+    ).drop("_by_cohort", "_by_segment")
     # An unknown (null) segment or industry is no cohort: those accounts are not peers of each
     # other. Null industry: compared within the segment; null segment: not benchmarked.
     use_cohort = pl.all_horizontal(pl.col(c).is_not_null() for c in s.cohort) & (
@@ -203,39 +264,50 @@ def peer_percentiles(
         pl.when(use_segment).then(pl.col(name)).alias(name)
         for name in ("segment_size", "pct_segment", "median_segment")
     )
-    return frame.with_columns(
-        pl.when(use_cohort)
-        .then(pl.col("pct_cohort"))
-        .otherwise(pl.col("pct_segment"))
-        .alias("percentile"),
-        pl.when(use_cohort)
-        .then(pl.col("cohort_size"))
-        .otherwise(pl.col("segment_size"))
-        .alias("peers"),
-        pl.when(use_cohort)
-        .then(pl.col("median_cohort"))
-        .otherwise(pl.col("median_segment"))
-        .alias("peer_median"),
-        pl.when(use_cohort)
-        .then(pl.concat_str([pl.col(c).cast(pl.String) for c in s.cohort], separator=" "))
-        .otherwise(pl.col(s.cohort[0]).cast(pl.String))
-        .str.replace_all("_", "-")
-        .alias("cohort_name"),
-    ).filter(pl.col("peers") >= s.min_cohort)
+    return (
+        frame.with_columns(
+            pl.when(use_cohort)
+            .then(pl.col("pct_cohort"))
+            .otherwise(pl.col("pct_segment"))
+            .alias("percentile"),
+            pl.when(use_cohort)
+            .then(pl.col("cohort_size"))
+            .otherwise(pl.col("segment_size"))
+            .alias("peers"),
+            pl.when(use_cohort)
+            .then(pl.col("median_cohort"))
+            .otherwise(pl.col("median_segment"))
+            .alias("peer_median"),
+            pl.when(use_cohort)
+            .then(pl.lit(cohort_names).gather(pl.col("_cohort")))
+            .otherwise(pl.lit(segment_names).gather(pl.col("_segment")))
+            .alias("cohort_name"),
+        )
+        .drop("_cohort", "_segment")
+        .filter(pl.col("peers") >= s.min_cohort)
+    )
 
 
-def _on_record(
-    frame: pl.DataFrame, usage: pl.DataFrame, s: BenchmarkSettings, lookback_days: int
-) -> pl.DataFrame:
-    """The rows (customer_id, partition_date) of `frame` whose account's metric has a row in
-    `usage` between `lookback_days` and `window_days - 1` days before the day (see
-    `peer_percentiles`). The rows a `rows_since` adds carry the series' last day before them."""
-    metric = usage.filter(pl.col("metric") == s.metric)
-    day = pl.col("date")
-    if "last_before" in metric.columns:  # an added row stands for the series' last real one
-        day = pl.coalesce(pl.col("last_before"), day)
-    seen = metric.select("customer_id", day.alias("_seen"))
-    return seen_between(frame, seen, ["customer_id"], s.window_days - 1, lookback_days)
+def _peer_keys(
+    accounts: pl.DataFrame, s: BenchmarkSettings
+) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
+    """customer_id, the cohort columns, and for the windows of `peer_percentiles` an integer
+    per distinct cohort and segment (`_cohort`, `_segment`: an unknown is a value too, as in a
+    window over the columns), with the contract's start and end (for the onboarding rule); and
+    the name of each cohort and segment by its integer (made once, not on each row)."""
+    codes, names = accounts.select("customer_id", *s.cohort), []
+    for name, columns in (("_cohort", list(s.cohort)), ("_segment", [s.cohort[0]])):
+        distinct = codes.select(columns).unique(maintain_order=True).with_row_index(name)
+        codes = codes.join(
+            distinct, on=columns, how="left", nulls_equal=True, maintain_order="left"
+        )
+        named = pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=" ")
+        names.append(distinct.select(named.str.replace_all("_", "-")).to_series())
+    keys = codes.with_columns(
+        accounts["contract_start"].alias("_contract_start"),
+        accounts["churned_on"].alias("_churned_on"),
+    )
+    return keys, names[0], names[1]
 
 
 def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.DataFrame:
