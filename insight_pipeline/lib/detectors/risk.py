@@ -312,6 +312,12 @@ def detect_health_drop(
     wanted_day = np.arange(n_days)[(start - first).days :]
     rows = (np.arange(ids.len())[:, None] * n_days + wanted_day[None, :]).ravel()
     lags = range(gap, gap + b)
+    # A median is at most the largest value of its window: a row whose window's highest score
+    # is not health_drop_points above its own score cannot drop, and is left out before the
+    # medians (most of their time) and the frame (the rule below is applied to the rest as is).
+    peak = _trailing_max(score, b).ravel()[np.maximum(rows - gap, 0)]
+    with np.errstate(invalid="ignore"):
+        rows = rows[(rows % n_days >= gap) & (peak - score.ravel()[rows] >= s.health_drop_points)]
     stats = pl.DataFrame(
         {
             "customer_id": ids.gather(rows // n_days),
@@ -373,6 +379,18 @@ def detect_health_drop(
             .alias("facts"),
         )
     )
+
+
+def _trailing_max(matrix: np.ndarray, width: int) -> np.ndarray:
+    """Per cell: the largest non-NaN value of the `width` cells of its row ending on it (NaN if
+    none), by doubling spans: a few passes over the matrix, not a window per cell."""
+    out, span = matrix, 1
+    while span < width:
+        step = min(span, width - span)
+        shifted = np.full_like(out, np.nan)
+        shifted[:, step:] = out[:, : out.shape[1] - step]
+        out, span = np.fmax(out, shifted), span + step
+    return out
 
 
 def detect_support_surge(
