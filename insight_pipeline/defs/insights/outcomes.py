@@ -15,6 +15,7 @@ from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
 from insight_pipeline.lib.contract import CONTRACT, Source
 from insight_pipeline.lib.insights.outcomes import (
+    SpanMonths,
     base_rate_json,
     comparable_events,
     history_start,
@@ -138,9 +139,11 @@ def rates_as_of(
     monthly_usage: pl.DataFrame | None = None,
     tables: dict[str, pl.DataFrame | None] | None = None,
     path: Path | None = None,
+    span: SpanMonths | None = None,
 ) -> pl.DataFrame:
     """The rates as of `as_of`, from the cache or computed (`monthly_usage` and the
-    OUTCOME_TABLES of its window, and the cache `path`, when the caller has them already)."""
+    OUTCOME_TABLES of its window, and the cache `path`, when the caller has them already;
+    `span`: the monthly aggregates of a span of several months' windows, `comparable_events`)."""
     path = path or _cache_path(source, as_of, s)
     if path.exists():
         return pl.read_parquet(path)
@@ -174,6 +177,7 @@ def rates_as_of(
         first,
         last,
         customers.select("customer_id", "contract_start"),
+        span,
     )
     rates = outcome_rates(events, customers, as_of, s)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,13 +193,38 @@ def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> 
     cold = [m for m in months if not paths[m].exists()]
     windows = [history_window(m, s) for m in cold]
     sums = source.monthly_usage_windows(windows)
+    # Several windows of a file source: the activity tables' monthly counts and events are made
+    # once over the span of them all (read as one more window, first), each month taking its
+    # months of them (`SpanMonths`; a database is read window by window).
+    spans = []
+    if len(cold) > 1 and not source.is_database:
+        spans = [(min(w[0] for w in windows), max(w[1] for w in windows))]
     tables = {
-        name: source.read_windows(name, windows, columns=columns)
+        name: source.read_windows(name, [*spans, *windows], columns=columns)
         for name, columns in OUTCOME_TABLES.items()
     }
+    span = None
+    if spans:
+        whole = {name: next(read) for name, read in tables.items()}
+        frames = {
+            name: frame
+            if frame is not None
+            else pl.DataFrame(schema=CONTRACT[name].only(OUTCOME_TABLES[name]).columns)
+            for name, frame in whole.items()
+        }
+        span = SpanMonths.of(
+            frames["health_scores"],
+            frames["support_tickets"],
+            frames["meetings"],
+            frames["communications"],
+            *spans[0],
+        )
+        del whole, frames
     return pl.concat(
         [
-            rates_as_of(source, m, s, next(sums), {n: next(t) for n, t in tables.items()}, paths[m])
+            rates_as_of(
+                source, m, s, next(sums), {n: next(t) for n, t in tables.items()}, paths[m], span
+            )
             if m in cold
             else pl.read_parquet(paths[m])
             for m in months

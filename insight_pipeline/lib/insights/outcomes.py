@@ -12,7 +12,7 @@ outcome is known at M; each account counts once (its first event in the window).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -118,6 +118,137 @@ def _month_over_month(frame: pl.DataFrame, family: str, rule: pl.Expr) -> pl.Dat
     )
 
 
+def _health_months(health: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, month, score): the mean health score per customer and month (eager: a
+    float sum's last bit follows the row order)."""
+    return health.group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month")).agg(
+        pl.col("score").mean().alias("score")
+    )
+
+
+def _ticket_months(tickets: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, month, n): tickets opened per customer and month."""
+    return (
+        tickets.lazy()
+        .group_by("customer_id", pl.col("opened_at").dt.date().dt.truncate("1mo").alias("month"))
+        .agg(pl.len().alias("n"))
+        .collect()
+    )
+
+
+def _two_way_months(meetings: pl.DataFrame, communications: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, month, n): meetings and inbound messages per customer and month."""
+    two_way = pl.concat(
+        [
+            meetings.lazy().select("customer_id", pl.col("start_at").dt.date().alias("date")),
+            communications.lazy()
+            .filter(pl.col("direction") == "inbound")
+            .select("customer_id", pl.col("sent_at").dt.date().alias("date")),
+        ]
+    )
+    return (
+        two_way.group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
+        .agg(pl.len().cast(pl.Float64).alias("n"))
+        .collect()
+    )
+
+
+_DAY_OF = {
+    "health": pl.col("date"),
+    "tickets": pl.col("opened_at").dt.date(),
+    "meetings": pl.col("start_at").dt.date(),
+    "communications": pl.col("sent_at").dt.date(),
+}
+"""The day each activity table's rows are counted in a month by."""
+
+
+@dataclass(frozen=True)
+class SpanMonths:
+    """What `comparable_events` makes of the health scores, tickets, meetings and messages,
+    made once (`of`) over the rows of a span that holds several windows of whole months (a
+    range run's months: 19 months each, ~18 of them shared): the tickets per month, and the
+    health_fall and dark events (each from two consecutive months: a window has those of its
+    months but its first). The tables of the span and of each window must come from one
+    `Source.read_windows` (a window's rows are some of the span's, in their order); a window
+    takes them when its rows are all the span's rows of its days (their count, and each of its
+    rows' day within the window): the same rows in each month, so the same numbers. Otherwise
+    it groups its own rows."""
+
+    tables: dict[str, pl.DataFrame]
+    """health, tickets, meetings, communications: the span's rows."""
+    found: dict[str, pl.DataFrame]
+    """tickets (their months), health_fall and dark (the events of the whole span)."""
+
+    @classmethod
+    def of(
+        cls,
+        health: pl.DataFrame,
+        tickets: pl.DataFrame,
+        meetings: pl.DataFrame,
+        communications: pl.DataFrame,
+        first: date,
+        last: date,
+    ) -> SpanMonths:
+        tables = {
+            "health": health,
+            "tickets": tickets,
+            "meetings": meetings,
+            "communications": communications,
+        }
+        found = {
+            "tickets": _ticket_months(tickets),
+            "health_fall": _health_falls(_health_months(health)),
+            "dark": _dark_months(_two_way_months(meetings, communications), first, last),
+        }
+        return cls(tables, found)
+
+    def window(
+        self, name: str, frames: dict[str, pl.DataFrame], first: date, last: date
+    ) -> pl.DataFrame | None:
+        """`name` for the window [first, last] when `frames` (table -> the window's rows) are
+        the span's rows of those days; None when not (or the window is not whole months)."""
+        if first.day != 1 or (last + timedelta(days=1)).day != 1:
+            return None
+        for table, frame in frames.items():
+            inside = _DAY_OF[table].is_between(first, last)
+            span = self.tables[table]
+            if (
+                frame.height != span.select(inside.sum()).item()
+                or not frame.select(inside.all()).item()
+            ):
+                return None
+        if name == "tickets":
+            return self.found[name].filter(pl.col("month").is_between(first, last))
+        # an event needs the month before it in the window
+        month = pl.col("event_date").dt.truncate("1mo")
+        return self.found[name].filter((month > first) & (pl.col("event_date") <= last))
+
+
+def _health_falls(monthly: pl.DataFrame) -> pl.DataFrame:
+    """health_fall events of the monthly mean scores (`_health_months`)."""
+    return _month_over_month(
+        _with_previous(monthly, "score"), "health_fall", pl.col("score") <= pl.col("prev") - 15
+    )
+
+
+def _dark_months(monthly: pl.DataFrame, first: date, last: date) -> pl.DataFrame:
+    """dark events of the monthly two-way counts (`_two_way_months`) of [first, last]: every
+    month of a customer with any, 0 where none."""
+    months = pl.DataFrame(
+        {"month": pl.date_range(month_start(first), month_start(last), "1mo", eager=True)}
+    )
+    dense = (
+        monthly.select("customer_id")
+        .unique()
+        .join(months, how="cross")
+        .join(monthly, on=["customer_id", "month"], how="left")
+        .with_columns(pl.col("n").fill_null(0.0))
+    )
+    return _month_over_month(
+        _with_previous(dense, "n"), "dark", (pl.col("prev") >= 2) & (pl.col("n") == 0)
+    )
+
+
 def comparable_events(
     monthly_usage: pl.DataFrame,
     contacts: pl.DataFrame,
@@ -129,10 +260,17 @@ def comparable_events(
     first: date,
     last: date,
     contract_starts: pl.DataFrame | None = None,
+    span: SpanMonths | None = None,
 ) -> pl.DataFrame:
     """(customer_id, event_date, family) for every comparable event dated in [first, last].
     `contract_starts`: the customers' contract_start, to tell a partial first month
-    (`_whole_months`)."""
+    (`_whole_months`). `span`: the monthly tickets and the events of a span holding [first,
+    last], taken instead of grouping the rows again where they are the same rows
+    (`SpanMonths`)."""
+
+    def found(name: str, frames: dict[str, pl.DataFrame]) -> pl.DataFrame | None:
+        return None if span is None else span.window(name, frames, first, last)
+
     parts = [pl.DataFrame(schema=EVENT_SCHEMA)]
     if monthly_usage.height:
         whole = _whole_months(monthly_usage, contract_starts)
@@ -178,27 +316,14 @@ def comparable_events(
             )
         )
     if health.height:
-        monthly = health.group_by(
-            "customer_id", pl.col("date").dt.truncate("1mo").alias("month")
-        ).agg(pl.col("score").mean().alias("score"))
-        parts.append(
-            _month_over_month(
-                _with_previous(monthly, "score"),
-                "health_fall",
-                pl.col("score") <= pl.col("prev") - 15,
-            )
-        )
+        falls = found("health_fall", {"health": health})
+        parts.append(_health_falls(_health_months(health)) if falls is None else falls)
     # Counts per month are whole numbers: grouped lazily (in parallel), the same to the bit in
     # any order. (The health means stay eager: a float sum's last bit follows the row order.)
     if tickets.height:
-        monthly = (
-            tickets.lazy()
-            .group_by(
-                "customer_id", pl.col("opened_at").dt.date().dt.truncate("1mo").alias("month")
-            )
-            .agg(pl.len().alias("n"))
-            .collect()
-        )
+        monthly = found("tickets", {"tickets": tickets})
+        if monthly is None:
+            monthly = _ticket_months(tickets)
         parts.append(
             monthly.with_columns(pl.col("n").mean().over("customer_id").alias("usual"))
             .filter((pl.col("n") >= 3) & (pl.col("n") >= 3 * pl.col("usual")))
@@ -206,34 +331,10 @@ def comparable_events(
             .with_columns(pl.lit("support_spike").alias("family"))
         )
     if meetings.height or communications.height:
-        two_way = pl.concat(
-            [
-                meetings.lazy().select("customer_id", pl.col("start_at").dt.date().alias("date")),
-                communications.lazy()
-                .filter(pl.col("direction") == "inbound")
-                .select("customer_id", pl.col("sent_at").dt.date().alias("date")),
-            ]
-        )
-        monthly = (
-            two_way.group_by("customer_id", pl.col("date").dt.truncate("1mo").alias("month"))
-            .agg(pl.len().cast(pl.Float64).alias("n"))
-            .collect()
-        )
-        months = pl.DataFrame(
-            {"month": pl.date_range(month_start(first), month_start(last), "1mo", eager=True)}
-        )
-        dense = (
-            monthly.select("customer_id")
-            .unique()
-            .join(months, how="cross")
-            .join(monthly, on=["customer_id", "month"], how="left")
-            .with_columns(pl.col("n").fill_null(0.0))
-        )
-        parts.append(
-            _month_over_month(
-                _with_previous(dense, "n"), "dark", (pl.col("prev") >= 2) & (pl.col("n") == 0)
-            )
-        )
+        dark = found("dark", {"meetings": meetings, "communications": communications})
+        if dark is None:
+            dark = _dark_months(_two_way_months(meetings, communications), first, last)
+        parts.append(dark)
     events = pl.concat([p.cast(EVENT_SCHEMA) for p in parts])  # type: ignore[arg-type]
     return events.filter(pl.col("event_date").is_between(first, last))
 
