@@ -41,9 +41,21 @@ def _window_rows(ordered: pl.DataFrame, starts: pl.Series, days: int) -> pl.Data
     day = ordered.get_column("date").to_physical().to_numpy()
     same = (codes[0][at] == codes[0][origin]) & (codes[1][at] == codes[1][origin])
     within = same & (day[at] <= day[origin] + (days - 1))
-    # windows of one group's starts are more than MIN_PRIOR_DAYS apart, but a row is kept once
-    # even if two windows reached it
-    return ordered[np.unique(at[within])]
+    # windows of one group's starts are more than MIN_PRIOR_DAYS apart, so the rows reached
+    # come in order, each once; were they not, a row is still kept once
+    reached = at[within]
+    if reached.size > 1 and not (np.diff(reached) > 0).all():
+        reached = np.unique(reached)
+    return ordered[reached]
+
+
+def _with_texts(rows: pl.DataFrame, used: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (of the sorted codes) with the customer_id and feature of their row of `used`."""
+    at = rows["_row"]
+    return rows.with_columns(
+        used["customer_id"].gather(at).alias("customer_id"),
+        used["feature"].gather(at).alias("feature"),
+    ).drop("_row")
 
 
 def detect_feature_discovery(
@@ -84,19 +96,24 @@ def detect_feature_discovery(
         (pl.col("date") - pl.col("previous")).dt.total_days() > MIN_PRIOR_DAYS
     )
     same_group = (pl.col("_c") == pl.col("_c").shift(1)) & (pl.col("_f") == pl.col("_f").shift(1))
+    # The texts stay out of the sort (its gathers of 11M ids and names were most of it): the
+    # rows kept take them from `used` by their row number (`_row`).
     coded = used.select(
-        "customer_id",
-        "feature",
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"),
         "date",
         "active_users",
         pl.col("customer_id").cast(pl.Categorical).to_physical().alias("_c"),
         pl.col("feature").cast(pl.Categorical).to_physical().alias("_f"),
     ).drop_nulls(["_c", "_f"])  # (quarantined at the source; no group to belong to)
     ordered = sort_by_integers(coded, ["_c", "_f", "date"]).with_row_index("_at")
-    firsts = (
+    gaps = (
         ordered.with_columns(pl.when(same_group).then(pl.col("date").shift(1)).alias("previous"))
         .drop("_c", "_f", "active_users")
         .filter(long_gap)  # a row with a previous day here keeps it: the join is for the rest
+    )
+    firsts = (
+        _with_texts(gaps, used)
+        .select("_at", "customer_id", "feature", "date", "previous")
         .join(before, on=["customer_id", "feature"], how="left")
         .with_columns(pl.coalesce("previous", "last_before").alias("previous"))
         .drop("last_before")
@@ -129,9 +146,9 @@ def detect_feature_discovery(
     # active users on the latest active day up to each partition day: an as-of join (a plain
     # join on (customer, feature) would pair every active day with every partition day)
     # only the active days a discovery's window can reach: from its first use on
-    reach = _window_rows(ordered, firsts["_at"].unique(), DISCOVERY_WINDOW_DAYS).select(
-        "customer_id", "feature", "date", "active_users"
-    )
+    reach = _with_texts(
+        _window_rows(ordered, firsts["_at"].unique(), DISCOVERY_WINDOW_DAYS), used
+    ).select("customer_id", "feature", "date", "active_users")
     latest = (
         firsts.select("customer_id", "feature", "partition_date")
         .unique()
