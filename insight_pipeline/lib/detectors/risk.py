@@ -384,12 +384,12 @@ def detect_health_drop(
 def _trailing_max(matrix: np.ndarray, width: int) -> np.ndarray:
     """Per cell: the largest non-NaN value of the `width` cells of its row ending on it (NaN if
     none), by doubling spans: a few passes over the matrix, not a window per cell."""
-    out, span = matrix, 1
+    out, span = matrix.copy(), 1
     while span < width:
         step = min(span, width - span)
-        shifted = np.full_like(out, np.nan)
-        shifted[:, step:] = out[:, : out.shape[1] - step]
-        out, span = np.fmax(out, shifted), span + step
+        if step < out.shape[1]:  # (numpy reads the overlapping right-hand side before writing)
+            out[:, step:] = np.fmax(out[:, step:], out[:, : out.shape[1] - step])
+        span += step
     return out
 
 
