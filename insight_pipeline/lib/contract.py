@@ -903,6 +903,20 @@ def _type_mismatch(source: pl.DataType, target: pl.DataType) -> bool:
     return False
 
 
+def run_values(column: pl.Series) -> pl.Series:
+    """The column without its adjacent repeats (the first value of each run of equal values,
+    nulls included): every distinct value is among them, so a check or count of distinct values
+    can take these, which are few when the rows are grouped by the column (one comparison per
+    row, where `unique` hashes every value)."""
+    return column.filter(_run_starts(column))
+
+
+def _run_starts(column: pl.Series) -> pl.Series:
+    """True for the first row of each run of equal values (nulls equal to each other)."""
+    starts = column.ne_missing(column.shift(1))
+    return starts.scatter(0, True) if starts.len() else starts
+
+
 def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
     """Typed values that parsed but cannot be right: non-finite numbers, fractions in an integer
     column, and dates outside what a calendar (and Python) can hold."""
@@ -1186,9 +1200,14 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
     """True for each row whose key already occurred on an earlier row: exactly
     `pl.struct(key).is_first_distinct().not_()`, without hashing a struct of strings per row.
 
-    Equal keys always hash alike, so only rows sharing a 64-bit hash with another row can be
-    duplicates; those few (usually none) are then compared exactly.
+    Rows grouped by their key (a source written customer by customer) are compared with their
+    neighbours (`_adjacent_duplicates`). Otherwise: equal keys always hash alike, so only rows
+    sharing a 64-bit hash with another row can be duplicates; those few (usually none) are then
+    compared exactly.
     """
+    adjacent = _adjacent_duplicates(frame, key)
+    if adjacent is not None:
+        return adjacent
     later = np.zeros(frame.height, dtype=bool)
     if frame.height > 1:
         # one expression (not `pl.reduce`, which folds in Python): the hashes run in parallel
@@ -1205,3 +1224,58 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
                 frame[rows].select(pl.struct(list(key)).is_first_distinct().not_()).to_series()
             )
     return pl.Series(later, dtype=pl.Boolean)
+
+
+MAX_GROUP_ROWS = 8
+"""Longest run of rows sharing the ordered part of a key that `_adjacent_duplicates` compares
+row by row (a day's metrics of one customer: 5)."""
+
+
+def _adjacent_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series | None:
+    """`later_duplicates` of a frame whose rows come grouped by their key, as a source written
+    customer by customer and day by day has them: a few comparisons of each row with the ones
+    just before it, instead of hashing and sorting every row. None when the rows are not so
+    (then the hashes are sorted).
+
+    Rows with equal keys are within a few rows of each other when (a) the first key column's
+    values each occupy one run of rows, (b) within such a run the next key columns (an ordered
+    prefix: text, dates, integers) never decrease, so each value of that prefix is one run of
+    rows too, and (c) those runs are at most `MAX_GROUP_ROWS` long (or the prefix is the whole
+    key: then equal keys are adjacent). A row is then a later duplicate exactly when it equals
+    one of the rows of its run before it. A null in the key sends the frame the other way."""
+    n = frame.height
+    if n < 2 or frame.select(pl.any_horizontal(pl.col(k).has_nulls() for k in key)).item():
+        return None
+    first = frame.get_column(key[0])
+    if not first.is_sorted():
+        starts = _run_starts(first)
+        if 4 * starts.sum() >= n or not first.filter(starts).is_unique().all():
+            return None
+    same = first.eq(first.shift(1)).fill_null(False)
+    ordered = 1
+    for name in key[1:]:
+        column = frame.get_column(name)
+        dtype = column.dtype
+        if not (dtype == pl.String or dtype.is_integer() or dtype.is_temporal()):
+            break
+        previous = column.shift(1)
+        if (same & (column < previous).fill_null(False)).any():
+            break
+        same = same & column.eq(previous).fill_null(False)
+        ordered += 1
+    if ordered == len(key):
+        return same.alias("")
+    # run[s - 1]: the rows whose s rows before are of their run (of the ordered prefix)
+    runs = [same]
+    while (longer := runs[-1] & same.shift(len(runs), fill_value=False)).any():
+        if len(runs) + 1 >= MAX_GROUP_ROWS:
+            return None
+        runs.append(longer)
+    rest = [frame.get_column(name) for name in key[ordered:]]
+    later = None
+    for shift, run in enumerate(runs, 1):
+        match = functools.reduce(
+            operator.and_, [run, *(c.eq_missing(c.shift(shift)) for c in rest)]
+        )
+        later = match if later is None else later | match
+    return later.alias("")  # type: ignore[union-attr]
