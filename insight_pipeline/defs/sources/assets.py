@@ -20,6 +20,7 @@ from insight_pipeline.lib.contract import (
     TableReport,
     TableSpec,
     quarantine,
+    run_values,
     undelivered_days,
     undelivered_message,
 )
@@ -317,7 +318,7 @@ def usage_window(
             for clean in validated_parts(
                 spec, read, known, str(first), str(last), validated, shard_label(shard, shards)
             ):
-                customers += clean["customer_id"].n_unique()
+                customers += run_values(clean["customer_id"]).n_unique()
                 metrics.update(clean["metric"].unique().to_list())
                 per_day.append(clean.group_by("date").agg(pl.len().alias("rows")))
                 yield clean
