@@ -61,7 +61,7 @@ def window_parts(
     for scan in range(scans):
         members = list(range(scan, parts_count, scans))
         in_members = where
-        if parts_count > 1:
+        if scans > 1:  # one scan takes every part: each row is in one of them
             in_members = where & shard_of(parts_count, seed=PART_SEED, raw=raw).is_in(members)
         if whole is not None:
             read = whole.filter(in_members)
@@ -72,13 +72,15 @@ def window_parts(
         if len(members) == 1:
             yield read
             continue
-        empty = read.clear()
-        by_part = read.with_columns(
-            shard_of(parts_count, seed=PART_SEED).alias("_part")
-        ).partition_by("_part", as_dict=True, include_key=False)
-        del read
-        for index in members:  # each part dropped once handed over
-            yield by_part.pop((index,), empty)
+        # A filter per part, in the table's order: a quarter of the time of a `partition_by`
+        # (whose groups are gathered by a hash table of the part numbers).
+        part = read.select(shard_of(parts_count, seed=PART_SEED)).to_series()
+        for i, index in enumerate(members):
+            piece = read.filter(part == index)
+            if i == len(members) - 1:
+                del read, part  # the last part is the only frame left alive
+            yield piece
+            del piece
 
 
 def validated_parts(
