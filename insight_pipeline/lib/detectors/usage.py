@@ -671,26 +671,29 @@ def population_shifts(
 
 
 def _population_at(
-    grid: _DenseGrid, rows: np.ndarray, population: pl.DataFrame | None
+    grid: _DenseGrid, rows: np.ndarray | None, population: pl.DataFrame | None
 ) -> np.ndarray:
-    """Each row's population shift (0 where its metric's day is an ordinary one)."""
-    shift = np.zeros(rows.size)
-    if population is None or population.height == 0 or rows.size == 0:
-        return shift
-    metrics = grid.keys["metric"]
+    """Each row's population shift (0 where its metric's day is an ordinary one); all rows of
+    the grid when `rows` is None. One take from a (metric, day) table whose extra last row, of
+    zeros, stands for the metrics without a population day."""
+    series = grid.series if rows is None else grid.series[rows]
+    if population is None or population.height == 0 or series.size == 0:
+        return np.zeros(series.size)
+    day = grid.day if rows is None else grid.day[rows]
     codes = {m: i for i, m in enumerate(population["metric"].unique().to_list())}
-    series_code = metrics.replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
-    day0 = int(grid.day[rows].min())
-    days = int(grid.day[rows].max()) - day0 + 1
-    table = np.zeros((len(codes), days))
+    series_code = (
+        grid.keys["metric"]
+        .replace_strict(codes, default=len(codes), return_dtype=pl.Int64)
+        .to_numpy()
+    )
+    day0 = int(day.min())
+    days = int(day.max()) - day0 + 1
+    table = np.zeros((len(codes) + 1, days))
     pop_day = population["date"].cast(pl.Int32).to_numpy().astype(np.int64) - day0
     inside = (pop_day >= 0) & (pop_day < days)
     pop_code = population["metric"].replace_strict(codes, return_dtype=pl.Int64).to_numpy()
     table[pop_code[inside], pop_day[inside]] = population["population_shift"].to_numpy()[inside]
-    code = series_code[grid.series[rows]]
-    known = code >= 0
-    shift[known] = table[code[known], grid.day[rows][known] - day0]
-    return shift
+    return table.ravel().take(series_code[series] * days + (day - day0))
 
 
 def _baselines_of_grid(
@@ -701,7 +704,11 @@ def _baselines_of_grid(
     population: pl.DataFrame | None = None,
     dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
-    """`usage_baselines` of the grid, less its `dropped` rows (`_LookBackCut`)."""
+    """`usage_baselines` of the grid, less its `dropped` rows (`_LookBackCut`).
+
+    The statistics are computed on the judged rows (the kept rows and the days before them that
+    their runs look back on) in a frame of numbers only; the keys and dates are attached to the
+    kept rows alone, so no column is gathered twice."""
     s = settings
     first_judged = start - timedelta(days=s.persistence_days + 7)
     needs_expected = first_judged - timedelta(days=s.scale_days)
@@ -722,48 +729,55 @@ def _baselines_of_grid(
     scale = _series_rolling_median(
         abs_resid, grid.position, judged_rows, 1, s.scale_days, s.scale_days // 2
     )
+    y_judged = y[judged_rows]
+    expected_judged = y_expected[judged_rows]
     # On a day its whole population moved (`population_shifts`), an account is judged on its
     # own move beyond the population's, in the population's direction (at most to 0); a move
     # against it is judged as on any day (an account that kept working on a holiday is no spike).
-    expected_judged = y_expected[judged_rows]
     shift = _population_at(grid, judged_rows, population)
-    if shift.any():
-        resid = y[judged_rows] - expected_judged
+    on_shift = np.flatnonzero(shift)  # (the few rows of population days)
+    if on_shift.size:
+        shifted, y_shifted = shift[on_shift], y_judged[on_shift]
+        resid = y_shifted - expected_judged[on_shift]
         own = np.where(
-            (shift < 0) & (resid < 0),
-            np.minimum(resid - shift, 0.0),
-            np.where((shift > 0) & (resid > 0), np.maximum(resid - shift, 0.0), resid),
+            (shifted < 0) & (resid < 0),
+            np.minimum(resid - shifted, 0.0),
+            np.where((shifted > 0) & (resid > 0), np.maximum(resid - shifted, 0.0), resid),
         )
         # only the rows that moved with their population change (the others keep their bits:
         # a range run holding a population day must give a run of one day's numbers)
-        moved = ((shift < 0) & (resid < 0)) | ((shift > 0) & (resid > 0))
-        expected_judged = np.where(moved, y[judged_rows] - own, expected_judged)
-    frame = (
-        grid.frame(judged_rows)
-        .with_columns(
-            pl.col("date").dt.weekday().alias("weekday"),
-            pl.Series(y[judged_rows]).alias("y"),
-            pl.Series(np.minimum(grid.position[judged_rows], HISTORY_CAP)).alias("history_days"),
-            pl.Series(expected_judged, nan_to_null=True).alias("y_expected"),
-            pl.Series(shift).alias("population_shift"),
-            pl.Series(grid.series[judged_rows], dtype=pl.UInt32).alias("_series"),
-        )
-        .with_columns((pl.col("y") - pl.col("y_expected")).abs().alias("abs_resid"))
-        .with_columns(
+        moved = ((shifted < 0) & (resid < 0)) | ((shifted > 0) & (resid > 0))
+        expected_judged[on_shift] = np.where(moved, y_shifted - own, expected_judged[on_shift])
+    day = grid.day[judged_rows]
+    # Rows are sorted by series and date, each series contiguous, so "the previous row of the
+    # same series" is a plain shift masked at each series' first rows: no group-by needed.
+    # The frame starts at first_judged (or at the series' first day, if later).
+    within = np.minimum(grid.position[judged_rows], day - _epoch_day(first_judged))
+    frame = pl.DataFrame(
+        [
+            pl.Series("value", grid.value[judged_rows], dtype=pl.Float64),
+            pl.Series(
+                "history_days", np.minimum(grid.position[judged_rows], HISTORY_CAP), pl.Int64
+            ),
+            pl.Series("y_expected", expected_judged, nan_to_null=True),
+            pl.Series("population_shift", shift, dtype=pl.Float64),
+            pl.Series("_pos", within),
+            pl.Series("y", y_judged),
             (pl.Series(scale, nan_to_null=True) * MAD_TO_SD)
             .clip(lower_bound=SCALE_FLOOR)
-            .alias("scale")
-        )
+            .alias("scale"),
+        ]
+    )
+    frame = (
+        frame.with_columns(pl.col("y_expected").exp().alias("_exp"))
         # Counting noise sets a floor: at an expected value of lambda, a Poisson count has a
         # log-scale sd of about 1/sqrt(lambda + 1); small volumes cannot be judged as precisely.
         .with_columns(
-            pl.max_horizontal(pl.col("scale"), (pl.col("y_expected").exp()).sqrt().pow(-1)).alias(
-                "scale"
-            )
+            pl.max_horizontal(pl.col("scale"), pl.col("_exp").sqrt().pow(-1)).alias("scale")
         )
         .with_columns(
             ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
-            (pl.col("y_expected").exp() - 1.0).alias("expected"),
+            (pl.col("_exp") - 1.0).alias("expected"),
             ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
             ((pl.col("y_expected") + s.z_threshold * pl.col("scale")).exp() - 1.0).alias("upper"),
         )
@@ -787,45 +801,61 @@ def _baselines_of_grid(
         .otherwise(0)
         .cast(pl.Int8)
     )
-    frame = frame.with_columns(direction.alias("direction"))
-    # Rows are sorted by series and date, each series contiguous, so "the previous row of the
-    # same series" is a plain shift masked at each series' first rows: no group-by needed.
-    # The frame starts at first_judged (or at the series' first day, if later).
-    within = np.minimum(grid.position, grid.day - _epoch_day(first_judged))[judged_rows]
-    frame = frame.with_columns(pl.Series("_pos", within))
 
     def previous(column: str, lag: int) -> pl.Expr:
         return pl.when(pl.col("_pos") >= lag).then(pl.col(column).shift(lag))
 
-    # Length of the current run of same-direction deviating days (0 when not deviating).
-    run_starts = frame.select(
-        (pl.col("direction") != previous("direction", 1)).fill_null(True)
-    ).to_series()
-    frame = (
-        frame.with_columns(
-            pl.when(pl.col("direction") != 0)
-            .then(pl.Series(_index_since(run_starts.to_numpy()) + 1))
-            .otherwise(0)
-            .clip(upper_bound=s.persistence_days + 7)  # capped: same value in range and daily runs
-            .cast(pl.Int32)
-            .alias("run_days"),
-            # explicit mean (not rolling_mean): bit-identical however long the run's range is
-            pl.mean_horizontal(
-                [previous("rel_change", i) for i in range(s.persistence_days)]
-            ).alias("run_effect"),
-            previous("rel_change", 1).alias("prev_rel_change"),
-        )
-        .filter(
-            pl.col("date").is_between(start, end)
-            if dropped is None
-            else pl.col("date").is_between(start, end) & pl.Series(~dropped[judged_rows])
-        )
-        .drop("_pos", "_series", "y", "abs_resid")
-        .rename({"date": "partition_date"})
+    frame = frame.with_columns(
+        direction.alias("direction"),
+        # explicit mean (not rolling_mean): bit-identical however long the run's range is
+        pl.mean_horizontal([previous("rel_change", i) for i in range(s.persistence_days)]).alias(
+            "run_effect"
+        ),
+        previous("rel_change", 1).alias("prev_rel_change"),
     )
-    # Masked shifts leave some columns in more chunks than others; polars' string functions
-    # (pl.format in the detectors) can fail on such a frame, so hand it over in one chunk.
-    return frame.rechunk()
+    kept = (day >= _epoch_day(start)) & (day <= _epoch_day(end))
+    if dropped is not None:
+        kept &= ~dropped[judged_rows]
+    run_days = _run_days(frame["direction"].to_numpy(), within, s.persistence_days + 7)
+    kept_rows = judged_rows[kept]
+    stats = frame.filter(pl.Series(kept))
+    dates = pl.Series("partition_date", grid.day[kept_rows], dtype=pl.Int32).cast(pl.Date)
+    columns = ["y_expected", "population_shift", "scale", "z", "expected", "lower", "upper"]
+    return pl.DataFrame(
+        [
+            grid.keys["customer_id"].gather(grid.series[kept_rows]),
+            grid.keys["metric"].gather(grid.series[kept_rows]),
+            dates,
+            stats["value"],
+            dates.dt.weekday().alias("weekday"),
+            stats["history_days"],
+            *[stats[c] for c in columns],
+            stats["rel_change"],
+            stats["direction"],
+            pl.Series("run_days", run_days[kept], dtype=pl.Int32),
+            stats["run_effect"],
+            stats["prev_rel_change"],
+        ]
+    ).rechunk()  # one chunk per column: polars' string functions (pl.format) need it
+
+
+def _run_days(direction: np.ndarray, within: np.ndarray, cap: int) -> np.ndarray:
+    """The length of the run of same-direction deviating days ending on each row (0 when it does
+    not deviate), capped at `cap` (the same value in range and daily runs). A row continues the
+    run of the row before it when that is the previous day of its series (`within` >= 1) and
+    deviated the same way: counted over the deviating rows only (a few percent)."""
+    out = np.zeros(direction.size, dtype=np.int64)
+    deviating = np.flatnonzero(direction)
+    if deviating.size:
+        later = deviating[1:]
+        goes_on = np.zeros(deviating.size, dtype=bool)
+        goes_on[1:] = (
+            (later - deviating[:-1] == 1)
+            & (direction[later] == direction[deviating[:-1]])
+            & (within[later] >= 1)
+        )
+        out[deviating] = _index_since(~goes_on) + 1
+    return np.minimum(out, cap)
 
 
 def evidence_list(*items: pl.Expr) -> pl.Expr:
@@ -985,7 +1015,7 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
     values = grid.value
     moved = np.zeros(values.size, dtype=bool)
     if population is not None and population.height and values.size:
-        shift = _population_at(grid, np.arange(values.size, dtype=np.int32), population)
+        shift = _population_at(grid, None, population)
         moved = shift != 0
         if moved.any():
             values = values.copy()
