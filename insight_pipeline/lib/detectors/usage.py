@@ -1001,7 +1001,9 @@ def weekly_trend_stats(
     return _per_look_back(stats, grid, cut, start, end)
 
 
-def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+def _test_weeks(
+    grid: _DenseGrid, population: pl.DataFrame | None, w0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The week sums the trend test compares: 7-day sums of the grid with each population
     day's common move taken out (the day's log1p value less the population's shift: a holiday
     that took every account to 60% counts an account at 60% as at its usual level), and each
@@ -1011,22 +1013,35 @@ def _test_weeks(grid: _DenseGrid, population: pl.DataFrame | None) -> tuple[np.n
 
     Summed as seven terms in a fixed order, not as a running sum: adjusted values are not whole
     numbers, and a running sum's rounding would depend on where the grid starts, which a range
-    run and a day's run do not share. NaN where the week is not wholly in the series."""
-    values = grid.value
-    moved = np.zeros(values.size, dtype=bool)
-    if population is not None and population.height and values.size:
+    run and a day's run do not share. NaN where the week is not wholly in the series.
+
+    `w0`: the grid's own week sums (`trailing_sums` of its values), which these are but in the
+    weeks holding a population day: only those are summed again, in the same order."""
+    moved = np.zeros(grid.value.size, dtype=bool)
+    if population is not None and population.height and grid.value.size:
         shift = _population_at(grid, None, population)
         moved = shift != 0
-        if moved.any():
-            values = values.copy()
-            # (a day without usage stays one: 0 is no level to scale)
-            scaled = moved & (values > 0)
-            values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
+    if not moved.any():
+        return w0, np.zeros(grid.value.size, dtype=np.int16)
+    values = grid.value.copy()
+    # (a day without usage stays one: 0 is no level to scale)
+    scaled = moved & (values > 0)
+    values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
     days = moved.astype(np.int16)
-    if moved.any():
-        for lag in range(1, 7):
-            days[lag:] += moved[:-lag]
-    return trailing_sums(values, grid.position, 7), np.where(grid.position >= 6, days, 0)
+    touched = scaled.copy()  # the weeks holding a scaled day: the only sums that differ from w0
+    for lag in range(1, 7):
+        days[lag:] += moved[:-lag]
+        touched[lag:] |= scaled[:-lag]
+    touched = np.flatnonzero(touched & (grid.position >= 6))  # (NaN, as in w0, elsewhere)
+    if touched.size * 4 > values.size:
+        return trailing_sums(values, grid.position, 7), np.where(grid.position >= 6, days, 0)
+    # summed again in the order `trailing_sums` adds them
+    week = values[touched]
+    for lag in range(1, 7):
+        week += values[touched - lag]
+    sums = w0.copy()
+    sums[touched] = week
+    return sums, np.where(grid.position >= 6, days, 0)
 
 
 def _weeks_back(
@@ -1092,7 +1107,7 @@ def _trend_stats_of_grid(
             _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
         ]
     )
-    test_w0, moved_days = _test_weeks(grid, population)
+    test_w0, moved_days = _test_weeks(grid, population, w0)
     if only_candidates:
         kept = _trend_candidates(w0, test_w0, picked, wanted, grid.position, s)
         wanted, picked = wanted[kept], picked.filter(pl.Series(kept))
@@ -1274,6 +1289,7 @@ def _trend_candidates(
     wanted: np.ndarray,
     position: np.ndarray,
     settings: UsageSettings,
+    chunk: int = 1 << 16,
 ) -> np.ndarray:
     """Which `wanted` rows pass the cheap preconditions of `detect_usage_trends` (a superset of
     the rows it can keep): enough history, and either `trend_consecutive_weeks` week sums in a
@@ -1281,13 +1297,50 @@ def _trend_candidates(
     last 3 weeks all on one side of the prior weeks or the weekend share moved. The thresholds
     are loosened by a rounding's width, so that a row on the edge is kept, never lost; the
     tests of t, z and the scales are left to `detect_usage_trends`. Only these rows need the
-    weekly scale's rolling median: in noise, some 10% of them."""
+    weekly scale's rolling median: in noise, some 10% of them.
+
+    Some 40 array operations a row, made on chunks of rows that stay in the cache (a year's
+    range has millions of wanted rows), on a thread per core; each row's result is its own."""
+    s = settings
+    enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * s.trend_weeks
+    if s.trend_consecutive_weeks <= 0:
+        return enough
+    # A null sum (too little history) is NaN here and fails every comparison, as null does in
+    # polars. A NaN sum (a NaN usage value, which the contract rejects at the source) compares
+    # as the largest number in polars, so such rows are kept rather than judged here.
+    sums = ["prior_week", "recent3", "_we_recent", "_we_prior"]
+    not_a_number = picked.select(pl.any_horizontal(pl.col(sums).is_nan())).to_series()
+    kept = enough & not_a_number.fill_null(False).to_numpy()
+    prior, recent3, we_recent, we_prior = (picked[c].to_numpy() for c in sums)
+
+    def one(begin: int) -> None:
+        rows = slice(begin, begin + chunk)
+        kept[rows] |= enough[rows] & _moving_or_pattern(
+            w0,
+            test_w0,
+            position,
+            wanted[rows],
+            (prior[rows], recent3[rows], we_recent[rows], we_prior[rows]),
+            s,
+        )
+
+    for_each_chunk(one, range(0, wanted.size, chunk), "trend")
+    return kept
+
+
+def _moving_or_pattern(
+    w0: np.ndarray,
+    test_w0: np.ndarray,
+    position: np.ndarray,
+    wanted: np.ndarray,
+    picked: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    settings: UsageSettings,
+) -> np.ndarray:
+    """`_trend_candidates`' tests of the run of weeks and of a new pattern, at `wanted` (the
+    rows' prior week, last 3 weeks and their weekend sums in `picked`, NaN where null)."""
     s = settings
     k = s.trend_weeks
     run = s.trend_consecutive_weeks
-    enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * k
-    if run <= 0:
-        return enough
     # the week sums the tests compare: w0..w{run} for a run, w0..w2 for a pattern (k >= 3:
     # UsageSettings refuses less)
     weeks = [w0[wanted - 7 * i] for i in range(min(max(run + 1, 3), k))]
@@ -1300,22 +1353,15 @@ def _trend_candidates(
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
 
-    # A null sum (too little history) is NaN here and fails every comparison, as null does in
-    # polars. A NaN sum (a NaN usage value, which the contract rejects at the source) compares
-    # as the largest number in polars, so such rows are kept rather than judged here.
-    sums = ["prior_week", "recent3", "_we_recent", "_we_prior"]
-    not_a_number = picked.select(pl.any_horizontal(pl.col(sums).is_nan())).to_series()
-    nan_sum = not_a_number.fill_null(False).to_numpy()
-    prior = picked["prior_week"].to_numpy()
-    recent3 = picked["recent3"].to_numpy()
+    prior, recent3, we_recent, we_prior = picked
     high = prior * (1 + s.min_effect)
     low = prior * (1 - s.min_effect)
     level = (np.minimum(np.minimum(weeks[0], weeks[1]), weeks[2]) >= high - slack(high)) | (
         np.maximum(np.maximum(weeks[0], weeks[1]), weeks[2]) <= low + slack(low)
     )
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(recent3 > 0, picked["_we_recent"].to_numpy() / recent3, np.nan)
-        prior_share = np.where(prior > 0, picked["_we_prior"].to_numpy() / (8.0 * prior), np.nan)
+        share = np.where(recent3 > 0, we_recent / recent3, np.nan)
+        prior_share = np.where(prior > 0, we_prior / (8.0 * prior), np.nan)
     shape = np.abs(share - prior_share) >= s.min_shape_shift - 1e-9
     used = 0.05 * prior
     pattern = (
@@ -1323,7 +1369,7 @@ def _trend_candidates(
         & (recent3 / 3.0 >= used - slack(used))
         & (level | shape)
     )
-    return enough & (moving | pattern | nan_sum)
+    return moving | pattern
 
 
 def _decline_candidates(
