@@ -198,8 +198,8 @@ def narrative_context(
 ) -> dict[str, Any]:
     """What a template (or a model) sees for one insight: the facts and the account context.
 
-    `loads` parses the JSON columns (facts, base_rate). `_ContextColumns.contexts` builds the
-    same contexts a column at a time, for many rows: the two change together."""
+    `loads` parses the JSON columns (facts, base_rate); `_ContextColumns` passes a memoised
+    one."""
     facts = loads(row["facts"]) if isinstance(row.get("facts"), str) else row.get("facts")
     renewal = row.get("renewal_date")
     return {
@@ -240,10 +240,7 @@ class _ContextColumns:
         return cls(names, [frame.get_column(c).to_list() for c in names])
 
     def contexts(self, start: int, stop: int) -> list[dict[str, Any]]:
-        """The contexts of rows [start, stop): `narrative_context` of each row, worked out a
-        column at a time (each value as `narrative_context` derives it) and put together with
-        one dict display per row - a row dict and a call per row were a third of the
-        narration time of a large frame."""
+        """The contexts of rows [start, stop)."""
         parsed: dict[str, Any] = {}
 
         def loads(text: str) -> Any:
@@ -251,64 +248,8 @@ class _ContextColumns:
                 parsed[text] = json.loads(text)
             return parsed[text]
 
-        given = dict(zip(self.names, self.values, strict=True))
-        absent = [None] * (stop - start)
-
-        def column(name: str) -> list[Any]:
-            values = given.get(name)
-            return absent if values is None else values[start:stop]
-
-        facts = [loads(f) if isinstance(f, str) else f for f in column("facts")]
-        names = column("customer_name")
-        if not all(names):  # the id stands in for a missing name (read only then, as row[...])
-            ids = given["customer_id"][start:stop]
-            names = [name or cid for name, cid in zip(names, ids, strict=True)]
-        rows = zip(
-            given["type"][start:stop],
-            given["category"][start:stop],
-            column("subject"),
-            names,
-            column("segment"),
-            column("industry"),
-            column("arr"),
-            column("renewal_date"),
-            column("days_to_renewal"),
-            facts,
-            column("base_rate"),
-            column("evidence"),
-            strict=True,
-        )
-        return [
-            {
-                "type": kind,
-                "category": category,
-                "subject": subject or "",
-                "customer_name": name,
-                "segment": (segment or "").replace("_", "-"),
-                "industry": industry or "",
-                "arr": arr,
-                "renewal_date": renewal.isoformat() if isinstance(renewal, date) else renewal,
-                "days_to_renewal": days,
-                "facts": fact or {},
-                "f": fact or {},
-                "base_rate": loads(rate) if rate else None,
-                "evidence": evidence or [],
-            }
-            for (
-                kind,
-                category,
-                subject,
-                name,
-                segment,
-                industry,
-                arr,
-                renewal,
-                days,
-                fact,
-                rate,
-                evidence,
-            ) in rows
-        ]
+        rows = zip(*(column[start:stop] for column in self.values), strict=True)
+        return [narrative_context(dict(zip(self.names, row, strict=True)), loads) for row in rows]
 
 
 PARALLEL_MIN_ITEMS = 20_000
