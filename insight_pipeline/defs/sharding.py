@@ -96,16 +96,23 @@ class FrameParts:
         return int(self.scan.select(pl.len()).collect().item())
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
+        for part in self.lazy_parts():
+            yield part.collect()
+
+    def lazy_parts(self) -> Iterator[pl.LazyFrame]:
+        """The parts, left lazy: a reader that needs a few columns of every row and every column
+        of a few rows can collect them separately."""
         if self.heights is not None:
             offset = 0
             for height in self.heights:
-                yield self._restrict(self.scan.slice(offset, height)).collect()
+                yield self._restrict(self.scan.slice(offset, height))
                 offset += height
             return
         count = part_count(self.rows)
         for index in range(count):
-            part = self.scan if count == 1 else self.scan.filter(in_part(index, count))
-            yield self._restrict(part).collect()
+            yield self._restrict(
+                self.scan if count == 1 else self.scan.filter(in_part(index, count))
+            )
 
     def lazy(self) -> pl.LazyFrame:
         """The whole frame, lazily."""

@@ -1,7 +1,5 @@
 """Insights: candidates folded into episodes against the store, new ones narrated."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 import polars as pl
 
@@ -17,7 +15,6 @@ from insight_pipeline.lib.ranking.episodes import (
     rank_for_push,
 )
 from insight_pipeline.lib.settings import RankingSettings
-from insight_pipeline.lib.sharding import in_part, part_count
 
 GROUP = "insights"
 
@@ -58,26 +55,6 @@ def with_base_rates(new: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _lazy_parts(candidates: FrameParts) -> Iterator[pl.LazyFrame]:
-    """The parts `iter(candidates)` collects, left lazy: `plan_episodes` reads a part's narrow
-    columns, then only its new episodes' rows whole (most of a year's candidates extend an
-    episode; decoding their evidence and facts was most of the read)."""
-
-    def restrict(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame if candidates.where is None else frame.filter(candidates.where)
-
-    scan = candidates.scan
-    if candidates.heights is not None:
-        offset = 0
-        for height in candidates.heights:
-            yield restrict(scan.slice(offset, height))
-            offset += height
-        return
-    count = part_count(candidates.rows)
-    for index in range(count):
-        yield restrict(scan if count == 1 else scan.filter(in_part(index, count)))
-
-
 def plan_by_part(
     candidates: FrameParts, existing: pl.DataFrame, ranking: RankingSettings
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -86,7 +63,10 @@ def plan_by_part(
     rank per CSM spans accounts, so it is ranked again over all new episodes. The same plan as
     one call on everything."""
     plans = []
-    for part in _lazy_parts(candidates):
+    # lazy: `plan_episodes` reads a part's narrow columns, then only its new episodes' rows
+    # whole (most of a year's candidates extend an episode; decoding their evidence and facts
+    # was most of the read)
+    for part in candidates.lazy_parts():
         ids = part.select("customer_id").unique().collect()
         if ids.height:  # an empty part has no customer_id, a part with rows has one at least
             plans.append(
