@@ -654,7 +654,12 @@ class Source:
         [date_from, date_to], all metrics but seats_used, with the month's first day of usage.
         Aggregated while scanning, so 18 months of 100k accounts never sit in memory as daily
         rows (SQL sources are aggregated after a windowed read)."""
-        month = pl.col("date").dt.truncate("1mo").alias("month")
+        days = pl.date_range(date_from, date_to, "1d", eager=True)
+        if days.len() == 0:
+            return self._usage_sums(
+                date_from, date_to, pl.col("date").dt.truncate("1mo").alias("month")
+            )
+        month = _by_day(days, days.dt.truncate("1mo")).alias("month")
         return self._usage_sums(date_from, date_to, month)
 
     def monthly_usage_windows(self, windows: Sequence[tuple[date, date]]) -> Iterator[pl.DataFrame]:
@@ -672,10 +677,10 @@ class Source:
             {*months, *(w[0] for w in windows), *(w[1] + timedelta(days=1) for w in windows)}
         )
         starts = pl.Series("segment", bounds, pl.Date)
-        index = pl.lit(starts.cast(pl.Int32)).search_sorted(
-            pl.col("date").cast(pl.Int32), side="right"
-        )
-        sums = self._usage_sums(lo, hi, (index - 1).alias("segment")).with_columns(
+        days = pl.date_range(lo, hi, "1d", eager=True)
+        segment_of_day = starts.search_sorted(days, side="right").cast(pl.Int32) - 1
+        index = _by_day(days, segment_of_day)
+        sums = self._usage_sums(lo, hi, index.alias("segment")).with_columns(
             pl.lit(starts).gather(pl.col("segment")).alias("segment")
         )
         for first, last in windows:
@@ -711,6 +716,14 @@ class Source:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _by_day(days: pl.Series, values: pl.Series) -> pl.Expr:
+    """`values[i]` for the rows whose date is `days[i]` (`days`: consecutive, the rows' dates
+    all among them): a gather by the day's offset, where working it out per row (a month's
+    truncation, a search among bounds) cost ~0.15-0.3 s CPU on a year of 10k accounts' usage."""
+    offset = pl.col("date").cast(pl.Int32) - days.cast(pl.Int32)[0]
+    return pl.lit(values).gather(offset.clip(0, days.len() - 1))
 
 
 def _collect_contiguous(scan: pl.LazyFrame) -> pl.DataFrame:
