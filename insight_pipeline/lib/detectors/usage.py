@@ -179,9 +179,10 @@ def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
 class _DenseGrid:
     """`dense_usage` as arrays: row i is day `day[i]` (days since 1970-01-01), the
     `position[i]`-th day (0 = first observed) of series `series[i]` (a row of `keys`); rows are
-    sorted by customer, metric and date. Built with one hash group-by on the string keys and
-    array arithmetic (series offsets, a bincount for the values) instead of a string-keyed join
-    and sort; the string columns are only materialised for the rows a caller asks for."""
+    sorted by customer, metric and date. Built from integer codes of the string keys
+    (`_series_codes`; a hash group-by on the strings for other inputs) and array arithmetic
+    (series offsets, a bincount for the values) instead of a string-keyed join and sort; the
+    string columns are only materialised for the rows a caller asks for."""
 
     keys: pl.DataFrame
     series: np.ndarray
@@ -196,6 +197,34 @@ class _DenseGrid:
         if usage.height == 0:
             empty = np.zeros(0, dtype=np.int64)
             return cls(usage.select(KEYS), empty, empty, empty, np.zeros(0), np.zeros(0, bool))
+        coded = _series_codes(usage)
+        if coded is None:
+            return cls._build_by_group_by(usage, end, churned)
+        keys, row_series = coded
+        day = usage["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+        # the first day of each series: a group-by on integers, no string hashed
+        firsts = (
+            pl.DataFrame({"series": row_series, "day": day})
+            .group_by("series")
+            .agg(pl.col("day").min())
+        )
+        first = np.empty(keys.height, dtype=np.int64)
+        first[firsts["series"].to_numpy()] = firsts["day"].to_numpy()
+        spans = _with_last(
+            keys.with_columns(pl.Series("first", first, dtype=pl.Int32).cast(pl.Date)),
+            end,
+            churned,
+        )
+        if spans.height != keys.height:  # the churn table repeats a customer
+            return cls._build_by_group_by(usage, end, churned)
+        values = usage["value"].fill_null(0.0).to_numpy()
+        return cls._of_rows(spans, row_series, day, values)
+
+    @classmethod
+    def _build_by_group_by(
+        cls, usage: pl.DataFrame, end: date, churned: pl.DataFrame | None
+    ) -> _DenseGrid:
+        """`build` by a hash group-by with lists on the string keys: any key dtypes and nulls."""
         spans = (
             usage.group_by(KEYS)
             .agg(
@@ -205,15 +234,24 @@ class _DenseGrid:
             )
             .sort(KEYS)
         )
-        if churned is not None and churned.height:
-            spans = spans.join(churned, on="customer_id", how="left").with_columns(
-                pl.min_horizontal(
-                    pl.lit(end),
-                    (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end)),
-                ).alias("last")
-            )
-        else:
-            spans = spans.with_columns(pl.lit(end).alias("last"))
+        spans = _with_last(spans, end, churned)
+        # observed rows in series order
+        observed = np.repeat(np.arange(spans.height), spans["_days"].list.len().to_numpy())
+        day = spans["_days"].explode().to_numpy().astype(np.int64)
+        values = spans["_values"].explode().to_numpy()
+        if spans["customer_id"].null_count() or spans["metric"].null_count():
+            # as with a join, a row whose key is null matches no grid row: its value is not counted
+            null_key = (spans["customer_id"].is_null() | spans["metric"].is_null()).to_numpy()
+            values = np.where(null_key[observed], 0.0, values)
+        return cls._of_rows(spans, observed, day, values)
+
+    @classmethod
+    def _of_rows(
+        cls, spans: pl.DataFrame, row_series: np.ndarray, row_day: np.ndarray, values: np.ndarray
+    ) -> _DenseGrid:
+        """The grid of the series `spans` (keys, first and last day; sorted by keys) and of the
+        source rows (`row_series` a row of `spans`, day, value). A grid row's value is the sum
+        of its source rows in their order (the same float sums whatever the rows' grouping)."""
         first = spans["first"].cast(pl.Int32).to_numpy().astype(np.int64)
         length = (
             spans.select(
@@ -225,25 +263,18 @@ class _DenseGrid:
         )
         offset = np.zeros(len(length), dtype=np.int64)
         np.cumsum(length[:-1], out=offset[1:])
-        # Observed rows in series order; rows after the series' last day (churn) are dropped.
-        observed = np.repeat(np.arange(spans.height), spans["_days"].list.len().to_numpy())
-        day = spans["_days"].explode().to_numpy().astype(np.int64) - first[observed]
-        values = spans["_values"].explode().to_numpy()
-        if spans["customer_id"].null_count() or spans["metric"].null_count():
-            # as with a join, a row whose key is null matches no grid row: its value is not counted
-            null_key = (spans["customer_id"].is_null() | spans["metric"].is_null()).to_numpy()
-            values = np.where(null_key[observed], 0.0, values)
-        kept = day < length[observed]
-        value = np.bincount(
-            offset[observed[kept]] + day[kept], weights=values[kept], minlength=int(length.sum())
-        )
+        at = (offset - first)[row_series] + row_day
+        kept = row_day < (first + length)[row_series]
+        if not kept.all():  # rows after the series' last day (churn) are dropped
+            at, values = at[kept], values[kept]
+        value = np.bincount(at, weights=values, minlength=int(length.sum()))
         observed_rows = np.zeros(value.size, dtype=bool)
-        observed_rows[offset[observed[kept]] + day[kept]] = True
+        observed_rows[at] = True
+        index = np.arange(value.size, dtype=np.int64)
         series = np.repeat(np.arange(spans.height), length)
-        position = np.arange(series.size, dtype=np.int64) - offset[series]
-        return cls(
-            spans.select(KEYS), series, position, first[series] + position, value, observed_rows
-        )
+        position = index - np.repeat(offset, length)
+        day = index + np.repeat(first - offset, length)
+        return cls(spans.select(KEYS), series, position, day, value, observed_rows)
 
     def frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
         """customer_id, metric, date, value of `rows` (all rows when None)."""
@@ -258,6 +289,76 @@ class _DenseGrid:
                 "value": pl.Series(value, dtype=pl.Float64),
             }
         )
+
+
+def _with_last(spans: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> pl.DataFrame:
+    """`spans` with each series' last day: `end`, or the day before its customer churned."""
+    if churned is not None and churned.height:
+        return spans.join(churned, on="customer_id", how="left").with_columns(
+            pl.min_horizontal(
+                pl.lit(end),
+                (pl.col("churned_on") - pl.duration(days=1)).fill_null(pl.lit(end)),
+            ).alias("last")
+        )
+    return spans.with_columns(pl.lit(end).alias("last"))
+
+
+def _series_codes(usage: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None:
+    """The series' keys sorted (as `.sort(KEYS)` orders them) and each row's series, from integer
+    codes of the two string keys instead of a group-by with lists on them: the customer's from
+    its runs, when the rows come grouped by customer (as exports written customer by customer
+    do; one comparison of neighbours), the metric's from its few distinct values. None (the
+    caller groups by the strings) for rows not grouped by customer, where hashing the customer
+    costs more than the group-by, other key or date dtypes, nulls, or more customer x metric
+    pairs than the rows could fill."""
+    customer, metric = usage["customer_id"], usage["metric"]
+    if (
+        customer.dtype != pl.String
+        or metric.dtype != pl.String
+        or usage["date"].dtype != pl.Date
+        or customer.null_count()
+        or metric.null_count()
+        or usage["date"].null_count()
+    ):
+        return None
+    coded = _run_codes(customer)
+    if coded is None:
+        return None
+    customers, customer_code = coded
+    metrics, metric_code = _sorted_codes(metric)
+    pairs = customers.len() * metrics.len()
+    if pairs > 4 * usage.height + (1 << 16):
+        return None
+    pair = customer_code * metrics.len() + metric_code
+    present = np.bincount(pair, minlength=pairs) > 0
+    series_of_pair = np.cumsum(present) - 1
+    kept = np.flatnonzero(present)
+    keys = pl.DataFrame(
+        {
+            "customer_id": customers.gather(kept // metrics.len()),
+            "metric": metrics.gather(kept % metrics.len()),
+        }
+    )
+    return keys, series_of_pair[pair]
+
+
+def _run_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
+    """The sorted distinct values of `column` and each row's index into them, from its runs of
+    equal values; None unless each value is one run (the rows come grouped by it)."""
+    runs = column.rle().struct.unnest()
+    if 8 * runs.height > column.len() + 64 or runs["value"].n_unique() != runs.height:
+        return None  # (many runs: not grouped, or too few rows a value to pay)
+    order = runs["value"].arg_sort()
+    rank = np.empty(runs.height, dtype=np.int64)
+    rank[order.to_numpy()] = np.arange(runs.height)
+    return runs["value"].gather(order), np.repeat(rank, runs["len"].to_numpy())
+
+
+def _sorted_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray]:
+    """The sorted distinct values of `column` (no nulls) and each row's index into them."""
+    values = column.unique().sort()
+    code = column.cast(pl.Enum(values)).to_physical().to_numpy().astype(np.int64)
+    return values, code
 
 
 def _index_since(starts: np.ndarray) -> np.ndarray:
