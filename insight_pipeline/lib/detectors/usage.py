@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 import polars as pl
@@ -407,6 +407,8 @@ def _chunk_median(
 ) -> np.ndarray:
     """`_lagged_median` of one chunk of rows."""
     width = lag.size
+    if width <= NETWORK_WIDTH and min_count >= 1:  # (a window of no value: NaN as a sort's)
+        return _network_median(values, position, part, lag, min_count)
     w = values.take(part[:, None] - lag, mode="clip")
     w[position[part][:, None] < lag] = np.nan  # lags before the series' first day
     w.sort(axis=1)  # NaN last
@@ -417,6 +419,67 @@ def _chunk_median(
     median = lo + (hi - lo) * 0.5
     median[count < min_count] = np.nan
     return median
+
+
+NETWORK_WIDTH = 16
+"""Up to this many lags a median is taken by a sorting network, 1.5x numpy's sort of short rows."""
+
+
+def _network_median(
+    values: np.ndarray, position: np.ndarray, part: np.ndarray, lag: np.ndarray, min_count: int
+) -> np.ndarray:
+    """`_chunk_median` by a sorting network over the lags' columns (vector minimum / maximum,
+    no per-row sort). A missing value (NaN, or a lag before the series' first day) is +inf,
+    after every value as NaN is in a sort: the median's two values are among the first `count`
+    of the sorted columns, the same numbers as a sort gives (equal ones at worst swapped, as
+    0.0 and -0.0, whose median lo + (hi - lo) * 0.5 is 0.0 either way)."""
+    width = lag.size
+    before_first = position[part]
+    count = np.full(part.size, width)
+    columns = []
+    for back in lag:
+        column = values.take(part - back, mode="clip")
+        missing = np.isnan(column) | (before_first < back)
+        count -= missing
+        column[missing] = np.inf
+        columns.append(column)
+    for i, j in _sorting_network(width):
+        low = np.minimum(columns[i], columns[j])
+        np.maximum(columns[i], columns[j], out=columns[j])
+        columns[i] = low
+    # a full window's middle columns; the few rows with missing values pick theirs
+    lo, hi = columns[(width - 1) // 2].copy(), columns[width // 2].copy()
+    short = np.flatnonzero(count < width)
+    if short.size:
+        window = np.stack([column[short] for column in columns], axis=1)
+        index, short_count = np.arange(short.size), count[short]
+        lo[short] = window[index, np.maximum(short_count - 1, 0) // 2]
+        hi[short] = window[index, np.minimum(short_count // 2, width - 1)]
+    with np.errstate(invalid="ignore"):  # inf - inf where too few values: NaN below
+        median = lo + (hi - lo) * 0.5
+    median[count < min_count] = np.nan
+    return median
+
+
+@cache
+def _sorting_network(width: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort of the next power of two, less the comparators that touch
+    a padding slot (an infinity that never moves): pairs (i, j), i < j, minimum to i."""
+    size = 1 << max(width - 1, 0).bit_length()
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                pairs.extend(
+                    (i + j, i + j + k)
+                    for i in range(min(k, size - j - k))
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p)
+                )
+            k //= 2
+        p *= 2
+    return tuple((i, j) for i, j in pairs if j < width)
 
 
 def _series_rolling_median(
