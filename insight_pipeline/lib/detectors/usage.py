@@ -306,11 +306,11 @@ def _with_last(spans: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> 
 def _series_codes(usage: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None:
     """The series' keys sorted (as `.sort(KEYS)` orders them) and each row's series, from integer
     codes of the two string keys instead of a group-by with lists on them: the customer's from
-    its runs, when the rows come grouped by customer (as exports written customer by customer
-    do; one comparison of neighbours), the metric's from its few distinct values. None (the
-    caller groups by the strings) for rows not grouped by customer, where hashing the customer
-    costs more than the group-by, other key or date dtypes, nulls, or more customer x metric
-    pairs than the rows could fill."""
+    its runs, when the rows come mostly grouped by customer (as exports written customer by
+    customer do, or `rows_since`'s rows and zeros; one comparison of neighbours), the metric's
+    from its few distinct values. None (the caller groups by the strings) for rows not grouped
+    by customer, where hashing the customer costs more than the group-by, other key or date
+    dtypes, nulls, or more customer x metric pairs than the rows could fill."""
     customer, metric = usage["customer_id"], usage["metric"]
     if (
         customer.dtype != pl.String
@@ -343,15 +343,13 @@ def _series_codes(usage: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None
 
 
 def _run_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
-    """The sorted distinct values of `column` and each row's index into them, from its runs of
-    equal values; None unless each value is one run (the rows come grouped by it)."""
+    """The sorted distinct values of `column` (no nulls) and each row's index into them, coded
+    once a run of equal values; None when runs are too short to pay (not grouped by it)."""
     runs = column.rle().struct.unnest()
-    if 8 * runs.height > column.len() + 64 or runs["value"].n_unique() != runs.height:
-        return None  # (many runs: not grouped, or too few rows a value to pay)
-    order = runs["value"].arg_sort()
-    rank = np.empty(runs.height, dtype=np.int64)
-    rank[order.to_numpy()] = np.arange(runs.height)
-    return runs["value"].gather(order), np.repeat(rank, runs["len"].to_numpy())
+    if 8 * runs.height > column.len() + 64:
+        return None
+    values, code = _sorted_codes(runs["value"])
+    return values, np.repeat(code, runs["len"].to_numpy())
 
 
 def _sorted_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray]:
