@@ -13,11 +13,13 @@ import pytest
 from insight_pipeline.lib.detectors.common import mann_kendall_threshold
 from insight_pipeline.lib.detectors.usage import (
     KEYS,
+    _DenseGrid,
     _grid_until,
     _lagged_median,
     _LookBackCut,
     _mann_kendall_s,
     _mann_kendall_s_at,
+    _series_codes,
     _series_rolling_median,
     _trend_stats_of_grid,
     carry_last_before,
@@ -794,3 +796,31 @@ def test_a_weekend_share_within_the_accounts_own_swings_is_no_new_pattern() -> N
     found = _trends(usage, END, END)
     changed = found.filter(pl.col("type") == "usage_pattern_change")["customer_id"].to_list()
     assert changed == ["STEADY"]
+
+
+def test_grid_from_coded_keys_equals_the_group_by_grid_to_the_bit() -> None:
+    """The integer-coded grid build (rows grouped by customer, or mostly: `rows_since`) gives the
+    group-by's arrays: keys order, first days, churn cut, duplicate days summed in row order."""
+    rng = np.random.default_rng(3)
+    days = [date(2026, 3, 1) + timedelta(days=int(d)) for d in rng.integers(0, 60, 4000)]
+    usage = pl.DataFrame(
+        {
+            "customer_id": [f"c{c}" for c in rng.integers(0, 40, 4000)],
+            "date": days,
+            "metric": rng.choice(["logins", "events", "dau", "é"], 4000).tolist(),
+            "value": np.where(rng.random(4000) < 0.05, np.nan, rng.normal(5, 3, 4000)),
+        }
+    ).with_columns(
+        pl.when(pl.col("value") > 9).then(None).otherwise(pl.col("value")).alias("value")
+    )
+    grouped = usage.sort("customer_id", descending=True, maintain_order=True)
+    churned = pl.DataFrame({"customer_id": ["c3", "c7"], "churned_on": [date(2026, 4, 1)] * 2})
+    for rows in [grouped, rows_since(grouped.lazy(), date(2026, 4, 10))]:
+        assert _series_codes(rows) is not None  # (the coded path is taken)
+        for churn in [None, churned]:
+            coded = _DenseGrid.build(rows, date(2026, 4, 30), churn)
+            hashed = _DenseGrid._build_by_group_by(rows, date(2026, 4, 30), churn)
+            assert coded.keys.equals(hashed.keys)
+            for name in ["series", "position", "day", "observed"]:
+                assert np.array_equal(getattr(coded, name), getattr(hashed, name)), name
+            assert np.array_equal(coded.value.view(np.int64), hashed.value.view(np.int64))
