@@ -394,6 +394,10 @@ def pattern_hits(
     )
 
 
+HIT_KEYS = ["customer_id", "pattern_type", "pattern_subject"]
+_EPOCH = date(1970, 1, 1)
+
+
 def _unsorted_hits(
     candidates: pl.DataFrame,
     first: date,
@@ -404,15 +408,34 @@ def _unsorted_hits(
 ) -> pl.DataFrame:
     """`pattern_hits` in no particular order: cross_account_patterns only counts and looks
     them up, and sorting millions of rows on three text keys was most of its time."""
-    schema = {
-        "partition_date": pl.Date,
-        "customer_id": pl.String,
-        "pattern_type": pl.String,
-        "pattern_subject": pl.String,
-        "first_seen": pl.Date,
-    }
+    sightings, row, day = _sighting_runs(
+        candidates, first, last, settings, windows_back=windows_back
+    )
+    return _laid_out(sightings, row, day)
+
+
+def _laid_out(sightings: pl.DataFrame, row: np.ndarray, day: np.ndarray) -> pl.DataFrame:
+    """The hits of `_sighting_runs`: sighting `row[i]` on day `day[i]`."""
+    return sightings.select(*HIT_KEYS, pl.col("seen").alias("first_seen"))[pl.Series(row)].select(
+        pl.Series("partition_date", day).cast(pl.Int32).cast(pl.Date), *HIT_KEYS, "first_seen"
+    )
+
+
+def _sighting_runs(
+    candidates: pl.DataFrame,
+    first: date,
+    last: date,
+    settings: TeamSettings,
+    *,
+    windows_back: int = 0,
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """The distinct sightings (customer_id, pattern_type, pattern_subject, seen) and the hits
+    they give as two arrays: hit i is sighting row[i] on day day[i] (days since 1970). The hits
+    (millions of rows) are laid out from the sightings by these, as codes where the text is not
+    needed."""
     if candidates.height == 0:
-        return pl.DataFrame(schema=schema)
+        empty = pl.DataFrame(schema={k: pl.String for k in HIT_KEYS} | {"seen": pl.Date})
+        return empty, np.zeros(0, np.int64), np.zeros(0, np.int64)
     lag = windows_back * settings.window_days
     earliest = first - timedelta(days=lag + settings.window_days - 1)
     base = candidates.select(
@@ -429,7 +452,7 @@ def _unsorted_hits(
     by_subject = base.filter(
         pl.col("pattern_type").is_in(list(METRIC_SUBJECT_TYPES)) & (pl.col("subject") != "")
     ).with_columns(pl.col("subject").alias("pattern_subject"))
-    keys = ["customer_id", "pattern_type", "pattern_subject"]
+    keys = HIT_KEYS
     # Each sighting as one integer: its (account, pattern) numbered densely, times the days,
     # plus its day. Sorted on it, the sightings come by account, pattern and day: a repeated
     # sighting is the row above, and so is the previous sighting of the same account and
@@ -471,9 +494,7 @@ def _unsorted_hits(
     # counted up from the run's start: the rows of date_ranges + explode, without the lists
     row = np.repeat(np.arange(hits.height), days)
     day = start[row] + (np.arange(row.size) - np.repeat(np.cumsum(days) - days, days))
-    return hits.select(*keys, pl.col("seen").alias("first_seen"))[pl.Series(row)].select(
-        pl.Series("partition_date", day).cast(pl.Int32).cast(pl.Date), *keys, "first_seen"
-    )
+    return hits.select(*keys, "seen"), row, day
 
 
 def _group_members(
@@ -534,7 +555,80 @@ def tested_patterns(
     within the range are laid out per day), the groups' sizes and the patterns' totals per
     day, one test per (day, pattern, group), and the Benjamini-Hochberg adjustment within each
     day's family of tests."""
-    empty = pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
+    pattern_codes = (
+        pl.concat([hits.select(PATTERN_KEYS), before.select(PATTERN_KEYS)])
+        .unique()
+        .sort(PATTERN_KEYS)
+        .with_row_index("_pattern")
+    )
+    account_codes = _account_codes(accounts)
+    activity = account_activity(accounts).join(account_codes, on="customer_id")
+    # The hits hold one row per (day, account, pattern) (`_unsorted_hits`, tested), and the
+    # joins below keep that when each account has one row: then the rows need no
+    # deduplication (a hash of millions of rows, ~1.2 s per call in a 10k year, that removed
+    # nothing). An accounts frame repeating an id still goes through it.
+    one_row_per_account = not activity.get_column("customer_id").is_duplicated().any()
+    day_pattern = _day_pattern(first, pattern_codes.height)
+
+    def on_active_days(frame: pl.DataFrame) -> pl.DataFrame:
+        """(_day_pattern, _account) of the rows of accounts active on the row's day, each once:
+        with the groups' (_account, _group) also unique, the accounts of a (day, pattern,
+        group) are counted by its rows (len), faster than n_unique."""
+        coded = (
+            frame.filter(pl.col("partition_date").is_between(first, last))
+            .join(activity, on="customer_id", how="inner")
+            .filter(is_active(activity.columns, pl.col("partition_date")))
+            .join(pattern_codes, on=PATTERN_KEYS)
+            .select(day_pattern, "_account")
+        )
+        return coded if one_row_per_account else coded.unique()
+
+    if hits.height == 0:
+        return _no_tests()
+    return _tested(
+        lambda: on_active_days(hits),
+        lambda: on_active_days(before),
+        pattern_codes,
+        account_codes,
+        accounts,
+        first,
+        last,
+        settings,
+    )
+
+
+PATTERN_KEYS = ["pattern_type", "pattern_subject"]
+
+
+def _no_tests() -> pl.DataFrame:
+    return pl.DataFrame(schema={**PATTERN_COLUMNS, "significant": pl.Boolean()})
+
+
+def _account_codes(accounts: pl.DataFrame) -> pl.DataFrame:
+    """(_account, customer_id): each id of `accounts` once, numbered in order."""
+    return accounts.select("customer_id").unique(maintain_order=True).with_row_index("_account")
+
+
+def _day_pattern(first: date, n_patterns: int) -> pl.Expr:
+    """A (day, pattern) as one integer key over the partition_date and _pattern columns."""
+    offset = (pl.col("partition_date") - pl.lit(first)).dt.total_days()
+    return (offset * n_patterns + pl.col("_pattern")).alias("_day_pattern")
+
+
+def _tested(
+    coded_hits: Callable[[], pl.DataFrame],
+    coded_before: Callable[[], pl.DataFrame],
+    pattern_codes: pl.DataFrame,
+    account_codes: pl.DataFrame,
+    accounts: pl.DataFrame,
+    first: date,
+    last: date,
+    settings: TeamSettings,
+) -> pl.DataFrame:
+    """`tested_patterns` on the hits and the hits before as (_day_pattern, _account) rows of
+    active accounts, each once (made when needed), with the codes of their patterns (numbered
+    in the order of their text keys; patterns without hits may be among them) and accounts."""
+    empty = _no_tests()
     day = "partition_date"
     days = pl.DataFrame({day: pl.date_range(first, last, eager=True)})
     # An account's groups do not change over the days; whether it is active does: only the
@@ -545,7 +639,7 @@ def tested_patterns(
         .with_columns(pl.col("total").fill_null(0) + steady.height)
         .filter(pl.col("total") > 0)
     )
-    if totals.height == 0 or hits.height == 0:
+    if totals.height == 0:
         return empty
     groups = _group_members(accounts, settings.dimensions)
     sizes = (
@@ -570,20 +664,11 @@ def tested_patterns(
         )
         .drop("total")
     )
-    pattern_keys = ["pattern_type", "pattern_subject"]
     # Accounts, patterns and groups as integer codes, and (day, pattern) and (day, pattern,
     # group) each as ONE integer key: the counts below group tens of millions of rows, and
     # grouping on one integer is several times faster than on several keys (let alone on the
     # text). Patterns and groups are numbered in the order of their text keys, so sorting on
     # the key gives the order of sorting on the day and the texts.
-    account_codes = accounts.select("customer_id").unique(maintain_order=True)
-    account_codes = account_codes.with_row_index("_account")
-    pattern_codes = (
-        pl.concat([hits.select(pattern_keys), before.select(pattern_keys)])
-        .unique()
-        .sort(pattern_keys)
-        .with_row_index("_pattern")
-    )
     group_codes = (
         groups.select("dimension", "group_value")
         .unique()
@@ -591,8 +676,6 @@ def tested_patterns(
         .with_row_index("_group")
     )
     n_patterns, n_groups = pattern_codes.height, group_codes.height
-    day_offset = (pl.col(day) - pl.lit(first)).dt.total_days()
-    day_pattern = (day_offset * n_patterns + pl.col("_pattern")).alias("_day_pattern")
     cell = (pl.col("_day_pattern") * n_groups + pl.col("_group")).alias("_cell")
     coded_groups = groups.join(group_codes, on=["dimension", "group_value"]).join(
         account_codes, on="customer_id"
@@ -601,25 +684,6 @@ def tested_patterns(
     coded_sizes = sizes.join(group_codes, on=["dimension", "group_value"]).drop(
         "dimension", "group_value"
     )
-    activity = account_activity(accounts).join(account_codes, on="customer_id")
-    # The hits hold one row per (day, account, pattern) (`_unsorted_hits`, tested), and the
-    # joins below keep that when each account has one row: then the rows need no
-    # deduplication (a hash of millions of rows, ~1.2 s per call in a 10k year, that removed
-    # nothing). An accounts frame repeating an id still goes through it.
-    one_row_per_account = not activity.get_column("customer_id").is_duplicated().any()
-
-    def on_active_days(frame: pl.DataFrame) -> pl.DataFrame:
-        """(_day_pattern, _account) of the rows of accounts active on the row's day, each once:
-        with the groups' (_account, _group) also unique, the accounts of a (day, pattern,
-        group) are counted by its rows (len), faster than n_unique."""
-        coded = (
-            frame.filter(pl.col(day).is_between(first, last))
-            .join(activity, on="customer_id", how="inner")
-            .filter(is_active(activity.columns, pl.col(day)))
-            .join(pattern_codes, on=pattern_keys)
-            .select(day_pattern, "_account")
-        )
-        return coded if one_row_per_account else coded.unique()
 
     def decode(frame: pl.DataFrame) -> pl.DataFrame:
         """`frame` with the day and the pattern code of its _day_pattern key."""
@@ -629,9 +693,9 @@ def tested_patterns(
         )
 
     n_days = (last - first).days + 1
-    coded_hits = on_active_days(hits)
+    hits = coded_hits()
     pattern_totals = decode(
-        _count_codes(coded_hits["_day_pattern"], n_days * n_patterns, "pattern_total").filter(
+        _count_codes(hits["_day_pattern"], n_days * n_patterns, "pattern_total").filter(
             pl.col("pattern_total") >= settings.min_accounts
         )
     )
@@ -647,7 +711,7 @@ def tested_patterns(
     # only the tested patterns' counts before are looked up (the others are never joined)
     n_cells = n_days * n_patterns * n_groups
     previous = _count_codes(
-        on_active_days(before)
+        coded_before()
         .join(tested, on="_day_pattern", how="semi")
         .join(coded_groups, on="_account", how="inner")
         .select(cell)
@@ -657,7 +721,7 @@ def tested_patterns(
     )
     # the groups too small (or everyone) to test drop out at the join with their sizes
     in_groups = (
-        coded_hits.join(tested, on="_day_pattern", how="semi")
+        hits.join(tested, on="_day_pattern", how="semi")
         .join(coded_groups, on="_account", how="inner")
         .with_columns(cell)
     )
@@ -1103,13 +1167,80 @@ def cross_account_patterns(
     # The window before day D's is day (D - window)'s window: both from one pass over the days
     # [first - window, last] (equal to pattern_hits(..., windows_back=1), tested).
     lag = timedelta(days=team.window_days)
-    every = _unsorted_hits(candidates, first - lag, last, team)
-    hits = every.filter(pl.col("partition_date") >= first)
-    before = every.filter(pl.col("partition_date") <= last - lag).with_columns(
-        pl.col("partition_date") + lag
+    sightings, row, day = _sighting_runs(candidates, first - lag, last, team)
+    account_codes = _account_codes(accounts)
+    activity = account_activity(accounts).join(account_codes, on="customer_id")
+    if (
+        activity.get_column("customer_id").is_duplicated().any()
+        or "csm_user_id" not in activity.columns
+        or sightings.height == 0
+    ):
+        every = _laid_out(sightings, row, day)
+        hits = every.filter(pl.col("partition_date") >= first)
+        before = every.filter(pl.col("partition_date") <= last - lag).with_columns(
+            pl.col("partition_date") + lag
+        )
+        tested = tested_patterns(hits, before, accounts, first, last, team)
+        raised = distinct_patterns(tested, team.overlap)
+        return team_insights(raised, hits, accounts, users, team, ranking), tested
+    # Each account once: tested_patterns' joins of the hits (and of the hits before) with the
+    # accounts and the patterns' codes made once per sighting, and the hits laid out as codes
+    # (a year of 10k accounts: ~2M sightings, ~3.7M hits, each joined twice on the text keys).
+    # The patterns are numbered over all the sightings, a superset of those with hits: only
+    # their order counts (that of their text keys), and the tests' results are the same.
+    pattern_codes = (
+        sightings.select(PATTERN_KEYS).unique().sort(PATTERN_KEYS).with_row_index("_pattern")
     )
-    tested = tested_patterns(hits, before, accounts, first, last, team)
+    # is_active's columns, the CSM as a flag (null where there is none) rather than its text
+    judged_by = [c for c in ("contract_start", "churned_on") if c in activity.columns]
+    coded = (
+        sightings.select(HIT_KEYS)
+        .join(
+            activity.select(
+                "customer_id",
+                "_account",
+                pl.when(pl.col("csm_user_id").is_not_null()).then(True).alias("csm_user_id"),
+                *judged_by,
+            ),
+            on="customer_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(pattern_codes, on=PATTERN_KEYS, how="left", maintain_order="left")
+        .drop(HIT_KEYS)
+    )
+    # the sightings of accounts in `accounts` with a CSM (others are never active)
+    known = coded.get_column("csm_user_id").is_not_null().to_numpy()[row]
+    laid = coded[pl.Series(row[known])].with_columns(
+        pl.Series("partition_date", day[known]).cast(pl.Int32).cast(pl.Date)
+    )
+    active = is_active(laid.columns, pl.col("partition_date"))
+    day_pattern = _day_pattern(first, pattern_codes.height)
+    tested = _tested(
+        lambda: laid.filter((pl.col("partition_date") >= first) & active).select(
+            day_pattern, "_account"
+        ),
+        lambda: (
+            laid.filter(pl.col("partition_date") <= last - lag)
+            .with_columns(pl.col("partition_date") + lag)
+            .filter(active)
+            .select(day_pattern, "_account")
+        ),
+        pattern_codes,
+        account_codes,
+        accounts,
+        first,
+        last,
+        team,
+    )
     raised = distinct_patterns(tested, team.overlap)
+    # team_insights looks up the first sightings of the raised patterns' members: the hits of
+    # those patterns are all it needs in text
+    wanted = pattern_codes.join(raised.select(PATTERN_KEYS), on=PATTERN_KEYS, how="semi")
+    shown = (day >= (first - _EPOCH).days) & np.isin(
+        coded.get_column("_pattern").to_numpy()[row], wanted.get_column("_pattern").to_numpy()
+    )
+    hits = _laid_out(sightings, row[shown], day[shown])
     return team_insights(raised, hits, accounts, users, team, ranking), tested
 
 
