@@ -140,6 +140,30 @@ def test_hypergeometric_tail_equals_brute_force(x: int, n: int, k: int, total: i
     assert got == pytest.approx(exact / math.comb(total, n), rel=1e-9)
 
 
+def test_repeated_tests_get_the_p_value_of_each_alone() -> None:
+    """hypergeometric_sf sums each distinct (x, n, k, total) once: a repeated test gets the bits
+    it gets on its own, in any order, also where the four do not fit one integer key."""
+    rng = np.random.default_rng(5)
+    total = rng.integers(60, 90, 500)
+    k, n = rng.integers(0, 60, 500), rng.integers(0, 60, 500)
+    x = rng.integers(-1, 12, 500)
+    picks = rng.integers(0, 500, 4000)
+    many = hypergeometric_sf(x[picks], n[picks], k[picks], total[picks])
+    alone = np.array(
+        [
+            hypergeometric_sf(x[i : i + 1], n[i : i + 1], k[i : i + 1], total[i : i + 1])[0]
+            for i in picks
+        ]
+    )
+    assert np.array_equal(many.view(np.int64), alone.view(np.int64))
+    huge = np.array([3, 1 << 40, 3, 1 << 40, 5], dtype=np.int64)
+    columns = [huge, huge[::-1].copy(), np.array([1, 2, 1, 2, 1]), huge]
+    (a, b, c, d), of_row = team_module._distinct_rows(*columns)
+    assert a.size == 4 and of_row[1] == of_row[3]
+    for got, column in zip((a, b, c, d), columns, strict=True):
+        assert np.array_equal(got[of_row], column)
+
+
 def test_tails_in_many_chunks_on_threads_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tails of many tests, laid out in chunks of a few terms (so several threads each take
     many chunks, and a tail longer than a chunk gets one of its own), give the same numbers to
