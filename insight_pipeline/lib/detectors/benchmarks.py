@@ -137,8 +137,12 @@ def _seen_in_window(
         found = np.searchsorted(
             extra_series * width + (extra_day - low), series * width + (until - low), "right"
         )
-        found = np.maximum(found - 1, 0)
-        seen |= (extra_series[found] == series) & (extra_day[found] >= until + near - far)
+        found = np.maximum(found - 1, 0)  # (none at or before `until`: index 0, tested below)
+        seen |= (
+            (extra_series[found] == series)
+            & (extra_day[found] <= until)
+            & (extra_day[found] >= until + near - far)
+        )
     out = np.zeros(dense.day.size, dtype=bool)
     out[wanted] = seen
     return out
