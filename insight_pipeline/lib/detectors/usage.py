@@ -544,12 +544,8 @@ def usage_baselines(
     `lookback_days`: judge each day on the rows of its own look-back only (`_LookBackCut`), so
     that a range gives what each of its days gives alone.
     """
-    grid = _grid_until(usage, end, churned)
-    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    baselines = partial(
-        _baselines_of_grid, start=start, end=end, settings=settings, population=population
-    )
-    return _per_look_back(baselines, grid, cut, start, end, merge=True)
+    judge = _judged(usage, start, end, settings, churned, population, lookback_days)
+    return judge(_baselines_of_grid, merge=True)
 
 
 def usage_baselines_and_trends(
@@ -565,14 +561,9 @@ def usage_baselines_and_trends(
     of the same rows, from one dense grid: both lay the usage out per customer x metric x day,
     the costliest step of each. The trend statistics are reduced to their few signals before
     the baselines are computed, so the two wide frames are never in memory together."""
-    grid = _grid_until(usage, end, churned)
-    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    judged = {"start": start, "end": end, "settings": settings, "population": population}
-    trends = _per_look_back(partial(_trends_of_grid, **judged), grid, cut, start, end)
-    baselines = _per_look_back(
-        partial(_baselines_of_grid, **judged), grid, cut, start, end, merge=True
-    )
-    return baselines, trends
+    judge = _judged(usage, start, end, settings, churned, population, lookback_days)
+    trends = judge(_trends_of_grid)
+    return judge(_baselines_of_grid, merge=True), trends
 
 
 def usage_trends(
@@ -586,12 +577,8 @@ def usage_trends(
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
     computed only on the rows that could pass its tests (`_trend_candidates`)."""
-    grid = _grid_until(usage, end, churned)
-    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    trends = partial(
-        _trends_of_grid, start=start, end=end, settings=settings, population=population
-    )
-    return _per_look_back(trends, grid, cut, start, end)
+    judge = _judged(usage, start, end, settings, churned, population, lookback_days)
+    return judge(_trends_of_grid)
 
 
 def _trends_of_grid(
@@ -606,6 +593,28 @@ def _trends_of_grid(
         grid, start, end, settings, only_candidates=True, population=population, dropped=dropped
     )
     return detect_usage_trends(stats, settings)
+
+
+def _judged(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None,
+    population: pl.DataFrame | None,
+    lookback_days: int | None,
+) -> Callable[..., pl.DataFrame]:
+    """`judge(of_grid, merge=False)`: `of_grid` (a `_..._of_grid` statistic) of [start, end] on
+    one dense grid of the usage, each day on its own look-back (`_per_look_back`); the grid is
+    built once however many statistics are taken from it."""
+    grid = _grid_until(usage, end, churned)
+    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
+    judged = {"start": start, "end": end, "settings": settings, "population": population}
+
+    def judge(of_grid: Callable[..., pl.DataFrame], merge: bool = False) -> pl.DataFrame:
+        return _per_look_back(partial(of_grid, **judged), grid, cut, start, end, merge=merge)
+
+    return judge
 
 
 def _grid_until(usage: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> _DenseGrid:
@@ -1155,12 +1164,8 @@ def weekly_trend_stats(
     consecutive rises/falls, and the log-linear slope with its t-statistic; the trend test's
     statistics (`_trend_test_stats`) of the week sums with `population` days taken out.
     `lookback_days`: as in `usage_baselines`."""
-    grid = _grid_until(usage, end, churned)
-    cut = _LookBackCut.of(grid, start, end, settings, lookback_days)
-    stats = partial(
-        _trend_stats_of_grid, start=start, end=end, settings=settings, population=population
-    )
-    return _per_look_back(stats, grid, cut, start, end)
+    judge = _judged(usage, start, end, settings, churned, population, lookback_days)
+    return judge(_trend_stats_of_grid)
 
 
 def _test_weeks(
