@@ -495,10 +495,12 @@ def _series_rolling_median(
     That `.over` runs polars' null-aware median kernel (the shift puts nulls in every series),
     3-4x slower than its kernel for null-free data, which gives the same median of a full window.
     So the null-free kernel runs once over all rows (NaN read as 0; those windows are not used)
-    and its result is kept where the row's window is complete and holds no NaN; the other rows
-    (mostly a series' first `lag + window - 1` days) take `_lagged_median`. When few rows are
-    wanted (a daily run) `_lagged_median` alone is cheaper than a pass over every row: sorting a
-    row's window costs about a quarter of a kernel step per value.
+    and its result is kept where the row's window is complete and holds no NaN. A row whose
+    window holds fewer than `min_count` values (at least one) is NaN, as `_lagged_median` would
+    give, without sorting it (most of a series' first `lag + window - 1` days: their values are
+    NaN until the series has history); the few other rows take `_lagged_median`. When few rows
+    are wanted (a daily run) `_lagged_median` alone is cheaper than a pass over every row:
+    sorting a row's window costs about a quarter of a kernel step per value.
     """
     lags = range(lag, lag + window)
     if rows.size * window <= 4 * values.size:
@@ -509,12 +511,13 @@ def _series_rolling_median(
     nan_before = np.zeros(values.size + 1, dtype=np.int64)
     np.cumsum(nan, out=nan_before[1:])  # NaN count in values[:i]
     last = rows - lag  # the window is values[last - window + 1 : last + 1]
-    full = position[rows] >= lag + window - 1
-    first = np.where(full, last - window + 1, 0)
-    clean = full & (nan_before[np.where(full, last + 1, 0)] == nan_before[first])
+    inside = np.clip(position[rows] - (lag - 1), 0, window)  # its rows within the series
+    end = np.maximum(last + 1, 0)  # (no row inside: any index, the count is 0)
+    counted = inside - (nan_before[end] - nan_before[end - inside])  # its non-NaN values
+    clean = counted == window
     if int(clean.sum()) * window <= 4 * values.size:
         clean[:] = False
-    out = np.empty(rows.size)
+    out = np.full(rows.size, np.nan)
     if clean.any():
         medians = (
             pl.Series(np.where(nan, 0.0, values))
@@ -522,7 +525,7 @@ def _series_rolling_median(
             .to_numpy()
         )
         out[clean] = medians[last[clean]]
-    dirty = ~clean
+    dirty = np.flatnonzero(~clean & (counted >= max(min_count, 1)))
     out[dirty] = _lagged_median(values, position, rows[dirty], lags, min_count)
     return out
 
