@@ -562,22 +562,23 @@ def test_a_range_wholly_inside_a_restart_gives_its_days_statistics() -> None:
     )
 
 
+@pytest.mark.parametrize("nan_share", [0.01, 0.0])
 @pytest.mark.parametrize("min_count", [3, 0])
 @pytest.mark.parametrize("wanted", ["few rows (direct medians)", "every row (kernel pass)"])
 def test_series_medians_equal_polars_rolling_median_over_series(
-    wanted: str, min_count: int, monkeypatch: pytest.MonkeyPatch
+    wanted: str, min_count: int, nan_share: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The baselines' and trends' medians (`_series_rolling_median`, chunks of rows on threads)
     are polars' `shift(lag).rolling_median(window).over(series)`, value for value: NaN gaps,
     series shorter than the window, windows crossing series starts and windows of too few
-    values (or none, with `min_count` 0) included. Small chunks put many chunks on the
-    threads."""
+    values (or none, with `min_count` 0) included; without NaN, the sorting network's whole
+    windows take its pruned comparators. Small chunks put many chunks on the threads."""
     rng = np.random.default_rng(11)
     lengths = rng.integers(1, 60, size=300)
     series = np.repeat(np.arange(lengths.size), lengths)
     position = np.concatenate([np.arange(n) for n in lengths])
     values = np.round(rng.gamma(2.0, 3.0, size=series.size), 1)
-    values[rng.random(series.size) < 0.01] = np.nan
+    values[rng.random(series.size) < nan_share] = np.nan
     lag, window = 2, 7
     expected = (
         pl.DataFrame({"v": values, "s": series}, nan_to_null=True)

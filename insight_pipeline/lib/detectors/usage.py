@@ -391,22 +391,39 @@ def _lagged_median(
     """
     out = np.empty(rows.size)
     lag = np.asarray(lags, dtype=np.int64)
+    # (a sorting network's whole windows skip the NaN checks when there is no NaN to check)
+    any_nan = lag.size > NETWORK_WIDTH or bool(np.isnan(values).any())
 
     def one(begin: int) -> None:
         part = rows[begin : begin + chunk]
-        out[begin : begin + part.size] = _chunk_median(values, position, part, lag, min_count)
+        out[begin : begin + part.size] = _chunk_median(
+            values, position, part, lag, min_count, any_nan
+        )
 
     for_each_chunk(one, range(0, rows.size, chunk), "median")
     return out
 
 
 def _chunk_median(
-    values: np.ndarray, position: np.ndarray, part: np.ndarray, lag: np.ndarray, min_count: int
+    values: np.ndarray,
+    position: np.ndarray,
+    part: np.ndarray,
+    lag: np.ndarray,
+    min_count: int,
+    any_nan: bool = True,
 ) -> np.ndarray:
-    """`_lagged_median` of one chunk of rows."""
+    """`_lagged_median` of one chunk of rows (`any_nan`: whether `values` may hold a NaN)."""
     width = lag.size
     if width <= NETWORK_WIDTH and min_count >= 1:  # (a window of no value: NaN as a sort's)
-        return _network_median(values, position, part, lag, min_count)
+        if any_nan or min_count > width:
+            return _network_median(values, position, part, lag, min_count)
+        # no NaN: the rows whose lags all lie inside their series have whole windows
+        whole = position[part] >= lag.max()
+        short = np.flatnonzero(~whole)
+        out = np.empty(part.size)
+        out[whole] = _whole_window_median(values, part[whole], lag)
+        out[short] = _network_median(values, position, part[short], lag, min_count)
+        return out
     w = values.take(part[:, None] - lag, mode="clip")
     w[position[part][:, None] < lag] = np.nan  # lags before the series' first day
     w.sort(axis=1)  # NaN last
@@ -457,6 +474,38 @@ def _network_median(
         median = lo + (hi - lo) * 0.5
     median[count < min_count] = np.nan
     return median
+
+
+def _whole_window_median(values: np.ndarray, part: np.ndarray, lag: np.ndarray) -> np.ndarray:
+    """`_network_median` of rows whose windows are whole (every lag inside the series, no NaN):
+    no missing values to count or set aside, and only the comparators and the halves of them
+    that lead to the two middle values (`_median_network`) are computed, the same numbers."""
+    width = lag.size
+    columns = [values.take(part - back, mode="clip") for back in lag]
+    for i, j, low, high in _median_network(width):
+        if low and high:
+            smaller = np.minimum(columns[i], columns[j])
+            np.maximum(columns[i], columns[j], out=columns[j])
+            columns[i] = smaller
+        elif low:
+            columns[i] = np.minimum(columns[i], columns[j])
+        else:
+            np.maximum(columns[i], columns[j], out=columns[j])
+    lo, hi = columns[(width - 1) // 2], columns[width // 2]
+    return lo + (hi - lo) * 0.5
+
+
+@cache
+def _median_network(width: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """`_sorting_network(width)` less what does not lead to its two middle slots: (i, j,
+    whether the minimum at i is used, whether the maximum at j is), in order."""
+    used = {(width - 1) // 2, width // 2}
+    kept = []
+    for i, j in reversed(_sorting_network(width)):
+        if i in used or j in used:
+            kept.append((i, j, i in used, j in used))
+            used |= {i, j}
+    return tuple(reversed(kept))
 
 
 @cache
