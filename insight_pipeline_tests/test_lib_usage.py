@@ -27,6 +27,7 @@ from insight_pipeline.lib.detectors.usage import (
     detect_usage_trends,
     population_shifts,
     rows_since,
+    seen_between,
     series_last_before,
     series_starts,
     trailing_sums,
@@ -827,3 +828,35 @@ def test_grid_from_coded_keys_equals_the_group_by_grid_to_the_bit() -> None:
             for name in ["series", "position", "day", "observed"]:
                 assert np.array_equal(getattr(coded, name), getattr(hashed, name)), name
             assert np.array_equal(coded.value.view(np.int64), hashed.value.view(np.int64))
+
+
+def test_seen_between_marks_the_rows_with_a_day_on_record_in_their_window() -> None:
+    """`seen_between`'s mask, in the frame's order (shuffled here), is the direct rule: the row's
+    series has a day in `seen` from `far` to `near` days before the row's day; a day repeated in
+    `seen` or another series' day changes nothing."""
+    rng = np.random.default_rng(5)
+    day0 = date(2026, 1, 1)
+    frame = pl.DataFrame(
+        {
+            "customer_id": [f"C{i}" for i in rng.integers(0, 6, 400)],
+            "metric": [f"m{i}" for i in rng.integers(0, 2, 400)],
+            "partition_date": [day0 + timedelta(days=int(d)) for d in rng.integers(0, 60, 400)],
+        }
+    ).unique(maintain_order=True)
+    seen = pl.DataFrame(
+        {
+            "customer_id": [f"C{i}" for i in rng.integers(0, 7, 300)],
+            "metric": [f"m{i}" for i in rng.integers(0, 2, 300)],
+            "_seen": [day0 + timedelta(days=int(d)) for d in rng.integers(-20, 60, 300)],
+        }
+    )
+    seen = pl.concat([seen, seen.head(50)])  # repeated days
+    near, far = 5, 12
+    got = seen_between(frame, seen, KEYS, near, far)
+    days = {key: set(group["_seen"]) for key, group in seen.group_by(KEYS)}
+    expected = [
+        any(d - timedelta(days=far) <= s <= d - timedelta(days=near) for s in days.get((c, m), ()))
+        for c, m, d in frame.iter_rows()
+    ]
+    assert got.dtype == pl.Boolean and 0 < got.sum() < frame.height
+    assert got.to_list() == expected

@@ -144,16 +144,19 @@ def carry_last_before(rows: pl.DataFrame, opened: date) -> pl.DataFrame:
 
 def seen_between(
     frame: pl.DataFrame, seen: pl.DataFrame, by: list[str], near: int, far: int
-) -> pl.DataFrame:
-    """The rows of `frame` (in its order) whose `by` key has a day in `seen` (column `_seen`)
-    between `far` and `near` days before the row's `partition_date`: what a run of that day
-    alone has on record, whatever look-back another run started from."""
+) -> pl.Series:
+    """Whether each row of `frame` (in its order) has its `by` key on a day in `seen` (column
+    `_seen`) between `far` and `near` days before the row's `partition_date`: what a run of that
+    day alone has on record, whatever look-back another run started from. A mask, so that the
+    caller filters its own rows instead of joining them back on their keys. (`seen` may repeat a
+    day: the as-of join gives each row of `frame` one match, and repeats the same day.)"""
     latest = (
-        frame.with_row_index("_row")
+        frame.select(*by, "partition_date")
+        .with_row_index("_row")
         .with_columns((pl.col("partition_date") - pl.duration(days=near)).alias("_until"))
         .sort("_until")
         .join_asof(
-            seen.select(*by, "_seen").unique().sort("_seen"),
+            seen.select(*by, "_seen").sort("_seen"),
             left_on="_until",
             right_on="_seen",
             by=by,
@@ -161,11 +164,10 @@ def seen_between(
             check_sortedness=False,  # sorted above (by the join key; `by` groups are not checked)
         )
     )
-    return (
-        latest.filter(pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=far))
-        .sort("_row")
-        .drop("_row", "_until", "_seen")
-    )
+    on_record = np.zeros(frame.height, dtype=bool)
+    recent = pl.col("_seen") >= pl.col("partition_date") - pl.duration(days=far)
+    on_record[latest.filter(recent)["_row"].to_numpy()] = True
+    return pl.Series("on_record", on_record)
 
 
 def series_starts(usage: pl.LazyFrame) -> pl.DataFrame:
@@ -851,11 +853,10 @@ def population_shifts(
     base = usage_baselines(padded, first_judged, end, s, churned)
     threshold = math.log1p(s.population_shift)
     seen = usage.filter(pl.col("date") >= opened).select(*KEYS, pl.col("date").alias("_seen"))
-    on_record = seen_between(
-        base.select(*KEYS, "partition_date"), seen, KEYS, s.min_history_days, 7 * s.baseline_weeks
-    )
+    # (a series' day is one row of `base`: the rows on record are those of the mask)
+    on_record = seen_between(base, seen, KEYS, s.min_history_days, 7 * s.baseline_weeks)
     shifts = (
-        base.join(on_record, on=[*KEYS, "partition_date"], how="semi")
+        base.filter(on_record)
         .filter(
             (pl.col("history_days") >= s.min_history_days)
             & (pl.col("expected") >= s.min_expected)
