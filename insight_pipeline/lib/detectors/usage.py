@@ -419,10 +419,12 @@ def _chunk_median(
     if width <= NETWORK_WIDTH and min_count >= 1:  # (a window of no value: NaN as a sort's)
         if any_nan or min_count > width:
             return _network_median(values, position, part, lag, min_count)
-        # no NaN: the rows whose lags all lie inside their series have whole windows
-        whole = position[part] >= lag.max()
-        short = np.flatnonzero(~whole)
-        out = np.empty(part.size)
+        # no NaN: the rows whose lags all lie inside their series have whole windows, those
+        # with fewer than `min_count` lags inside (before the min_count-th lag) too few values
+        at = position[part]
+        whole = at >= lag.max()
+        short = np.flatnonzero(~whole & (at >= np.sort(lag)[min_count - 1]))
+        out = np.full(part.size, np.nan)
         out[whole] = _whole_window_median(values, part[whole], lag)
         out[short] = _network_median(values, position, part[short], lag, min_count)
         return out
