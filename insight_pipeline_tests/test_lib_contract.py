@@ -5,14 +5,21 @@ the same typed frames, only inside the requested date window."""
 from __future__ import annotations
 
 import os
-from datetime import date
+import random
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, quarantine
+from insight_pipeline.lib.contract import (
+    CONTRACT,
+    ContractError,
+    Source,
+    _adjacent_duplicates,
+    quarantine,
+)
 
 USERS = pl.DataFrame(
     {
@@ -653,3 +660,45 @@ def test_timestamps_in_any_iso_form_are_read_and_a_local_form_fails(
         with pytest.raises(ContractError, match=r"'sent_at'.*ISO 8601") as failure:
             write(local).read("communications")
         assert "03/0" in str(failure.value)
+
+
+@pytest.mark.parametrize("layout", ["sorted", "grouped", "shuffled"])
+@pytest.mark.parametrize("stranger", [True, False], ids=["unknown-id", "all-known"])
+def test_quarantine_reasons_whatever_the_row_layout(layout: str, stranger: bool) -> None:
+    """Each row's reason is the one a row-by-row reading of the rules gives, whether the rows
+    come sorted by customer, grouped by customer in no order (both checked on the ids' runs)
+    or shuffled; with a customer the accounts do not know among the runs, or none."""
+    rng = random.Random(5)
+    customers = [f"C{i:03d}" for i in range(60)]
+    if layout == "grouped":
+        rng.shuffle(customers)
+    rows = [
+        (c, date(2026, 1, 1) + timedelta(days=d), m, float(rng.randint(-1, 9)))
+        for c in customers
+        for d in range(8)
+        for m in ("dau", "logins", "events")
+    ]
+    for i in sorted(rng.sample(range(len(rows)), 25), reverse=True):
+        rows.insert(i + 1, rows[i])  # a duplicate just after its row
+    if layout == "shuffled":
+        rng.shuffle(rows)
+    known = set(customers) - ({customers[17]} if stranger else set())
+    frame = pl.DataFrame(rows, schema=CONTRACT["usage_daily"].columns, orient="row")
+    key = list(CONTRACT["usage_daily"].key)
+    assert (_adjacent_duplicates(frame, key) is None) == (layout == "shuffled")
+    clean, bad, _ = quarantine(
+        CONTRACT["usage_daily"], frame, {"customers": pl.Series(sorted(known))}
+    )
+    seen, expected = set(), []
+    for customer, day, metric, value in rows:
+        duplicate = (customer, day, metric) in seen
+        seen.add((customer, day, metric))
+        if value < 0:
+            expected.append("negative_value")
+        elif customer not in known:
+            expected.append("unknown_id")
+        else:
+            expected.append("duplicate_key" if duplicate else None)
+    assert bad["quarantine_reason"].to_list() == [r for r in expected if r]
+    assert clean.rows() == [row for row, r in zip(rows, expected, strict=True) if r is None]
+    assert ("unknown_id" in expected) == stranger

@@ -924,6 +924,22 @@ def run_values(column: pl.Series) -> pl.Series:
     return column.filter(_run_starts(column))
 
 
+_SAMPLE_ROWS = 10_000
+"""Rows at the top of a column looked at to guess how its values are laid out."""
+
+
+def _grouped_values(column: pl.Series) -> pl.Series | None:
+    """`run_values` of a column whose rows come grouped by value (its runs at most a quarter of
+    its rows): every distinct value, few, for a check of each distinct value. None otherwise,
+    and without comparing every row when its first rows already have too many runs (a metric
+    name changing on every row)."""
+    sample = column.head(_SAMPLE_ROWS)
+    if 4 * _run_starts(sample).sum() >= sample.len():
+        return None
+    starts = _run_starts(column)
+    return column.filter(starts) if 4 * starts.sum() < column.len() else None
+
+
 def _run_starts(column: pl.Series) -> pl.Series:
     """True for the first row of each run of equal values (nulls equal to each other)."""
     starts = column.ne_missing(column.shift(1))
@@ -950,11 +966,9 @@ def _needs_trim(column: pl.Series) -> bool:
     values (ids, metric names, channels) is checked on those values only: millions of rows,
     thousands of strings. A column grouped by its values (the customer id of a table written
     customer by customer) gets them from its runs, without hashing every row."""
-    starts = _run_starts(column)
-    if 4 * starts.sum() < column.len():
-        values = column.filter(starts)
-    else:
-        sample = column.head(10_000)
+    values = _grouped_values(column)
+    if values is None:
+        sample = column.head(_SAMPLE_ROWS)
         values = column.unique() if 4 * sample.n_unique() < sample.len() else column
     length = values.str.len_bytes()
     return bool(((values.str.strip_chars().str.len_bytes() != length) | (length == 0)).any())
@@ -1140,10 +1154,14 @@ def quarantine(
     conditions.extend((pl.col(column) < 0, "negative_value") for column in spec.non_negative)
     for column, table in (spec.refs or {}).items():
         ids = (known_ids or {}).get(table)
-        if ids is not None:
-            conditions.append(
-                (pl.col(column).is_not_null() & ~pl.col(column).is_in(ids.implode()), "unknown_id")
-            )
+        if ids is None:
+            continue
+        unknown = pl.col(column).is_not_null() & ~pl.col(column).is_in(ids.implode())
+        # Rows grouped by the id (usage, customer by customer) are checked on its few distinct
+        # values first: when all are known, as they usually are, no row is looked up.
+        values = _grouped_values(frame.get_column(column))
+        if values is None or values.to_frame().select(unknown.fill_null(False)).to_series().any():
+            conditions.append((unknown, "unknown_id"))
     if spec.key:
         frame = frame.with_columns(later_duplicates(frame, spec.key).alias("_duplicate"))
         conditions.append((pl.col("_duplicate"), "duplicate_key"))
@@ -1265,11 +1283,12 @@ def _adjacent_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series |
     if n < 2 or frame.select(pl.any_horizontal(pl.col(k).has_nulls() for k in key)).item():
         return None
     first = frame.get_column(key[0])
-    if not first.is_sorted():
-        starts = _run_starts(first)
-        if 4 * starts.sum() >= n or not first.filter(starts).is_unique().all():
-            return None
-    same = first.eq(first.shift(1)).fill_null(False)
+    starts = _run_starts(first)
+    # each value in one run: told by the runs' values when they are few, else by a sort check
+    grouped = 4 * starts.sum() < n and first.filter(starts).is_unique().all()
+    if not (grouped or first.is_sorted()):
+        return None
+    same = ~starts  # no nulls here
     ordered = 1
     for name in key[1:]:
         column = frame.get_column(name)
