@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from insight_pipeline.lib import contract
 from insight_pipeline.lib.contract import (
     CONTRACT,
     ContractError,
@@ -664,10 +665,18 @@ def test_timestamps_in_any_iso_form_are_read_and_a_local_form_fails(
 
 @pytest.mark.parametrize("layout", ["sorted", "grouped", "shuffled"])
 @pytest.mark.parametrize("stranger", [True, False], ids=["unknown-id", "all-known"])
-def test_quarantine_reasons_whatever_the_row_layout(layout: str, stranger: bool) -> None:
+@pytest.mark.parametrize("collide", [False, True], ids=["hashes", "one-hash"])
+def test_quarantine_reasons_whatever_the_row_layout(
+    monkeypatch: pytest.MonkeyPatch, layout: str, stranger: bool, collide: bool
+) -> None:
     """Each row's reason is the one a row-by-row reading of the rules gives, whether the rows
     come sorted by customer, grouped by customer in no order (both checked on the ids' runs)
-    or shuffled; with a customer the accounts do not know among the runs, or none."""
+    or shuffled; with a customer the accounts do not know among the runs, or none; and when
+    every key hashes alike (the values decide, not the hashes)."""
+    if collide:
+        monkeypatch.setattr(
+            contract, "_key_hash", lambda frame, key: pl.Series([0] * frame.height, dtype=pl.UInt64)
+        )
     rng = random.Random(5)
     customers = [f"C{i:03d}" for i in range(60)]
     if layout == "grouped":
@@ -679,7 +688,7 @@ def test_quarantine_reasons_whatever_the_row_layout(layout: str, stranger: bool)
         for m in ("dau", "logins", "events")
     ]
     for i in sorted(rng.sample(range(len(rows)), 25), reverse=True):
-        rows.insert(i + 1, rows[i])  # a duplicate just after its row
+        rows.insert(i - i % 3 + 3, rows[i])  # a duplicate at the end of its customer's day
     if layout == "shuffled":
         rng.shuffle(rows)
     known = set(customers) - ({customers[17]} if stranger else set())

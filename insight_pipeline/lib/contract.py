@@ -1246,12 +1246,7 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
         return adjacent
     later = np.zeros(frame.height, dtype=bool)
     if frame.height > 1:
-        # one expression (not `pl.reduce`, which folds in Python): the hashes run in parallel
-        hashed = frame.select(
-            functools.reduce(
-                operator.xor, [pl.col(column).hash(seed) for seed, column in enumerate(key)]
-            )
-        ).to_series()
+        hashed = _key_hash(frame, key)
         ordered = hashed.sort().to_numpy()  # polars' parallel sort: ~4x numpy's here
         shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         if shared.size:
@@ -1260,6 +1255,16 @@ def later_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
                 frame[rows].select(pl.struct(list(key)).is_first_distinct().not_()).to_series()
             )
     return pl.Series(later, dtype=pl.Boolean)
+
+
+def _key_hash(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series:
+    """A 64-bit hash of each row's `key` columns: equal keys hash alike."""
+    # one expression (not `pl.reduce`, which folds in Python): the hashes run in parallel
+    return frame.select(
+        functools.reduce(
+            operator.xor, [pl.col(column).hash(seed) for seed, column in enumerate(key)]
+        )
+    ).to_series()
 
 
 MAX_GROUP_ROWS = 8
@@ -1309,10 +1314,15 @@ def _adjacent_duplicates(frame: pl.DataFrame, key: Sequence[str]) -> pl.Series |
             return None
         runs.append(longer)
     rest = [frame.get_column(name) for name in key[ordered:]]
+    # The rest of the key is compared by its hash first (equal values hash alike), its values
+    # only where a hash matches: a duplicate, or rarely two values sharing a hash; usually none.
+    hashed = _key_hash(frame, key[ordered:])
     later = None
     for shift, run in enumerate(runs, 1):
-        match = functools.reduce(
-            operator.and_, [run, *(c.eq_missing(c.shift(shift)) for c in rest)]
-        )
+        match = run & hashed.eq(hashed.shift(shift)).fill_null(False)
+        if match.any():
+            match = functools.reduce(
+                operator.and_, [match, *(c.eq_missing(c.shift(shift)) for c in rest)]
+            )
         later = match if later is None else later | match
     return later.alias("")  # type: ignore[union-attr]
