@@ -799,3 +799,76 @@ def test_a_silent_account_without_communications_on_record_says_so() -> None:
     assert "no meeting and no message from" in with_messages["summary"]
     assert "no communication on record" in without["summary"]
     assert "message from" not in without["summary"]
+
+
+def test_each_recommended_action_is_the_json_of_its_quick_action_and_description() -> None:
+    """`narrate_frame` writes each row's action as `json.dumps` of its quick action and the
+    narrated description (the text around the description made once per type): every type,
+    one without an action of its own, and descriptions that need escaping."""
+    import polars as pl
+
+    from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
+    from insight_pipeline.lib.insights.formulate import narrate_frame
+
+    descriptions = ['Call "Åsa" now', "back\\slash\ttab\nline", "", "plain", "emoji 🙂 ✓"]
+    kinds = [*sorted(ACCOUNT_TYPES), "mystery_type"]
+    rows = [
+        {**row("usage_drop"), "type": kind, "subject": str(i)}
+        for i, kind in enumerate(kinds * len(descriptions))
+    ]
+
+    class Told:
+        def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
+            return [
+                dict.fromkeys(("title", "summary", "so_what"), "x")
+                | {"action": descriptions[int(i["subject"]) % len(descriptions)]}
+                for i in items
+            ]
+
+    actions = narrate_frame(pl.DataFrame(rows), Told()).get_column("recommended_action")
+    for i, (kind, action) in enumerate(zip(kinds * len(descriptions), actions, strict=True)):
+        quick = ACTION_OF_TYPE.get(kind, "review_account")
+        expected = {
+            "type": QUICK_ACTIONS[quick],
+            "description": descriptions[i % len(descriptions)],
+            "quick_action_id": quick,
+        }
+        assert action == json.dumps(expected), (kind, action)
+
+
+def test_template_narration_pauses_the_cycle_collector_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template narrator runs with the cycle collector off (its contexts hold no cycles),
+    which is back on afterwards, also after a failure; another narrator runs with it on."""
+    import gc
+
+    import jinja2
+    import polars as pl
+
+    from insight_pipeline.lib.insights.narrate import narrate_rows
+
+    seen: list[bool] = []
+    render = TemplateNarrator.narrate
+
+    def watched(self: TemplateNarrator, items: list[dict[str, Any]]) -> list[dict[str, str]]:
+        seen.append(gc.isenabled())
+        return render(self, items)
+
+    monkeypatch.setattr(TemplateNarrator, "narrate", watched)
+    frame = pl.DataFrame([row("usage_drop") for _ in range(3)])
+    assert gc.isenabled()
+    texts = narrate_rows(frame, TemplateNarrator(), workers=1)
+    assert seen == [False] and gc.isenabled() and len(texts) == 3
+    bad = pl.DataFrame([row("usage_drop", facts={"metric": "dau"})])
+    with pytest.raises(jinja2.UndefinedError):
+        narrate_rows(bad, TemplateNarrator(), workers=1)
+    assert seen == [False, False] and gc.isenabled()
+
+    class Other:
+        def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
+            seen.append(gc.isenabled())
+            return [dict.fromkeys(("title", "summary", "so_what", "action"), "x") for _ in items]
+
+    narrate_rows(frame, Other(), workers=1)
+    assert seen == [False, False, True] and gc.isenabled()
