@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from sqlalchemy import text
 
 from insight_pipeline.lib.sql_files import SQL_DIR, load_sql, migrations, split_statements
 from insight_pipeline.lib.store import (
@@ -184,6 +185,60 @@ def test_reupsert_refreshes_content_widens_episode_and_keeps_user_columns(
     assert after[b]["last_seen_date"] == D0 + timedelta(days=1)
     assert after[a]["expires_at"] == EXPIRES + timedelta(days=3)
     assert after[b]["expires_at"] == EXPIRES
+
+
+def test_new_ids_on_duckdb_are_inserted_as_the_upsert_would_insert_them(
+    store: InsightStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write none of whose ids is stored yet goes through `insert_new_insights` on DuckDB
+    (the upsert everywhere else, and as soon as one id exists): the same rows as the upsert
+    makes, every column (a frame without ranking's columns too, and nulls)."""
+    taken: list[str] = []
+    for name in ("_insert_new", "_upsert"):
+        original = getattr(store, name)
+
+        def spied(conn: Any, name: str = name, original: Any = original) -> None:
+            taken.append(name)
+            original(conn)
+
+        monkeypatch.setattr(store, name, spied)
+    ranked = insights(4, pushed=[True, False, None, True], rank_in_day=[1, None, 3, 2])
+    ranked = ranked.with_columns(pl.col("rank_in_day").cast(pl.Int32))
+    unranked = insights(6, subject=[None, "dau", "", "x", None, "y"], so_what=None)[4:]
+
+    def table() -> pl.DataFrame:
+        with store._engine.connect() as conn:
+            ranks = conn.execute(
+                text("select cast(id as text), pushed, rank_in_day from insights order by id")
+            ).all()
+        ranking = pl.DataFrame(ranks, schema=["id", "pushed", "rank_in_day"], orient="row")
+        return store.get_insights().drop("created_at").join(ranking, on="id").sort("id")
+
+    assert store.write_insights(ranked, NO_EXTENSIONS)["inserted"] == 4
+    assert store.write_insights(unranked, NO_EXTENSIONS)["inserted"] == 2
+    new = "_insert_new" if store.dialect == "duckdb" else "_upsert"
+    assert taken == [new, new]
+    inserted = table()
+    assert inserted["pushed"].sum() == 5  # ranked: 2 pushed and 1 undecided; unranked: 2
+    assert store.write_insights(insights(5)[3:], NO_EXTENSIONS)["updated"] == 2
+    assert taken[-1] == "_upsert"  # some ids stored already
+    # the same writes through the upsert, into an empty table
+    with store._engine.begin() as conn:
+        conn.execute(text("delete from insights"))
+    monkeypatch.setattr(store, "_insert_new", store._upsert)
+    store.write_insights(ranked, NO_EXTENSIONS)
+    store.write_insights(unranked, NO_EXTENSIONS)
+    assert inserted.equals(table())
+
+
+def test_the_duckdb_insert_of_new_ids_is_the_upserts_insert() -> None:
+    """`insert_new_insights` is `upsert_insights` up to its conflict clause, to the letter."""
+    upsert = load_sql("upsert_insights", "duckdb")
+    insert = load_sql("insert_new_insights", "duckdb")
+    body = insert[insert.index("insert into insights") :]
+    assert upsert[upsert.index("insert into insights") : upsert.index("on conflict")] == (
+        body + "\n"
+    )
 
 
 def test_extensions_only_move_dates_later(store: InsightStore) -> None:

@@ -442,7 +442,10 @@ class InsightStore:
                         step = "counting existing ids"
                         updated = self._scalar(conn, "count_existing_upserts")
                         step = "upserting"
-                        self._upsert(conn)
+                        if updated == 0 and self.dialect == "duckdb":
+                            self._insert_new(conn)
+                        else:
+                            self._upsert(conn)
                     counts["updated"] = updated
                     counts["inserted"] = ups.height - updated
                 if not ext.is_empty():
@@ -477,6 +480,15 @@ class InsightStore:
     def _upsert(self, conn: Connection) -> None:
         """The upsert statement; a separate method so tests can inject a failure after it."""
         self._run(conn, "upsert_insights", created_at=datetime.now(UTC))
+
+    def _insert_new(self, conn: Connection) -> None:
+        """The upsert when none of its ids is stored yet (DuckDB only): a plain insert of the
+        same rows, without the conflict checks, which cost DuckDB more than the insert (a 10k
+        year's 68k insights into a new store: ~1.2 -> ~0.8 s). No writer can add one of the ids
+        between the count and the insert: the process holds the file's lock, and its own
+        threads take turns (`_DUCKDB_FILE_LOCKS`). On PostgreSQL another transaction could, so
+        it always upserts."""
+        self._run(conn, "insert_new_insights", created_at=datetime.now(UTC))
 
     def _extend(self, conn: Connection) -> None:
         """The extension statement; a separate method so tests can inject a failure."""
