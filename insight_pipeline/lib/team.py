@@ -1548,25 +1548,49 @@ def _range_counts(
     """The additive and account-level metrics of each day in [first, last], per rollup row that
     has any (DAY_KEYS); each day judged on its own (open insights, active accounts, windows).
     `insights` carry `_os` and `_customer` (integer codes of owner-segment and customer)."""
-    opened = open_on_days(insights, events, first, last)
     risky = (pl.col("category") == "risk") | pl.col("type").is_in(list(RISK_TYPES))
     # Counted per owner and segment, one column per category x priority, then spread over the
     # rollup rows each counts in (a CSM's counts go to their managers, segments and the total):
     # one row per day and owner-segment to spread and group, not one per category and priority.
-    pairs = _category_priorities(opened)
+    # The pairs are those of all the insights: a pair no insight of a day has counts 0 there,
+    # which no count, total or text shows.
+    pair_codes = _category_priorities(insights)
+    pairs = list(pair_codes.drop("_pair").iter_rows())
+    # Each insight is laid out over the days it is open (millions of rows in a year): it goes
+    # with the columns the counts need only, its pair as a code and whether it is a risk or an
+    # opportunity worked out once per insight, not once per day.
+    opened = open_on_days(
+        insights.join(
+            pair_codes, on=["category", "priority"], how="left", maintain_order="left"
+        ).select(
+            "id",
+            "partition_date",
+            "expires_at",
+            "actioned_at",
+            "_os",
+            "_customer",
+            "score",
+            "_pair",  # null where the category or priority is
+            risky.alias("_risky"),
+            (pl.col("category") == "opportunity").alias("_opportunity"),
+        ),
+        events,
+        first,
+        last,
+    )
     # (each pair's count as a column of its own before grouping: plain sums group faster than
     # a filter per group and pair)
     none = pl.lit(0, pl.get_index_type())
     per_os = (
-        opened.group_by("rollup_date", "_os", "category", "priority")
+        opened.group_by("rollup_date", "_os", "_pair")
         .len()
         .select(
             "rollup_date",
             "_os",
             pl.col("len").alias("_all"),  # a null category or priority counts here only
             *(
-                pl.when(_is_pair(category, priority)).then("len").otherwise(none).alias(f"_n{i}")
-                for i, (category, priority) in enumerate(pairs)
+                pl.when(pl.col("_pair") == i).then("len").otherwise(none).alias(f"_n{i}")
+                for i in range(len(pairs))
             ),
         )
     )
@@ -1594,10 +1618,10 @@ def _range_counts(
     by_category = _open_by_category(sums, pairs)
     # Only an account's open risks and opportunities add to its sums (ARR at risk, expansion):
     # its other insights are left out before grouping (a missing sum is 0 in the rollup).
-    valued = opened.filter(risky | (pl.col("category") == "opportunity"))
+    valued = opened.filter(pl.col("_risky") | pl.col("_opportunity"))
     accounts_of_owners = valued.group_by("rollup_date", "_os", "_customer").agg(
-        pl.col("score").filter(risky).max().alias("_risk_score"),
-        (pl.col("category") == "opportunity").any().alias("_opportunity"),
+        pl.col("score").filter(pl.col("_risky")).max().alias("_risk_score"),
+        pl.col("_opportunity").any(),
     )
     customers = (
         insights.select("_customer", "customer_id")
@@ -1703,16 +1727,12 @@ def _range_counts(
     return out
 
 
-def _category_priorities(opened: pl.DataFrame) -> list[tuple[str, str]]:
-    """The (category, priority) pairs among `opened`, sorted: the count columns `_n0`, `_n1`...
-    of the rollup passes (both are NOT NULL in the insights table; a null is counted in the
-    open insights, in no pair)."""
-    pairs = opened.select("category", "priority").unique().drop_nulls()
-    return list(pairs.sort("category", "priority").iter_rows())
-
-
-def _is_pair(category: str, priority: str) -> pl.Expr:
-    return (pl.col("category") == category) & (pl.col("priority") == priority)
+def _category_priorities(insights: pl.DataFrame) -> pl.DataFrame:
+    """The (category, priority) pairs among `insights`, sorted, numbered in `_pair`: pair i is
+    the count column `_n{i}` of the rollup passes (both are NOT NULL in the insights table; a
+    null is counted in the open insights, in no pair)."""
+    pairs = insights.select("category", "priority").unique().drop_nulls()
+    return pairs.sort("category", "priority").with_row_index("_pair")
 
 
 def _open_by_category(sums: pl.DataFrame, pairs: list[tuple[str, str]]) -> pl.DataFrame:
