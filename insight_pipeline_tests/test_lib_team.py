@@ -755,6 +755,28 @@ def test_the_window_before_a_day_is_the_window_of_the_day_one_window_earlier() -
         assert not hits.select(keys).is_duplicated().any()
 
 
+def test_a_type_and_its_subjects_are_patterns_of_their_own_when_every_candidate_has_one() -> None:
+    """The sightings are keyed by integer codes of their texts, the type on any subject ("")
+    before each subject: with no candidate without a subject, the first subject must not take
+    the code of "" (its sightings would merge with the type's)."""
+    candidates = pl.DataFrame(
+        {
+            "customer_id": ["c1", "c1", "c2"],
+            "type": ["usage_drop", "usage_drop", "going_dark"],
+            "subject": ["dau", "reports", "theirs"],
+            "partition_date": [D, D - timedelta(days=1), D],
+        }
+    )
+    hits = pattern_hits(candidates, D, D, TEAM)
+    assert hits.select("customer_id", "pattern_type", "pattern_subject").rows() == [
+        ("c2", "going_dark", ""),
+        ("c1", "usage_drop", ""),
+        ("c1", "usage_drop", "dau"),
+        ("c1", "usage_drop", "reports"),
+    ]
+    assert hits["first_seen"].to_list() == [D, D - timedelta(days=1), D, D - timedelta(days=1)]
+
+
 def test_an_account_listed_twice_is_counted_once_among_a_patterns_accounts() -> None:
     """The tests count rows per (day, pattern, group); an accounts frame that repeats an id
     (each of its rows joins every hit of the account) must not count that account twice."""

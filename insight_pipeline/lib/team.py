@@ -468,22 +468,32 @@ def _sighting_runs(
         & ~pl.col("pattern_type").is_in(list(settings.excluded_types))
         & pl.col("seen").is_between(earliest, last)
     )
+    # Each sighting as one integer: its (account, pattern) as a number in the order of the
+    # texts, times the days, plus its day. Sorted on it, the sightings come by account, pattern
+    # and day: a repeated sighting is the row above, and so is the previous sighting of the
+    # same account and pattern. (A unique and a shift over the three text keys - a window per
+    # account and pattern, tens of thousands - were most of the time.) Each text is coded once
+    # per candidate; a subject's code is 1 + its place, "" (the type on any subject, first in
+    # text order) 0.
+    account, kind, subject = (
+        _ordered_codes(base.get_column(c)) for c in ("customer_id", "pattern_type", "subject")
+    )
+    n_kinds, n_subjects = int(kind.max() or 0) + 1, int(subject.max() or 0) + 2
+    n_days = (last - earliest).days + 1
+    base = base.with_columns(
+        ((account * n_kinds + kind) * n_subjects).alias("_k"), (subject + 1).alias("_subject")
+    ).with_columns(pl.col("_k") * n_days + (pl.col("seen") - earliest).dt.total_days())
     by_type = base.with_columns(pl.lit("").alias("pattern_subject"))
     by_subject = base.filter(
         pl.col("pattern_type").is_in(list(METRIC_SUBJECT_TYPES)) & (pl.col("subject") != "")
-    ).with_columns(pl.col("subject").alias("pattern_subject"))
+    ).with_columns(
+        pl.col("subject").alias("pattern_subject"),
+        pl.col("_k") + pl.col("_subject") * n_days,
+    )
     keys = HIT_KEYS
-    # Each sighting as one integer: its (account, pattern) numbered densely, times the days,
-    # plus its day. Sorted on it, the sightings come by account, pattern and day: a repeated
-    # sighting is the row above, and so is the previous sighting of the same account and
-    # pattern. (A unique and a shift over the three text keys - a window per account and
-    # pattern, tens of thousands - were most of the time.)
-    n_days = (last - earliest).days + 1
-    key = pl.struct(keys).rank("dense").cast(pl.Int64)
     hits = (
         pl.concat([by_type, by_subject])
-        .drop("subject")
-        .with_columns((key * n_days + (pl.col("seen") - earliest).dt.total_days()).alias("_k"))
+        .drop("subject", "_subject")
         .sort("_k")
         .filter((pl.col("_k") != pl.col("_k").shift(1)).fill_null(True))
     )
@@ -515,6 +525,17 @@ def _sighting_runs(
     row = np.repeat(np.arange(hits.height), days)
     day = start[row] + (np.arange(row.size) - np.repeat(np.cumsum(days) - days, days))
     return hits.select(*keys, "seen"), row, day
+
+
+def _ordered_codes(values: pl.Series) -> pl.Series:
+    """Each value's place among the distinct values sorted (Int64): codes that sort and compare
+    as the values do, the values sorted once each (a rank of the column sorts every row)."""
+    if values.is_empty():  # (replace_strict would keep the values' type)
+        return pl.Series(values.name, [], pl.Int64)
+    distinct = values.unique().sort()
+    return values.replace_strict(
+        distinct, pl.Series(np.arange(distinct.len(), dtype=np.int64)), return_dtype=pl.Int64
+    )
 
 
 def _group_members(
