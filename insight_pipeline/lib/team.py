@@ -1934,7 +1934,7 @@ def rollup_frame(
         begin = end + timedelta(days=1)
     if not parts:
         return pl.DataFrame(schema=ROLLUP_COLUMNS)
-    out = pl.concat(parts, how="diagonal_relaxed").join(cells.rows, on="_cell").drop("_cell")
+    out = pl.concat(parts, how="diagonal_relaxed").join(cells.rows, on="_cell")
     zero_ints = [
         "accounts",
         "open_insights",
@@ -1972,6 +1972,8 @@ def rollup_frame(
             pl.col("median_hours_to_action").cast(pl.Float64).round(2),
             label.alias("label"),
         )
+        # the rollup rows are numbered in the order of their keys (`_Cells`), each row of a
+        # day once: sorted on the numbers as on the texts
+        .sort("rollup_date", "_cell")
         .select([pl.col(c).cast(t) for c, t in ROLLUP_COLUMNS.items()])
-        .sort("rollup_date", "group_by", "scope_id", "group_key")
     )
