@@ -328,7 +328,7 @@ def detect_advocacy(
             pl.lit("").alias("subject"),
             (0.35 + 0.3 * pl.col("growth").fill_null(0.0).clip(0.0, 1.0)).alias("severity"),
             pl.lit(0.8).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.lit("NPS"),
                     pl.col("score"),

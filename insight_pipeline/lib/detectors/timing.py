@@ -7,6 +7,7 @@ from datetime import date
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import customer_days
+from insight_pipeline.lib.detectors.usage import evidence_list
 from insight_pipeline.lib.settings import TimingSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -53,7 +54,7 @@ def detect_qbr_due(
             .clip(0.3, 0.9)
             .alias("severity"),
             pl.lit(0.9).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.lit("days to renewal"),
                     pl.col("days_to_renewal"),
