@@ -71,6 +71,56 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
     assert '"limit_date": null' not in by_customer["RISE"]["facts"].replace('":null', '": null')
 
 
+def test_entitlement_rows_come_in_grid_order_with_their_own_entitlement() -> None:
+    """The entitlements are matched to the grid's series, not its rows: every day of a range
+    comes in (customer, metric, day) order, whatever the entitlements' order, once per
+    entitlement of its series (a repeated one counts twice) and with that entitlement's value;
+    a zero entitlement or a customer not in the accounts gives nothing."""
+    days = np.arange(DAYS)
+    usage = pl.concat(
+        [
+            series("A", np.full(DAYS, 950.0)),
+            series("B", np.full(DAYS, 960.0)),
+            series("B", np.full(DAYS, 97.0)).with_columns(pl.lit("seats").alias("metric")),
+            series("C", np.full(DAYS, 990.0)),
+            series("D", 500.0 + days),
+        ]
+    )
+    entitlements = pl.DataFrame(
+        {
+            "customer_id": ["D", "B", "C", "A", "B", "B", "A"],
+            "metric": ["api_calls", "seats", "api_calls", "api_calls", "api_calls"] + ["seats"] * 2,
+            "entitled_value": [600.0, 100.0, 1000.0, 0.0, 1000.0, 99.0, 10.0],
+        }
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["D", "B", "A"],
+            "contract_start": [date(2024, 1, 1)] * 3,
+            "churned_on": [None] * 3,
+            "renewal_date": [date(2026, 12, 31)] * 3,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    first = END - timedelta(days=2)
+    signals = detect_entitlement_limit(
+        usage, entitlements, accounts, first, END, OpportunitySettings()
+    )
+    got = signals.select(
+        "customer_id",
+        "subject",
+        "partition_date",
+        pl.col("facts").str.json_path_match("$.entitled").cast(pl.Float64).alias("entitled"),
+    ).rows()
+    dates = [first + timedelta(days=i) for i in range(3)]
+    expected = (
+        [("B", "api_calls", d, 1000.0) for d in dates]
+        + [("B", "seats", d, e) for d in dates for e in (100.0, 99.0)]
+        + [("D", "api_calls", d, 600.0) for d in dates]
+    )
+    assert got == expected
+
+
 def test_feature_discovery_needs_only_its_history_days(tmp_path: Path) -> None:
     """The source asset reads feature usage HISTORY_DAYS before the run, not the usage
     look-back: the planted discoveries of a month are found the same from that cut."""

@@ -72,28 +72,42 @@ def detect_entitlement_limit(
         back = np.where(grid.position[rows] >= lag, m0.take(rows - lag, mode="clip"), np.nan)
         return pl.Series(weeks[i], back, nan_to_null=True)
 
-    stats = (
-        grid.frame(wanted)
-        .with_columns(
-            windows["peak7"].gather(wanted),
-            windows["m0"].gather(wanted),
-            pl.Series("_row", wanted),  # the grid row, for the weekly means below
-        )
+    # The entitlements and renewal dates joined to the series' keys (15k for a 10k year), not to
+    # the texts of every grid row (5.5M): each wanted row of an entitled series, once per match
+    # of its series, in grid order (the order a join of the rows gave).
+    entitled = (
+        grid.keys.with_row_index("_series")
         .join(entitlements, on=["customer_id", "metric"], how="inner")
         .filter(pl.col("entitled_value") > 0)
         .join(accounts.select("customer_id", "renewal_date"), on="customer_id", how="inner")
-        .rename({"date": "partition_date"})
+        .sort("_series", maintain_order=True)
     )
+    per_series = np.bincount(entitled["_series"].to_numpy(), minlength=grid.keys.height)
+    count = per_series[grid.series[wanted]]
+    first_match = (np.cumsum(per_series) - per_series)[grid.series[wanted]]
+    match = np.repeat(first_match - (np.cumsum(count) - count), count) + np.arange(count.sum())
+    stats = pl.DataFrame({"_row": np.repeat(wanted, count), "_match": match})
     if stats.height == 0:
         return empty_signals()
     # Both kinds of hit need a ratio of at least min(entitlement_ratio, min_projection_ratio):
-    # the weekly means, the slope and the limit date are computed for those rows only.
+    # the texts, the weekly means, the slope and the limit date are only for those rows.
     ratio = pl.col("peak7") / pl.col("entitled_value")
-    stats = stats.with_columns(ratio.alias("ratio")).filter(
-        pl.col("ratio") >= min(s.entitlement_ratio, s.min_projection_ratio)
+    stats = (
+        stats.with_columns(
+            windows["peak7"].gather(stats["_row"]),
+            entitled["entitled_value"].gather(stats["_match"]),
+        )
+        .with_columns(ratio.alias("ratio"))
+        .filter(pl.col("ratio") >= min(s.entitlement_ratio, s.min_projection_ratio))
     )
     rows = stats["_row"].to_numpy()
-    stats = stats.with_columns(*[weeks_back(i, rows) for i in range(1, k)])
+    stats = pl.concat(
+        [entitled.drop("_series", "entitled_value")[stats["_match"]], stats], how="horizontal"
+    ).with_columns(
+        pl.Series("partition_date", grid.day[rows], dtype=pl.Int32).cast(pl.Date),
+        windows["m0"].gather(rows),
+        *[weeks_back(i, rows) for i in range(1, k)],
+    )
     xs = [float(k - 1 - i) for i in range(k)]
     x_mean = sum(xs) / k
     sxx = sum((x - x_mean) ** 2 for x in xs)
