@@ -33,3 +33,29 @@ def test_no_qbr_on_record_is_due_only_when_the_record_covers_the_lookback() -> N
         meetings, accounts, END, END, s, END - timedelta(days=s.qbr_lookback_days)
     )
     assert edge.height == 1
+
+
+def test_qbr_due_over_a_range_starts_where_the_record_covers_the_lookback() -> None:
+    """A range's days are judged from the first whose look-back the meetings cover, for the
+    accounts renewing within qbr_renewal_days of a run day: renewals on the range's first
+    judged day and qbr_renewal_days after its last are due, one day outside them is not."""
+    s = TimingSettings()
+    first, since = END - timedelta(days=59), END - timedelta(days=119)
+    covered = since + timedelta(days=s.qbr_lookback_days)  # 30 days into the range
+    renewals = {
+        "BEFORE": covered - timedelta(days=1),
+        "ON_FIRST": covered,
+        "LAST": END + timedelta(days=s.qbr_renewal_days),
+        "AFTER": END + timedelta(days=s.qbr_renewal_days + 1),
+    }
+    accounts = pl.concat(
+        [customers([c]).with_columns(pl.lit(d).alias("renewal_date")) for c, d in renewals.items()]
+    )
+    meetings = empty_table("meetings")
+    due = detect_qbr_due(meetings, accounts, first, END, s, since)
+    got = (
+        due.group_by("customer_id")
+        .agg(pl.col("partition_date").min(), pl.len())
+        .sort("customer_id")
+    )
+    assert got.rows() == [("LAST", END, 1), ("ON_FIRST", covered, 1)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -24,13 +24,16 @@ def detect_qbr_due(
     meetings table (without it nobody can tell whether a QBR happened), and that table reaching
     back that far: `meetings_since`, the first meeting day of the source, later than
     qbr_lookback_days before a day means a QBR before it may simply not be on record."""
-    days = customer_days(accounts, start, end).with_columns(
+    # Only the days whose look-back is on record, and the accounts renewing within
+    # qbr_renewal_days of one of them: the same rows, in the same order, as filtering the
+    # customer x day frame of the whole run (a year of 10k accounts: 3.5M rows).
+    if meetings_since is not None:
+        start = max(start, meetings_since + timedelta(days=s.qbr_lookback_days))
+    renewing = pl.col("renewal_date").is_between(start, end + timedelta(days=s.qbr_renewal_days))
+    days = customer_days(accounts.filter(renewing), start, end).with_columns(
         (pl.col("renewal_date") - pl.col("partition_date")).dt.total_days().alias("days_to_renewal")
     )
     due = days.filter(pl.col("days_to_renewal").is_between(0, s.qbr_renewal_days))
-    if meetings_since is not None:
-        covered = pl.col("partition_date") - pl.duration(days=s.qbr_lookback_days)
-        due = due.filter(covered >= pl.lit(meetings_since))
     if due.height == 0:
         return empty_signals()
     qbrs = (
