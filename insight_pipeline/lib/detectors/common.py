@@ -38,7 +38,9 @@ def sort_by_integers(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     key = pl.lit(0, dtype=pl.UInt64)
     for expr, low, width in zip(ints, lows, widths, strict=True):
         key = key * (1 << width) + (expr - low).cast(pl.UInt64)
-    return frame.sort(key)
+    # a key of 32 bits or fewer sorts as a UInt32: half the radix passes (a 10k year's 11M
+    # feature-usage rows, 26 bits)
+    return frame.sort(key.cast(pl.UInt32) if sum(widths) <= 32 else key)
 
 
 def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
