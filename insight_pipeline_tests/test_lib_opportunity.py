@@ -165,6 +165,37 @@ def test_feature_history_reaches_the_oldest_day_that_can_matter() -> None:
     assert found["partition_date"].to_list() == [start]
 
 
+def test_feature_discovery_is_shown_only_while_the_account_is_a_customer() -> None:
+    """A discovery is shown for 14 days from its first use, but not on or after the day its
+    account churned; an account that stays keeps all 14."""
+    first_use = END - timedelta(days=20)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["CHURNS", "STAYS"],
+            "contract_start": [END - timedelta(days=400)] * 2,
+            "churned_on": [first_use + timedelta(days=5), None],
+            "renewal_date": [END + timedelta(days=200)] * 2,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    features = pl.DataFrame(
+        {
+            "customer_id": ["CHURNS", "STAYS"],
+            "date": [first_use] * 2,
+            "feature": ["exports"] * 2,
+            "active_users": [3, 3],
+        }
+    )
+    found = detect_feature_discovery(features, accounts, END - timedelta(days=29), END)
+    days = found.group_by("customer_id").agg(
+        pl.col("partition_date").min().alias("first"), pl.col("partition_date").max().alias("last")
+    )
+    assert sorted(days.rows()) == [
+        ("CHURNS", first_use, first_use + timedelta(days=4)),
+        ("STAYS", first_use, first_use + timedelta(days=13)),
+    ]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     rows=st.lists(

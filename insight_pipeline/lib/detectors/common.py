@@ -49,12 +49,14 @@ def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFram
     frame = accounts.select("customer_id", "contract_start", "churned_on", "renewal_date").join(
         days, how="cross"
     )
-    return frame.filter(
-        (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("partition_date")))
-        & (
-            pl.col("contract_start").is_null()
-            | (pl.col("contract_start") <= pl.col("partition_date"))
-        )
+    return frame.filter(is_customer_on("partition_date"))
+
+
+def is_customer_on(day: str) -> pl.Expr:
+    """True where the row's account (its churned_on and contract_start) is a customer on `day`:
+    `customer_days` as a filter, for rows that already carry their account's dates."""
+    return (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col(day))) & (
+        pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col(day))
     )
 
 
