@@ -222,19 +222,22 @@ class CellCounts:
         if partial and lag:
             raise ValueError("partial windows are only supported without a lag")
         n_days = self.grid.n_days
-        complete = cells % n_days - lag >= window - 1
+        day = cells % n_days  # (each pass over the cells once: a range reads millions of them)
+        complete = day - lag >= window - 1
         stop = cells - lag + 1  # the window is values[stop - window : stop]
-        customer_first = cells - cells % n_days
         if self.exact:
             prefix = self._prefix
-            full = (prefix[stop] - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
-            since_first = prefix[stop] - prefix[customer_first]
+            upto = prefix[stop]
+            full = (upto - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
+            if partial:
+                since_first = upto - prefix[cells - day]
         else:  # sums in a fixed order: the same floats whichever day the grid starts on
             values = np.asarray(self.values, dtype=np.float64)
-            day = np.arange(values.size) % n_days
-            full = trailing_sums(values, day, window)[np.maximum(cells - lag, 0)]
+            position = np.arange(values.size) % n_days
+            full = trailing_sums(values, position, window)[np.maximum(cells - lag, 0)]
             if partial:  # (not needed otherwise: a pass over every cell)
                 running = np.cumsum(values)
+                customer_first = cells - day
                 since_first = running[cells] - (running[customer_first] - values[customer_first])
         if not partial:
             return np.where(complete, full, np.nan)
