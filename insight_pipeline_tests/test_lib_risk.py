@@ -294,3 +294,37 @@ def test_support_surges_with_fractional_priority_weights_are_a_ranges_and_its_da
     ).sort(key)
     assert ranged.height > 0
     assert ranged.equals(daily)
+
+
+def test_day_grid_counts_are_those_of_a_join_of_the_events_on_the_customers() -> None:
+    """`DayGrid.counts` finds each event's customer by an Enum cast, not a join: the same cells
+    and sums, events of customers outside the grid, null ids and days outside it ignored, and a
+    null customer in the grid (sorted first) keeping its row of zeros."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.common import DayGrid
+
+    rng = np.random.default_rng(3)
+    n, first, last = 5_000, date(2026, 1, 1), date(2026, 3, 31)
+    names = [None, "c-07", "c-02", "c-11", "c-03", "other", "zz"]
+    events = pl.DataFrame(
+        {
+            "customer_id": rng.choice(np.array(names, dtype=object), n).tolist(),
+            "date": [first + timedelta(days=int(d)) for d in rng.integers(-10, 100, n)],
+            "weight": rng.integers(0, 5, n) / 4,
+        }
+    )
+    for customers in (["c-02", "c-03", "c-07", "c-11"], [None, "c-11", "c-02", "c-07"]):
+        grid = DayGrid.build(pl.Series("customer_id", customers), first, last)
+        rows, weight = grid.counts(events, None, "weight")
+        index = pl.DataFrame(
+            {"customer_id": grid.ids, "_c": pl.int_range(grid.ids.len(), eager=True)}
+        )
+        joined = events.filter(pl.col("date").is_between(first, last)).join(index, on="customer_id")
+        cell = joined["_c"].to_numpy() * grid.n_days + (joined["date"] - first).dt.total_days()
+        size = grid.ids.len() * grid.n_days
+        assert np.array_equal(rows.values, np.bincount(cell, minlength=size))
+        want = np.bincount(cell, weights=joined["weight"].to_numpy(), minlength=size)
+        assert np.array_equal(weight.values, want)
+        assert rows.values.sum() > 0
+        assert grid.ids[0] is not None or rows.values[: grid.n_days].sum() == 0

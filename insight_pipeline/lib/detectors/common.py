@@ -74,6 +74,17 @@ def daily_counts(
     return grid.frame(np.arange(n.values.size), n=n.values.astype(np.float64))
 
 
+def customer_index(rows: pl.DataFrame, ids: pl.Series) -> tuple[pl.DataFrame, np.ndarray]:
+    """The `rows` whose customer_id is among `ids` (sorted, distinct), in their order, and each
+    one's index among `ids`: what an inner join on a frame of the ids and their indexes gives,
+    found as the rows' codes in an Enum of the ids (a null id, sorted first, matches no row),
+    ~4x cheaper than that join on strings for the millions of active days of a year."""
+    code = rows["customer_id"].cast(pl.Enum(ids.drop_nulls()), strict=False)
+    known = code.is_not_null()
+    index = code.filter(known).to_physical().to_numpy().astype(np.int64) + ids.null_count()
+    return rows.filter(known), index
+
+
 @dataclass(frozen=True)
 class DayGrid:
     """Every customer (sorted ids) x every day first..last as flat numpy arrays, cell
@@ -96,17 +107,12 @@ class DayGrid:
     def counts(self, events: pl.DataFrame, *weights: str | None) -> list[CellCounts]:
         """Per cell, for each of `weights`: the sum of that column over the event rows
         (customer_id, date, ...) in the grid (None: the number of rows); 0 where none. The
-        customer lookup (a join of the events) is done once for all of them."""
-        index = pl.DataFrame(
-            {"customer_id": self.ids, "_c": pl.int_range(self.ids.len(), eager=True)}
-        )
+        customer lookup (`customer_index`) is done once for all of them."""
         last = self.first + timedelta(days=self.n_days - 1)
-        rows = events.filter(pl.col("date").is_between(self.first, last)).join(
-            index, on="customer_id"
+        rows, customer = customer_index(
+            events.filter(pl.col("date").is_between(self.first, last)), self.ids
         )
-        cell = rows["_c"].to_numpy() * self.n_days + (
-            (rows["date"] - self.first).dt.total_days().to_numpy()
-        )
+        cell = customer * self.n_days + ((rows["date"] - self.first).dt.total_days().to_numpy())
         size = self.ids.len() * self.n_days
         out = []
         for name in weights:

@@ -13,6 +13,7 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
     customer_days,
+    customer_index,
     daily_counts,
     last_flagged_date,
     poisson_g,
@@ -281,9 +282,9 @@ def detect_health_drop(
     # b days ending `gap` days back (`_lagged_median`: polars' rolling median on those rows).
     ids = rows["customer_id"].unique().sort()
     n_days = (end - first).days + 1
-    index = pl.DataFrame({"customer_id": ids, "_c": pl.int_range(ids.len(), eager=True)})
-    seen = rows.join(index, on="customer_id")
-    cells = seen["_c"].to_numpy() * n_days + (seen["date"] - first).dt.total_days().to_numpy()
+    seen, customer = customer_index(rows, ids)
+    seen = seen.with_columns(pl.Series("_c", customer))
+    cells = customer * n_days + (seen["date"] - first).dt.total_days().to_numpy()
     scores = seen["score"].cast(pl.Float64).to_numpy()
     matrix = np.full((ids.len(), n_days), np.nan)
     # A day's score is the mean of its rows: a cell's only row is taken as it is (its mean),
