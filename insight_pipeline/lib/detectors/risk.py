@@ -132,16 +132,24 @@ def detect_silent_account(
     if activity.height == 0:
         return empty_signals()
     # The last active day up to each partition day: the latest before the range (one aggregate),
-    # else the latest within it (a grid of the range's days only).
+    # else the latest within it (a grid of the range's days only). The one before is taken by
+    # the grid rows' customer (each has the range's days), not by a left join on strings.
     before = (
         activity.filter(pl.col("date") < start)
         .group_by("customer_id")
         .agg(pl.col("date").max().alias("active_before"))
     )
+    grid = daily_counts(activity, accounts["customer_id"], start, end)
+    n_days = (end - start).days + 1
+    before, customer = customer_index(before, grid["customer_id"].gather_every(n_days))
+    active_before = pl.Series("active_before", [None] * (grid.height // n_days), pl.Date)
     grid = (
-        daily_counts(activity, accounts["customer_id"], start, end)
-        .with_columns(last_flagged_date(pl.col("n") > 0).alias("last_active"))
-        .join(before, on="customer_id", how="left", maintain_order="left")
+        grid.with_columns(last_flagged_date(pl.col("n") > 0).alias("last_active"))
+        .with_columns(
+            active_before.scatter(customer, before["active_before"]).gather(
+                np.arange(grid.height) // n_days
+            )
+        )
         .with_columns(pl.coalesce("last_active", "active_before").alias("last_active"))
     )
     silent = (pl.col("date") - pl.col("last_active")).dt.total_days()
