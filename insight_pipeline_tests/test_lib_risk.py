@@ -328,3 +328,43 @@ def test_day_grid_counts_are_those_of_a_join_of_the_events_on_the_customers() ->
         assert np.array_equal(weight.values, want)
         assert rows.values.sum() > 0
         assert grid.ids[0] is not None or rows.values[: grid.n_days].sum() == 0
+
+
+def test_rows_on_customer_days_are_those_of_the_semi_join_on_customer_days() -> None:
+    """`on_customer_days` tests each row on its account's contract start and churn instead of
+    semi-joining every customer day: the same rows in the same order, with accounts listed once
+    (null ids, null or edge dates, days outside the range) and listed twice (the semi-join)."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.common import customer_days, on_customer_days
+
+    rng = np.random.default_rng(5)
+    start, end, n = date(2026, 3, 1), date(2026, 3, 31), 4_000
+
+    def some_days(k: int, nulls: float) -> list:
+        days = [start + timedelta(days=int(d)) for d in rng.integers(-5, 36, k)]
+        return [None if rng.random() < nulls else d for d in days]
+
+    ids = [f"c-{i}" for i in range(12)]
+    accounts = pl.DataFrame(
+        {
+            "customer_id": [*ids, None],
+            "contract_start": some_days(13, 0.3),
+            "churned_on": some_days(13, 0.5),
+            "renewal_date": [None] * 13,
+        },
+        schema_overrides={"renewal_date": pl.Date},
+    )
+    frame = pl.DataFrame(
+        {
+            "customer_id": rng.choice(np.array([*ids, None, "other"], dtype=object), n).tolist(),
+            "partition_date": some_days(n, 0.02),
+            "row": np.arange(n),
+        }
+    )
+    twice = pl.concat([accounts, accounts.with_columns(pl.col("churned_on").shift(3))])
+    for listed in (accounts, twice):
+        days = customer_days(listed, start, end).select("customer_id", "partition_date")
+        want = frame.join(days, on=["customer_id", "partition_date"], how="semi")
+        got = on_customer_days(frame, listed, start, end)
+        assert got.equals(want) and 0 < got.height < n

@@ -60,6 +60,37 @@ def is_customer_on(day: str) -> pl.Expr:
     )
 
 
+def on_customer_days(
+    frame: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date
+) -> pl.DataFrame:
+    """The rows of `frame` (customer_id, partition_date, ...) on the days their customer is a
+    customer (`customer_days` of start..end), in their order: the semi-join on `customer_days`,
+    tested on the account's own row instead of hashing every customer day of the range (3.65M
+    in a 10k year) for a few hits. Accounts listed twice take that semi-join."""
+    spans = accounts.select(
+        "customer_id",
+        pl.col("contract_start").alias("_customer_since"),
+        pl.col("churned_on").alias("_customer_until"),
+    )
+    if spans["customer_id"].is_duplicated().any():
+        days = customer_days(accounts, start, end).select("customer_id", "partition_date")
+        return frame.join(days, on=["customer_id", "partition_date"], how="semi")
+    day, since, until = (
+        pl.col("partition_date"),
+        pl.col("_customer_since"),
+        pl.col("_customer_until"),
+    )
+    return (
+        frame.join(spans, on="customer_id", how="inner", maintain_order="left")
+        .filter(
+            day.is_between(start, end)
+            & (until.is_null() | (until > day))
+            & (since.is_null() | (since <= day))
+        )
+        .drop("_customer_since", "_customer_until")
+    )
+
+
 def daily_counts(
     events: pl.DataFrame, customers: pl.Series, first: date, last: date, weight: str | None = None
 ) -> pl.DataFrame:

@@ -11,7 +11,12 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from insight_pipeline.lib.detectors.common import DayGrid, customer_days, poisson_g
+from insight_pipeline.lib.detectors.common import (
+    DayGrid,
+    customer_days,
+    on_customer_days,
+    poisson_g,
+)
 from insight_pipeline.lib.settings import EngagementSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -217,11 +222,7 @@ def detect_increased_activity(
         & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))
         & (pl.col("g") >= s.activity_g)
     ).rename({"date": "partition_date"})
-    hits = hits.join(
-        customer_days(accounts, start, end).select("customer_id", "partition_date"),
-        on=["customer_id", "partition_date"],
-        how="semi",
-    )
+    hits = on_customer_days(hits, accounts, start, end)
     if hits.height == 0:
         return empty_signals()
     ratio = pl.col("recent") / pl.col("expected").clip(lower_bound=0.5)
@@ -286,11 +287,7 @@ def detect_stakeholder_shift(
         .explode("partition_date")
         .filter(pl.col("partition_date").is_between(start, end))
     )
-    new = new.join(
-        customer_days(accounts, start, end).select("customer_id", "partition_date"),
-        on=["customer_id", "partition_date"],
-        how="semi",
-    )
+    new = on_customer_days(new, accounts, start, end)
     if new.height == 0:
         return empty_signals()
     attended = (

@@ -12,10 +12,10 @@ import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
-    customer_days,
     customer_index,
     daily_counts,
     last_flagged_date,
+    on_customer_days,
     poisson_g,
     poisson_tail,
 )
@@ -161,11 +161,7 @@ def detect_silent_account(
         )
         .with_columns(silent.alias("days_silent"))
         .rename({"date": "partition_date"})
-        .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .pipe(on_customer_days, accounts, start, end)
     )
     if hits.height == 0:
         return empty_signals()
@@ -220,11 +216,7 @@ def detect_champion_left(
         )
         .explode("partition_date")
         .filter(pl.col("partition_date").is_between(start, end))
-        .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .pipe(on_customer_days, accounts, start, end)
     )
     if left.height == 0:
         return empty_signals()
@@ -352,11 +344,7 @@ def detect_health_drop(
             & (drop >= s.health_noise_k * noise)
         )
         .rename({"date": "partition_date"})
-        .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .pipe(on_customer_days, accounts, start, end)
         .with_columns(drop.alias("drop"))
     )
     if hits.height == 0:
@@ -468,11 +456,7 @@ def detect_support_surge(
     hits = (
         stats.filter(surge | pl.col("escalation"))
         .rename({"date": "partition_date"})
-        .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .pipe(on_customer_days, accounts, start, end)
     )
     if hits.height == 0:
         return empty_signals()
@@ -539,11 +523,7 @@ def detect_detractor_nps(
         )
         .explode("partition_date")
         .filter(pl.col("partition_date").is_between(start, end))
-        .join(
-            customer_days(accounts, start, end).select("customer_id", "partition_date"),
-            on=["customer_id", "partition_date"],
-            how="semi",
-        )
+        .pipe(on_customer_days, accounts, start, end)
     )
     if frame.height == 0:
         return empty_signals()
