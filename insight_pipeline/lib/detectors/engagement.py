@@ -208,9 +208,11 @@ def detect_increased_activity(
     cells = grid.cells(start, end)
     recent = counts.trailing_sum(cells, w)
     # Only cells with enough recent events and history can hit (also in the filter below): the
-    # baseline and the test statistic are computed on those few.
+    # days on record, the baseline and the test statistic are computed on those few.
+    busy = recent >= s.min_activity_events
+    cells, recent = cells[busy], recent[busy]
     on_record = grid.days_on_record(cells, accounts, since, b, w)
-    keep = (recent >= s.min_activity_events) & (on_record >= s.min_baseline_days)
+    keep = on_record >= s.min_baseline_days
     cells = cells[keep]
     stats = grid.frame(
         cells,

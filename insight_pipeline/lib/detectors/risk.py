@@ -421,19 +421,27 @@ def detect_support_surge(
     # An urgent ticket is an escalation when that many in the window are rare at the account's
     # own urgent rate (the baseline days before the window): any for an account that had none,
     # two or more in days for one that files an urgent ticket every few weeks.
-    urgent_days = grid.days_on_record(cells, accounts, since, b, s.urgent_window_days)
+    # (Only the cells with an urgent ticket can be one: the rate and the test on those alone.)
+    urgent_cells = np.flatnonzero(urgent > 0)
+    at = cells[urgent_cells]
+    urgent_days = grid.days_on_record(at, accounts, since, b, s.urgent_window_days)
     usual_urgent = np.nan_to_num(
-        urgent_n.trailing_sum(cells, b, lag=s.urgent_window_days)
+        urgent_n.trailing_sum(at, b, lag=s.urgent_window_days)
         / np.maximum(urgent_days, 1)
         * s.urgent_window_days
     )
-    escalation = (urgent > 0) & (poisson_tail(np.nan_to_num(urgent), usual_urgent) < s.urgent_alpha)
-    # Only cells with enough tickets or an escalation can hit (both conditions are also in the
-    # filter below): the test statistics are computed on those few.
-    on_record = grid.days_on_record(cells, accounts, since, b, w)
-    keep = ((count >= s.min_support_tickets) & (on_record >= s.min_support_baseline_days)) | (
-        escalation
+    escalation = np.zeros(cells.size, dtype=bool)
+    escalation[urgent_cells] = (
+        poisson_tail(np.nan_to_num(urgent[urgent_cells]), usual_urgent) < s.urgent_alpha
     )
+    # Only cells with enough tickets or an escalation can hit (both conditions are also in the
+    # filter below): the test statistics are computed on those few, and the days on record
+    # read only there.
+    busy = count >= s.min_support_tickets
+    read = np.flatnonzero(busy | escalation)
+    on_record = np.zeros(cells.size, dtype=np.int64)
+    on_record[read] = grid.days_on_record(cells[read], accounts, since, b, w)
+    keep = (busy & (on_record >= s.min_support_baseline_days)) | escalation
     on_record = np.maximum(on_record[keep], 1)
     cells = cells[keep]
     stats = grid.frame(
