@@ -17,6 +17,7 @@ from insight_pipeline.lib.detectors.common import (
     on_customer_days,
     poisson_g,
 )
+from insight_pipeline.lib.detectors.usage import evidence_list
 from insight_pipeline.lib.settings import EngagementSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -143,7 +144,7 @@ def detect_going_dark(
                 0.4 + 0.6 * ((pl.col("days_silent") / pl.col("threshold") - 1.0).clip(0.0, 1.0))
             ).alias("severity"),
             (pl.col("gaps") / (2.0 * s.min_gaps)).clip(0.3, 1.0).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.lit("days since last two-way contact"),
                     pl.col("days_silent"),
@@ -318,7 +319,7 @@ def detect_stakeholder_shift(
             .otherwise(0.55)
             .alias("severity"),
             pl.when(pl.col("meetings_attended") > 0).then(0.9).otherwise(0.6).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.format("new {}: {} ({})", pl.col("role"), pl.col("name"), pl.col("title")),
                     (pl.col("partition_date") - pl.col("started_on")).dt.total_days(),

@@ -22,6 +22,7 @@ from insight_pipeline.lib.detectors.common import (
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
     _lagged_median,
+    evidence_list,
     trailing_sums,
     usage_grid,
     within_series,
@@ -237,7 +238,7 @@ def detect_champion_left(
             .otherwise(0.8)
             .alias("severity"),
             pl.lit(0.95).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.format("{} left: {} ({})", pl.col("role"), pl.col("name"), pl.col("title")),
                     (pl.col("partition_date") - pl.col("left_on")).dt.total_days(),
@@ -478,7 +479,7 @@ def detect_support_surge(
                 pl.when(pl.col("escalation")).then(0.75).otherwise(0.0),
             ).alias("severity"),
             pl.lit(0.85).alias("confidence"),
-            pl.concat_list(
+            evidence_list(
                 evidence_item(
                     pl.format("priority-weighted tickets, last {} days", w),
                     pl.col("recent"),
