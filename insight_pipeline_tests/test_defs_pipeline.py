@@ -351,6 +351,28 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     assert cached() == first
 
 
+def test_a_range_runs_memo_serves_each_of_its_months_alone(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The month -> key memo is kept per month: a day run after a range run takes its month's
+    key from the range's memo, without scanning the source's history again, and finds the same
+    key a scan gives."""
+    from insight_pipeline.defs.insights.outcomes import _cache_path, _cache_paths
+    from insight_pipeline.lib.contract import Source
+    from insight_pipeline.lib.settings import Settings
+
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "data"))
+    s = replace(Settings().outcomes, history_months=3, horizon_days=30)
+    months = [date(2026, 4, 1), date(2026, 5, 1), date(2026, 6, 1)]
+    paths = _cache_paths(Source(str(sample_dir)), months, s)
+    with monkeypatch.context() as memoised:
+        memoised.setattr(Source, "fingerprint_windows", lambda *a, **k: pytest.fail("scanned"))
+        assert {m: _cache_path(Source(str(sample_dir)), m, s) for m in months} == paths
+    monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "fresh"))
+    scanned = _cache_path(Source(str(sample_dir)), months[1], s)
+    assert scanned == tmp_path / "fresh" / paths[months[1]].relative_to(tmp_path / "data")
+
+
 @pytest.mark.parametrize("absent", ["communications", "meetings"])
 def test_outcome_rates_with_one_of_meetings_and_communications_absent(
     sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, absent: str

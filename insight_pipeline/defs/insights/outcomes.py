@@ -39,15 +39,20 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
     settings = f"v{RATES_VERSION}|{s.history_months}|{s.horizon_days}|{s.min_accounts}"
     root = data_dir() / "outcome_rates"
     # The fingerprints scan the windows (~5 s at 100k accounts); while no file of the source is
-    # rewritten, the keys last computed for these months are taken as they are.
+    # rewritten, the keys last computed for these months are taken as they are. A memo per
+    # month, so that a day run after a range run finds its month's key (the range's memo of all
+    # its months cost the day a scan of 19 months of seven tables, ~0.6 s at 10k accounts).
     identity = source.file_identity([*read, "customers"])
-    memo = None
+    memos: dict[date, Path] = {}
     if identity is not None:
-        memo_key = "|".join([source.location, identity, settings, *map(str, months)])
-        memo = root / "stamps" / f"{hashlib.sha256(memo_key.encode()).hexdigest()[:16]}.json"
-        keys = _read_memo(memo)
-        if keys is not None and set(keys) == {m.isoformat() for m in months}:
-            return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
+        for m in months:
+            memo_key = "|".join([source.location, identity, settings, str(m)])
+            memos[m] = (
+                root / "stamps" / f"{hashlib.sha256(memo_key.encode()).hexdigest()[:16]}.json"
+            )
+        known = {m: (_read_memo(memo) or {}).get(m.isoformat()) for m, memo in memos.items()}
+        if all(isinstance(key, str) for key in known.values()):
+            return {m: root / m.isoformat() / f"{known[m]}.parquet" for m in months}
     windows = [history_window(m, s) for m in months]
     departures = pl.col("left_on").is_not_null()
     prints = {
@@ -75,8 +80,8 @@ def _cache_paths(source: Source, months: list[date], s: OutcomeSettings) -> dict
             ]
         )
         keys[as_of.isoformat()] = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    if memo is not None:
-        _write_memo(memo, keys)
+    for m, memo in memos.items():
+        _write_memo(memo, {m.isoformat(): keys[m.isoformat()]})
     return {m: root / m.isoformat() / f"{keys[m.isoformat()]}.parquet" for m in months}
 
 
