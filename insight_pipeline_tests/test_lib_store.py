@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from sqlalchemy import text
 
 from insight_pipeline.lib.sql_files import SQL_DIR, load_sql, migrations, split_statements
@@ -277,6 +278,28 @@ def test_upserts_and_extensions_in_one_call(store: InsightStore) -> None:
     assert episodes.schema == pl.Schema(EPISODE_SCHEMA)
     assert sorted(episodes["id"]) == sorted(old["id"])
     assert store.load_episodes(D0).height == 4
+
+
+def test_episodes_are_the_stored_rows_in_their_order(store: InsightStore) -> None:
+    """`load_episodes` (Arrow on DuckDB, rows on PostgreSQL) gives each row's stored values,
+    a missing expiry and a status included, in the statement's order."""
+    frame = insights(4)
+    store.write_insights(frame, NO_EXTENSIONS)
+    a, b, c, _ = frame["id"].to_list()
+    store.set_status(b, "viewed", at=AS_OF)
+    store.write_insights(pl.DataFrame(), extensions([a], D0 + timedelta(days=1), None))
+    store.write_insights(pl.DataFrame(), extensions([c], D0 + timedelta(days=2), EXPIRES))
+    stored = (
+        store.get_insights()
+        .select([c for c in EPISODE_SCHEMA if c != "score_parts"])
+        .sort("fingerprint", "last_seen_date", "id")
+    )
+    episodes = store.load_episodes(D0)
+    assert episodes.schema == pl.Schema(EPISODE_SCHEMA)
+    assert_frame_equal(episodes.drop("score_parts"), stored, check_exact=True)
+    assert episodes["expires_at"].null_count() == 1
+    later = store.load_episodes(D0 + timedelta(days=1))
+    assert_frame_equal(later.drop("score_parts"), stored.filter(pl.col("id").is_in([a, c])))
 
 
 def test_insights_of_a_churned_customer_close_on_its_churn_day(store: InsightStore) -> None:

@@ -531,8 +531,7 @@ class InsightStore:
     def load_episodes(self, since: date) -> pl.DataFrame:
         """Every insight last seen on or after `since` (the sink decides continuation)."""
         with self._engine.connect() as conn:
-            rows = self._run(conn, "select_episodes", since=since)
-        return _frame(rows, EPISODE_SCHEMA)
+            return self._run_frame(conn, "select_episodes", EPISODE_SCHEMA, since=since)
 
     def query_insights(
         self,
@@ -1286,6 +1285,22 @@ class InsightStore:
                 *(bindparam(p, expanding=True, type_=t) for p, t in _expanding.items())
             )
         return _fetch(conn.execute(statement, params))
+
+    def _run_frame(
+        self, conn: Connection, sql_name: str, schema: dict[str, pl.DataType], /, **params: Any
+    ) -> pl.DataFrame:
+        """`_run`'s rows as a frame of `schema`. DuckDB's are fetched as Arrow: a day run's
+        ~70k episodes as Python tuples (an aware datetime each) cost ~0.3 s more."""
+        if self.dialect != "duckdb":
+            return _frame(self._run(conn, sql_name, **params), schema)
+        # A relation's Arrow, not a DB-API cursor's (which DuckDB copies, with a warning): the
+        # statement compiled to DuckDB's positional parameters.
+        compiled = text(load_sql(sql_name, self.dialect)).compile(dialect=conn.dialect)
+        bound = compiled.construct_params(params)
+        relation = conn.connection.driver_connection.sql(
+            str(compiled), params=[bound[name] for name in compiled.positiontup or []]
+        )
+        return pl.from_arrow(relation.to_arrow_table()).cast(schema)  # instants kept, in UTC
 
     def _scalar(self, conn: Connection, sql_name: str, /, **params: Any) -> int:
         rows = self._run(conn, sql_name, **params)
