@@ -27,6 +27,7 @@ from insight_pipeline.lib.sql_files import SQL_DIR, load_sql, migrations, split_
 from insight_pipeline.lib.store import (
     EPISODE_SCHEMA,
     INSIGHT_SCHEMA,
+    ROLLUP_INSIGHT_SCHEMA,
     InsightStore,
     StoreWriteError,
 )
@@ -300,6 +301,26 @@ def test_episodes_are_the_stored_rows_in_their_order(store: InsightStore) -> Non
     assert episodes["expires_at"].null_count() == 1
     later = store.load_episodes(D0 + timedelta(days=1))
     assert_frame_equal(later.drop("score_parts"), stored.filter(pl.col("id").is_in([a, c])))
+
+
+def test_rollup_insights_are_the_stored_rows_in_their_order(store: InsightStore) -> None:
+    """`rollup_insights` (Arrow on DuckDB, rows on PostgreSQL) gives each counted row's stored
+    values, an action stamp and a missing expiry included, ordered by id."""
+    frame = insights(5, score=[0.1 + i / 7 for i in range(5)])
+    store.write_insights(frame, NO_EXTENSIONS)
+    a, b, *_ = frame["id"].to_list()
+    store.set_status(a, "actioned", at=AS_OF)
+    store.write_insights(pl.DataFrame(), extensions([b], D0 + timedelta(days=1), None))
+    stored = (
+        store.get_insights()
+        .select(list(ROLLUP_INSIGHT_SCHEMA))
+        .with_columns(pl.col("score").cast(pl.Float64))
+        .sort("id")
+    )
+    rows = store.rollup_insights(D0, D0 + timedelta(days=3), lookback_days=7)
+    assert rows.schema == pl.Schema(ROLLUP_INSIGHT_SCHEMA)
+    assert_frame_equal(rows, stored, check_exact=True)
+    assert rows["actioned_at"].null_count() == 4 and rows["expires_at"].null_count() == 1
 
 
 def test_insights_of_a_churned_customer_close_on_its_churn_day(store: InsightStore) -> None:

@@ -853,14 +853,14 @@ class InsightStore:
         since_day = first_day - timedelta(days=lookback_days)
         since = datetime(since_day.year, since_day.month, since_day.day, tzinfo=UTC)
         with self._engine.connect() as conn:
-            rows = self._run(
+            return self._run_frame(
                 conn,
                 "select_rollup_insights",
+                ROLLUP_INSIGHT_SCHEMA,
                 last_day=last_day,
                 since=since,
                 since_day=since_day,
             )
-        return _frame(rows, ROLLUP_INSIGHT_SCHEMA)
 
     def write_team_rollups(self, frame: pl.DataFrame, first_day: date, last_day: date) -> int:
         """Replace the team rollups of [first_day, last_day] with `frame` (lib/team.py's
@@ -1289,8 +1289,8 @@ class InsightStore:
     def _run_frame(
         self, conn: Connection, sql_name: str, schema: dict[str, pl.DataType], /, **params: Any
     ) -> pl.DataFrame:
-        """`_run`'s rows as a frame of `schema`. DuckDB's are fetched as Arrow: a day run's
-        ~70k episodes as Python tuples (an aware datetime each) cost ~0.3 s more."""
+        """`_run`'s rows as a frame of `schema`. DuckDB's are fetched as Arrow: as Python tuples
+        (aware datetimes), a day run's 10k episodes or 70k rollup insights cost 0.1-0.3 s more."""
         if self.dialect != "duckdb":
             return _frame(self._run(conn, sql_name, **params), schema)
         # A relation's Arrow, not a DB-API cursor's (which DuckDB copies, with a warning): the
