@@ -323,6 +323,25 @@ def test_rollup_insights_are_the_stored_rows_in_their_order(store: InsightStore)
     assert rows["actioned_at"].null_count() == 4 and rows["expires_at"].null_count() == 1
 
 
+def test_digest_insights_are_the_stored_rows_in_their_order(store: InsightStore) -> None:
+    """`digest_insights` (Arrow on DuckDB, rows on PostgreSQL) equals the same statement's rows
+    as Python values, ordered by user and id: scores to the bit, a snoozed and a dismissed
+    insight left out."""
+    frame = insights(6, score=[0.1 + i / 7 for i in range(6)])
+    store.write_insights(frame, NO_EXTENSIONS)
+    ids = frame["id"].to_list()
+    store.set_status(ids[0], "dismissed", at=AS_OF)
+    store.set_status(ids[1], "snoozed", snoozed_until=AS_OF + timedelta(days=3), at=AS_OF)
+    store.set_status(ids[2], "viewed", at=AS_OF)
+    params = {"last_day": D0, "open_after": AS_OF, "as_of": AS_OF}
+    got = store.digest_insights(D0, open_after=AS_OF, as_of=AS_OF)
+    with store._engine.connect() as conn:
+        rows = store._run(conn, "select_digest_insights", **params)
+    assert_frame_equal(got, pl.DataFrame(rows, schema=got.schema, orient="row"), check_exact=True)
+    assert sorted(got["id"]) == sorted(ids[2:])
+    assert got.sort("user_id", "id")["id"].to_list() == got["id"].to_list()
+
+
 def test_insights_of_a_churned_customer_close_on_its_churn_day(store: InsightStore) -> None:
     """Open insights of a customer that churned expire on the churn day (the feed hides them
     from then on); one already expired earlier keeps its earlier expiry; the user's columns and

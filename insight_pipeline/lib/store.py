@@ -642,33 +642,30 @@ class InsightStore:
         past `as_of`. Status is today's: the table keeps no history of it.
         """
         with self._engine.connect() as conn:
-            rows = self._run(
+            return self._run_frame(
                 conn,
                 "select_digest_insights",
+                {
+                    "id": pl.String(),
+                    "customer_id": pl.String(),
+                    "customer_name": pl.String(),
+                    "user_id": pl.String(),
+                    "partition_date": pl.Date(),
+                    "last_seen_date": pl.Date(),
+                    "category": pl.String(),
+                    "type": pl.String(),
+                    "priority": pl.String(),
+                    "score": pl.Float64(),
+                    "title": pl.String(),
+                    "summary": pl.String(),
+                    "recommended_action": pl.String(),
+                    "status": pl.String(),
+                    "score_parts": pl.String(),
+                },
                 last_day=last_day,
                 open_after=_utc(open_after),
                 as_of=_utc(as_of),
             )
-        return _frame(
-            rows,
-            {
-                "id": pl.String(),
-                "customer_id": pl.String(),
-                "customer_name": pl.String(),
-                "user_id": pl.String(),
-                "partition_date": pl.Date(),
-                "last_seen_date": pl.Date(),
-                "category": pl.String(),
-                "type": pl.String(),
-                "priority": pl.String(),
-                "score": pl.Float64(),
-                "title": pl.String(),
-                "summary": pl.String(),
-                "recommended_action": pl.String(),
-                "status": pl.String(),
-                "score_parts": pl.String(),
-            },
-        )
 
     def digest_preferences(self) -> pl.DataFrame:
         """Stored preferences (user_id, frequency, weekday); users without one get daily."""
@@ -1120,8 +1117,7 @@ class InsightStore:
         when given. What the ranking's preference learning reads."""
         start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None
         with self._engine.connect() as conn:
-            rows = self._run(conn, "select_feedback", since=start)
-        return _frame(rows, FEEDBACK_SCHEMA)
+            return self._run_frame(conn, "select_feedback", FEEDBACK_SCHEMA, since=start)
 
     def mark_viewed(self, insight_id: str, user_id: str, *, at: datetime | None = None) -> None:
         """`user_id` opened the insight: the owner's new becomes viewed (viewed_at stamped
