@@ -52,11 +52,11 @@ def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFram
     return frame.filter(is_customer_on("partition_date"))
 
 
-def is_customer_on(day: str) -> pl.Expr:
-    """True where the row's account (its churned_on and contract_start) is a customer on `day`:
-    `customer_days` as a filter, for rows that already carry their account's dates."""
-    return (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col(day))) & (
-        pl.col("contract_start").is_null() | (pl.col("contract_start") <= pl.col(day))
+def is_customer_on(day: str, since: str = "contract_start", until: str = "churned_on") -> pl.Expr:
+    """True where the row's account (its `since` contract start and `until` churn date) is a
+    customer on `day`: `customer_days` as a filter, for rows that carry their account's dates."""
+    return (pl.col(until).is_null() | (pl.col(until) > pl.col(day))) & (
+        pl.col(since).is_null() | (pl.col(since) <= pl.col(day))
     )
 
 
@@ -75,17 +75,11 @@ def on_customer_days(
     if spans["customer_id"].is_duplicated().any():
         days = customer_days(accounts, start, end).select("customer_id", "partition_date")
         return frame.join(days, on=["customer_id", "partition_date"], how="semi")
-    day, since, until = (
-        pl.col("partition_date"),
-        pl.col("_customer_since"),
-        pl.col("_customer_until"),
-    )
     return (
         frame.join(spans, on="customer_id", how="inner", maintain_order="left")
         .filter(
-            day.is_between(start, end)
-            & (until.is_null() | (until > day))
-            & (since.is_null() | (since <= day))
+            pl.col("partition_date").is_between(start, end)
+            & is_customer_on("partition_date", "_customer_since", "_customer_until")
         )
         .drop("_customer_since", "_customer_until")
     )
