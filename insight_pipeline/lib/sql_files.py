@@ -68,11 +68,19 @@ def migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
         version = int(match.group(1))
         if version in found:
             raise ValueError(f"two migrations with version {version} in {folder}")
-        statements = split_statements(path.read_text(encoding="utf-8"))
+        statements = list(_split_cached(path.read_text(encoding="utf-8")))
         if not statements:
             raise ValueError(f"migration {path} holds no statement")
         found[version] = (version, path.stem, statements)
     return [found[v] for v in sorted(found)]
+
+
+@lru_cache(maxsize=64)
+def _split_cached(script: str) -> tuple[str, ...]:
+    """`split_statements` of a migration's text, parsed once per process: every store open
+    checks the migrations (~15 ms of character-by-character parsing each time otherwise);
+    keyed by the text itself, so an edited file is parsed again."""
+    return tuple(split_statements(script))
 
 
 def split_statements(script: str) -> list[str]:
