@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 from sqlalchemy import Connection, Engine, String, Uuid, bindparam, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeEngine
@@ -293,6 +293,7 @@ class InsightStore:
         """
         parsed = make_url(url)
         backend = parsed.get_backend_name()
+        self._shared_engine = False
         if backend == "duckdb":
             database = parsed.database or ":memory:"
             if database == ":memory:":
@@ -300,8 +301,8 @@ class InsightStore:
                 engine = create_engine(parsed, poolclass=StaticPool)
             else:
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(parsed, poolclass=NullPool)
-                _retry_duckdb_lock(engine, database, lock_timeout)
+                engine = _duckdb_file_engine(parsed, database, lock_timeout)
+                self._shared_engine = True
         elif backend in ("postgresql", "postgres"):
             driver = parsed.get_driver_name()
             if parsed.drivername in ("postgresql", "postgres"):
@@ -579,8 +580,12 @@ class InsightStore:
             return self._scalar(conn, "count_insights")
 
     def dispose(self) -> None:
-        """Close pooled connections (a DuckDB file is then free for other processes)."""
-        self._engine.dispose()
+        """Close pooled connections (a DuckDB file is then free for other processes).
+
+        A DuckDB file's engine is shared by the process and pools nothing (NullPool): every
+        connection is already closed when its call ends, so nothing is left to close."""
+        if not self._shared_engine:
+            self._engine.dispose()
 
     # --- narrative cache (Claude) ---
 
@@ -1362,6 +1367,30 @@ class InsightStore:
 _DUCKDB_FILE_LOCKS: dict[str, threading.RLock] = {}
 _DUCKDB_FILE_LOCKS_GUARD = threading.Lock()
 _HOLDS_FILE_LOCK = "insight_pipeline_file_lock"
+
+
+# Engines of DuckDB files, one per URL and lock timeout per process: a NullPool engine holds no
+# connection, so sharing it keeps every call's open-to-close of the file as it was, and a run,
+# which opens the store once per step, pays create_engine and the dialect's first-connect set-up
+# once instead of once per step.
+_DUCKDB_ENGINES: dict[tuple[str, str, float], Engine] = {}
+
+
+def _duckdb_file_engine(parsed: URL, database: str, lock_timeout: float) -> Engine:
+    """The process's engine of a DuckDB file (NullPool, with the file-lock retry and hold)."""
+    key = (
+        parsed.render_as_string(hide_password=False),
+        str(Path(database).expanduser().resolve()),
+        lock_timeout,
+    )
+    with _DUCKDB_FILE_LOCKS_GUARD:
+        engine = _DUCKDB_ENGINES.get(key)
+    if engine is None:
+        engine = create_engine(parsed, poolclass=NullPool)
+        _retry_duckdb_lock(engine, database, lock_timeout)
+        with _DUCKDB_FILE_LOCKS_GUARD:
+            engine = _DUCKDB_ENGINES.setdefault(key, engine)
+    return engine
 
 
 def _retry_duckdb_lock(engine: Engine, database: str, timeout: float) -> None:
