@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from insight_pipeline.lib.sql_files import SQL_DIR, load_sql, migrations, split_statements
 from insight_pipeline.lib.store import (
@@ -570,6 +570,31 @@ def test_duckdb_file_is_free_between_calls(tmp_path: Any) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert store.count_insights() == 3
         holder.wait(timeout=10)
+    finally:
+        store.dispose()
+
+
+def test_duckdb_session_opens_the_file_once_and_frees_it_after(tmp_path: Any) -> None:
+    path = tmp_path / "insights.duckdb"
+    store = InsightStore(f"duckdb:///{path}")
+    opened: list[object] = []
+    event.listen(store._engine, "connect", lambda *_: opened.append(1))
+    try:
+        with store.session():
+            store.migrate()  # on a new file: its failed read of schema_version is rolled back
+            store.write_insights(insights(3), NO_EXTENSIONS)
+            assert store.count_insights() == 3
+            with pytest.raises(LookupError):  # raised inside a transaction: rolled back
+                store.share_insight(insight_id("absent"), "u1", ["u2"])
+            with store.session():  # nested: the same connection
+                assert store.load_episodes(D0).height == 3
+        assert len(opened) == 1
+        out = subprocess.run(
+            [sys.executable, "-c", "import duckdb,sys; duckdb.connect(sys.argv[1])", str(path)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr  # the file is free again
+        assert store.count_insights() == 3 and len(opened) == 2  # a call alone opens it again
     finally:
         store.dispose()
 

@@ -5,6 +5,7 @@ Empty strings mean "use the documented default" from `lib/paths.py`, resolved at
 """
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -60,6 +61,19 @@ class StoreResource(dg.ConfigurableResource):
         store = InsightStore(self.url or default_database_url())
         store.migrate()
         return store
+
+    @contextmanager
+    def session(self) -> Iterator[InsightStore]:
+        """`open()` for a few store calls in a row, disposed at the end: the migration check and
+        the calls share one connection (`InsightStore.session`), so a DuckDB file is opened
+        once, not once per call. Keep long computation out of the block (the file is held)."""
+        store = InsightStore(self.url or default_database_url())
+        try:
+            with store.session():
+                store.migrate()
+                yield store
+        finally:
+            store.dispose()
 
 
 class NarratorResource(dg.ConfigurableResource):

@@ -7,7 +7,9 @@ hides the differences between PostgreSQL and the embedded DuckDB default:
   frame into a temp table, then one INSERT .. SELECT .. ON CONFLICT.
 - DuckDB (`duckdb:///path`): a connection per call (NullPool) so the file lock is held only while
   a call runs and another process can open the file between calls; opening retries for a while
-  when another process holds the lock. Bulk writes register the Arrow table on the connection.
+  when another process holds the lock. A `session()` lets a few calls in a row share one
+  connection (each open costs ~25 ms of CPU). Bulk writes register the Arrow table on the
+  connection.
 
 Conventions of the frames going in and out:
 - ids are UUID strings; dates are `pl.Date`; instants are `pl.Datetime("us", "UTC")` (naive input
@@ -318,6 +320,7 @@ class InsightStore:
                 "use postgresql+psycopg://... or duckdb:///path"
             )
         self._engine: Engine = engine
+        self._held = threading.local()  # the connection of this thread's `session`, if any
         self.dialect: str = engine.dialect.name
         self.url: str = parsed.render_as_string(hide_password=True)
 
@@ -344,7 +347,7 @@ class InsightStore:
             return []
         applied: list[str] = []
         for version, name, statements in pending:
-            with self._engine.begin() as conn:
+            with self._begin() as conn:
                 if self.dialect == "postgresql":
                     self._run(conn, "migration_lock", lock_key=_MIGRATION_LOCK_KEY)
                 self._run(conn, "schema_version_create")
@@ -367,14 +370,14 @@ class InsightStore:
         """The versions in schema_version, creating nothing (two creators racing on PostgreSQL
         collide in its catalog; creation happens under the migration lock only)."""
         try:
-            with self._engine.connect() as conn:
+            with self._connect() as conn:
                 return {int(row[0]) for row in self._run(conn, "schema_version_select")}
         except DBAPIError:  # no such table yet (or no database): the locked path decides
             return set()
 
     def schema_versions(self) -> list[tuple[int, str, datetime]]:
         """The applied migrations as (version, name, applied_at), oldest first."""
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(conn, "schema_version_create")
             return [(int(v), str(n), a) for v, n, a in self._run(conn, "schema_version_select")]
 
@@ -433,7 +436,7 @@ class InsightStore:
             return counts
         step = "opening a transaction"
         try:
-            with self._engine.begin() as conn:
+            with self._begin() as conn:
                 if self.dialect == "postgresql":
                     step = "locking rows"
                     self._lock_rows(conn, ups, ext)
@@ -514,7 +517,7 @@ class InsightStore:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
         if feedback is not None and feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {FEEDBACKS}, not {feedback!r}")
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             rows = self._run(
                 conn,
                 "set_status",
@@ -531,7 +534,7 @@ class InsightStore:
 
     def load_episodes(self, since: date) -> pl.DataFrame:
         """Every insight last seen on or after `since` (the sink decides continuation)."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return self._run_frame(conn, "select_episodes", EPISODE_SCHEMA, since=since)
 
     def query_insights(
@@ -548,7 +551,7 @@ class InsightStore:
         Hides insights expired at `as_of` (default now), dismissed ones and those snoozed past
         `as_of`. `user_ids=None` means every CSM; an empty list matches nobody.
         """
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_feed",
@@ -564,7 +567,7 @@ class InsightStore:
 
     def get_insights(self, ids: list[str] | None = None) -> pl.DataFrame:
         """Every column of the given insights (all when None), by id; unknown ids are absent."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_insights",
@@ -576,16 +579,37 @@ class InsightStore:
 
     def count_insights(self) -> int:
         """Number of rows in the insights table."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return self._scalar(conn, "count_insights")
 
     def dispose(self) -> None:
         """Close pooled connections (a DuckDB file is then free for other processes).
 
         A DuckDB file's engine is shared by the process and pools nothing (NullPool): every
-        connection is already closed when its call ends, so nothing is left to close."""
+        connection is already closed when its call or `session` ends, so nothing is left to
+        close."""
         if not self._shared_engine:
             self._engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[InsightStore]:
+        """The calls this thread makes inside the block share ONE connection, closed at its end.
+
+        For a few calls in a row (a step's reads, or a write and its count): a DuckDB file is
+        opened once instead of once per call (each open costs ~25 ms of CPU). Keep computation
+        out of the block: the file is held, by this process, for the block's whole length.
+        Each call keeps its own transaction. Other threads, and other stores, are unaffected
+        (they wait for the file as for any call). A no-op on PostgreSQL and in-memory DuckDB,
+        whose pools already keep their connections, and inside another session."""
+        if not self._shared_engine or getattr(self._held, "conn", None) is not None:
+            yield self
+            return
+        with self._engine.connect() as conn:
+            self._held.conn = conn
+            try:
+                yield self
+            finally:
+                self._held.conn = None
 
     # --- narrative cache (Claude) ---
 
@@ -594,7 +618,7 @@ class InsightStore:
         simply missing. The Claude narrator asks once per run for all its keys."""
         if not keys:
             return {}
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_narrative_cache",
@@ -616,7 +640,7 @@ class InsightStore:
         if not rows:
             return 0
         now = datetime.now(UTC)
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             for row in rows:
                 self._run(
                     conn,
@@ -646,7 +670,7 @@ class InsightStore:
         window, or its end for a daily digest), neither dismissed nor actioned, and not snoozed
         past `as_of`. Status is today's: the table keeps no history of it.
         """
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return self._run_frame(
                 conn,
                 "select_digest_insights",
@@ -674,7 +698,7 @@ class InsightStore:
 
     def digest_preferences(self) -> pl.DataFrame:
         """Stored preferences (user_id, frequency, weekday); users without one get daily."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_digest_preferences")
         schema = {"user_id": pl.String(), "frequency": pl.String(), "weekday": pl.Int16()}
         return _frame(rows, schema)
@@ -695,7 +719,7 @@ class InsightStore:
             raise ValueError("a weekday (0 = Monday .. 6 = Sunday) goes with weekly, and only it")
         if weekday is not None and not 0 <= int(weekday) <= 6:
             raise ValueError(f"weekday must be 0 (Monday) .. 6 (Sunday), not {weekday!r}")
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(
                 conn,
                 "upsert_digest_preference",
@@ -725,7 +749,7 @@ class InsightStore:
         Message-ID is kept, so a retry is recognisably the same message.
         """
         key = {"user_id": str(user_id), "digest_date": digest_date, "kind": kind}
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(conn, "insert_digest", **key, message_id=message_id, created_at=_utc(now))
             rows = self._run(
                 conn,
@@ -754,7 +778,7 @@ class InsightStore:
     ) -> None:
         """Record a claimed send's outcome (sent at `at`, or failed with `error`); `attempts`
         made by this run are added to the total and the claim is released."""
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(
                 conn,
                 "finish_digest",
@@ -769,7 +793,7 @@ class InsightStore:
 
     def digests(self, first_day: date, last_day: date) -> pl.DataFrame:
         """The digest ledger for days in [first_day, last_day], for metadata, the CLI and tests."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_digests", first_day=first_day, last_day=last_day)
         return _frame(
             rows,
@@ -800,7 +824,7 @@ class InsightStore:
         snooze ends during that day; dismissed, actioned and insights expired at `as_of` left
         out. `user_ids=None` means every CSM."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_pushed",
@@ -832,7 +856,7 @@ class InsightStore:
         """Relevance and action rates of [first_day, last_day] (QUALITY_COLUMNS), optionally of
         one window length (1 or 28 days by default) and one scope (overall, user, type): what the
         API shows as "how useful are the insights"."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_quality",
@@ -854,7 +878,7 @@ class InsightStore:
         feedback since). Team insights (no customer) are left out."""
         since_day = first_day - timedelta(days=lookback_days)
         since = datetime(since_day.year, since_day.month, since_day.day, tzinfo=UTC)
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return self._run_frame(
                 conn,
                 "select_rollup_insights",
@@ -887,7 +911,7 @@ class InsightStore:
         caller's business (api/team.py, from lib/access.py's Viewer)."""
         from insight_pipeline.lib.team import ROLLUP_COLUMNS
 
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_team_rollups",
@@ -905,7 +929,7 @@ class InsightStore:
     ) -> pl.DataFrame:
         """One rollup row's daily series over [first_day, last_day] (ROLLUP_HISTORY_SCHEMA):
         what the leader view charts."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_team_rollup_history",
@@ -932,7 +956,7 @@ class InsightStore:
         users = self._prepare_users(frame)
         step = "opening a transaction"
         try:
-            with self._engine.begin() as conn:
+            with self._begin() as conn:
                 step = "staging users"
                 with self._staged(conn, "users", "stage_users", users):
                     existing = self._scalar(conn, "count_existing_users")
@@ -977,19 +1001,19 @@ class InsightStore:
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         """One directory row as a dict (USER_SCHEMA keys), or None for an unknown user."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_user", user_id=str(user_id))
         return _frame(rows, USER_SCHEMA).row(0, named=True) if rows else None
 
     def list_users(self) -> pl.DataFrame:
         """The whole directory (inactive users included), by name."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_users")
         return _frame(rows, USER_SCHEMA)
 
     def team_user_ids(self, user_id: str) -> list[str]:
         """The user and everyone reporting to them, transitively (empty for an unknown user)."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_team", user_id=str(user_id))
         return [str(r[0]) for r in rows]
 
@@ -1010,7 +1034,7 @@ class InsightStore:
         if user is None or not user["active"]:
             raise LookupError(f"no active user {user_id!r} in the users table")
         token_id, token, token_hash = new_token()
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(
                 conn,
                 "insert_token",
@@ -1026,7 +1050,7 @@ class InsightStore:
     def token_record(self, token_id: str) -> dict[str, Any] | None:
         """A token's hash, expiry and revocation with its user's directory row, or None. The
         caller (api/auth.py) compares the hash in constant time and checks the dates."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_token", token_id=str(token_id))
         if not rows:
             return None
@@ -1040,7 +1064,7 @@ class InsightStore:
 
     def revoke_token(self, token_id: str, *, at: datetime | None = None) -> bool:
         """Revoke a token by its public id; False when there is no such token."""
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             rows = self._run(
                 conn, "revoke_token", token_id=str(token_id), at=_utc(at) or datetime.now(UTC)
             )
@@ -1048,7 +1072,7 @@ class InsightStore:
 
     def list_tokens(self, user_id: str) -> pl.DataFrame:
         """A user's tokens (ids, labels, dates; never hashes)."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(conn, "select_tokens", user_id=str(user_id))
         return _frame(rows, TOKEN_SCHEMA)
 
@@ -1085,7 +1109,7 @@ class InsightStore:
             raise ValueError("snooze_until applies only to the snooze action")
         key = _uuid_text(insight_id)
         event_id = str(uuid.uuid4())
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             if self.dialect == "postgresql":
                 # Stamp the action only once its row is locked: a concurrent action on the same
                 # insight then commits either wholly before (earlier time) or after (later
@@ -1121,7 +1145,7 @@ class InsightStore:
         """The feedback history (FEEDBACK_SCHEMA), oldest first; from midnight UTC of `since`
         when given. What the ranking's preference learning reads."""
         start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return self._run_frame(conn, "select_feedback", FEEDBACK_SCHEMA, since=start)
 
     def mark_viewed(self, insight_id: str, user_id: str, *, at: datetime | None = None) -> None:
@@ -1129,7 +1153,7 @@ class InsightStore:
         once); any other viewer gets a read receipt. Visibility is the caller's business."""
         key = _uuid_text(insight_id)
         when = _utc(at) or datetime.now(UTC)
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             if not self._run(conn, "mark_viewed", insight_id=key, user_id=str(user_id), at=when):
                 self._run(conn, "insert_read", insight_id=key, user_id=str(user_id), at=when)
 
@@ -1141,7 +1165,7 @@ class InsightStore:
         attempt = 0
         while True:
             try:
-                with self._engine.begin() as conn:
+                with self._begin() as conn:
                     changed = self._run(conn, "mark_all_viewed", user_id=str(user_id), at=when)
                     self._run(conn, "set_read_all", user_id=str(user_id), at=when)
                 return len(changed)
@@ -1174,7 +1198,7 @@ class InsightStore:
         key = _uuid_text(insight_id)
         when = _utc(at) or datetime.now(UTC)
         recipients = [u for u in dict.fromkeys(str(u) for u in to_user_ids) if u != from_user_id]
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             found = self._run(
                 conn,
                 "select_insights",
@@ -1230,7 +1254,7 @@ class InsightStore:
             as_of=_utc(as_of) or datetime.now(UTC),
         )
         owners = {"owner_ids": String()}
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_api_feed",
@@ -1252,7 +1276,7 @@ class InsightStore:
         """Counts per CSM x category x priority (ROLLUP_SCHEMA) of the insights raised in
         [date_from, date_to] for the owners in `viewer`'s scope (shares excluded); sum them
         with `lib.access.rollup`."""
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = self._run(
                 conn,
                 "select_team_rollup",
@@ -1266,6 +1290,33 @@ class InsightStore:
         return _frame(rows, ROLLUP_SCHEMA)
 
     # ---------------------------------------------------------------------------- helpers
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection for reads: the session's (its transaction rolled back after, as closing
+        a connection does) or a fresh one, closed after."""
+        held: Connection | None = getattr(self._held, "conn", None)
+        if held is None:
+            with self._engine.connect() as conn:
+                yield conn
+            return
+        transaction = held.begin()
+        try:
+            yield held
+        finally:
+            transaction.rollback()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A connection in a transaction, committed at the end or rolled back on error: on the
+        session's connection or a fresh one, closed after."""
+        held: Connection | None = getattr(self._held, "conn", None)
+        if held is None:
+            with self._engine.begin() as conn:
+                yield conn
+            return
+        with held.begin():
+            yield held
 
     def _run(
         self,
@@ -1320,7 +1371,7 @@ class InsightStore:
         transaction (`delete_<kind>`, then `insert_<kind>` from the staged rows); returns the
         rows written. Re-running a range is idempotent."""
         rows = frame.select([pl.col(c).cast(t) for c, t in columns.items()])
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._run(conn, f"delete_{kind}", first_day=first_day, last_day=last_day)
             if rows.height:
                 with self._staged(conn, kind, stage, rows):

@@ -85,8 +85,9 @@ def deliver_days(
     run.transport = transport.describe()
     db = store.open()
     try:
-        users, run.directory = load_directory(db, source)
-        preferences = resolve_preferences(users, db.digest_preferences())
+        with db.session():  # the two reads on one connection
+            users, run.directory = load_directory(db, source)
+            preferences = resolve_preferences(users, db.digest_preferences())
         today = clock().astimezone(UTC).date()
         day = first
         while day <= last:

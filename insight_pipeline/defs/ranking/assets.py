@@ -36,11 +36,8 @@ def user_preferences(
     """Learned preference of each CSM for each insight type, per partition day, from the
     feedback created before that day (team rows, user_id null, are the cold-start prior)."""
     first, last = partition_days(context)
-    db = store.open()
-    try:
+    with store.session() as db:
         events = db.feedback_events()
-    finally:
-        db.dispose()
     preferences = learn_preferences(events, first, last, settings.settings().ranking)
     latest = preferences.filter(pl.col("partition_date") == last)
     own = latest.filter(pl.col("user_id").is_not_null()).with_columns(
@@ -89,13 +86,11 @@ def insight_quality(
     replaced in the store's insight_quality table for the run's days."""
     first, last = partition_days(context)
     window = settings.settings().ranking.quality_window_days
-    db = store.open()
-    try:
+    with store.session() as db:
         events = db.feedback_events()
-        metrics = quality_metrics(events, first, last, windows=(1, window))
+    metrics = quality_metrics(events, first, last, windows=(1, window))
+    with store.session() as db:
         written = db.write_quality(metrics, first, last)
-    finally:
-        db.dispose()
     latest = metrics.filter(pl.col("quality_date") == last)
     overall = {
         w: latest.filter((pl.col("scope") == "overall") & (pl.col("window_days") == w))

@@ -44,13 +44,10 @@ def insights_table(
     churned = accounts.filter(pl.col("churned_on").is_not_null()).select(
         "customer_id", pl.col("churned_on").alias("churned_at")
     )
-    db = store.open()
-    try:
+    with store.session() as db:
         written = db.write_insights(new, extensions, churned)
         total = db.count_insights()
         url = make_url(db.url).render_as_string(hide_password=True)
-    finally:
-        db.dispose()
     return dg.MaterializeResult(
         metadata={
             **{k: int(v) for k, v in written.items()},

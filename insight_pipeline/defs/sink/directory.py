@@ -30,11 +30,8 @@ def team_directory(
     table, in one transaction: new users added, known ones updated, missing ones deactivated.
     Rows failing the contract (null or duplicate ids, unknown roles) are left out and counted."""
     users, validation = directory_from_source(source.location or default_source())
-    db = store.open()
-    try:
+    with store.session() as db:
         written = db.sync_users(users)
-    finally:
-        db.dispose()
     context.log.info(f"team directory: {written} ({users.height} valid users)")
     return dg.MaterializeResult(
         metadata={

@@ -184,16 +184,13 @@ def team_insights_table(
     candidates = cross_account_patterns.select(
         [c for c in ("partition_date", *TEAM_INSIGHT_COLUMNS) if c != "id"]
     )
-    db = store.open()
-    try:
-        existing = db.load_episodes(since=earliest_relevant_day(first, ranking)).filter(
-            pl.col("fingerprint").str.starts_with(TEAM_FINGERPRINT_PREFIX)
-        )
-        new, extensions = plan_episodes(candidates, existing, ranking)
-        columns = [c for c in (*UPSERT_SCHEMA, "pushed", "rank_in_day") if c in new.columns]
+    with store.session() as db:
+        existing = db.load_episodes(since=earliest_relevant_day(first, ranking))
+    existing = existing.filter(pl.col("fingerprint").str.starts_with(TEAM_FINGERPRINT_PREFIX))
+    new, extensions = plan_episodes(candidates, existing, ranking)
+    columns = [c for c in (*UPSERT_SCHEMA, "pushed", "rank_in_day") if c in new.columns]
+    with store.session() as db:
         written = db.write_insights(new.select(columns), extensions)
-    finally:
-        db.dispose()
     return dg.MaterializeResult(
         metadata={
             **{k: int(v) for k, v in written.items()},
@@ -226,15 +223,13 @@ def team_rollups(
     the same day a week before. The day range's rows are replaced in one transaction."""
     first, last = partition_days(context)
     team = settings.settings().team
-    db = store.open()
-    try:
+    with store.session() as db:
         insights = db.rollup_insights(first, last, lookback_days=7 + team.rollup_window_days)
         # all of it: an old dismissal still decides whether an unexpired insight is open
         events = db.feedback_events()
-        frame = rollup_frame(insights, events, accounts, _users(source), first, last, team)
+    frame = rollup_frame(insights, events, accounts, _users(source), first, last, team)
+    with store.session() as db:
         written = db.write_team_rollups(frame, first, last)
-    finally:
-        db.dispose()
     latest = frame.filter(pl.col("rollup_date") == last)
     total = latest.filter(pl.col("group_by") == "total")
     return dg.MaterializeResult(
