@@ -145,10 +145,12 @@ def rates_as_of(
     tables: dict[str, pl.DataFrame | None] | None = None,
     path: Path | None = None,
     span: SpanMonths | None = None,
+    customers: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The rates as of `as_of`, from the cache or computed (`monthly_usage` and the
     OUTCOME_TABLES of its window, and the cache `path`, when the caller has them already;
-    `span`: the monthly aggregates of a span of several months' windows, `comparable_events`)."""
+    `span`: the monthly aggregates of a span of several months' windows, `comparable_events`;
+    `customers`: the source's customers, read once for several months)."""
     path = path or _cache_path(source, as_of, s)
     if path.exists():
         return pl.read_parquet(path)
@@ -166,7 +168,7 @@ def rates_as_of(
         else pl.DataFrame(schema=CONTRACT[name].only(OUTCOME_TABLES[name]).columns)
         for name in tables
     }
-    customers = source.read("customers")
+    customers = source.read("customers") if customers is None else customers
     assert customers is not None
     contacts = frames["contacts"]
     if contacts.height:
@@ -225,10 +227,18 @@ def rates_for_months(source: Source, months: list[date], s: OutcomeSettings) -> 
             *spans[0],
         )
         del whole, frames
+    customers = source.read("customers") if cold else None
     return pl.concat(
         [
             rates_as_of(
-                source, m, s, next(sums), {n: next(t) for n, t in tables.items()}, paths[m], span
+                source,
+                m,
+                s,
+                next(sums),
+                {n: next(t) for n, t in tables.items()},
+                paths[m],
+                span,
+                customers,
             )
             if m in cold
             else pl.read_parquet(paths[m])
