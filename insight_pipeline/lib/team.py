@@ -1599,30 +1599,7 @@ def _range_counts(
         first,
         last,
     )
-    # (each pair's count as a column of its own before grouping: plain sums group faster than
-    # a filter per group and pair)
-    none = pl.lit(0, pl.get_index_type())
-    per_os = (
-        opened.group_by("rollup_date", "_os", "_pair")
-        .len()
-        .select(
-            "rollup_date",
-            "_os",
-            pl.col("len").alias("_all"),  # a null category or priority counts here only
-            *(
-                pl.when(pl.col("_pair") == i).then("len").otherwise(none).alias(f"_n{i}")
-                for i in range(len(pairs))
-            ),
-        )
-    )
-    wide = cells.assign(
-        per_os.group_by("rollup_date", "_os").agg(
-            pl.col("_all").sum(), *(pl.col(f"_n{i}").sum() for i in range(len(pairs)))
-        )
-    )
-    sums = wide.group_by(DAY_KEYS).agg(
-        pl.col("_all").sum(), *(pl.col(f"_n{i}").sum() for i in range(len(pairs)))
-    )
+    sums = _pair_counts(opened, cells, first, last, len(pairs))
 
     def total(wanted: Sequence[int]) -> pl.Expr:
         columns = [pl.col(f"_n{i}") for i in wanted]
@@ -1746,6 +1723,51 @@ def _range_counts(
     for part in (by_category, per_account, raised, feedback, speed):
         out = out.join(part, on=DAY_KEYS, how="full", coalesce=True)
     return out
+
+
+def _pair_counts(
+    opened: pl.DataFrame, cells: _Cells, first: date, last: date, n_pairs: int
+) -> pl.DataFrame:
+    """DAY_KEYS, `_all` (open insights) and `_n{i}` (those of category x priority pair i) of
+    every rollup row and day with any open insight. Counted in a dense array per owner-segment
+    pair, day and category x priority pair (null last, in `_all` only), then added up over the
+    owner-segment pairs each rollup row counts in: integer counts, the same numbers as grouping
+    the insight-days and then the spread rows (two hash group-bys with a column per pair were
+    most of `_range_counts`)."""
+    n_days, n_os, width = (last - first).days + 1, cells.pairs.height, n_pairs + 1
+    key = (
+        opened.filter(pl.col("_os").is_not_null())  # an unknown owner counts nowhere
+        .select(
+            (
+                (pl.col("_os") * n_days + (pl.col("rollup_date") - pl.lit(first)).dt.total_days())
+                * width
+                + pl.col("_pair").fill_null(n_pairs)
+            ).cast(pl.Int64)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    per_os = np.bincount(key, minlength=n_os * n_days * width).astype(np.int32)
+    spread = cells.spread.sort("_cell", "_os")
+    cell = spread.get_column("_cell").to_numpy()
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if cell.size else cell
+    per_cell = (
+        np.add.reduceat(per_os.reshape(n_os, -1)[spread.get_column("_os").to_numpy()], starts)
+        if cell.size
+        else np.zeros((0, n_days * width), np.int32)
+    ).reshape(-1, n_days, width)
+    every = per_cell.sum(axis=2)
+    at, day = np.nonzero(every)  # rollup row by row, each day by day
+    counts = per_cell[at, day]
+    index = pl.get_index_type()
+    return pl.DataFrame(
+        [
+            pl.Series("rollup_date", day + (first - _EPOCH).days, pl.Int32).cast(pl.Date),
+            pl.Series("_cell", cell[starts][at], pl.Int64),
+            pl.Series("_all", every[at, day]).cast(index),
+            *(pl.Series(f"_n{i}", counts[:, i]).cast(index) for i in range(n_pairs)),
+        ]
+    )
 
 
 def _category_priorities(insights: pl.DataFrame) -> pl.DataFrame:
