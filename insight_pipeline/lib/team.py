@@ -1373,12 +1373,16 @@ def open_at(insights: pl.DataFrame, events: pl.DataFrame, day: date) -> pl.DataF
 
 def _on_days(frame: pl.DataFrame, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
     """`frame` with one row per day in [start, end] of each row (none when start > end), the
-    day in `rollup_date`: per-day questions answered for many days in one pass."""
-    return (
-        frame.with_columns(pl.date_ranges(start, end).alias("rollup_date"))
-        .explode("rollup_date")
-        .filter(pl.col("rollup_date").is_not_null())
-    )
+    day in `rollup_date`: per-day questions answered for many days in one pass. Each row
+    repeated by a gather and its days counted up from its start (the rows, in the order, of
+    date_ranges + explode, without a list per row)."""
+    bounds = frame.select(start.cast(pl.Int32).alias("start"), end.cast(pl.Int32).alias("end"))
+    first = bounds.get_column("start").fill_null(0).to_numpy()
+    days = (bounds.get_column("end") - bounds.get_column("start") + 1).fill_null(0).to_numpy()
+    days = np.maximum(days, 0)
+    row = np.repeat(np.arange(frame.height), days)
+    day = first[row] + (np.arange(row.size) - np.repeat(np.cumsum(days) - days, days))
+    return frame[pl.Series(row)].with_columns(pl.Series("rollup_date", day, pl.Int32).cast(pl.Date))
 
 
 def _day_end() -> pl.Expr:
