@@ -203,23 +203,15 @@ class _DenseGrid:
         if coded is None:
             return cls._build_by_group_by(usage, end, churned)
         keys, row_series = coded
-        day = usage["date"].cast(pl.Int32).to_numpy().astype(np.int64)
-        # the first day of each series: a group-by on integers, no string hashed
-        firsts = (
-            pl.DataFrame({"series": row_series, "day": day})
-            .group_by("series")
-            .agg(pl.col("day").min())
-        )
-        first = np.empty(keys.height, dtype=np.int64)
-        first[firsts["series"].to_numpy()] = firsts["day"].to_numpy()
-        spans = _with_last(
-            keys.with_columns(pl.Series("first", first, dtype=pl.Int32).cast(pl.Date)),
-            end,
-            churned,
-        )
+        day = usage["date"].to_physical().to_numpy()  # days since 1970-01-01 (Int32)
+        # the first day of each series (each has a row): an unbuffered minimum, no group-by
+        first = np.full(keys.height, np.iinfo(day.dtype).max, dtype=day.dtype)
+        np.minimum.at(first, row_series, day)
+        spans = _with_last(keys.with_columns(pl.Series("first", first).cast(pl.Date)), end, churned)
         if spans.height != keys.height:  # the churn table repeats a customer
             return cls._build_by_group_by(usage, end, churned)
-        values = usage["value"].fill_null(0.0).to_numpy()
+        values = usage["value"]
+        values = (values.fill_null(0.0) if values.null_count() else values).to_numpy()
         return cls._of_rows(spans, row_series, day, values)
 
     @classmethod
