@@ -21,6 +21,7 @@ from insight_pipeline.lib.detectors.usage import (
     _mann_kendall_s_at,
     _series_codes,
     _series_rolling_median,
+    _sorted_codes,
     _trend_stats_of_grid,
     carry_last_before,
     detect_usage_anomalies,
@@ -828,6 +829,22 @@ def test_grid_from_coded_keys_equals_the_group_by_grid_to_the_bit() -> None:
             for name in ["series", "position", "day", "observed"]:
                 assert np.array_equal(getattr(coded, name), getattr(hashed, name)), name
             assert np.array_equal(coded.value.view(np.int64), hashed.value.view(np.int64))
+
+
+@pytest.mark.parametrize("kind", ["few", "rare", "many"])
+def test_sorted_codes_are_the_indices_into_the_sorted_distinct_values(kind: str) -> None:
+    """Few values are coded by comparisons with a strided sample's values; a value the sample
+    misses (`rare`) and more than `FEW_VALUES` values (`many`) take the column's own distinct
+    values: every way gives the sorted distinct values and each row's index into them."""
+    rng = np.random.default_rng(11)
+    names = [f"m{i}" for i in range(20 if kind == "many" else 4)]
+    column = pl.Series("metric", rng.choice(names, 50_000).tolist())
+    if kind == "rare":
+        column[12_345] = "a rare one"  # (the sample takes every 12th row)
+    values, code = _sorted_codes(column)
+    expected = column.unique().sort()
+    assert values.equals(expected)
+    assert np.array_equal(code, column.cast(pl.Enum(expected)).to_physical().to_numpy())
 
 
 def test_seen_between_marks_the_rows_with_a_day_on_record_in_their_window() -> None:

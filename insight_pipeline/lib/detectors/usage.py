@@ -343,14 +343,36 @@ def _run_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
     if 8 * runs.height > column.len() + 64:
         return None
     values, code = _sorted_codes(runs["value"])
-    return values, np.repeat(code, runs["len"].to_numpy())
+    return values, np.repeat(code.astype(np.int64), runs["len"].to_numpy())
+
+
+FEW_VALUES = 8
+"""Up to this many distinct values, a column is coded by comparing it with each (a pass per
+value) rather than by an Enum cast, which costs as much as ~8 such passes."""
 
 
 def _sorted_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray]:
-    """The sorted distinct values of `column` (no nulls) and each row's index into them."""
+    """The sorted distinct values of `column` (no nulls) and each row's index into them. A
+    column of few values is coded by comparisons with the values of a strided sample (which
+    usually holds them all: a row no value matches leaves a null, and the column's own distinct
+    values are taken instead), saving the hash of every row that finding them would cost."""
+    guess = column.gather_every(max(1, column.len() >> 12)).unique().sort()
+    if guess.len() <= FEW_VALUES:
+        code = _compared_codes(column, guess)
+        if not code.null_count():
+            return guess, code.to_numpy()
     values = column.unique().sort()
-    code = column.cast(pl.Enum(values)).to_physical().to_numpy().astype(np.int64)
-    return values, code
+    if values.len() <= FEW_VALUES:
+        return values, _compared_codes(column, values).to_numpy()
+    return values, column.cast(pl.Enum(values)).to_physical().to_numpy()
+
+
+def _compared_codes(column: pl.Series, values: pl.Series) -> pl.Series:
+    """Each row's index into `values` (null where none matches), by one comparison per value."""
+    code = pl.when(pl.col("c") == values[0]).then(pl.lit(0, pl.UInt32))
+    for i in range(1, values.len()):
+        code = code.when(pl.col("c") == values[i]).then(pl.lit(i, pl.UInt32))
+    return pl.select(column.alias("c")).select(code.otherwise(None)).to_series()
 
 
 def _index_since(starts: np.ndarray) -> np.ndarray:
