@@ -19,6 +19,7 @@ from insight_pipeline.lib.detectors.usage import (
     _LookBackCut,
     _mann_kendall_s,
     _mann_kendall_s_at,
+    _positions,
     _series_codes,
     _series_rolling_median,
     _sorted_codes,
@@ -845,6 +846,13 @@ def test_sorted_codes_are_the_indices_into_the_sorted_distinct_values(kind: str)
     expected = column.unique().sort()
     assert values.equals(expected)
     assert np.array_equal(code, column.cast(pl.Enum(expected)).to_physical().to_numpy())
+
+
+def test_positions_count_within_runs_and_skip_empty_runs() -> None:
+    length = np.array([0, 3, 0, 0, 1, 2, 0], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(length[:-1])])
+    assert _positions(offset, length).tolist() == [0, 1, 2, 0, 0, 1]
+    assert _positions(np.zeros(2, np.int64), np.zeros(2, np.int64)).size == 0
 
 
 def test_seen_between_marks_the_rows_with_a_day_on_record_in_their_window() -> None:

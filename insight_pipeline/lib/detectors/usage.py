@@ -258,16 +258,18 @@ class _DenseGrid:
         offset = np.zeros(len(length), dtype=np.int64)
         np.cumsum(length[:-1], out=offset[1:])
         at = (offset - first)[row_series] + row_day
-        kept = row_day < (first + length)[row_series]
-        if not kept.all():  # rows after the series' last day (churn) are dropped
+        last_row = np.full(spans.height, np.iinfo(row_day.dtype).min, dtype=row_day.dtype)
+        np.maximum.at(last_row, row_series, row_day)
+        if (last_row >= first + length).any():  # rows after the series' last day (churn)
+            kept = row_day < (first + length)[row_series]
             at, values = at[kept], values[kept]
         value = np.bincount(at, weights=values, minlength=int(length.sum()))
         observed_rows = np.zeros(value.size, dtype=bool)
         observed_rows[at] = True
-        index = np.arange(value.size, dtype=np.int64)
         series = np.repeat(np.arange(spans.height), length)
-        position = index - np.repeat(offset, length)
-        day = index + np.repeat(first - offset, length)
+        position = _positions(offset, length)
+        day = np.repeat(first, length)
+        day += position
         return cls(spans.select(KEYS), series, position, day, value, observed_rows)
 
     def frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
@@ -283,6 +285,17 @@ class _DenseGrid:
                 "value": pl.Series(value, dtype=pl.Float64),
             }
         )
+
+
+def _positions(offset: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each run of `length` rows beginning at `offset` (runs laid end to end):
+    one cumulative sum of steps that fall back at each run's start."""
+    step = np.ones(int(length.sum()), dtype=np.int64)
+    if step.size:
+        begun = length > 0
+        step[offset[begun][1:]] = 1 - length[begun][:-1]
+        step[0] = 0
+    return np.cumsum(step, out=step)
 
 
 def _with_last(spans: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> pl.DataFrame:
@@ -323,8 +336,11 @@ def _series_codes(usage: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None
     pairs = customers.len() * metrics.len()
     if pairs > 4 * usage.height + (1 << 16):
         return None
-    pair = customer_code * metrics.len() + metric_code
-    present = np.bincount(pair, minlength=pairs) > 0
+    pair = customer_code  # (each row's code, a fresh array: worked in place)
+    pair *= metrics.len()
+    pair += metric_code
+    present = np.zeros(pairs, dtype=bool)
+    present[pair] = True
     series_of_pair = np.cumsum(present) - 1
     kept = np.flatnonzero(present)
     keys = pl.DataFrame(
@@ -333,7 +349,8 @@ def _series_codes(usage: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None
             "metric": metrics.gather(kept % metrics.len()),
         }
     )
-    return keys, series_of_pair[pair]
+    # (in place: each row's code is read before its series is written there)
+    return keys, np.take(series_of_pair, pair, out=pair, mode="clip")
 
 
 def _run_codes(column: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
