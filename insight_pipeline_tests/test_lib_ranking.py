@@ -522,3 +522,68 @@ def test_critical_recall_matches_planted_risks_to_pushes() -> None:
     )
     assert (planted, hits) == (3, 2)  # the 0.7 drop and going_dark are not critical
     assert recall == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_formulate_keeps_the_strongest_row_per_fingerprint_and_day(repeat: bool) -> None:
+    """One candidate per fingerprint and day, the strongest, in (fingerprint, day) order, with
+    each row's own evidence: the same rows whether or not a detector repeated itself (the
+    fast path of unique keys, or the sort of every row)."""
+    from insight_pipeline.lib.insights.formulate import formulate
+    from insight_pipeline.lib.signals import SIGNAL_SCHEMA, conform, evidence_item
+
+    rng = np.random.default_rng(7)
+    n = 400
+    signals = pl.DataFrame(
+        {
+            "customer_id": rng.choice(["C1", "C10", "C2", "C3", "Cx"], n).tolist(),
+            "type": rng.choice(["usage_drop", "qbr_due", "health_drop"], n).tolist(),
+            "subject": rng.choice(["a", "a|b", "", None], n).tolist(),
+            "partition_date": [D0 + timedelta(days=int(d)) for d in rng.integers(0, 40, n)],
+            "severity": rng.random(n).round(3),
+            "confidence": rng.random(n),
+        }
+    ).with_columns(
+        pl.concat_list(
+            evidence_item(pl.col("type"), pl.col("severity"), pl.col("customer_id"), "t")
+        ).alias("evidence"),
+        pl.format("{}", pl.col("severity")).alias("facts"),
+    )
+    # no subject and an empty one make the same fingerprint
+    key = ["customer_id", "type", pl.col("subject").fill_null(""), "partition_date"]
+    signals = signals.filter(pl.struct(key).is_first_distinct())
+    if repeat:  # a detector repeating itself: a second, weaker row of one key
+        weaker = signals.filter(pl.col("customer_id") == "C1").head(1)
+        signals = pl.concat([signals, weaker.with_columns(pl.col("severity") - 0.1)])
+    # two chunks, as the detectors' concat gives
+    signals = pl.concat([conform(signals.head(150)), conform(signals.tail(-150))], rechunk=False)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["C1", "C10", "C2", "C3"],
+            "name": ["A", "B", "C", "D"],
+            "csm_user_id": ["u1", "u2", None, "u1"],
+            "arr": [1.0, 2.0, 3.0, 4.0],
+            "segment": ["smb"] * 4,
+            "industry": ["x"] * 4,
+            "renewal_date": [D0 + timedelta(days=90)] * 4,
+            "churned_on": [None, D0 + timedelta(days=20), None, None],
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    frame = formulate(signals, accounts, S)
+
+    kept = (
+        signals.join(accounts.filter(pl.col("csm_user_id").is_not_null()), on="customer_id")
+        .filter(pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("partition_date")))
+        .with_columns(
+            pl.concat_str(
+                ["customer_id", "type", pl.col("subject").fill_null("")], separator="|"
+            ).alias("fingerprint")
+        )
+        .sort(["fingerprint", "partition_date", "severity"], descending=[False, False, True])
+        .unique(["fingerprint", "partition_date"], keep="first", maintain_order=True)
+    )
+    assert frame.columns[: len(SIGNAL_SCHEMA)] == list(SIGNAL_SCHEMA)
+    assert frame.select(*SIGNAL_SCHEMA, "fingerprint").equals(
+        kept.select(*SIGNAL_SCHEMA, "fingerprint")
+    )

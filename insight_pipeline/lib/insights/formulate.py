@@ -10,6 +10,7 @@ import json
 
 import polars as pl
 
+from insight_pipeline.lib.detectors.common import sort_by_integers
 from insight_pipeline.lib.insights.actions import ACTION_OF_TYPE, QUICK_ACTIONS
 from insight_pipeline.lib.insights.narrate import Narrator, narrate_rows
 from insight_pipeline.lib.ranking.preferences import attach_preferences
@@ -62,44 +63,116 @@ def formulate(
     learned ones of each day (lib/ranking/preferences.py); None scores everyone neutrally.
     """
     accounts = account_context(customers)
-    # One contiguous chunk first: signals arrive as a concat of the detectors' frames, and
-    # polars gathers a many-chunk list-of-struct column (evidence) ~30x slower than a single one.
-    frame = (
-        signals.rechunk()
-        .join(accounts, on="customer_id", how="inner")
+    order = _candidate_rows(signals, accounts)
+    if order is None:  # a detector repeated itself (or ids repeat): the general path
+        frame = _strongest(_in_context(signals.rechunk(), accounts))
+    else:
+        # one gather of the signals' rows (from one contiguous chunk: signals arrive as a concat
+        # of the detectors' frames, and polars gathers a many-chunk list-of-struct column ~30x
+        # slower than a single one), and of their accounts' rows
+        rows, at, fingerprint = order
+        frame = pl.concat(
+            [signals.rechunk()[rows], accounts.drop("customer_id")[at]], how="horizontal"
+        ).with_columns(_derived(fingerprint))
+    frame = attach_preferences(frame, preferences)
+    return score_insights(frame, settings).drop("churned_on")
+
+
+def _derived(fingerprint: pl.Series | None = None) -> list[pl.Expr]:
+    """category, fingerprint (unless known) and days_to_renewal of a signal with its account
+    context."""
+    return [
+        pl.col("type").replace_strict(CATEGORY_OF_TYPE, return_dtype=pl.String).alias("category"),
+        _fingerprint() if fingerprint is None else pl.lit(fingerprint).alias("fingerprint"),
+        (pl.col("renewal_date") - pl.col("partition_date"))
+        .dt.total_days()
+        .alias("days_to_renewal"),
+    ]
+
+
+def _fingerprint() -> pl.Expr:
+    return pl.concat_str(
+        [pl.col("customer_id"), pl.col("type"), pl.col("subject").fill_null("")], separator="|"
+    ).alias("fingerprint")
+
+
+def _candidate_rows(
+    signals: pl.DataFrame, accounts: pl.DataFrame
+) -> tuple[pl.Series, pl.Series, pl.Series] | None:
+    """Where `_strongest(_in_context(signals, accounts))` takes its rows from (signal rows,
+    account rows) and their fingerprints, when no fingerprint and day repeats (the usual case:
+    then that sort's order is the keys' alone, and every row is kept), else None. Worked out on
+    the keys alone: each signal's account found by an Enum of the ids (not a join, which
+    gathered every column, evidence lists included), the fingerprints sorted as their ranks
+    among the distinct ones packed with the day into one integer (not a sort on the texts and
+    two more keys), so the heavy rows are gathered once."""
+    ids = accounts.get_column("customer_id")
+    if ids.null_count() or ids.is_duplicated().any():
+        return None
+    account = signals.get_column("customer_id").cast(pl.Enum(ids), strict=False).to_physical()
+    keys = (
+        signals.select("customer_id", "type", "subject", "partition_date")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), account.alias("_at"))
+        .filter(pl.col("_at").is_not_null())
+    )
+    keys = pl.concat(
+        [keys, accounts.select("user_id", "churned_on", "renewal_date")[keys["_at"]]],
+        how="horizontal",
+    )
+    keys = keys.filter(
+        pl.col("user_id").is_not_null()
+        & (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("partition_date")))
+    ).with_columns(_fingerprint())
+    if (
+        keys.get_column("fingerprint").null_count()
+        or keys.get_column("partition_date").null_count()
+    ):
+        return None
+    ranks = pl.Enum(keys.get_column("fingerprint").unique().sort())
+    coded = sort_by_integers(
+        keys.select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("_key"),
+            pl.col("fingerprint").cast(ranks).to_physical().alias("_rank"),
+            "partition_date",
+        ),
+        ["_rank", "partition_date"],
+    )
+    if coded.select(_repeats(("_rank", "partition_date")).any()).item():
+        return None
+    kept = keys[coded.get_column("_key")]
+    return kept.get_column("_row"), kept.get_column("_at"), kept.get_column("fingerprint")
+
+
+def _in_context(signals: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    """The signals of customers with a CSM on their customer days, with the account context,
+    category, fingerprint and days to renewal (rows in no particular order)."""
+    return (
+        signals.join(accounts, on="customer_id", how="inner")
         .filter(
             pl.col("user_id").is_not_null()
             & (pl.col("churned_on").is_null() | (pl.col("churned_on") > pl.col("partition_date")))
         )
-        .with_columns(
-            pl.col("type")
-            .replace_strict(CATEGORY_OF_TYPE, return_dtype=pl.String)
-            .alias("category"),
-            pl.concat_str(
-                [pl.col("customer_id"), pl.col("type"), pl.col("subject").fill_null("")],
-                separator="|",
-            ).alias("fingerprint"),
-            (pl.col("renewal_date") - pl.col("partition_date"))
-            .dt.total_days()
-            .alias("days_to_renewal"),
-        )
+        .with_columns(_derived())
     )
-    # One candidate per fingerprint and day: the strongest, if a detector repeats itself.
+
+
+def _repeats(keys: tuple[str, ...]) -> pl.Expr:
+    """True on each row whose `keys` equal the row above's (nulls equal)."""
+    return (pl.int_range(pl.len()) > 0) & pl.all_horizontal(
+        pl.col(key).eq_missing(pl.col(key).shift(1)) for key in keys
+    )
+
+
+def _strongest(frame: pl.DataFrame) -> pl.DataFrame:
+    """One candidate per fingerprint and day, the strongest, in (fingerprint, day) order."""
     # Keeping the first row of each key in sorted order is `unique(keep="first",
     # maintain_order=True)`, but a filter copies the (heavy) rows in order instead of gathering.
     # Sorted, a key's first row is the one whose key differs from the row above (nulls equal,
-    # as `is_first_distinct` has them): no hash of the keys, and no copy at all when no
-    # detector repeated itself (the usual case).
+    # as `is_first_distinct` has them): no hash of the keys.
     frame = frame.sort(
         ["fingerprint", "partition_date", "severity"], descending=[False, False, True]
     )
-    repeated = (pl.int_range(pl.len()) > 0) & pl.all_horizontal(
-        pl.col(key).eq_missing(pl.col(key).shift(1)) for key in ("fingerprint", "partition_date")
-    )
-    if frame.select(repeated.any()).item():
-        frame = frame.filter(~repeated)
-    frame = attach_preferences(frame, preferences)
-    return score_insights(frame, settings).drop("churned_on")
+    return frame.filter(~_repeats(("fingerprint", "partition_date")))
 
 
 def narrate_frame(frame: pl.DataFrame, narrator: Narrator) -> pl.DataFrame:
