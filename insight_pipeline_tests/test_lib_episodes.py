@@ -4,6 +4,7 @@ dismissal cooldown, stable ids, and a range planned exactly as day-by-day runs w
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import polars as pl
 from hypothesis import given, settings
@@ -128,3 +129,25 @@ def test_vectorised_episode_ids_are_the_uuid5_of_each_pair(
     fingerprints = pl.Series([f for f, _ in pairs], dtype=pl.String)
     days = pl.Series([d for _, d in pairs], dtype=pl.Date)
     assert episode_ids(fingerprints, days).to_list() == [episode_id(f, d) for f, d in pairs]
+
+
+def test_a_stored_part_is_planned_as_the_frame(tmp_path: Path) -> None:
+    """A lazy frame (a stored part) gives the new episodes' rows of the frame itself: found by
+    their keys (a repeated key's rows are new together), or by row number when a key is null."""
+    frame = pl.concat(
+        [
+            candidates("a", [0, 1, 2, 40]),
+            candidates("b", [3, 4, 80]),
+            candidates("c", [0, 50], "risk"),
+        ]
+    )
+    repeated = pl.concat([frame, frame.tail(1).with_columns(pl.lit("again").alias("title"))])
+    null_key = pl.concat(
+        [frame, candidates("x", [7]).with_columns(pl.lit(None).alias("fingerprint"))]
+    )
+    for rows in (frame, repeated, null_key):
+        path = tmp_path / "part.parquet"
+        rows.write_parquet(path)
+        eager, _ = plan_episodes(rows, EMPTY, S)
+        lazy, _ = plan_episodes(pl.scan_parquet(path), EMPTY, S)
+        assert lazy.equals(eager)

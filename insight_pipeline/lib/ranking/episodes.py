@@ -128,11 +128,26 @@ def rank_for_push(new: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
     )
 
 
-def _rows(candidates: pl.DataFrame | pl.LazyFrame, rows: pl.Series) -> pl.DataFrame:
-    """`candidates[rows]` for ascending `rows`; of a lazy frame (a stored part) only those rows
-    are collected whole, so its heavy columns (evidence, facts) are decoded for them alone."""
+def _rows(
+    candidates: pl.DataFrame | pl.LazyFrame, rows: pl.Series, keys: pl.DataFrame
+) -> pl.DataFrame:
+    """`candidates[rows]` for ascending `rows`, whose (fingerprint, partition_date) are `keys`;
+    of a lazy frame (a stored part) only those rows are collected whole, so its heavy columns
+    (evidence, facts) are decoded for them alone."""
     if isinstance(candidates, pl.DataFrame):
         return candidates[rows]
+    if not any(keys.get_column(c).null_count() for c in keys.columns):
+        # A predicate on the key columns is applied by the scan to those columns first, the
+        # others then decoded for the matching rows only (a predicate on a row number is not:
+        # every row was decoded, ~1.3 s CPU of a 10k year for 4% of its rows). Each row
+        # matches its own key, so as many rows as keys are the rows themselves, in file order;
+        # more means a key repeats (never in `insight_candidates`): then by row number.
+        wanted = pl.struct(keys.columns).is_in(
+            keys.select(pl.struct(keys.columns)).to_series().implode()
+        )
+        found = candidates.filter(wanted).collect()
+        if found.height == rows.len():
+            return found
     return (
         candidates.with_row_index("_row")
         .filter(pl.col("_row").is_in(rows.implode()))
@@ -290,7 +305,7 @@ def plan_episodes(
         .sort("_row")
     )
     upserts = (
-        _rows(candidates, firsts["_row"])
+        _rows(candidates, firsts["_row"], firsts.select("fingerprint", "partition_date"))
         .with_columns(
             firsts["last_day"].alias("last_seen_date"), firsts["ttl_days"].alias("ttl_days")
         )
