@@ -223,6 +223,8 @@ def test_sorting_on_one_packed_key_orders_rows_as_sorting_on_the_columns(
     ordered = sort_by_integers(frame, columns)
     assert ordered.select(columns).equals(frame.sort(columns).select(columns))
     assert sorted(ordered["row"].to_list()) == list(range(frame.height))  # every row, once
+    if not frame.select(columns).is_duplicated().any():  # then the order is the rows' own
+        assert ordered.equals(frame.sort(columns))
 
 
 def test_packed_sort_keeps_feature_discovery_exact_on_wide_codes() -> None:

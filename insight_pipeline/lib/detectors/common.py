@@ -15,32 +15,35 @@ import polars as pl
 
 
 def sort_by_integers(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """`frame.sort(columns)` for integer or date columns, through one UInt64 key that packs
-    them when their ranges fit in 64 bits together: polars sorts one integer column by radix,
-    several through a row encoding ~2.5x slower (11M feature-usage rows of a 10k year: 2.96 ->
-    1.20 s). Rows with equal keys come in no particular order, as with `sort` itself. A column
-    with nulls, or ranges too wide to pack (or to subtract in Int64), take the plain sort."""
+    """`frame.sort(columns)` for integer or date columns, through one integer key that packs
+    them when their ranges fit in 64 bits together: several columns are sorted through a row
+    encoding ~2.5x slower than one (11M feature-usage rows of a 10k year: 2.96 -> 1.20 s).
+    The key is packed and sorted by numpy (its stable sort follows the runs of rows that come
+    nearly in order, as grouped sources do: 11M rows 0.9 -> 0.3 s with the packing); when two
+    rows share a key, their order is polars' own sort's instead (rows with equal keys come in
+    no particular order there, and this returns what it returned). A column with nulls, or
+    ranges too wide to pack (or to subtract in Int64), take the plain sort."""
     if (
         frame.height < 2
         or any(frame.get_column(c).null_count() for c in columns)
         or any(frame.schema[c] == pl.UInt64 for c in columns)  # may not fit an Int64
     ):
         return frame.sort(columns)
-    ints = [pl.col(c).to_physical().cast(pl.Int64) for c in columns]
-    bounds = frame.select(
-        *[e.min().alias(f"lo{i}") for i, e in enumerate(ints)],
-        *[e.max().alias(f"hi{i}") for i, e in enumerate(ints)],
-    ).row(0)
-    lows, highs = bounds[: len(columns)], bounds[len(columns) :]
-    widths = [(hi - lo).bit_length() for lo, hi in zip(lows, highs, strict=True)]
+    values = [frame.get_column(c).to_physical().cast(pl.Int64).to_numpy() for c in columns]
+    lows = [int(v.min()) for v in values]
+    widths = [(int(v.max()) - low).bit_length() for v, low in zip(values, lows, strict=True)]
     if sum(widths) > 64 or max(widths) > 62:  # hi - lo itself must not overflow an Int64
         return frame.sort(columns)
-    key = pl.lit(0, dtype=pl.UInt64)
-    for expr, low, width in zip(ints, lows, widths, strict=True):
-        key = key * (1 << width) + (expr - low).cast(pl.UInt64)
-    # a key of 32 bits or fewer sorts as a UInt32: half the radix passes (a 10k year's 11M
-    # feature-usage rows, 26 bits)
-    return frame.sort(key.cast(pl.UInt32) if sum(widths) <= 32 else key)
+    # a key of 32 bits or fewer sorts as a UInt32 (a 10k year's 11M feature-usage rows, 26 bits)
+    dtype = np.uint32 if sum(widths) <= 32 else np.uint64
+    key = np.zeros(frame.height, dtype=dtype)
+    for value, low, width in zip(values, lows, widths, strict=True):
+        key = (key << dtype(width)) | (value - low).astype(dtype)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    if (ordered[1:] == ordered[:-1]).any():  # equal keys: polars' order of them
+        return frame.sort(pl.Series(key))
+    return frame[order]
 
 
 def customer_days(accounts: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
