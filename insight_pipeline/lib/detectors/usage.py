@@ -1035,8 +1035,6 @@ def _baselines_of_grid(
         .with_columns(
             ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
             (pl.col("_exp") - 1.0).alias("expected"),
-            ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
-            ((pl.col("y_expected") + s.z_threshold * pl.col("scale")).exp() - 1.0).alias("upper"),
         )
         .with_columns(
             pl.when(pl.col("expected") > 0)
@@ -1075,7 +1073,15 @@ def _baselines_of_grid(
         kept &= ~dropped[judged_rows]
     run_days = _run_days(frame["direction"].to_numpy(), within, s.persistence_days + 7)
     kept_rows = judged_rows[kept]
-    stats = frame.filter(pl.Series(kept))
+    # only the columns returned are filtered; the bands, needed on the kept rows alone, after
+    stats = (
+        frame.drop("_pos", "y", "_exp")
+        .filter(pl.Series(kept))
+        .with_columns(
+            ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
+            ((pl.col("y_expected") + s.z_threshold * pl.col("scale")).exp() - 1.0).alias("upper"),
+        )
+    )
     dates = pl.Series("partition_date", grid.day[kept_rows], dtype=pl.Int32).cast(pl.Date)
     columns = ["y_expected", "population_shift", "scale", "z", "expected", "lower", "upper"]
     return pl.DataFrame(
