@@ -558,6 +558,45 @@ def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
     assert roles is not None and roles["role"].to_list() == ["csm", "manager"]
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        # grouped in runs, a value in two of them (the check reads the runs' values)
+        ["QBR"] * 40 + ["Check-in"] * 40 + ["QBR"] * 40 + ["qbr"] * 40 + [None] * 40,
+        # few values, not grouped (the check reads the distinct values)
+        ["QBR", "Check-in", "qbr", "Kick-off", None] * 40,
+        # every value new (the check reads the whole column)
+        [f"Type {i}" if i % 7 else "QBR" for i in range(200)],
+    ],
+)
+def test_labels_are_normalised_from_the_values_the_whitespace_check_read(
+    labels: list[str | None],
+) -> None:
+    """Typing normalises a label column from the values its whitespace check already read
+    (instead of hashing the column again): the same labels as normalising every row."""
+    spec = contract.CONTRACT["meetings"]
+    raw = pl.DataFrame(
+        {
+            "meeting_id": [f"m{i:04d}" for i in range(len(labels))],
+            "customer_id": ["C1"] * len(labels),
+            "start_at": [None] * len(labels),
+            "meeting_type": labels,
+            "sentiment": [0.1] * len(labels),
+        },
+        schema_overrides={"start_at": pl.Datetime("us", "UTC")},
+    )
+    expected = [
+        None
+        if v is None
+        else {"kick_off": "onboarding"}.get(
+            v.lower().replace(" ", "_").replace("-", "_"),
+            v.lower().replace(" ", "_").replace("-", "_"),
+        )
+        for v in labels
+    ]
+    assert contract._typed(spec, raw)["meeting_type"].to_list() == expected
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_other_tools_words_for_a_label_read_as_the_contract_label(tmp_path: Path, fmt: str) -> None:
     """A ticket's `P1`, `Sev 2`, `Critical`, `1 - Critical` or `Medium` (Jira, ServiceNow, on-call

@@ -962,14 +962,24 @@ def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
 
 
 def _needs_trim(column: pl.Series) -> bool:
-    """Whether any value is blank or has leading/trailing whitespace. A column of few distinct
-    values (ids, metric names, channels) is checked on those values only: millions of rows,
-    thousands of strings. A column grouped by its values (the customer id of a table written
-    customer by customer) gets them from its runs, without hashing every row."""
+    """Whether any value is blank or has leading/trailing whitespace (`_trim_values`)."""
+    return _any_untrimmed(_trim_values(column))
+
+
+def _trim_values(column: pl.Series) -> pl.Series:
+    """The values of a text column that its whitespace check reads: every distinct value is
+    among them. A column of few distinct values (ids, metric names, channels) is checked on
+    those values only: millions of rows, thousands of strings. A column grouped by its values
+    (the customer id of a table written customer by customer) gets them from its runs, without
+    hashing every row; any other column is read whole."""
     values = _grouped_values(column)
     if values is None:
         sample = column.head(_SAMPLE_ROWS)
         values = column.unique() if 4 * sample.n_unique() < sample.len() else column
+    return values
+
+
+def _any_untrimmed(values: pl.Series) -> bool:
     length = values.str.len_bytes()
     return bool(((values.str.strip_chars().str.len_bytes() != length) | (length == 0)).any())
 
@@ -1045,7 +1055,8 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     # Text that needs no trimming and has no blanks is kept as it is: one scan that allocates
     # nothing instead of a trimmed copy per column (ids repeat in every row of a large table).
     text = [n for n, t in spec.columns.items() if t == TEXT and raw.schema[n] == pl.String]
-    untouched = {n for n in text if not _needs_trim(raw.get_column(n))}
+    checked_values = {n: _trim_values(raw.get_column(n)) for n in text}
+    untouched = {n for n in text if not _any_untrimmed(checked_values[n])}
     exprs = [
         pl.col(name)
         if name in untouched
@@ -1092,7 +1103,8 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
                 f"{json.dumps(example, default=str)}); {int(broken.sum())} such row(s) among them"
                 + (_ISO_HINT if target in (DATE, TS) else "")
             )
-    typed = _normalised_labels(spec, typed)
+    # an untouched label column's distinct values are among those its check read
+    typed = _normalised_labels(spec, typed, {n: checked_values[n] for n in untouched})
     for name, allowed in spec.enums.items():
         bad = typed.filter(pl.col(name).is_not_null() & ~pl.col(name).is_in(allowed))
         if bad.height:
@@ -1103,11 +1115,15 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     return typed
 
 
-def _normalised_labels(spec: TableSpec, typed: pl.DataFrame) -> pl.DataFrame:
+def _normalised_labels(
+    spec: TableSpec, typed: pl.DataFrame, among: dict[str, pl.Series] | None = None
+) -> pl.DataFrame:
     """`spec.labels` in the contract's spelling (`QBR` -> `qbr`, `Check-in` -> `check_in`).
-    Worked out on the few distinct values of each column; a column already spelt so is kept."""
+    Worked out on the few distinct values of each column; a column already spelt so is kept.
+    `among`: for some columns, values among which all of the column's are (the ones its
+    whitespace check read), so that the column is not hashed again."""
     for name in spec.labels:
-        values = typed.get_column(name).unique().drop_nulls()
+        values = (among or {}).get(name, typed.get_column(name)).unique().drop_nulls()
         canonical = values.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
         canonical = canonical.replace(spec.synonyms.get(name, {}))
         changed = values != canonical
