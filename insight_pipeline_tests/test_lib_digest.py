@@ -6,9 +6,13 @@ store on both backends."""
 
 from __future__ import annotations
 
+import ast
 import email
 import json
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from sqlalchemy import event
 
 from insight_pipeline.lib.digest import (
     build_digests,
@@ -551,6 +556,89 @@ def test_a_live_claim_blocks_a_concurrent_send_and_a_stale_one_does_not(
         clock=lambda: now + timedelta(hours=1),
     )
     assert later.counts()["sent"] == 1 and transport.sent[0]["Message-ID"] == "<x@y>"
+
+
+class PeekingTransport(FlakyTransport):
+    """At each send, reads the ledger from ANOTHER process (so the file must be free) and
+    raises a bug (not a DeliveryError) on send number `crash_at`."""
+
+    def __init__(self, path: Path, crash_at: int = 0) -> None:
+        super().__init__()
+        self.path, self.crash_at = path, crash_at
+        self.seen: list[list[tuple[str, str, bool]]] = []
+
+    def send(self, message: EmailMessage) -> None:
+        script = (
+            "import duckdb,sys; c=duckdb.connect(sys.argv[1]); print(c.sql('select user_id, "
+            "status, claimed_at is not null from digests order by user_id').fetchall())"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(self.path)], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr  # the file is not held during a send
+        self.seen.append([tuple(row) for row in ast.literal_eval(out.stdout)])
+        if self.calls + 1 == self.crash_at:
+            raise RuntimeError("a bug in the transport")
+        super().send(message)
+
+
+def test_duckdb_delivery_opens_the_file_once_per_digest_and_never_across_a_send(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "insights.duckdb"
+    store = InsightStore(f"duckdb:///{path}")
+    opened: list[int] = []
+    event.listen(store._engine, "connect", lambda *_: opened.append(1))
+    users = ["C1", "C2", "M1"]
+    digests = build_digests(
+        digest_window("daily", DAY), USERS, frame([insight(u, "A") for u in users]), users, cap=10
+    )
+    try:
+        store.migrate()
+        opened.clear()
+        transport = PeekingTransport(path)
+        report = deliver_digests(store, transport, digests, sender=SENDER, feed_url=FEED)
+        assert report.counts()["sent"] == 3
+        # the ledger read, then each digest's claim (with the previous one's outcome), then
+        # the last outcome: one opening per digest, not two
+        assert len(opened) == 1 + 3 + 1
+        # each send sees its own digest claimed and every earlier one recorded as sent
+        assert transport.seen == [
+            [("C1", "queued", True)],
+            [("C1", "sent", False), ("C2", "queued", True)],
+            [("C1", "sent", False), ("C2", "sent", False), ("M1", "queued", True)],
+        ]
+        assert store.digests(DAY, DAY)["status"].to_list() == ["sent"] * 3
+
+        def crash(day: date, transport: FlakyTransport, clock: Callable[[], datetime]) -> None:
+            rows = [insight(u, "A", raised=day) for u in users]
+            later = build_digests(digest_window("daily", day), USERS, frame(rows), users, cap=10)
+            with pytest.raises(RuntimeError, match="a bug"):
+                deliver_digests(store, transport, later, sender=SENDER, feed_url=FEED, clock=clock)
+
+        def ledger(day: date) -> list[tuple[str, str, bool]]:
+            rows = store.digests(day, day)
+            return rows.select("user_id", "status", rows["claimed_at"].is_not_null()).rows()
+
+        # a crash in a send: what was sent is recorded, the crashed one stays claimed (until the
+        # lease runs out), the rest untouched
+        crash(
+            DAY + timedelta(days=1), PeekingTransport(path, crash_at=2), lambda: datetime.now(UTC)
+        )
+        assert ledger(DAY + timedelta(days=1)) == [("C1", "sent", False), ("C2", "queued", True)]
+        # a crash after a send, before the next claim: the send is still recorded
+        calls: list[int] = []
+
+        def clock() -> datetime:  # C1's claim, C1's outcome, then C2's claim: raises
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("a bug in the clock")
+            return datetime.now(UTC)
+
+        crash(DAY + timedelta(days=2), FlakyTransport(), clock)
+        assert ledger(DAY + timedelta(days=2)) == [("C1", "sent", False)]
+    finally:
+        store.dispose()
 
 
 def test_preferences_are_stored_and_validated(store: InsightStore) -> None:
