@@ -1308,6 +1308,18 @@ def _weeks_back(
 ) -> pl.Series:
     """At `rows`: the total of the `n` week sums ending `first`, `first` + 1, ... weeks back,
     added in that order (see `trailing_sums`); null where they are not wholly in the series."""
+    total, whole = _weeks_total(sums, position, rows, first, n)
+    return (
+        pl.DataFrame({"total": total, "whole": whole})
+        .select(pl.when("whole").then("total"))
+        .to_series()
+    )
+
+
+def _weeks_total(
+    sums: np.ndarray, position: np.ndarray, rows: np.ndarray, first: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_weeks_back` as arrays: the totals, and where they are wholly in the series."""
     if rows.size * 4 >= sums.size:  # most of the grid (a range): whole shifted arrays
         total = np.full(sums.size, np.nan)
         total[7 * first :] = sums[: _kept(sums.size, 7 * first)]
@@ -1315,15 +1327,10 @@ def _weeks_back(
             total[7 * i :] += sums[: _kept(sums.size, 7 * i)]
         total = total[rows]
     else:  # a day or a few: only their weeks, added in the same order
-        total = sums[np.maximum(rows - 7 * first, 0)].copy()
+        total = sums[np.maximum(rows - 7 * first, 0)]
         for i in range(first + 1, first + n):
             total += sums[np.maximum(rows - 7 * i, 0)]
-    whole = position[rows] >= 7 * (first + n) - 1
-    return (
-        pl.DataFrame({"total": total, "whole": whole})
-        .select(pl.when("whole").then("total"))
-        .to_series()
-    )
+    return total, position[rows] >= 7 * (first + n) - 1
 
 
 def _trend_stats_of_grid(
@@ -1357,6 +1364,9 @@ def _trend_stats_of_grid(
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
+    test_w0, moved_days = _test_weeks(grid, population, w0)
+    if only_candidates:
+        wanted = wanted[_trend_candidates(w0, we7, test_w0, wanted, grid.position, s)]
     # the last 3 weeks and the 8 before them, at the wanted rows only
     picked = pl.DataFrame(
         [
@@ -1366,10 +1376,6 @@ def _trend_stats_of_grid(
             _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
         ]
     )
-    test_w0, moved_days = _test_weeks(grid, population, w0)
-    if only_candidates:
-        kept = _trend_candidates(w0, test_w0, picked, wanted, grid.position, s)
-        wanted, picked = wanted[kept], picked.filter(pl.Series(kept))
     test_week = [f"_test_w{i}" for i in range(kd)]
     test_log_week = [f"_test_log_w{i}" for i in range(kd)]
     test_weeks = [_week_at(test_w0, grid.position, wanted, i) for i in range(kd)]
@@ -1543,8 +1549,8 @@ def _weekly_share_sd(
 
 def _trend_candidates(
     w0: np.ndarray,
+    we7: np.ndarray,
     test_w0: np.ndarray,
-    picked: pl.DataFrame,
     wanted: np.ndarray,
     position: np.ndarray,
     settings: UsageSettings,
@@ -1559,28 +1565,33 @@ def _trend_candidates(
     weekly scale's rolling median: in noise, some 10% of them.
 
     Some 40 array operations a row, made on chunks of rows that stay in the cache (a year's
-    range has millions of wanted rows), on a thread per core; each row's result is its own."""
+    range has millions of wanted rows), on a thread per core; each row's result is its own.
+    The sums of the last 3 weeks and of the 8 before them (of `w0` and of the weekend sums
+    `we7`) are taken in the chunks too, as `_weeks_back` adds them: the frame needs them at the
+    candidates only."""
     s = settings
     enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * s.trend_weeks
     if s.trend_consecutive_weeks <= 0:
         return enough
-    # A null sum (too little history) is NaN here and fails every comparison, as null does in
-    # polars. A NaN sum (a NaN usage value, which the contract rejects at the source) compares
-    # as the largest number in polars, so such rows are kept rather than judged here.
-    sums = ["prior_week", "recent3", "_we_recent", "_we_prior"]
-    not_a_number = picked.select(pl.any_horizontal(pl.col(sums).is_nan())).to_series()
-    kept = enough & not_a_number.fill_null(False).to_numpy()
-    prior, recent3, we_recent, we_prior = (picked[c].to_numpy() for c in sums)
+    kept = np.zeros(wanted.size, dtype=bool)
 
     def one(begin: int) -> None:
         rows = slice(begin, begin + chunk)
-        kept[rows] |= enough[rows] & _moving_or_pattern(
-            w0,
-            test_w0,
-            position,
-            wanted[rows],
-            (prior[rows], recent3[rows], we_recent[rows], we_prior[rows]),
-            s,
+        at = wanted[rows]
+        # A null sum (too little history) is NaN here and fails every comparison, as null does
+        # in polars. A NaN sum (a NaN usage value, which the contract rejects at the source)
+        # compares as the largest number in polars, so such rows are kept, not judged here.
+        picked = []
+        not_a_number = np.zeros(at.size, dtype=bool)
+        for sums, first, n in ((w0, 3, 8), (w0, 0, 3), (we7, 0, 3), (we7, 3, 8)):
+            total, whole = _weeks_total(sums, position, at, first, n)
+            nan = np.isnan(total)
+            not_a_number |= whole & nan
+            total[~whole] = np.nan
+            picked.append(total)
+        picked[0] /= 8.0  # the prior week
+        kept[rows] = enough[rows] & (
+            not_a_number | _moving_or_pattern(w0, test_w0, position, at, tuple(picked), s)
         )
 
     for_each_chunk(one, range(0, wanted.size, chunk), "trend")
