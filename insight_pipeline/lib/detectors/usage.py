@@ -1308,7 +1308,11 @@ def _weeks_back(
 ) -> pl.Series:
     """At `rows`: the total of the `n` week sums ending `first`, `first` + 1, ... weeks back,
     added in that order (see `trailing_sums`); null where they are not wholly in the series."""
-    total, whole = _weeks_total(sums, position, rows, first, n)
+    return _where_whole(*_weeks_total(sums, position, rows, first, n))
+
+
+def _where_whole(total: np.ndarray, whole: np.ndarray) -> pl.Series:
+    """`total` where `whole`, null elsewhere (a NaN total stays NaN)."""
     return (
         pl.DataFrame({"total": total, "whole": whole})
         .select(pl.when("whole").then("total"))
@@ -1365,17 +1369,22 @@ def _trend_stats_of_grid(
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
     test_w0, moved_days = _test_weeks(grid, population, w0)
+    candidates = None
     if only_candidates:
-        wanted = wanted[_trend_candidates(w0, we7, test_w0, wanted, grid.position, s)]
-    # the last 3 weeks and the 8 before them, at the wanted rows only
-    picked = pl.DataFrame(
-        [
-            _weeks_back(w0, grid.position, wanted, 0, 3).alias("recent3"),
-            (_weeks_back(w0, grid.position, wanted, 3, 8) / 8.0).alias("prior_week"),
-            _weeks_back(we7, grid.position, wanted, 0, 3).alias("_we_recent"),
-            _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
-        ]
-    )
+        candidates = _trend_candidates(w0, we7, test_w0, wanted, grid.position, s)
+    if candidates is not None:
+        wanted, picked = candidates
+    else:  # the last 3 weeks and the 8 before them, at the wanted rows
+        if only_candidates:
+            wanted = wanted[np.minimum(grid.position[wanted], HISTORY_CAP) >= 7 * k]
+        picked = pl.DataFrame(
+            [
+                (_weeks_back(w0, grid.position, wanted, 3, 8) / 8.0).alias("prior_week"),
+                _weeks_back(w0, grid.position, wanted, 0, 3).alias("recent3"),
+                _weeks_back(we7, grid.position, wanted, 0, 3).alias("_we_recent"),
+                _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
+            ]
+        )
     test_week = [f"_test_w{i}" for i in range(kd)]
     test_log_week = [f"_test_log_w{i}" for i in range(kd)]
     test_weeks = [_week_at(test_w0, grid.position, wanted, i) for i in range(kd)]
@@ -1555,7 +1564,7 @@ def _trend_candidates(
     position: np.ndarray,
     settings: UsageSettings,
     chunk: int = 1 << 16,
-) -> np.ndarray:
+) -> tuple[np.ndarray, pl.DataFrame] | None:
     """Which `wanted` rows pass the cheap preconditions of `detect_usage_trends` (a superset of
     the rows it can keep): enough history, and either `trend_consecutive_weeks` week sums in a
     row rising (falling), or - for a new pattern - enough prior volume, still in use, and the
@@ -1567,13 +1576,17 @@ def _trend_candidates(
     Some 40 array operations a row, made on chunks of rows that stay in the cache (a year's
     range has millions of wanted rows), on a thread per core; each row's result is its own.
     The sums of the last 3 weeks and of the 8 before them (of `w0` and of the weekend sums
-    `we7`) are taken in the chunks too, as `_weeks_back` adds them: the frame needs them at the
-    candidates only."""
+    `we7`) are taken in the chunks too, as `_weeks_back` adds them, and kept at the candidates
+    for the frame (prior_week, recent3, _we_recent, _we_prior).
+
+    Returns the candidate rows (of `wanted`) and their sums; None when every row with enough
+    history is one (`trend_consecutive_weeks` <= 0)."""
     s = settings
     enough = np.minimum(position[wanted], HISTORY_CAP) >= 7 * s.trend_weeks
     if s.trend_consecutive_weeks <= 0:
-        return enough
+        return None
     kept = np.zeros(wanted.size, dtype=bool)
+    sums_of: dict[int, list[np.ndarray]] = {}  # chunk -> the sums at its candidates
 
     def one(begin: int) -> None:
         rows = slice(begin, begin + chunk)
@@ -1581,21 +1594,33 @@ def _trend_candidates(
         # A null sum (too little history) is NaN here and fails every comparison, as null does
         # in polars. A NaN sum (a NaN usage value, which the contract rejects at the source)
         # compares as the largest number in polars, so such rows are kept, not judged here.
-        picked = []
+        picked, wholes = [], []
         not_a_number = np.zeros(at.size, dtype=bool)
         for sums, first, n in ((w0, 3, 8), (w0, 0, 3), (we7, 0, 3), (we7, 3, 8)):
             total, whole = _weeks_total(sums, position, at, first, n)
-            nan = np.isnan(total)
-            not_a_number |= whole & nan
+            not_a_number |= whole & np.isnan(total)
             total[~whole] = np.nan
             picked.append(total)
+            wholes.append(whole)
         picked[0] /= 8.0  # the prior week
-        kept[rows] = enough[rows] & (
+        ours = enough[rows] & (
             not_a_number | _moving_or_pattern(w0, test_w0, position, at, tuple(picked), s)
         )
+        kept[rows] = ours
+        sums_of[begin] = [a[ours] for a in (*picked, *wholes)]
 
     for_each_chunk(one, range(0, wanted.size, chunk), "trend")
-    return kept
+    names = ["prior_week", "recent3", "_we_recent", "_we_prior"]
+    if not sums_of:
+        return wanted[kept], pl.DataFrame(schema=dict.fromkeys(names, pl.Float64))
+    columns = [np.concatenate(c) for c in zip(*(sums_of[b] for b in sorted(sums_of)), strict=True)]
+    picked = pl.DataFrame(
+        [
+            _where_whole(total, whole).alias(name)
+            for name, total, whole in zip(names, columns[:4], columns[4:], strict=True)
+        ]
+    )
+    return wanted[kept], picked
 
 
 def _moving_or_pattern(
