@@ -931,26 +931,44 @@ def _population_at(
     grid: _DenseGrid, rows: np.ndarray | None, population: pl.DataFrame | None
 ) -> np.ndarray:
     """Each row's population shift (0 where its metric's day is an ordinary one); all rows of
-    the grid when `rows` is None. One take from a (metric, day) table whose extra last row, of
-    zeros, stands for the metrics without a population day."""
-    series = grid.series if rows is None else grid.series[rows]
-    if population is None or population.height == 0 or series.size == 0:
-        return np.zeros(series.size)
-    day = grid.day if rows is None else grid.day[rows]
-    codes = {m: i for i, m in enumerate(population["metric"].unique().to_list())}
-    series_code = (
-        grid.keys["metric"]
-        .replace_strict(codes, default=len(codes), return_dtype=pl.Int64)
-        .to_numpy()
-    )
-    day0 = int(day.min())
-    days = int(day.max()) - day0 + 1
-    table = np.zeros((len(codes) + 1, days))
-    pop_day = population["date"].cast(pl.Int32).to_numpy().astype(np.int64) - day0
-    inside = (pop_day >= 0) & (pop_day < days)
-    pop_code = population["metric"].replace_strict(codes, return_dtype=pl.Int64).to_numpy()
-    table[pop_code[inside], pop_day[inside]] = population["population_shift"].to_numpy()[inside]
-    return table.ravel().take(series_code[series] * days + (day - day0))
+    the grid when `rows` (ascending) is None. Set at the few grid rows of population days
+    (`_population_rows`) only."""
+    size = grid.value.size if rows is None else rows.size
+    out = np.zeros(size)
+    if population is None or population.height == 0 or size == 0:
+        return out
+    at, shift = _population_rows(grid, population)
+    if rows is None:
+        out[at] = shift
+        return out
+    index = np.minimum(np.searchsorted(rows, at), size - 1)
+    found = rows[index] == at
+    out[index[found]] = shift[found]
+    return out
+
+
+def _population_rows(grid: _DenseGrid, population: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The grid rows on a population day of their metric, ascending, and the day's shift: each
+    run of a series' rows (from position 0, daily) holds a day at its first day's offset."""
+    starts = np.flatnonzero(grid.position == 0)
+    length = np.diff(starts, append=grid.value.size)
+    first_day = grid.day[starts]
+    metric_of = grid.keys["metric"].gather(grid.series[starts])
+    found_rows, found_shifts = [], []
+    for (metric,), days in population.group_by("metric"):
+        runs = np.flatnonzero((metric_of == metric).fill_null(False).to_numpy())
+        pop_day = days["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+        offset = pop_day[None, :] - first_day[runs][:, None]
+        inside = (offset >= 0) & (offset < length[runs][:, None])
+        found_rows.append((starts[runs][:, None] + offset)[inside])
+        found_shifts.append(
+            np.broadcast_to(days["population_shift"].to_numpy()[None, :], offset.shape)[inside]
+        )
+    if not found_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    at, shift = np.concatenate(found_rows), np.concatenate(found_shifts)
+    order = np.argsort(at, kind="stable")
+    return at[order], shift[order]
 
 
 def _baselines_of_grid(
