@@ -7,6 +7,7 @@ same `narrate` and fall back to it.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import json
@@ -86,11 +87,36 @@ def humanize_metric(metric: Any) -> str:
     return names.get(text, text.replace("_", " "))
 
 
+@functools.cache
+def _dict_has_attribute(name: str) -> bool:
+    """Whether `getattr(d, name)` finds something for a plain dict `d`: it depends on the type
+    only (a plain dict has no instance attributes)."""
+    return hasattr({}, name)
+
+
+class _Environment(Environment):
+    """Jinja's environment with `f.metric` on a plain dict looked up directly.
+
+    Jinja tries `getattr(facts, "metric")` first and, on the AttributeError, `facts["metric"]`:
+    the raised and caught exception was a fifth of the narration. For a plain dict the
+    attribute lookup fails exactly when the name is none of dict's attributes (`items`, `get`
+    ...), which is known per name, so such a name goes straight to the item: the same value
+    (or the same undefined) as Jinja's lookup."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and not _dict_has_attribute(attribute):
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 class TemplateNarrator:
     """Jinja2 narratives; the safety net every other narrator falls back to."""
 
     def __init__(self, template_dir: Path = TEMPLATE_DIR) -> None:
-        self.env = Environment(
+        self.env = _Environment(
             loader=FileSystemLoader(str(template_dir)),
             undefined=StrictUndefined,
             autoescape=False,  # plain text; HTML escaping happens where HTML is made
