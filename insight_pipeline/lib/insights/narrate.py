@@ -176,6 +176,14 @@ class TemplateNarrator:
         self._base_rate_texts[key] = (base_rate, text)
         return text
 
+    def load(self, insight_types: set[str]) -> None:
+        """Compiles the templates of these types (and the base-rate partial) now, ~5 ms each:
+        `narrate_rows` loads them before it forks, so its workers inherit them compiled instead
+        of each compiling its own."""
+        for insight_type in insight_types:
+            self._template(insight_type)
+        self.env.get_template("_base_rate.j2")
+
     def narrate(self, items: list[dict[str, Any]]) -> list[dict[str, str]]:
         """Each item through the template of its type, looked up once per type and call (a
         lookup checks the file on disk)."""
@@ -347,6 +355,7 @@ def _narrate_rows(
     fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux"
     if workers <= 1 or n < 2 or not fork or type(narrator) is not TemplateNarrator:
         return narrator.narrate(columns.contexts(0, n))
+    narrator.load(set(frame.get_column("type").unique()))
     bounds = list(itertools.pairwise([n * i // workers for i in range(workers + 1)]))
     with ProcessPoolExecutor(
         workers - 1,
