@@ -81,10 +81,13 @@ def possessive(name: Any) -> str:
     return f"{value}'" if value.endswith("s") else f"{value}'s"
 
 
+METRIC_NAMES = {"dau": "daily active users", "api_calls": "API calls", "seats_used": "seats used"}
+
+
 def humanize_metric(metric: Any) -> str:
-    names = {"dau": "daily active users", "api_calls": "API calls", "seats_used": "seats used"}
+    """'dau' -> 'daily active users', 'feature_x' -> 'feature x'."""
     text = str(metric)
-    return names.get(text, text.replace("_", " "))
+    return METRIC_NAMES.get(text, text.replace("_", " "))
 
 
 @functools.cache
