@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from insight_pipeline.lib.detectors.common import mann_kendall_threshold
+from insight_pipeline.lib.detectors.common import mann_kendall_threshold, run_positions
 from insight_pipeline.lib.detectors.usage import (
     KEYS,
     _DenseGrid,
@@ -19,7 +19,6 @@ from insight_pipeline.lib.detectors.usage import (
     _LookBackCut,
     _mann_kendall_s,
     _mann_kendall_s_at,
-    _positions,
     _series_codes,
     _series_rolling_median,
     _sorted_codes,
@@ -851,8 +850,8 @@ def test_sorted_codes_are_the_indices_into_the_sorted_distinct_values(kind: str)
 def test_positions_count_within_runs_and_skip_empty_runs() -> None:
     length = np.array([0, 3, 0, 0, 1, 2, 0], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(length[:-1])])
-    assert _positions(offset, length).tolist() == [0, 1, 2, 0, 0, 1]
-    assert _positions(np.zeros(2, np.int64), np.zeros(2, np.int64)).size == 0
+    assert run_positions(offset, length).tolist() == [0, 1, 2, 0, 0, 1]
+    assert run_positions(np.zeros(2, np.int64), np.zeros(2, np.int64)).size == 0
 
 
 def test_seen_between_marks_the_rows_with_a_day_on_record_in_their_window() -> None:

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from insight_pipeline.lib.detectors.common import run_positions
 from insight_pipeline.lib.insights.narrate import TemplateNarrator, humanize_metric
 from insight_pipeline.lib.parallel import for_each_chunk
 from insight_pipeline.lib.ranking.episodes import episode_id
@@ -1381,7 +1382,7 @@ def _on_days(frame: pl.DataFrame, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
     days = (bounds.get_column("end") - bounds.get_column("start") + 1).fill_null(0).to_numpy()
     days = np.maximum(days, 0)
     row = np.repeat(np.arange(frame.height), days)
-    day = first[row] + (np.arange(row.size) - np.repeat(np.cumsum(days) - days, days))
+    day = first[row] + run_positions(np.cumsum(days) - days, days)
     return frame[pl.Series(row)].with_columns(pl.Series("rollup_date", day, pl.Int32).cast(pl.Date))
 
 

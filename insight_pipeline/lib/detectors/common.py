@@ -14,6 +14,17 @@ import numpy as np
 import polars as pl
 
 
+def run_positions(offset: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each run of `length` rows beginning at `offset` (runs laid end to end):
+    one cumulative sum of steps that fall back at each run's start (no row index per run)."""
+    step = np.ones(int(length.sum()), dtype=np.int64)
+    if step.size:
+        begun = length > 0
+        step[offset[begun][1:]] = 1 - length[begun][:-1]
+        step[0] = 0
+    return np.cumsum(step, out=step)
+
+
 def sort_by_integers(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     """`frame.sort(columns)` for integer or date columns, through one integer key that packs
     them when their ranges fit in 64 bits together: several columns are sorted through a row

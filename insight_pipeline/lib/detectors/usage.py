@@ -37,6 +37,7 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import (
     _kept,
     mann_kendall_threshold,
+    run_positions,
     sign_test_critical,
     trailing_sums,
 )
@@ -267,7 +268,7 @@ class _DenseGrid:
         observed_rows = np.zeros(value.size, dtype=bool)
         observed_rows[at] = True
         series = np.repeat(np.arange(spans.height), length)
-        position = _positions(offset, length)
+        position = run_positions(offset, length)
         day = np.repeat(first, length)
         day += position
         return cls(spans.select(KEYS), series, position, day, value, observed_rows)
@@ -285,17 +286,6 @@ class _DenseGrid:
                 "value": pl.Series(value, dtype=pl.Float64),
             }
         )
-
-
-def _positions(offset: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """0, 1, ... within each run of `length` rows beginning at `offset` (runs laid end to end):
-    one cumulative sum of steps that fall back at each run's start."""
-    step = np.ones(int(length.sum()), dtype=np.int64)
-    if step.size:
-        begun = length > 0
-        step[offset[begun][1:]] = 1 - length[begun][:-1]
-        step[0] = 0
-    return np.cumsum(step, out=step)
 
 
 def _with_last(spans: pl.DataFrame, end: date, churned: pl.DataFrame | None) -> pl.DataFrame:
