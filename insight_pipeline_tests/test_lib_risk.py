@@ -330,6 +330,38 @@ def test_day_grid_counts_are_those_of_a_join_of_the_events_on_the_customers() ->
         assert grid.ids[0] is not None or rows.values[: grid.n_days].sum() == 0
 
 
+def test_window_sums_at_a_few_cells_are_those_read_off_every_cell() -> None:
+    """`CellCounts.trailing_sum` reads a few cells (a day's run) by a binary search among the
+    events and many (a range) from prefix sums of every cell: the same sums, lagged and partial
+    windows included, for counts and exact weights; unsorted events are sorted first."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.common import DayGrid
+
+    rng = np.random.default_rng(11)
+    first, last = date(2026, 1, 1), date(2026, 6, 30)
+    customers = pl.Series("customer_id", [f"c-{i:03d}" for i in range(60)])
+    n = 3_000
+    events = pl.DataFrame(
+        {
+            "customer_id": rng.choice(customers.to_numpy(), n).tolist(),
+            "date": [first + timedelta(days=int(d)) for d in rng.integers(0, 181, n)],
+            "weight": rng.integers(0, 9, n) / 4,
+        }
+    )
+    grid = DayGrid.build(customers, first, last)
+    every = np.arange(customers.len() * grid.n_days)
+    few = rng.choice(every, every.size // 40, replace=False)
+    assert 16 * few.size < every.size <= 16 * every.size  # one path each
+    for counts in grid.counts(events, None, "weight"):
+        assert counts.exact and bool((np.diff(counts.cells) >= 0).all())
+        for window, lag, partial in ((14, 0, False), (30, 14, False), (7, 0, True)):
+            dense = counts.trailing_sum(every, window, lag=lag, partial=partial)[few]
+            sparse = counts.trailing_sum(few, window, lag=lag, partial=partial)
+            np.testing.assert_array_equal(sparse, dense)
+            assert np.nansum(sparse) > 0
+
+
 def test_rows_on_customer_days_are_those_of_the_semi_join_on_customer_days() -> None:
     """`on_customer_days` tests each row on its account's contract start and churn instead of
     semi-joining every customer day: the same rows in the same order, with accounts listed once

@@ -152,15 +152,17 @@ class DayGrid:
             events.filter(pl.col("date").is_between(self.first, last)), self.ids
         )
         cell = customer * self.n_days + ((rows["date"] - self.first).dt.total_days().to_numpy())
-        size = self.ids.len() * self.n_days
+        order = None if bool((cell[1:] >= cell[:-1]).all()) else np.argsort(cell, kind="stable")
+        if order is not None:
+            cell = cell[order]
         out = []
         for name in weights:
             if name is None:  # whole counts: every sum is exact
-                out.append(CellCounts(self, np.bincount(cell, minlength=size), exact=True))
+                out.append(CellCounts(self, cell, None, exact=True))
                 continue
             w = rows[name].cast(pl.Float64).fill_null(0.0).to_numpy()
-            n = np.bincount(cell, weights=w, minlength=size)
-            out.append(CellCounts(self, n, exact=_sums_exact(w)))
+            exact = _sums_exact(w)
+            out.append(CellCounts(self, cell, w if order is None else w[order], exact=exact))
         return out
 
     def cells(self, start: date, end: date) -> np.ndarray:
@@ -239,13 +241,34 @@ def _kept(size: int, lag: int) -> int:
 @dataclass(frozen=True)
 class CellCounts:
     """Per-cell sums of a `DayGrid` (`DayGrid.counts`), to be summed over day windows at the
-    cells a detector reads."""
+    cells a detector reads. Kept as the events themselves - their cells, sorted, and weights -
+    rather than as an array of every cell: a grid of 100k customers x 195 days has 19.5M
+    cells, a few million of which hold an event, and a window sum is a difference of the
+    events' running totals found by binary search. The dense array (`values`) is built only
+    for a caller that reads many cells (a range), or for sums that are not exact."""
 
     grid: DayGrid
-    values: np.ndarray
-    """One per cell: int64 counts or float64 sums of a weight."""
+    cells: np.ndarray
+    """The events' cells, in increasing order."""
+    weights: np.ndarray | None
+    """Each event's weight, in the same order (None: each counts 1)."""
     exact: bool
     """Every sum of them is exact in float64 (`_sums_exact`)."""
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """One per cell: int64 counts or float64 sums of the weights."""
+        size = self.grid.ids.len() * self.grid.n_days
+        return np.bincount(self.cells, weights=self.weights, minlength=size)
+
+    @cached_property
+    def _running(self) -> np.ndarray:
+        """running[k] = the sum of the first k events (in cell order)."""
+        if self.weights is None:
+            return np.arange(self.cells.size + 1, dtype=np.int64)
+        running = np.zeros(self.cells.size + 1, dtype=np.float64)
+        np.cumsum(self.weights, out=running[1:])
+        return running
 
     @cached_property
     def _prefix(self) -> np.ndarray:
@@ -254,6 +277,14 @@ class CellCounts:
         np.cumsum(self.values, out=prefix[1:])
         return prefix
 
+    def _before(self, stop: np.ndarray) -> np.ndarray:
+        """values[:stop].sum() for each stop (exact sums only). A few stops (a day's run reads
+        one cell per customer) by a binary search among the events; many (a range reads most
+        cells) from the prefix sums of every cell, built once: the same numbers either way."""
+        if 16 * stop.size < self.grid.ids.len() * self.grid.n_days:
+            return self._running[np.searchsorted(self.cells, stop, side="left")]
+        return self._prefix[stop]
+
     def trailing_sum(
         self, cells: np.ndarray, window: int, *, lag: int = 0, partial: bool = False
     ) -> np.ndarray:
@@ -261,9 +292,10 @@ class CellCounts:
         customer; NaN (null) where the window is incomplete, unless `partial` (then the sum of
         the days there are; only without a lag).
 
-        Differences of prefix sums read at the cells when the sums are exact (whole counts,
-        weights like 0.5), else `trailing_sums` (added in a fixed order, so that a range's grid
-        and a day's, which start on different days, give the same floats)."""
+        Differences of running totals read at the cells when the sums are exact (whole counts,
+        weights like 0.5: any order of additions gives the same float), else `trailing_sums`
+        (added in a fixed order, so that a range's grid and a day's, which start on different
+        days, give the same floats)."""
         if partial and lag:
             raise ValueError("partial windows are only supported without a lag")
         n_days = self.grid.n_days
@@ -271,11 +303,10 @@ class CellCounts:
         complete = day - lag >= window - 1
         stop = cells - lag + 1  # the window is values[stop - window : stop]
         if self.exact:
-            prefix = self._prefix
-            upto = prefix[stop]
-            full = (upto - prefix[np.where(complete, stop - window, 0)]).astype(np.float64)
+            upto = self._before(stop)
+            full = (upto - self._before(np.where(complete, stop - window, 0))).astype(np.float64)
             if partial:
-                since_first = upto - prefix[cells - day]
+                since_first = upto - self._before(cells - day)
         else:  # sums in a fixed order: the same floats whichever day the grid starts on
             values = np.asarray(self.values, dtype=np.float64)
             position = np.arange(values.size) % n_days
