@@ -293,11 +293,13 @@ def detect_stakeholder_shift(
     new = on_customer_days(new, accounts, start, end)
     if new.height == 0:
         return empty_signals()
+    # only the new stakeholders' attendances: a few contacts among millions of rows
+    theirs = attendees.filter(pl.col("contact_id").is_in(new["contact_id"].unique().implode()))
     attended = (
-        attendees.join(
-            meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner"
-        ).select("contact_id", pl.col("start_at").dt.date().alias("met_on"))
-        if attendees.height and meetings.height
+        theirs.join(meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner").select(
+            "contact_id", pl.col("start_at").dt.date().alias("met_on")
+        )
+        if theirs.height and meetings.height
         else pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
     )
     met = (
