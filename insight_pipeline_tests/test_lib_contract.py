@@ -102,6 +102,23 @@ def test_padded_or_blank_text_is_trimmed_among_many_rows(
     assert typed["customer_id"][:-1].to_list() == ids[:-1]
 
 
+def test_a_column_of_few_values_is_checked_on_a_samples_values_only_when_they_cover_it() -> None:
+    """The whitespace check of a column of a few values, not grouped, reads the values of a
+    strided sample when every row equals one of them (padding among them is found), and falls
+    back to every distinct value when a rare one lies between the sample's rows."""
+    n = 40_000
+    common = pl.Series("channel", ["email", " call", "chat", None] * (n // 4))
+    values = contract._few_values(common)
+    assert values is not None and sorted(values.to_list()) == [" call", "chat", "email"]
+    assert contract._needs_trim(common)
+    rare = common.scatter(n - 3, "meeting\t")  # between the sample's rows (every 9th)
+    assert contract._few_values(rare) is None
+    assert contract._needs_trim(rare)
+    assert set(contract._trim_values(rare).drop_nulls()) == set(rare.drop_nulls())
+    clean = common.str.strip_chars()
+    assert not contract._needs_trim(clean)
+
+
 @pytest.mark.parametrize("micros", [-62_135_596_800_000_001, 253_402_300_800_000_000])
 def test_a_timestamp_outside_years_1_to_9999_is_an_error(tmp_path: Path, micros: int) -> None:
     """A Parquet timestamp one microsecond before year 1 or at the start of year 10000 cannot

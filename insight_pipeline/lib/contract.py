@@ -975,8 +975,29 @@ def _trim_values(column: pl.Series) -> pl.Series:
     values = _grouped_values(column)
     if values is None:
         sample = column.head(_SAMPLE_ROWS)
-        values = column.unique() if 4 * sample.n_unique() < sample.len() else column
+        if 4 * sample.n_unique() < sample.len():
+            values = _few_values(column)
+            values = column.unique() if values is None else values
+        else:
+            values = column
     return values
+
+
+_FEW_VALUES = 8
+
+
+def _few_values(column: pl.Series) -> pl.Series | None:
+    """The distinct values (nulls aside) of a column of a few - channels, priorities, metric
+    names - without hashing every row: those of a strided sample, when every row equals one of
+    them (a comparison per value, half the time of a `unique`); None when a row equals none
+    (a rare value the sample missed) or the sample holds too many."""
+    guess = column.gather_every(max(1, column.len() >> 12)).drop_nulls().unique()
+    if not 0 < guess.len() <= _FEW_VALUES:
+        return None
+    among = pl.col("c") == guess[0]
+    for value in guess[1:]:
+        among = among | (pl.col("c") == value)
+    return guess if pl.select(column.alias("c")).select(among.all()).item() else None
 
 
 def _any_untrimmed(values: pl.Series) -> bool:
