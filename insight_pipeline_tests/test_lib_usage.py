@@ -429,6 +429,11 @@ def test_each_day_of_a_range_is_judged_on_its_own_look_back(settings: UsageSetti
     base_days = pl.concat([b for b, _ in alone]).sort(*KEYS, "partition_date")
     trend_days = pl.concat([t for _, t in alone]).sort(key)
     assert trend_days.filter(pl.col("customer_id") == "C0002").height > 0  # signals compared
+    # a day's own look-back needs no cut (every row of it is in it), a range's does
+    for day in (first, END):
+        grid = _grid_until(window(day).filter(pl.col("date") <= day), day, None)
+        assert _LookBackCut.of(grid, day, day, settings, lookback) is None
+    assert _LookBackCut.of(_grid_until(window(first), END, None), first, END, settings, lookback)
     # the stopped account is there while its last row is in a day's look-back, then not
     last_seen = base_days.filter(pl.col("customer_id") == "C0020")["partition_date"].max()
     assert last_seen == day_of(75) + timedelta(days=lookback)

@@ -754,6 +754,11 @@ class _LookBackCut:
         if lookback < reach:  # (Settings refuses it; a caller of the library may not)
             raise ValueError(f"lookback_days={lookback} is shorter than the usage reach {reach}")
         first, last = _epoch_day(start), _epoch_day(end)
+        if int(grid.day.min()) >= last - lookback:
+            # every row lies in the last day's look-back (a day's run reads no more): no row
+            # of the range is beyond its series' last row by more than the look-back, and no
+            # gap ends where a day's look-back would begin - nothing to cut
+            return None
         in_range = (grid.day >= first) & (grid.day <= last)
         # a grid begins each series on a row, so the count restarts on every series' first row
         dropped = in_range & (_index_since(grid.observed) > lookback)
