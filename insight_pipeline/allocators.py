@@ -14,9 +14,12 @@ this kind of VM. A range run gains from keeping freed memory for reuse:
   the environment of the process (jemalloc reads it once, when polars is imported), so it is
   set where backfills are launched (README, *What bounds a run*).
 
-A daily run gains nothing measurable from either and its peak memory would grow 7-16%, so it
-keeps the defaults (figures in benchmarks/optimisation-log.md). Nothing changes when the
-operator has set glibc's own variables (`MALLOC_MMAP_MAX_`, ...), nor off glibc.
+A daily run keeps the defaults: at 10k accounts neither moves it beyond its noise while its
+peak grows 7-16%; at 100k polars keeping freed pages 30 s made a day ~14% faster but took its
+peak from 3.6 to 4.3-4.6 GB, over the 4 GB a day may use, and glibc's retention did not
+separate from the noise (figures in benchmarks/optimisation-log.md, twenty-sixth round).
+Nothing changes when the operator has set glibc's own variables (`MALLOC_MMAP_MAX_`, ...),
+nor off glibc.
 """
 
 from __future__ import annotations
