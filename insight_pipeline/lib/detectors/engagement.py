@@ -14,6 +14,7 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
     customer_days,
+    customer_index,
     on_customer_days,
     poisson_g,
 )
@@ -60,16 +61,12 @@ def detect_going_dark(
     # shift masked where the customer changes. The customer is its index into `ids` until the
     # few rows read remain (no strings moved by the sort); events of other customers are never
     # read (the as-of join is by the accounts' customers).
-    ids = accounts["customer_id"].unique()
-    index = pl.DataFrame(
-        {"customer_id": ids, "_c": pl.int_range(ids.len(), dtype=pl.UInt64, eager=True)}
-    )
+    ids = accounts["customer_id"].unique().sort()
+    rows, customer = customer_index(events.filter(pl.col("date") <= end), ids)
     day = (pl.col("date") - pl.col("date").min()).dt.total_days().cast(pl.UInt64)
     same_customer = pl.col("_c") == pl.col("_c").shift(1)
     contact_days = (
-        events.filter(pl.col("date") <= end)
-        .select("customer_id", "date")
-        .join(index, on="customer_id")
+        rows.select(pl.Series("_c", customer, dtype=pl.UInt64), "date")
         .select("_c", "date", (pl.col("_c") * (1 << 20) + day).alias("_key"))
         .sort("_key")
         .filter((pl.col("_key") != pl.col("_key").shift(1)).fill_null(True))
