@@ -216,6 +216,26 @@ def test_a_baseline_is_a_rate_over_the_days_on_record() -> None:
     assert raised(END - timedelta(days=45)) == ([], [])  # exported for six weeks
 
 
+def test_the_trailing_maximum_at_a_few_columns_is_that_of_the_whole_matrix() -> None:
+    """A day's run reads the health scores' trailing maximum at one column: taken from that
+    column's own window, it equals the doubling spans' over the whole matrix (NaN ignored, NaN
+    where the window holds none), and a column whose window is cut by the matrix's start or
+    many columns still take the doubling."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.risk import _trailing_max, _trailing_max_at
+
+    rng = np.random.default_rng(2)
+    matrix = rng.normal(50, 10, (40, 95))
+    matrix[rng.random(matrix.shape) < 0.6] = np.nan
+    matrix[3, 40:80] = np.nan  # a window with no reading
+    whole = _trailing_max(matrix, 28)
+    for columns in ([94], [60, 87, 94], [5, 94], list(range(95))):
+        cols = np.array(columns)
+        np.testing.assert_array_equal(_trailing_max_at(matrix, 28, cols), whole[:, cols])
+    assert np.isnan(_trailing_max_at(matrix, 28, np.array([79])))[3, 0]
+
+
 def test_health_drops_of_a_range_are_those_of_its_days() -> None:
     """Weekly and fortnightly scores, some falling by 15-30 points: a range run raises exactly
     what runs of each day alone raise (the noise's look-back reaches before the first day)."""

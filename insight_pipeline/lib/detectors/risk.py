@@ -317,7 +317,7 @@ def detect_health_drop(
     # A median is at most the largest value of its window: a row whose window's highest score
     # is not health_drop_points above its own score cannot drop, and is left out before the
     # medians (most of their time) and the frame (the rule below is applied to the rest as is).
-    peak = _trailing_max(score, b).ravel()[np.maximum(rows - gap, 0)]
+    peak = _trailing_max_at(score, b, wanted_day - gap).ravel()
     with np.errstate(invalid="ignore"):
         rows = rows[(rows % n_days >= gap) & (peak - score.ravel()[rows] >= s.health_drop_points)]
     stats = pl.DataFrame(
@@ -377,6 +377,17 @@ def detect_health_drop(
             .alias("facts"),
         )
     )
+
+
+def _trailing_max_at(matrix: np.ndarray, width: int, columns: np.ndarray) -> np.ndarray:
+    """`_trailing_max(matrix, width)[:, columns]`: a few columns (a day's run reads one) each
+    from its own window, whole windows only; many by doubling spans over the whole matrix."""
+    passes = max(1, width.bit_length())
+    few = 0 < columns.size and columns.size * width <= passes * matrix.shape[1]
+    if few and columns.min() >= width - 1:
+        windows = np.lib.stride_tricks.sliding_window_view(matrix, width, axis=1)
+        return np.fmax.reduce(windows[:, columns - (width - 1), :], axis=2)
+    return _trailing_max(matrix, width)[:, columns]
 
 
 def _trailing_max(matrix: np.ndarray, width: int) -> np.ndarray:
