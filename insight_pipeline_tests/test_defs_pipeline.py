@@ -20,6 +20,8 @@ from insight_pipeline.defs.resources import (
     SourceResource,
     StoreResource,
 )
+from insight_pipeline.defs.sources.activity import BUNDLE_COLUMNS
+from insight_pipeline.lib.contract import CONTRACT
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline.sample import generate_sample
 
@@ -437,6 +439,51 @@ def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
     assert "'dau'" in reason and "'active_users'" in reason and skipped["signals"].value == 0
     named = benchmark(tmp_path / "named", {"benchmark": {"metric": "active_users"}})
     assert "skipped" not in named and named["accounts_benchmarked"].value > 0
+
+
+def test_activity_bundle_keeps_the_columns_its_detectors_read_after_validating_all(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """The bundle stores only the columns the detectors read of messages and tickets, yet
+    every column is validated: a message id repeated and a ticket id repeated are still
+    quarantined, and the detectors that read both tables run on what is stored."""
+    source = source_with_usage(
+        sample_dir, tmp_path / "source", pl.read_parquet(sample_dir / "usage_daily.parquet")
+    )
+    for name, date_column in (("communications", "sent_at"), ("support_tickets", "opened_at")):
+        frame = pl.read_parquet(source / f"{name}.parquet")
+        recent = frame.filter(pl.col(date_column).dt.date() > END - timedelta(days=30))
+        repeat = recent.head(1)  # the same message (ticket) delivered twice
+        pl.concat([frame, repeat]).write_parquet(source / f"{name}.parquet")
+    selection = [
+        "accounts",
+        "usage_window",
+        "activity_window",
+        "engagement_signals",
+        "risk_signals",
+    ]
+    result = materialise_day(source, tmp_path / "work", selection)
+    assert result.success
+    report = result.asset_materializations_for_node("activity_window")[0].metadata["validation"]
+    bundle = tmp_path / "work" / "intermediate" / "activity_window" / f"{END}__{END}"
+    for key, table in (
+        ("communications", "communications"),
+        ("support_tickets", "support_tickets"),
+    ):
+        assert report.value[table]["duplicates"] >= 1, table  # type: ignore[index]
+        stored = pl.read_parquet(bundle / f"{key}.parquet")
+        assert stored.columns == list(BUNDLE_COLUMNS[key])
+        assert stored.height == report.value[table]["rows_kept"] > 0  # type: ignore[index]
+    # tables not listed keep every contract column
+    meetings = pl.read_parquet(bundle / "meetings.parquet")
+    assert meetings.columns == list(CONTRACT["meetings"].columns)
+    readers = {
+        "engagement_signals": {"going_dark", "increased_activity"},
+        "risk_signals": {"silent_account", "support_surge"},
+    }
+    for family, detectors in readers.items():
+        ran = result.asset_materializations_for_node(family)[0].metadata["detectors_run"].value
+        assert detectors <= set(ran), (family, ran)  # type: ignore[arg-type]
 
 
 def test_days_whose_usage_value_was_quarantined_raise_no_drop(
