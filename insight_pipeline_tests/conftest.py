@@ -38,6 +38,19 @@ def _no_dagster_state_storage_from_earlier_tests() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir_of_this_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test process (a pytest-xdist worker) keeps what runs write outside their IO
+    manager's folder - quarantine files, the outcome-rate cache - in a data directory of its
+    own, not in the project's `.data`: there, a run of one worker could replace or remove a
+    quarantine file that another worker's run of the same days had just written and was about
+    to read (`unknown_usage_days`), and a test run left files in the checkout. A test that
+    needs another directory sets `INSIGHTS_DATA_DIR` itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSIGHTS_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of a throwaway PostgreSQL database for this session (xdist: one per worker)."""
