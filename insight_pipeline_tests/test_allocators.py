@@ -1,7 +1,8 @@
-"""Range runs keep freed memory for reuse: glibc's malloc during each step (given back after
-it), polars' jemalloc for 30 s with the documented setting; daily runs and an operator's own
-settings are left alone. Each case runs in a fresh interpreter: jemalloc reads its
-configuration once, when polars is first imported, and glibc's settings are per process."""
+"""Runs keep freed memory for reuse: polars' jemalloc for 5 s once the package is imported
+(30 s for range runs with the documented setting), and in range runs glibc's malloc during each
+step (given back after it); an operator's own settings are left alone. Each case runs in a
+fresh interpreter: jemalloc reads its configuration once, when polars is first imported, and
+glibc's settings are per process."""
 
 import os
 import platform
@@ -10,7 +11,12 @@ import sys
 
 import pytest
 
-from insight_pipeline.allocators import GLIBC_ALLOCATOR_ENVS, RANGE_RUN_ENV
+from insight_pipeline.allocators import (
+    DAILY_RUN_ENV,
+    GLIBC_ALLOCATOR_ENVS,
+    POLARS_OWN_CONF,
+    RANGE_RUN_ENV,
+)
 
 ALLOCATOR_ENVS = (*RANGE_RUN_ENV, *GLIBC_ALLOCATOR_ENVS, "GLIBC_TUNABLES")
 
@@ -34,6 +40,55 @@ def test_the_range_run_setting_makes_polars_keep_freed_pages_for_30_s() -> None:
     stats = run_python(code, _RJEM_MALLOC_CONF=conf).stderr  # jemalloc prints its options
     assert "opt.dirty_decay_ms: 30000" in stats
     assert "opt.muzzy_decay_ms: 0" in stats
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="polars uses jemalloc on Linux")
+def test_the_daily_setting_makes_polars_keep_freed_pages_for_5_s() -> None:
+    code = "import polars as pl\npl.DataFrame({'a': [1, 2]}).sum()\n"
+    conf = DAILY_RUN_ENV["_RJEM_MALLOC_CONF"] + ",stats_print:true"
+    stats = run_python(code, _RJEM_MALLOC_CONF=conf).stderr
+    assert "opt.dirty_decay_ms: 5000" in stats
+    assert "opt.muzzy_decay_ms: 0" in stats
+
+
+SETTING_AFTER_IMPORT = """
+import os, sys
+{before}
+import insight_pipeline.definitions
+print(os.environ.get("_RJEM_MALLOC_CONF"), "polars" in sys.modules)
+"""
+
+
+def decay_ms(conf: str) -> str:
+    """The dirty_decay_ms jemalloc takes from a setting (of options of one name, the last)."""
+    return [o for o in conf.split(",") if o.startswith("dirty_decay_ms:")][-1].split(":")[1]
+
+
+def test_importing_the_package_sets_the_daily_setting_before_polars_reads_it() -> None:
+    """What `dagster asset materialize -m insight_pipeline.definitions` does: the setting is in
+    the environment when polars reads it at its import (polars writes its own defaults before
+    it), and so in the environment of the run's child processes."""
+    conf, polars_loaded = run_python(
+        SETTING_AFTER_IMPORT.format(before="import dagster")
+    ).stdout.split()
+    assert polars_loaded == "True" and decay_ms(conf) == "5000"
+    # the package sets it before its own modules import polars
+    first = SETTING_AFTER_IMPORT.replace("insight_pipeline.definitions", "insight_pipeline")
+    out = run_python(first.format(before="")).stdout.split()
+    assert out == [DAILY_RUN_ENV["_RJEM_MALLOC_CONF"], "False"]
+    # a process started by one that had imported polars first finds only polars' own defaults
+    # there, and still gets the setting
+    inherited = run_python(
+        SETTING_AFTER_IMPORT.format(before=""), _RJEM_MALLOC_CONF=POLARS_OWN_CONF
+    )
+    assert decay_ms(inherited.stdout.split()[0]) == "5000"
+    # an operator's setting (a backfill's) is kept
+    ranged = RANGE_RUN_ENV["_RJEM_MALLOC_CONF"]
+    out = run_python(SETTING_AFTER_IMPORT.format(before=""), _RJEM_MALLOC_CONF=ranged).stdout
+    assert decay_ms(out.split()[0]) == "30000"
+    # too late once polars is imported: polars' own defaults stay
+    out = run_python(SETTING_AFTER_IMPORT.format(before="import polars")).stdout
+    assert decay_ms(out.split()[0]) == "500"
 
 
 # While a 64 MiB array is held: how many more blocks glibc has mmapped than before it (1 when
