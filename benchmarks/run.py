@@ -41,7 +41,7 @@ from pathlib import Path
 
 from speed_probe import REFERENCE_SECONDS  # benchmarks/ is this script's directory
 
-from insight_pipeline.allocators import RANGE_RUN_ENV
+from insight_pipeline.allocators import DAILY_RUN_ENV, RANGE_RUN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -517,7 +517,9 @@ def report(
         "backfill run(s) per size "
         f"({args.backfill_runs_100k} at 100k; {args.sqlite_backfill_runs} on SQLite), the "
         "backfills with the range-run setting of polars' allocator (keeping freed pages; "
-        f"{' '.join(f'{k}={v}' for k, v in RANGE_RUN_ENV.items())}). "
+        f"{' '.join(f'{k}={v}' for k, v in RANGE_RUN_ENV.items())}), the daily runs with the "
+        "package's own ("
+        f"{' '.join(f'{k}={v}' for k, v in DAILY_RUN_ENV.items())}, set when it is imported). "
         "*empty graph* = the same asset graph with bodies "
         "that do nothing (benchmarks/empty_graph.py): Dagster's own cost. *ratio* = pipeline / "
         "empty graph. Peak RSS = the largest, over runs, of the resident memory of the process "
