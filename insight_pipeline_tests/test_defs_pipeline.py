@@ -405,6 +405,8 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
     """A late export reads as every account going idle (a flood of false drops): the run of a
     day past the source's last day of usage fails in `usage_window`, naming the day and the
     last day that has rows, before any detector or the store sees it; the days with data run."""
+    from insight_pipeline.lib.settings import Settings
+
     usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
     cut = END - timedelta(days=2)
     source = source_with_usage(sample_dir, tmp_path / "source", usage.filter(pl.col("date") <= cut))
@@ -414,7 +416,13 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
     message = str(late.get_step_failure_events()[0].step_failure_data.error)
     assert f"{END} (0 rows against a usual" in message
     assert f"the last earlier day with rows is {cut}" in message
-    assert materialise_day(source, tmp_path / "on_time", selection, day=cut).success
+    on_time = materialise_day(source, tmp_path / "on_time", selection, day=cut)
+    assert on_time.success
+    meta = on_time.asset_materializations_for_node("usage_window")[0].metadata
+    start = cut - timedelta(days=Settings().lookback_days)
+    window = usage.filter(pl.col("date").is_between(start, cut))
+    assert meta["metrics"].value == sorted(window["metric"].unique())
+    assert meta["customers_with_usage"].value == window["customer_id"].n_unique()
 
 
 def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(
