@@ -215,6 +215,16 @@ def test_planted_usage_patterns_reach_the_store(sample_dir: Path, tmp_path: Path
     )
     recall = hits.select("customer_id", "subject", "start_date").n_unique() / usage_truth.height
     assert recall >= 0.8, f"recall {recall:.2f} of {usage_truth.height} planted usage events"
+    # Every stored insight explains its score, although the candidates (most of which only
+    # extend an episode) are stored without the explanation: it is written for new episodes.
+    candidates = tmp_path / "intermediate" / "insight_candidates" / f"{first}__{END}.parquet"
+    assert "score_parts" not in pl.read_parquet_schema(candidates)
+    parts = found["score_parts"].str.json_decode()
+    assert parts.null_count() == 0
+    assert {"severity", "impact", "novelty", "preference", "critical", "echo_of", "score"} <= {
+        field.name for field in parts.dtype.fields
+    }
+    assert (parts.struct.field("score") == found["score"].round(4)).all()
 
 
 def test_dagster_cli_validates_the_definitions() -> None:

@@ -33,7 +33,8 @@ def at(day: date, hour: int = 12) -> datetime:
 
 
 def candidates(day: date, customers: list[str], **values: object) -> pl.DataFrame:
-    """Day-level candidates as insight_candidates makes them (scored), for one CSM."""
+    """Day-level candidates as insight_candidates makes them (scored, the score's explanation
+    left to the new episodes), for one CSM."""
     rows = [
         {
             "customer_id": c,
@@ -54,7 +55,7 @@ def candidates(day: date, customers: list[str], **values: object) -> pl.DataFram
     frame = pl.DataFrame(rows).with_columns(
         pl.concat_str(["customer_id", "type", "subject"], separator="|").alias("fingerprint")
     )
-    return score_insights(frame, S)
+    return score_insights(frame, S, explain=False)
 
 
 def run_day(store: InsightStore, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -133,7 +134,7 @@ def test_daily_cap_reaches_the_store(store: InsightStore) -> None:
     frame = candidates(D0, customers).with_columns(
         (pl.col("severity") + pl.int_range(pl.len()) * 0.01).alias("severity")
     )
-    run_day(store, score_insights(frame.drop("score", "priority", "score_parts"), S))
+    run_day(store, score_insights(frame.drop("score", "priority"), S, explain=False))
     pushed = store.pushed_insights(D0, as_of=at(D0))
     assert pushed.height == S.daily_cap
     assert pushed["rank_in_day"].to_list() == list(range(1, S.daily_cap + 1))

@@ -75,7 +75,8 @@ def formulate(
             [signals.rechunk()[rows], accounts.drop("customer_id")[at]], how="horizontal"
         ).with_columns(_derived(fingerprint))
     frame = attach_preferences(frame, preferences)
-    return score_insights(frame, settings).drop("churned_on")
+    # the score's explanation (score_parts) is written for the new episodes alone (episodes.py)
+    return score_insights(frame, settings, explain=False).drop("churned_on")
 
 
 def _derived(fingerprint: pl.Series | None = None) -> list[pl.Expr]:

@@ -68,10 +68,15 @@ def critical_expr(settings: RankingSettings) -> pl.Expr:
     ).fill_null(False)
 
 
-def score_insights(frame: pl.DataFrame, settings: RankingSettings) -> pl.DataFrame:
-    """Adds impact, novelty, preference (if absent), critical, score, priority and score_parts
-    (JSON). A critical insight's preference is floored at `critical_preference_floor`; an echo
-    (`echo_of` set) is not critical and scores `echo_factor` of its score."""
+def score_insights(
+    frame: pl.DataFrame, settings: RankingSettings, explain: bool = True
+) -> pl.DataFrame:
+    """Adds impact, novelty, preference (if absent), critical, score, priority and, when
+    `explain`, score_parts (JSON). A critical insight's preference is floored at
+    `critical_preference_floor`; an echo (`echo_of` set) is not critical and scores
+    `echo_factor` of its score. The candidates are scored without the JSON: it is written for
+    the new episodes, which are scored again once their novelty and echoes are known (a year's
+    range raises them on ~4% of its candidates)."""
     s = settings
     if "preference" not in frame.columns:
         frame = frame.with_columns(pl.lit(0.5).alias("preference"))
@@ -98,13 +103,17 @@ def score_insights(frame: pl.DataFrame, settings: RankingSettings) -> pl.DataFra
     score = (base * 2.0 * pl.col("preference")).clip(0.0, 1.0) * (
         pl.when(echo).then(pl.lit(s.echo_factor)).otherwise(pl.lit(1.0))
     )
-    return frame.with_columns(score.alias("score")).with_columns(
+    frame = frame.with_columns(score.alias("score")).with_columns(
         pl.when(pl.col("score") >= s.high_cutoff)
         .then(pl.lit("high"))
         .when(pl.col("score") >= s.medium_cutoff)
         .then(pl.lit("medium"))
         .otherwise(pl.lit("low"))
-        .alias("priority"),
+        .alias("priority")
+    )
+    if not explain:
+        return frame
+    return frame.with_columns(
         pl.struct(
             pl.col("severity").round(3),
             pl.col("impact").round(3),
