@@ -22,7 +22,8 @@ from insight_pipeline.defs.resources import (
     StoreResource,
 )
 from insight_pipeline.defs.sources.activity import BUNDLE_COLUMNS
-from insight_pipeline.lib.contract import CONTRACT
+from insight_pipeline.lib.contract import CONTRACT, Source
+from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline.sample import generate_sample
 
@@ -261,8 +262,6 @@ def test_outcome_rates_of_many_months_at_once_equal_each_months_own(
     test_lib_contract.py: the rates themselves do not change when a window holds a little more
     history at either end, by design - events are counted inside the history only.)"""
     from insight_pipeline.defs.insights.outcomes import rates_as_of, rates_for_months
-    from insight_pipeline.lib.contract import Source
-    from insight_pipeline.lib.settings import Settings
 
     source = sample_dir
     if fmt == "csv":
@@ -291,11 +290,7 @@ def test_a_months_cached_outcome_rates_outlive_new_days_but_not_a_changed_histor
     rates, which a daily run would otherwise recompute every day; a row removed from the
     history, a churn date before the month, a contract start, an NPS score or a contact's
     departure changed in place computes them again."""
-    import shutil
-
     from insight_pipeline.defs.insights.outcomes import _cache_path, rates_as_of
-    from insight_pipeline.lib.contract import Source
-    from insight_pipeline.lib.settings import Settings
 
     source = tmp_path / "source"
     shutil.copytree(sample_dir, source)
@@ -371,8 +366,6 @@ def test_a_range_runs_memo_serves_each_of_its_months_alone(
     key from the range's memo, without scanning the source's history again, and finds the same
     key a scan gives."""
     from insight_pipeline.defs.insights.outcomes import _cache_path, _cache_paths
-    from insight_pipeline.lib.contract import Source
-    from insight_pipeline.lib.settings import Settings
 
     monkeypatch.setenv("INSIGHTS_DATA_DIR", str(tmp_path / "data"))
     s = replace(Settings().outcomes, history_months=3, horizon_days=30)
@@ -393,11 +386,7 @@ def test_outcome_rates_with_one_of_meetings_and_communications_absent(
     """Many CRMs export meetings but not messages (or the reverse): both are optional, so the
     two-way contact events come from the one that is there, and the month without contact is
     still counted from it, instead of the run failing on the absent table's columns."""
-    import shutil
-
     from insight_pipeline.defs.insights.outcomes import rates_as_of
-    from insight_pipeline.lib.contract import Source
-    from insight_pipeline.lib.settings import Settings
 
     source = tmp_path / "source"
     shutil.copytree(sample_dir, source)
@@ -415,8 +404,6 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
     """A late export reads as every account going idle (a flood of false drops): the run of a
     day past the source's last day of usage fails in `usage_window`, naming the day and the
     last day that has rows, before any detector or the store sees it; the days with data run."""
-    from insight_pipeline.lib.settings import Settings
-
     usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
     cut = END - timedelta(days=2)
     source = source_with_usage(sample_dir, tmp_path / "source", usage.filter(pl.col("date") <= cut))
