@@ -77,15 +77,20 @@ def test_reads_typed_tables_and_window(tmp_path: Path, fmt: str) -> None:
     assert src.read("meetings") is None  # optional and absent: reported, not an error
 
 
-@pytest.mark.parametrize("distinct", [True, False], ids=["many-values", "few-values"])
+@pytest.mark.parametrize("layout", ["many-values", "few-values", "values-repeated-in-no-order"])
 @pytest.mark.parametrize("padding", [" C7", "C7\t", "", "\u00a0C7"])
 def test_padded_or_blank_text_is_trimmed_among_many_rows(
-    tmp_path: Path, distinct: bool, padding: str
+    tmp_path: Path, layout: str, padding: str
 ) -> None:
     """One padded or blank id among 30,000 rows is found, whether the column holds a few
-    repeated values (checked on its distinct values) or a new value on every row."""
+    repeated values (checked on its distinct values), a new value on every row, or hundreds of
+    values repeated in no order (not a label: read whole, not hashed)."""
     n = 30_000
-    ids = [f"C{i}" for i in range(n)] if distinct else ["C1", "C2", "C3"] * (n // 3)
+    ids = {
+        "many-values": [f"C{i}" for i in range(n)],
+        "few-values": ["C1", "C2", "C3"] * (n // 3),
+        "values-repeated-in-no-order": [f"C{(i * 7919) % 500}" for i in range(n)],
+    }[layout]
     ids[-1] = padding
     usage = pl.DataFrame(
         {

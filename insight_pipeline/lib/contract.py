@@ -966,18 +966,22 @@ def _needs_trim(column: pl.Series) -> bool:
     return _any_untrimmed(_trim_values(column))
 
 
-def _trim_values(column: pl.Series) -> pl.Series:
+def _trim_values(column: pl.Series, distinct: bool = True) -> pl.Series:
     """The values of a text column that its whitespace check reads: every distinct value is
     among them. A column of few distinct values (ids, metric names, channels) is checked on
     those values only: millions of rows, thousands of strings. A column grouped by its values
     (the customer id of a table written customer by customer) gets them from its runs, without
-    hashing every row; any other column is read whole."""
+    hashing every row; any other column is read whole. `distinct=False`: the caller needs the
+    check only, not the distinct values, so a column of many values repeated in no order (a
+    year of messages' contact ids) is read whole rather than hashed: one pass over the
+    strings, where `unique` builds a table of hundreds of thousands of them first."""
     values = _grouped_values(column)
     if values is None:
         sample = column.head(_SAMPLE_ROWS)
         if 4 * sample.n_unique() < sample.len():
             values = _few_values(column)
-            values = column.unique() if values is None else values
+            if values is None:
+                values = column.unique() if distinct else column
         else:
             values = column
     return values
@@ -1076,7 +1080,7 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     # Text that needs no trimming and has no blanks is kept as it is: one scan that allocates
     # nothing instead of a trimmed copy per column (ids repeat in every row of a large table).
     text = [n for n, t in spec.columns.items() if t == TEXT and raw.schema[n] == pl.String]
-    checked_values = {n: _trim_values(raw.get_column(n)) for n in text}
+    checked_values = {n: _trim_values(raw.get_column(n), n in spec.labels) for n in text}
     untouched = {n for n in text if not _any_untrimmed(checked_values[n])}
     exprs = [
         pl.col(name)
