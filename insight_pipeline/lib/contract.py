@@ -1080,7 +1080,7 @@ def _typed(spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
     # Text that needs no trimming and has no blanks is kept as it is: one scan that allocates
     # nothing instead of a trimmed copy per column (ids repeat in every row of a large table).
     text = [n for n, t in spec.columns.items() if t == TEXT and raw.schema[n] == pl.String]
-    checked_values = {n: _trim_values(raw.get_column(n), n in spec.labels) for n in text}
+    checked_values = {n: _trim_values(raw.get_column(n), distinct=n in spec.labels) for n in text}
     untouched = {n for n in text if not _any_untrimmed(checked_values[n])}
     exprs = [
         pl.col(name)
