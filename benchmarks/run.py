@@ -553,8 +553,9 @@ def report(
         "*empty graph* = the same asset graph with bodies "
         "that do nothing (benchmarks/empty_graph.py): Dagster's own cost. *ratio* = pipeline / "
         "empty graph. Peak RSS = the largest, over runs, of the resident memory of the process "
-        "tree (one process: its RSS; with the forked narration workers of a range run: the sum "
-        "of their proportional set sizes, pages they share counted once). Instances:",
+        "tree (each process's RSS, but the forked narration workers of a range run and their "
+        "parent: the sum of their proportional set sizes, pages they share counted once). "
+        "Instances:",
         *[f"- *{name}*: {INSTANCES[name]}" for name in dict.fromkeys(["sqlite", *instances])],
         "",
         *lines,
