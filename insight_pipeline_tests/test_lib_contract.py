@@ -122,6 +122,8 @@ def test_a_column_of_few_values_is_checked_on_a_samples_values_only_when_they_co
     assert set(contract._trim_values(rare).drop_nulls()) == set(rare.drop_nulls())
     clean = common.str.strip_chars()
     assert not contract._needs_trim(clean)
+    # a clean column but for one rare padded value between the sample's rows: still found
+    assert contract._needs_trim(clean.scatter(n - 3, "meeting\t"))
 
 
 @pytest.mark.parametrize("micros", [-62_135_596_800_000_001, 253_402_300_800_000_000])

@@ -962,8 +962,9 @@ def _invalid(name: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
 
 
 def _needs_trim(column: pl.Series) -> bool:
-    """Whether any value is blank or has leading/trailing whitespace (`_trim_values`)."""
-    return _any_untrimmed(_trim_values(column))
+    """Whether any value is blank or has leading/trailing whitespace (`_trim_values`: the check
+    alone, so no distinct values are gathered for it)."""
+    return _any_untrimmed(_trim_values(column, distinct=False))
 
 
 def _trim_values(column: pl.Series, distinct: bool = True) -> pl.Series:
