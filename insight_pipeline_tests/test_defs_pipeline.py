@@ -487,6 +487,62 @@ def test_activity_bundle_keeps_the_columns_its_detectors_read_after_validating_a
         assert detectors <= set(ran), (family, ran)  # type: ignore[arg-type]
 
 
+def test_attendees_of_unknown_meetings_or_contacts_are_quarantined_not_dropped(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """An attendee of a meeting the table does not hold, of a meeting set aside (its customer is
+    unknown), or of a contact the table does not hold is an unknown id: quarantined and
+    counted. An attendee of a meeting outside the run's window is not needed: neither kept nor
+    quarantined."""
+    source = Path(shutil.copytree(sample_dir, tmp_path / "source"))
+    meetings = pl.read_parquet(source / "meetings.parquet")
+    attendees = pl.read_parquet(source / "meeting_attendees.parquet")
+    recent = meetings.filter(pl.col("start_at").dt.date() > END - timedelta(days=30)).row(
+        0, named=True
+    )
+    contact = attendees.filter(pl.col("meeting_id") == recent["meeting_id"])["contact_id"][0]
+    long_ago = END - timedelta(days=Settings().engagement.history_days + 30)
+    added_meetings = pl.DataFrame(
+        [
+            {**recent, "meeting_id": "M-ORPHAN", "customer_id": "nobody"},
+            {
+                **recent,
+                "meeting_id": "M-OLD",
+                "start_at": recent["start_at"].replace(
+                    year=long_ago.year, month=long_ago.month, day=long_ago.day
+                ),
+            },
+        ],
+        schema=meetings.schema,
+    )
+    pl.concat([meetings, added_meetings]).write_parquet(source / "meetings.parquet")
+    added = pl.DataFrame(
+        {
+            "meeting_id": ["M-NOPE", "M-ORPHAN", recent["meeting_id"], "M-OLD"],
+            "contact_id": [contact, contact, "K-NOPE", contact],
+        }
+    )
+    pl.concat([attendees, added]).write_parquet(source / "meeting_attendees.parquet")
+    work = tmp_path / "work"
+    result = materialise_day(source, work, ["accounts", "usage_window", "activity_window"])
+    assert result.success
+    report = result.asset_materializations_for_node("activity_window")[0].metadata["validation"]
+    counts = report.value["meeting_attendees"]  # type: ignore[index]
+    assert counts["unknown_ids"] == 3 and counts["quarantined"] == 3, counts
+    assert counts["rows_read"] == counts["rows_kept"] + 3
+    quarantined = pl.read_parquet(counts["quarantine_file"])
+    assert sorted(quarantined["meeting_id"]) == sorted(["M-NOPE", "M-ORPHAN", recent["meeting_id"]])
+    assert set(quarantined["quarantine_reason"]) == {"unknown_id"}
+    bundle = work / "intermediate" / "activity_window" / f"{END}__{END}"
+    kept = pl.read_parquet(bundle / "meeting_attendees.parquet")
+    assert kept.height == counts["rows_kept"]
+    assert not kept["meeting_id"].is_in(["M-NOPE", "M-ORPHAN", "M-OLD"]).any()
+    assert not (kept["contact_id"] == "K-NOPE").any()
+    # every other attendee of a meeting in the window is kept
+    window = pl.read_parquet(bundle / "meetings.parquet")["meeting_id"]
+    assert kept.height == attendees.filter(pl.col("meeting_id").is_in(window.implode())).height
+
+
 def test_days_whose_usage_value_was_quarantined_raise_no_drop(
     sample_dir: Path, tmp_path: Path
 ) -> None:

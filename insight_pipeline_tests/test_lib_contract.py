@@ -169,6 +169,28 @@ def test_missing_required_table(tmp_path: Path) -> None:
         Source(str(root)).read("usage_daily")
 
 
+def test_a_table_in_two_files_is_an_error_naming_both(tmp_path: Path) -> None:
+    root = write_source(tmp_path)
+    USAGE.head(2).write_parquet(root / "usage_daily.parquet")  # a stale copy beside the CSV
+    with pytest.raises(ContractError, match=r"usage_daily\.parquet and usage_daily\.csv"):
+        Source(str(root)).read("usage_daily")
+    assert Source(str(root)).read("users") is not None  # the other tables still read
+
+
+def test_one_column_of_a_whole_table_reads_no_other_column(tmp_path: Path) -> None:
+    """`Source.column` types one column of every row; a bad value in another column, which a
+    run's window would never read, does not fail it."""
+    usage = USAGE.with_columns(pl.Series("date", ["2026-01-01", "01/02/2026", "2026-01-01", "x"]))
+    root = write_source(tmp_path, usage_daily=usage.with_columns(pl.col("customer_id") + " "))
+    source = Source(str(root))
+    assert source.column("usage_daily", "customer_id").to_list() == ["C1", "C1", "C2", "C2"]
+    with pytest.raises(ContractError, match="'date'"):
+        source.read("usage_daily")
+    assert source.column("nps_responses", "contact_id") is None  # an absent optional table
+    with pytest.raises(ValueError, match="no column 'meeting_id'"):
+        source.column("usage_daily", "meeting_id")
+
+
 def test_missing_column_names_table_and_column(tmp_path: Path) -> None:
     root = write_source(tmp_path, customers=CUSTOMERS.drop("arr"))
     with pytest.raises(

@@ -247,6 +247,7 @@ CONTRACT: dict[str, TableSpec] = {
             False,
             {"meeting_id": TEXT, "contact_id": TEXT},
             key=("meeting_id", "contact_id"),
+            refs={"meeting_id": "meetings", "contact_id": "contacts"},
         ),
         TableSpec(
             "communications",
@@ -379,11 +380,19 @@ class Source:
 
     # -- discovery -------------------------------------------------------------------------
     def _file(self, table: str) -> Path | None:
-        for suffix in (".parquet", ".csv"):
-            path = Path(self.location) / f"{table}{suffix}"
-            if path.exists():
-                return path
-        return None
+        """The table's one file; two (a CSV and a Parquet of the same table) are an error, as
+        reading either would pass over the other without notice (a stale export, say)."""
+        found = [
+            path
+            for suffix in (".parquet", ".csv")
+            if (path := Path(self.location) / f"{table}{suffix}").exists()
+        ]
+        if len(found) > 1:
+            raise ContractError(
+                f"table {table!r} is in two files, {found[0].name} and {found[1].name}, in "
+                f"{self.location}: keep one"
+            )
+        return found[0] if found else None
 
     def _sql_engine(self) -> sa.Engine:
         if self._engine is None:
@@ -422,6 +431,19 @@ class Source:
                 raise ContractError(f"required table {table!r} is missing from {self.location}")
             return None
         return self._typed_from(spec, self._read_raw(spec, date_from, date_to, where))
+
+    def column(self, table: str, column: str) -> pl.Series | None:
+        """One column of the whole table, typed, with no other column read or typed (a bad
+        value elsewhere in the table, outside any run's window, stays unread); None if the
+        table is absent. For telling an id the table holds outside a run's window from one it
+        never held."""
+        whole = CONTRACT[table]
+        if column not in whole.columns:
+            raise ValueError(f"table {table!r} has no column {column!r}")
+        if not self.has(table):
+            return None
+        spec = TableSpec(table, whole.required, {column: whole.columns[column]})
+        return self._typed_from(spec, self._read_raw(spec, None, None)).get_column(column)
 
     def _typed_from(self, spec: TableSpec, raw: pl.DataFrame) -> pl.DataFrame:
         """Raw rows typed to the contract (a CSV's text first checked for undecodable bytes)."""

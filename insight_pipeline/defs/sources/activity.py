@@ -23,7 +23,7 @@ from insight_pipeline.defs.sources.assets import (
     window_parts,
     write_quarantine,
 )
-from insight_pipeline.lib.contract import CONTRACT, TableReport, quarantine
+from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, TableReport, quarantine
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.sharding import in_shard, part_count
@@ -126,7 +126,11 @@ def activity_window(
 
     def tables() -> Iterator[tuple[str, pl.DataFrame | FrameStream]]:
         src = source.open()
-        meeting_ids = pl.Series("meeting_id", [], pl.String)
+        # what the attendees are checked against: the meetings and contacts kept, and the
+        # meetings of the table that this run does not read (outside the window, or another
+        # shard's)
+        refs: dict[str, pl.Series] = {"meetings": pl.Series("meeting_id", [], pl.String)}
+        unread_meetings = pl.Series("meeting_id", [], pl.String)
         try:
             for key, table in ACTIVITY_TABLES.items():
                 spec = CONTRACT[table]
@@ -153,14 +157,19 @@ def activity_window(
                     yield key, bundled(key, empty_table(table))
                     continue
                 if table == "meeting_attendees":
-                    # Attendees of meetings outside the window are not needed, not bad.
-                    frame = frame.filter(pl.col("meeting_id").is_in(meeting_ids.implode()))
+                    # Attendees of meetings this run does not read are not needed, not bad; an
+                    # attendee of a meeting the table does not hold (or of one set aside), or
+                    # of a contact it does not know, is an unknown id: quarantined and counted.
+                    frame = frame.filter(~pl.col("meeting_id").is_in(unread_meetings.implode()))
                 if table == "contacts":
                     frame = _contacts_as_of(frame, last)
-                clean, bad, table_report = quarantine(spec, frame, known)
-                del frame
                 if table == "meetings":
-                    meeting_ids = clean["meeting_id"]
+                    unread_meetings = _unread_meetings(src, frame["meeting_id"])
+                checked = known | refs if table == "meeting_attendees" else known
+                clean, bad, table_report = quarantine(spec, frame, checked)
+                del frame
+                if table in ("meetings", "contacts"):
+                    refs[table] = clean[spec.key[0]]
                 record(
                     table, table_report, write_quarantine(table, bad, str(first), str(last), label)
                 )
@@ -172,6 +181,16 @@ def activity_window(
         report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
 
     return TableStream(tables(), metadata=metadata)
+
+
+def _unread_meetings(src: Source, read: pl.Series) -> pl.Series:
+    """Ids of the meetings table that `read` (the ids of the rows a run read) does not hold:
+    meetings outside the run's window, or of another account shard."""
+    every = src.column("meetings", "meeting_id")
+    if every is None:
+        raise ContractError("table 'meetings' disappeared from the source while being read")
+    ids = every.drop_nulls()
+    return ids.filter(~ids.is_in(read.implode()))
 
 
 def _contacts_as_of(contacts: pl.DataFrame, last: date) -> pl.DataFrame:
