@@ -250,3 +250,46 @@ def test_feed_forms_need_the_session_and_its_csrf_value(api: Api) -> None:
     login = api.client.post("/feed/login", data={"token": api.tokens["c2"]}, follow_redirects=False)
     cookie = login.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
+
+
+def test_each_user_chooses_their_own_digest_frequency(api: Api) -> None:
+    """The digest's footer sends users to the feed to choose daily, weekly or off: the API and
+    the feed's form set the caller's own preference, which the digest then reads; a weekday
+    goes with weekly only, and a bad choice is a 422 that changes nothing."""
+    assert api.get("c1", "/api/me/digest").json() == {"frequency": "daily", "weekday": None}
+    put = api.client.put(
+        "/api/me/digest", headers=api.auth("c1"), json={"frequency": "weekly", "weekday": 2}
+    )
+    assert put.status_code == 200 and put.json() == {"frequency": "weekly", "weekday": 2}
+    assert api.get("c1", "/api/me/digest").json() == {"frequency": "weekly", "weekday": 2}
+    assert api.get("c2", "/api/me/digest").json()["frequency"] == "daily"  # not anyone else's
+    for body, fragment in (
+        ({"frequency": "daily", "weekday": 3}, "goes with weekly"),
+        ({"frequency": "weekly"}, "goes with weekly"),
+        ({"frequency": "weekly", "weekday": 7}, "less than or equal to 6"),
+        ({"frequency": "hourly"}, "'daily', 'weekly' or 'off'"),
+        ({"frequency": "off", "user_id": "c2"}, "Extra inputs are not permitted"),
+    ):
+        bad = api.client.put("/api/me/digest", headers=api.auth("c1"), json=body)
+        assert bad.status_code == 422 and fragment in str(bad.json()["detail"]), body
+    assert api.store.digest_preference("c1") == ("weekly", 2)
+    assert api.client.put("/api/me/digest", json={"frequency": "off"}).status_code == 401
+    # the feed: the form shows the choice and changes it, with the session's csrf value only
+    api.client.cookies.set(COOKIE, api.tokens["c2"])
+    html = api.client.get("/feed").text
+    assert 'value="daily" selected' in html and 'data-testid="digest-settings"' in html
+    form = {"frequency": "off", "weekday": "0", "next": "/feed"}
+    assert api.client.post("/feed/digest", data={**form, "csrf": "forged"}).status_code == 403
+    assert api.store.digest_preference("c2") == ("daily", None)
+    done = api.client.post(
+        "/feed/digest", data={**form, "csrf": csrf_token(api.tokens["c2"])}, follow_redirects=False
+    )
+    assert done.status_code == 303 and api.store.digest_preference("c2") == ("off", None)
+    weekly = {**form, "frequency": "weekly", "weekday": "4", "csrf": csrf_token(api.tokens["c2"])}
+    api.client.post("/feed/digest", data=weekly, follow_redirects=False)
+    assert api.store.digest_preference("c2") == ("weekly", 4)
+    assert 'value="4" selected' in api.client.get("/feed").text
+    wrong = {**weekly, "weekday": "9"}
+    assert api.client.post("/feed/digest", data=wrong).status_code == 422
+    assert api.store.digest_preference("c2") == ("weekly", 4)
+    assert api.store.digest_preference("c1") == ("weekly", 2)

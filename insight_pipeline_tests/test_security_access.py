@@ -225,6 +225,10 @@ TEAM_SCOPED = {**TEAM_ONLY, "other_manager": 404}
 MATRIX: list[tuple[str, str, Any, Any, dict[str, int]]] = [
     ("GET", "/api/health", "/api/health", None, dict.fromkeys(CALLERS, 200)),
     ("GET", "/api/me", "/api/me", None, {**OK_ALL, **DENIED}),
+    ("GET", "/api/me/digest", "/api/me/digest", None, {**OK_ALL, **DENIED}),
+    # each caller's own preference only (no user id in the path or body to aim elsewhere)
+    ("PUT", "/api/me/digest", "/api/me/digest", {"frequency": "weekly", "weekday": 1},
+     {**OK_ALL, **DENIED}),
     ("GET", "/api/insights", "/api/insights?limit=5&offset=1", None, {**OK_ALL, **DENIED}),
     ("GET", "/api/insights/{insight_id}", f"/api/insights/{ID['a']}", None, SCOPED),
     ("POST", "/api/insights/{insight_id}/action",

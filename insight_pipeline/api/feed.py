@@ -113,6 +113,8 @@ env.globals.update(
     SNOOZES=SNOOZES,
 )
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -292,6 +294,10 @@ def feed_page(
         filters={"category": category, "priority": priority, "period": period},
         charts=_charts(request, rows),
         colleagues=_colleagues(store, viewer),
+        digest=dict(
+            zip(("frequency", "weekday"), store.digest_preference(viewer.user_id), strict=True)
+        ),
+        WEEKDAYS=WEEKDAYS,
     )
 
 
@@ -415,6 +421,26 @@ def share_form(request: Request, insight_id: str, form: Form) -> Response:
     except ValueError as exc:
         return _refuse(request, 422, str(exc))
     return _after_change(request, viewer, form, keep=True)
+
+
+@router.post("/feed/digest")
+def digest_form(request: Request, form: Form) -> Response:
+    """The viewer's own digest frequency: daily, weekly on the chosen weekday, or off."""
+    viewer = _session_for_post(request, form)
+    if isinstance(viewer, Response):
+        return viewer
+    frequency = _first(form, "frequency") or ""
+    weekday = None
+    if frequency == "weekly":  # the weekday field is always sent; it counts only for weekly
+        day = _first(form, "weekday") or ""
+        if not (day.isascii() and day.isdigit()):
+            return _refuse(request, 422, "Choose the weekday a weekly digest arrives on.")
+        weekday = int(day)
+    try:
+        store_of(request).set_digest_preference(viewer.user_id, frequency, weekday)
+    except ValueError as exc:
+        return _refuse(request, 422, str(exc))
+    return _after_change(request, viewer, form)
 
 
 @router.post("/feed/mark-all-read")

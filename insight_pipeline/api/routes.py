@@ -19,6 +19,7 @@ from insight_pipeline.api.schemas import (
     ActionIn,
     ActionOut,
     Category,
+    DigestPreference,
     ErrorOut,
     FeedOut,
     InsightOut,
@@ -88,6 +89,31 @@ def me(viewer: CurrentViewer) -> MeOut:
     return MeOut.model_validate(
         {"user_id": viewer.user_id, "name": viewer.name, "role": viewer.role, "team": team}
     )
+
+
+@router.get(
+    "/me/digest", response_model=DigestPreference, tags=["meta"], summary="Your digest's frequency"
+)
+def get_digest(viewer: CurrentViewer, store: Store) -> DigestPreference:
+    """How often your digest email arrives (daily unless you chose otherwise)."""
+    frequency, weekday = store.digest_preference(viewer.user_id)
+    return DigestPreference.model_validate({"frequency": frequency, "weekday": weekday})
+
+
+@router.put(
+    "/me/digest",
+    response_model=DigestPreference,
+    responses={400: WITH_BODY[400]},
+    tags=["meta"],
+    summary="Choose your digest's frequency",
+)
+def set_digest(body: DigestPreference, viewer: CurrentViewer, store: Store) -> DigestPreference:
+    """Daily, weekly on a weekday (0 = Monday), or off: from the next digest on. Your own only."""
+    try:
+        store.set_digest_preference(viewer.user_id, body.frequency, body.weekday)
+    except ValueError as exc:
+        raise _invalid(("body",), str(exc), body.model_dump()) from exc
+    return get_digest(viewer, store)
 
 
 @router.get("/insights", response_model=FeedOut, tags=["insights"], summary="The feed")

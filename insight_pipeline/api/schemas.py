@@ -226,6 +226,17 @@ class MarkAllReadOut(BaseModel):
     marked: int
 
 
+class DigestPreference(BaseModel):
+    """How often your digest email arrives: every morning (the default), once a week on the
+    morning of `weekday`, or never."""
+
+    model_config = ConfigDict(extra="forbid")
+    frequency: Literal["daily", "weekly", "off"]
+    weekday: int | None = Field(
+        default=None, ge=0, le=6, description="0 = Monday .. 6 = Sunday; with weekly, and only."
+    )
+
+
 class MeOut(BaseModel):
     """The authenticated user."""
 

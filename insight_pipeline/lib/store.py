@@ -703,6 +703,14 @@ class InsightStore:
         schema = {"user_id": pl.String(), "frequency": pl.String(), "weekday": pl.Int16()}
         return _frame(rows, schema)
 
+    def digest_preference(self, user_id: str) -> tuple[str, int | None]:
+        """One user's (frequency, weekday): what they chose, or daily (the default)."""
+        chosen = self.digest_preferences().filter(pl.col("user_id") == str(user_id))
+        if chosen.height == 0:
+            return "daily", None
+        weekday = chosen["weekday"][0]
+        return str(chosen["frequency"][0]), None if weekday is None else int(weekday)
+
     def set_digest_preference(
         self,
         user_id: str,
