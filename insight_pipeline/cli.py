@@ -34,10 +34,19 @@ def _run_range(first: date, last: date) -> bool:
     return result.success
 
 
+def iso_day(text: str) -> date:
+    """A day argument as YYYY-MM-DD: anything else is a usage error naming it (exit 2), not a
+    traceback (exit 1 is a failed delivery)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day as YYYY-MM-DD") from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from insight_pipeline.sample import generate_sample
 
-    end = date.fromisoformat(args.end_date) if args.end_date else None
+    end = args.end_date
     counts = generate_sample(
         Path(args.out),
         accounts=args.accounts,
@@ -94,7 +103,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from insight_pipeline.defs.digest.resources import DigestResource, EmailResource
     from insight_pipeline.defs.resources import SettingsResource, SourceResource, StoreResource
 
-    day = date.fromisoformat(args.date)
+    day = args.date
     run = deliver_days(
         day,
         day,
@@ -220,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--accounts", type=int, default=200)
     sample.add_argument("--days", type=int, default=365)
     sample.add_argument("--seed", type=int, default=7)
-    sample.add_argument("--end-date", default=None, help="last day (default: yesterday)")
+    sample.add_argument(
+        "--end-date", type=iso_day, default=None, help="last day (default: yesterday)"
+    )
     sample.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     sample.set_defaults(func=cmd_sample)
 
@@ -231,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "again, failed ones are retried. SMTP from INSIGHTS_SMTP_URL, else .eml files in "
         "INSIGHTS_OUTBOX_DIR. Exits 1 when a digest failed.",
     )
-    digest.add_argument("--date", required=True, help="the day D (YYYY-MM-DD)")
+    digest.add_argument("--date", type=iso_day, required=True, help="the day D (YYYY-MM-DD)")
     digest.set_defaults(func=cmd_digest)
 
     serve = sub.add_parser("serve", help="the API and web feed (FastAPI on uvicorn)")

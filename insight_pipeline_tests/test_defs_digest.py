@@ -487,6 +487,16 @@ def test_cli_reports_failures_with_exit_code(
     assert cli.main(["digest", "--date", DAY.isoformat()]) == 1
 
 
+def test_cli_refuses_a_date_that_is_not_a_day(capsys: pytest.CaptureFixture[str]) -> None:
+    """A usage error naming the value (exit 2), never a traceback with a failed send's 1."""
+    for bad in ("2026-13-01", "24/11/2026"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["digest", "--date", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"'{bad}' is not a day as YYYY-MM-DD" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------- the sensor
 
 

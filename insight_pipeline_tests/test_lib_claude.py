@@ -713,6 +713,17 @@ def test_the_so_what_follows_each_base_rate_and_type_when_rates_are_shared() -> 
     assert texts[0] == texts[2] == texts[5]  # the sentence does not depend on the type
 
 
+def test_the_so_what_of_a_type_never_seen_before_says_so_plainly() -> None:
+    """A history too short for any comparable account (a new source) says there is none yet,
+    not "Only 0 comparable account(s)"."""
+    none = {**base_rate(1, 0), "n": 0, "rate_pct": None}
+    text = TemplateNarrator().narrate([{**item("usage_drop"), "base_rate": none}])[0]
+    assert text["so_what"].endswith(
+        "(No comparable account in the past 18 months yet to say how often it leads to churn.)"
+    ), text["so_what"]
+    assert "Only 0" not in text["so_what"]
+
+
 def test_large_frames_are_narrated_in_forked_slices_with_the_same_texts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
