@@ -257,6 +257,41 @@ def test_union_of_shard_runs_equals_the_unsharded_run(sample_dir: Path, tmp_path
     assert sum(p.height for p in parts) == pl.concat(parts)["customer_id"].n_unique() == 300
 
 
+def test_attendees_without_a_meeting_of_the_table_are_counted_once_across_shards(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """meeting_attendees has no customer_id, so every shard reads all of it. An attendee of a
+    meeting the table does not hold, or with no meeting id, is quarantined by one shard only
+    (shard 0): the shards together count it once, as the unsharded run does."""
+    import shutil
+
+    source = Path(shutil.copytree(sample_dir, tmp_path / "source"))
+    attendees = pl.read_parquet(source / "meeting_attendees.parquet")
+    contact = attendees["contact_id"][0]
+    bad = pl.DataFrame({"meeting_id": ["M-NOPE", None], "contact_id": [contact, contact]})
+    pl.concat([attendees, bad]).write_parquet(source / "meeting_attendees.parquet")
+    wanted = {"accounts", "activity_window"}
+
+    def subset(assets: list) -> list:
+        return [a for a in assets if {k.to_user_string() for k in a.keys} <= wanted]
+
+    day = str(END)
+    with dg.instance_for_test() as instance:
+        res = resources(source, f"duckdb:///{tmp_path / 'u.duckdb'}", tmp_path / "u")
+        whole = activity_validation(run_range(subset(ALL_ASSETS), res, day, day, instance))
+        res = resources(source, f"duckdb:///{tmp_path / 's.duckdb'}", tmp_path / "s")
+        assets = subset(sharded_assets(SHARDS))
+        shards = [
+            activity_validation(run_range(assets, res, f"{day}|{s}", f"{day}|{s}", instance))
+            for s in range(SHARDS)
+        ]
+    counts = whole["meeting_attendees"]
+    assert (counts["unknown_ids"], counts["null_keys"], counts["quarantined"]) == (1, 1, 2)
+    for count in ("rows_read", "rows_kept", "unknown_ids", "null_keys", "quarantined"):
+        assert sum(s["meeting_attendees"][count] for s in shards) == counts[count], count
+    assert shards[0]["meeting_attendees"]["quarantined"] == 2
+
+
 def test_sharded_definitions_load_with_a_schedule_per_shard() -> None:
     defs = build_defs(SHARDS)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}

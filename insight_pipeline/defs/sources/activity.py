@@ -23,7 +23,7 @@ from insight_pipeline.defs.sources.assets import (
     window_parts,
     write_quarantine,
 )
-from insight_pipeline.lib.contract import CONTRACT, ContractError, Source, TableReport, quarantine
+from insight_pipeline.lib.contract import CONTRACT, Source, TableReport, quarantine
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.sharding import in_shard, part_count
@@ -126,11 +126,10 @@ def activity_window(
 
     def tables() -> Iterator[tuple[str, pl.DataFrame | FrameStream]]:
         src = source.open()
-        # what the attendees are checked against: the meetings and contacts kept, and the
-        # meetings of the table that this run does not read (outside the window, or another
-        # shard's)
-        refs: dict[str, pl.Series] = {"meetings": pl.Series("meeting_id", [], pl.String)}
-        unread_meetings = pl.Series("meeting_id", [], pl.String)
+        # what the attendees are checked against: the meetings and contacts kept (an absent
+        # table is not checked against), and the ids of the meetings this run read
+        refs: dict[str, pl.Series] = {}
+        read_meetings = pl.Series("meeting_id", [], pl.String)
         try:
             for key, table in ACTIVITY_TABLES.items():
                 spec = CONTRACT[table]
@@ -157,14 +156,11 @@ def activity_window(
                     yield key, bundled(key, empty_table(table))
                     continue
                 if table == "meeting_attendees":
-                    # Attendees of meetings this run does not read are not needed, not bad; an
-                    # attendee of a meeting the table does not hold (or of one set aside), or
-                    # of a contact it does not know, is an unknown id: quarantined and counted.
-                    frame = frame.filter(~pl.col("meeting_id").is_in(unread_meetings.implode()))
+                    frame = _attendees_to_check(src, frame, read_meetings, owns_orphans=shard == 0)
                 if table == "contacts":
                     frame = _contacts_as_of(frame, last)
                 if table == "meetings":
-                    unread_meetings = _unread_meetings(src, frame["meeting_id"])
+                    read_meetings = frame["meeting_id"]
                 checked = known | refs if table == "meeting_attendees" else known
                 clean, bad, table_report = quarantine(spec, frame, checked)
                 del frame
@@ -183,14 +179,26 @@ def activity_window(
     return TableStream(tables(), metadata=metadata)
 
 
-def _unread_meetings(src: Source, read: pl.Series) -> pl.Series:
-    """Ids of the meetings table that `read` (the ids of the rows a run read) does not hold:
-    meetings outside the run's window, or of another account shard."""
+def _attendees_to_check(
+    src: Source, attendees: pl.DataFrame, read: pl.Series, owns_orphans: bool
+) -> pl.DataFrame:
+    """The attendees a run validates: those of the meetings it read (`read`: their ids; kept
+    when their meeting and contact are, quarantined as unknown ids when not) and, in one run of
+    a sharded day only (`owns_orphans`: shard 0, as null customer ids go to shard 0), those with
+    no meeting id or a meeting the table does not hold, so that they are counted once. The
+    attendees of meetings the run did not read (outside its window, or another shard's) are not
+    needed, not bad."""
+    ours = attendees.get_column("meeting_id").is_in(read.implode()).fill_null(False)
+    if not owns_orphans:
+        return attendees.filter(ours)
+    rest = attendees.filter(~ours)
+    if rest.height == 0:
+        return attendees
     every = src.column("meetings", "meeting_id")
-    if every is None:
-        raise ContractError("table 'meetings' disappeared from the source while being read")
-    ids = every.drop_nulls()
-    return ids.filter(~ids.is_in(read.implode()))
+    if every is None:  # no meetings table: nothing to tell them apart by, every one is checked
+        return attendees
+    held = rest.get_column("meeting_id").is_in(every.implode()).fill_null(False)
+    return pl.concat([attendees.filter(ours), rest.filter(~held)])
 
 
 def _contacts_as_of(contacts: pl.DataFrame, last: date) -> pl.DataFrame:
