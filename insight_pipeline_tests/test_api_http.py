@@ -267,6 +267,8 @@ def test_each_user_chooses_their_own_digest_frequency(api: Api) -> None:
         ({"frequency": "daily", "weekday": 3}, "goes with weekly"),
         ({"frequency": "weekly"}, "goes with weekly"),
         ({"frequency": "weekly", "weekday": 7}, "less than or equal to 6"),
+        ({"frequency": "weekly", "weekday": True}, "valid integer"),  # not Tuesday
+        ({"frequency": "weekly", "weekday": "3"}, "valid integer"),
         ({"frequency": "hourly"}, "'daily', 'weekly' or 'off'"),
         ({"frequency": "off", "user_id": "c2"}, "Extra inputs are not permitted"),
     ):

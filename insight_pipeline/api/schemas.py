@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -232,7 +233,7 @@ class DigestPreference(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     frequency: Literal["daily", "weekly", "off"]
-    weekday: int | None = Field(
+    weekday: StrictInt | None = Field(
         default=None, ge=0, le=6, description="0 = Monday .. 6 = Sunday; with weekly, and only."
     )
 

@@ -705,11 +705,12 @@ class InsightStore:
 
     def digest_preference(self, user_id: str) -> tuple[str, int | None]:
         """One user's (frequency, weekday): what they chose, or daily (the default)."""
-        chosen = self.digest_preferences().filter(pl.col("user_id") == str(user_id))
-        if chosen.height == 0:
+        with self._connect() as conn:
+            rows = self._run(conn, "select_digest_preference", user_id=str(user_id))
+        if not rows:
             return "daily", None
-        weekday = chosen["weekday"][0]
-        return str(chosen["frequency"][0]), None if weekday is None else int(weekday)
+        frequency, weekday = rows[0]
+        return str(frequency), None if weekday is None else int(weekday)
 
     def set_digest_preference(
         self,
