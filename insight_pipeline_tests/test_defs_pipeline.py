@@ -487,6 +487,30 @@ def test_activity_bundle_keeps_the_columns_its_detectors_read_after_validating_a
         assert detectors <= set(ran), (family, ran)  # type: ignore[arg-type]
 
 
+def test_a_day_at_the_start_of_the_history_runs_and_says_nothing(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """Three days into a source of the required tables only, no detector has what it needs,
+    so there is no candidate: the whole graph still runs (the sink writes nothing) instead of
+    failing on the empty frame."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for table in ("customers", "users", "usage_daily"):
+        shutil.copy(sample_dir / f"{table}.parquet", source)
+    first_usage = pl.scan_parquet(source / "usage_daily.parquet").select(pl.col("date").min())
+    day = first_usage.collect().item() + timedelta(days=3)
+    work = tmp_path / "work"
+    result = materialise_day(source, work, ["*"], day=day)
+    assert result.success
+    candidates = result.asset_materializations_for_node("insight_candidates")[0].metadata
+    assert candidates["rows"].value == 0
+    store = InsightStore(f"duckdb:///{work / 'i.duckdb'}")
+    try:
+        assert store.get_insights().height == 0
+    finally:
+        store.dispose()
+
+
 def test_attendees_of_unknown_meetings_or_contacts_are_quarantined_not_dropped(
     sample_dir: Path, tmp_path: Path
 ) -> None:

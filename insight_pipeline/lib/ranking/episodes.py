@@ -215,6 +215,10 @@ def plan_episodes(
             pl.lit(None, dtype=pl.String).alias("id"),
             pl.lit(None, dtype=pl.Date).alias("last_seen_date"),
             pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("expires_at"),
+        )
+        if _SCORED <= set(empty_new.columns):  # the columns of a scored plan (score_parts...)
+            return rank_for_push(score_insights(empty_new, settings), settings), empty_ext
+        empty_new = empty_new.with_columns(
             pl.lit(None, dtype=pl.Int32).alias("rank_in_day"),
             pl.lit(None, dtype=pl.Boolean).alias("pushed"),
         )
