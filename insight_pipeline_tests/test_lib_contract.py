@@ -796,3 +796,58 @@ def test_quarantine_reasons_whatever_the_row_layout(
     assert bad["quarantine_reason"].to_list() == [r for r in expected if r]
     assert clean.rows() == [row for row, r in zip(rows, expected, strict=True) if r is None]
     assert ("unknown_id" in expected) == stranger
+
+
+def test_a_database_source_windows_timestamps_in_utc_whatever_its_sessions_zone(
+    pg_url: str,
+) -> None:
+    """The contract's timestamps are UTC. A PostgreSQL whose sessions default to another zone
+    (here Asia/Kolkata, +05:30) still gives a day's window as that UTC day: a timestamptz
+    column and a timestamp column (naive UTC) alike, and the values read back as UTC."""
+    engine = sa.create_engine(pg_url)
+    sent = {
+        "before": "2026-05-30 20:00:00+00",  # 01:30 on the 31st in Kolkata
+        "early": "2026-05-31 00:30:00+00",
+        "late": "2026-05-31 20:00:00+00",  # 01:30 on 1 June in Kolkata
+        "after": "2026-06-01 02:00:00+00",
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "create table communications (message_id text, customer_id text, "
+                "contact_id text, sent_at timestamptz, direction text, channel text)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "create table meetings (meeting_id text, customer_id text, start_at timestamp, "
+                "meeting_type text, sentiment double precision)"
+            )
+        )
+        for key, at in sent.items():
+            conn.execute(
+                sa.text(
+                    "insert into communications values (:k, 'C1', null, cast(:at as timestamptz),"
+                    " 'inbound', 'email')"
+                ),
+                {"k": key, "at": at},
+            )
+            conn.execute(
+                sa.text(
+                    "insert into meetings values (:k, 'C1', cast(:at as timestamptz) at time zone"
+                    " 'UTC', 'check_in', null)"
+                ),
+                {"k": key, "at": at},
+            )
+    engine.dispose()
+    kolkata = sa.make_url(pg_url).update_query_dict({"options": "-c timezone=Asia/Kolkata"})
+    source = Source(kolkata.render_as_string(hide_password=False))
+    day = date(2026, 5, 31)
+    messages = source.read("communications", date_from=day, date_to=day)
+    meetings = source.read("meetings", date_from=day, date_to=day)
+    assert messages is not None and meetings is not None
+    assert sorted(messages["message_id"]) == ["early", "late"]
+    assert sorted(meetings["meeting_id"]) == ["early", "late"]
+    late = messages.filter(pl.col("message_id") == "late")["sent_at"][0]
+    assert late.isoformat() == "2026-05-31T20:00:00+00:00"
+    source.dispose()

@@ -14,10 +14,11 @@ import hashlib
 import json
 import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -397,6 +398,7 @@ class Source:
     def _sql_engine(self) -> sa.Engine:
         if self._engine is None:
             self._engine = sa.create_engine(self.location)
+            sa.event.listen(self._engine, "connect", _utc_session(self._engine.dialect.name))
         return self._engine
 
     @property
@@ -839,6 +841,36 @@ def _csv_mirror(path: Path, scan: pl.LazyFrame) -> pl.LazyFrame:
             if stale != mirror:
                 stale.unlink(missing_ok=True)
     return pl.scan_parquet(mirror)
+
+
+_UTC_SESSION = {
+    "postgresql": "SET TIME ZONE 'UTC'",
+    "mysql": "SET time_zone = '+00:00'",
+    "mariadb": "SET time_zone = '+00:00'",
+    "duckdb": "SET TimeZone = 'UTC'",
+}
+
+
+def _utc_session(dialect: str) -> Callable[[Any, Any], None]:
+    """A connect hook that puts a source's database sessions in UTC. The contract's timestamps
+    are UTC and so are a window's bounds, but a database compares a timestamp-with-zone column
+    with a date as midnight in the session's zone: a database whose default zone is
+    Asia/Kolkata would move every day's window 5.5 hours (a message at 20:00 UTC on the run's
+    last day left out, one of the evening before taken in). Committed, so that the pool's
+    reset (a rollback) keeps it."""
+    statement = _UTC_SESSION.get(dialect)
+
+    def hook(dbapi_connection: Any, _record: Any) -> None:
+        if statement is None:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    return hook
 
 
 def _sql_window(
