@@ -155,14 +155,16 @@ def activity_window(
                     missing.append(table)
                     yield key, bundled(key, empty_table(table))
                     continue
-                if table == "meeting_attendees":
-                    frame = _attendees_to_check(src, frame, read_meetings, owns_orphans=shard == 0)
                 if table == "contacts":
                     frame = _contacts_as_of(frame, last)
                 if table == "meetings":
                     read_meetings = frame["meeting_id"]
-                checked = known | refs if table == "meeting_attendees" else known
-                clean, bad, table_report = quarantine(spec, frame, checked)
+                if table == "meeting_attendees":
+                    clean, bad, table_report = _validated_attendees(
+                        src, frame, read_meetings, refs, owns_orphans=shard == 0
+                    )
+                else:
+                    clean, bad, table_report = quarantine(spec, frame, known)
                 del frame
                 if table in ("meetings", "contacts"):
                     refs[table] = clean[spec.key[0]]
@@ -177,6 +179,33 @@ def activity_window(
         report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
 
     return TableStream(tables(), metadata=metadata)
+
+
+def _validated_attendees(
+    src: Source,
+    attendees: pl.DataFrame,
+    read: pl.Series,
+    refs: dict[str, pl.Series],
+    owns_orphans: bool,
+) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
+    """`quarantine` of the attendees a run validates (`_attendees_to_check`) against the
+    meetings and contacts kept (`refs`; a table absent is not checked against). Those of a
+    meeting kept, nearly all, are checked against the contacts only: their meeting is known
+    from the one look-up that picked them (the same look-up again in `quarantine` was a second
+    of a 100k-account day)."""
+    spec = CONTRACT["meeting_attendees"]
+    kept = refs.get("meetings")
+    if kept is None:  # no meetings table: no shard's meetings, so one run (shard 0) takes them
+        return quarantine(spec, attendees if owns_orphans else attendees.clear(), refs)
+    of_kept = attendees.get_column("meeting_id").is_in(kept.implode()).fill_null(False)
+    contacts = {k: v for k, v in refs.items() if k != "meetings"}
+    clean, bad, report = quarantine(spec, attendees.filter(of_kept), contacts)
+    rest = _attendees_to_check(src, attendees.filter(~of_kept), read, owns_orphans)
+    if rest.height:  # of a meeting set aside, none, or one the table does not hold: all bad
+        rest_clean, rest_bad, rest_report = quarantine(spec, rest, refs)
+        report.add(rest_report)
+        clean, bad = pl.concat([clean, rest_clean]), pl.concat([bad, rest_bad])
+    return clean, bad, report
 
 
 def _attendees_to_check(
