@@ -4,6 +4,7 @@ every day is not usage, and the CSM's own unanswered emails are not contact. Sup
 escalations against the account's own rates, over the days on record; health on its own
 swings."""
 
+import json
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -420,3 +421,42 @@ def test_rows_on_customer_days_are_those_of_the_semi_join_on_customer_days() -> 
         want = frame.join(days, on=["customer_id", "partition_date"], how="semi")
         got = on_customer_days(frame, listed, start, end)
         assert got.equals(want) and 0 < got.height < n
+
+
+def test_a_leaving_champions_meetings_are_counted_as_a_run_of_the_day_reads_them() -> None:
+    """champion_left's meetings_attended counts the meetings of the look-back up to the day
+    judged: a range run, which reads further back and further on, gives each day the count a
+    run of that day alone gives (neither the meeting a year and more before, nor the one the
+    day after, which is not known yet)."""
+    from insight_pipeline.lib.detectors.risk import detect_champion_left
+
+    left_on = END - timedelta(days=2)
+    contacts = pl.DataFrame(
+        [("K1", "CHAMP", "Ann Lee", "a@x", "VP", "champion", None, left_on)],
+        schema=empty_table("contacts").schema,
+        orient="row",
+    )
+    met = {"mt-old": END - timedelta(days=400), "mt-1": END - timedelta(days=60),
+           "mt-2": END - timedelta(days=10), "mt-next": END + timedelta(days=1)}  # fmt: skip
+    meetings = pl.DataFrame(
+        [(m, "CHAMP", at(day), "check_in", None) for m, day in met.items()],
+        schema=empty_table("meetings").schema,
+        orient="row",
+    )
+    attendees = pl.DataFrame({"meeting_id": list(met), "contact_id": ["K1"] * len(met)})
+    accounts = customers_frame(["CHAMP"])
+    s = Settings()
+
+    def counts(start: date, end: date) -> dict[date, int]:
+        found = detect_champion_left(
+            contacts, attendees, meetings, accounts, start, end, s.risk,
+            s.engagement.history_days,
+        )  # fmt: skip
+        return {
+            day: json.loads(facts)["meetings_attended"]
+            for day, facts in found.select("partition_date", "facts").iter_rows()
+        }
+
+    ranged = counts(left_on, END + timedelta(days=3))
+    assert ranged[END] == counts(END, END)[END] == 2
+    assert ranged[END + timedelta(days=1)] == 3  # the next day knows its own meeting

@@ -255,10 +255,12 @@ def detect_risk(
                 lambda: risk.detect_champion_left(
                     act["contacts"],
                     act["meeting_attendees"],
+                    act["meetings"],
                     accounts,
                     first,
                     last,
                     s,
+                    cfg.engagement.history_days,
                 ),
             ),
             "health_drop": (

@@ -200,12 +200,16 @@ def detect_silent_account(
 def detect_champion_left(
     contacts: pl.DataFrame,
     attendees: pl.DataFrame,
+    meetings: pl.DataFrame,
     accounts: pl.DataFrame,
     start: date,
     end: date,
     s: RiskSettings,
+    history_days: int,
 ) -> pl.DataFrame:
-    """A champion or executive sponsor left (left_on <= D), for champion_window_days."""
+    """A champion or executive sponsor left (left_on <= D), for champion_window_days, with the
+    meetings they attended in the `history_days` up to D (what a run of D alone reads: a range
+    run reads further back and further on, and must count the same)."""
     if contacts.height == 0:
         return empty_signals()
     left = (
@@ -221,12 +225,29 @@ def detect_champion_left(
     )
     if left.height == 0:
         return empty_signals()
-    meetings_attended = (
-        attendees.group_by("contact_id").len("meetings_attended")
-        if attendees.height
-        else pl.DataFrame(schema={"contact_id": pl.String, "meetings_attended": pl.UInt32})
+    # only the leavers' attendances: a few contacts among millions of rows
+    theirs = attendees.filter(pl.col("contact_id").is_in(left["contact_id"].unique().implode()))
+    attended = (
+        theirs.join(meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner").select(
+            "contact_id", pl.col("start_at").dt.date().alias("met_on")
+        )
+        if theirs.height and meetings.height
+        else pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
     )
-    left = left.join(meetings_attended, on="contact_id", how="left").with_columns(
+    met = (
+        left.select("contact_id", "partition_date")
+        .unique()
+        .join(attended, on="contact_id", how="inner")
+        .filter(
+            pl.col("met_on").is_between(
+                pl.col("partition_date") - pl.duration(days=history_days),
+                pl.col("partition_date"),
+            )
+        )
+        .group_by("contact_id", "partition_date")
+        .len("meetings_attended")
+    )
+    left = left.join(met, on=["contact_id", "partition_date"], how="left").with_columns(
         pl.col("meetings_attended").fill_null(0)
     )
     return conform(
@@ -246,7 +267,7 @@ def detect_champion_left(
                     "contacts",
                 ),
                 evidence_item(
-                    pl.lit("meetings they attended in the window read"),
+                    pl.lit(f"meetings they attended in the last {history_days} days"),
                     pl.col("meetings_attended"),
                     pl.lit("meeting_attendees"),
                     "meeting_attendees",
