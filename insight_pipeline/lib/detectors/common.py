@@ -392,3 +392,16 @@ def sign_test_critical(n: int, alpha: float) -> int:
         if tail >= alpha * total:
             return k + 1
     return 0
+
+
+def attendances(
+    attendees: pl.DataFrame, meetings: pl.DataFrame, contacts: pl.Series
+) -> pl.DataFrame:
+    """(contact_id, met_on) of every meeting `contacts` attended: only those contacts' rows
+    (a few among millions) are joined to the meetings' days."""
+    theirs = attendees.filter(pl.col("contact_id").is_in(contacts.unique().implode()))
+    if not (theirs.height and meetings.height):
+        return pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
+    return theirs.join(meetings.select("meeting_id", "start_at"), on="meeting_id").select(
+        "contact_id", pl.col("start_at").dt.date().alias("met_on")
+    )

@@ -13,6 +13,7 @@ import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
+    attendances,
     customer_days,
     customer_index,
     on_customer_days,
@@ -290,15 +291,7 @@ def detect_stakeholder_shift(
     new = on_customer_days(new, accounts, start, end)
     if new.height == 0:
         return empty_signals()
-    # only the new stakeholders' attendances: a few contacts among millions of rows
-    theirs = attendees.filter(pl.col("contact_id").is_in(new["contact_id"].unique().implode()))
-    attended = (
-        theirs.join(meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner").select(
-            "contact_id", pl.col("start_at").dt.date().alias("met_on")
-        )
-        if theirs.height and meetings.height
-        else pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
-    )
+    attended = attendances(attendees, meetings, new["contact_id"])
     met = (
         new.select("contact_id", "partition_date")
         .join(attended, on="contact_id", how="left")

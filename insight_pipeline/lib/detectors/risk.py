@@ -12,6 +12,7 @@ import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
+    attendances,
     customer_index,
     daily_counts,
     last_flagged_date,
@@ -225,15 +226,7 @@ def detect_champion_left(
     )
     if left.height == 0:
         return empty_signals()
-    # only the leavers' attendances: a few contacts among millions of rows
-    theirs = attendees.filter(pl.col("contact_id").is_in(left["contact_id"].unique().implode()))
-    attended = (
-        theirs.join(meetings.select("meeting_id", "start_at"), on="meeting_id", how="inner").select(
-            "contact_id", pl.col("start_at").dt.date().alias("met_on")
-        )
-        if theirs.height and meetings.height
-        else pl.DataFrame(schema={"contact_id": pl.String, "met_on": pl.Date})
-    )
+    attended = attendances(attendees, meetings, left["contact_id"])
     met = (
         left.select("contact_id", "partition_date")
         .unique()
