@@ -511,6 +511,52 @@ def test_a_day_at_the_start_of_the_history_runs_and_says_nothing(
         store.dispose()
 
 
+def test_an_accounts_open_insights_follow_it_to_its_new_csm(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """An account handed to another CSM between two daily runs: the next run's sink moves its
+    insights still open to the new CSM (the feed, digest and team views go by user_id); those
+    of other accounts stay where they were."""
+    source = Path(shutil.copytree(sample_dir, tmp_path / "source"))
+    work = tmp_path / "work"
+    day = END - timedelta(days=1)
+    assert materialise_day(source, work, ["*"], day=day).success
+    url = f"duckdb:///{work / 'i.duckdb'}"
+    store = InsightStore(url)
+    try:
+        before = store.get_insights()
+    finally:
+        store.dispose()
+    moved = before.group_by("customer_id").len().sort("len", "customer_id").row(-1, named=True)
+    customers = pl.read_parquet(source / "customers.parquet")
+    old = customers.filter(pl.col("customer_id") == moved["customer_id"])["csm_user_id"][0]
+    new = customers.filter(pl.col("csm_user_id") != old)["csm_user_id"][0]
+    customers.with_columns(
+        pl.when(pl.col("customer_id") == moved["customer_id"])
+        .then(pl.lit(new))
+        .otherwise("csm_user_id")
+        .alias("csm_user_id")
+    ).write_parquet(source / "customers.parquet")
+    result = materialise_day(source, work, ["*"], day=END)
+    assert result.success
+    sink = result.asset_materializations_for_node("insights_table")[0].metadata
+    store = InsightStore(url)
+    try:
+        after = store.get_insights()
+    finally:
+        store.dispose()
+    theirs = after.filter(pl.col("customer_id") == moved["customer_id"])
+    assert theirs.height >= moved["len"] > 0
+    assert set(theirs["user_id"]) == {new}
+    assert sink["reassigned"].value == moved["len"]
+    others = before.filter(pl.col("customer_id") != moved["customer_id"]).select("id", "user_id")
+    assert (
+        others.join(after.select("id", "user_id"), on="id")
+        .filter(pl.col("user_id") != pl.col("user_id_right"))
+        .is_empty()
+    )
+
+
 def test_attendees_of_unknown_meetings_or_contacts_are_quarantined_not_dropped(
     sample_dir: Path, tmp_path: Path
 ) -> None:

@@ -371,6 +371,35 @@ def test_insights_of_a_churned_customer_close_on_its_churn_day(store: InsightSto
     assert store.write_insights(pl.DataFrame(), pl.DataFrame(), churned)["closed"] == 0
 
 
+def test_open_insights_follow_their_account_to_its_new_csm(store: InsightStore) -> None:
+    """A customer moved from u0 to u5: its insights still open at the run's moment move to u5
+    (status and feedback as they were); one dismissed, one actioned and one already expired
+    stay with u0, as do the insights of customers whose CSM did not change. Idempotent."""
+    expired = datetime(2024, 3, 1, 6, tzinfo=UTC)
+    frame = insights(6, customer_id="c0", user_id="u0",
+                     expires_at=[EXPIRES, None, EXPIRES, EXPIRES, expired, EXPIRES])  # fmt: skip
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("c9")).otherwise("customer_id")
+        .alias("customer_id"),
+        pl.Series("fingerprint", [f"c0|usage_drop|m{i}" for i in range(6)]),
+    )  # fmt: skip
+    frame = frame.with_columns(pl.col("fingerprint").map_elements(insight_id).alias("id"))
+    store.write_insights(frame, NO_EXTENSIONS)
+    ids = frame["id"].to_list()
+    store.set_status(ids[1], "viewed", at=AS_OF)
+    store.set_status(ids[2], "dismissed", at=AS_OF)
+    store.set_status(ids[3], "actioned", at=AS_OF)
+    owners = pl.DataFrame({"customer_id": ["c0", "c9", "c7"], "user_id": ["u5", "u0", "u3"]})
+    written = store.write_insights(pl.DataFrame(), pl.DataFrame(), owners=owners, as_of=AS_OF)
+    assert written["reassigned"] == 2
+    assert [row(store, i)["user_id"] for i in ids] == ["u5", "u5", "u0", "u0", "u0", "u0"]
+    assert row(store, ids[1])["status"] == "viewed"
+    again = store.write_insights(pl.DataFrame(), pl.DataFrame(), owners=owners, as_of=AS_OF)
+    assert again["reassigned"] == 0
+    with pytest.raises(ValueError, match="owners need as_of"):
+        store.write_insights(pl.DataFrame(), pl.DataFrame(), owners=owners)
+
+
 def test_empty_frames_are_a_no_op(store: InsightStore) -> None:
     assert store.write_insights(pl.DataFrame(), pl.DataFrame()) == {
         "inserted": 0,

@@ -87,6 +87,9 @@ CHURNED_SCHEMA: dict[str, pl.DataType] = {
     "churned_at": _UTC,
 }
 
+OWNERS_SCHEMA: dict[str, pl.DataType] = {"customer_id": pl.String(), "user_id": pl.String()}
+"""Each customer's CSM now (customers.csm_user_id): what open insights follow."""
+
 #: Ranking columns an upsert may carry (ranking's daily cap, migration 005); a frame without
 #: them is written as pushed (everything was delivered before ranking decided).
 PUSH_SCHEMA: dict[str, pl.DataType] = {
@@ -253,6 +256,7 @@ _JSON_COLUMNS = ("evidence", "recommended_action", "score_parts")
 _STAGE_UPSERTS = "stage_insight_upserts"
 _STAGE_EXTENSIONS = "stage_insight_extensions"
 _STAGE_CHURNED = "stage_churned_customers"
+_STAGE_OWNERS = "stage_account_owners"
 _MIGRATION_LOCK_KEY = 7_351_946_020_001  # arbitrary, fixed: "insight_pipeline migrations"
 _COPY_CHUNK_ROWS = 50_000
 
@@ -388,6 +392,8 @@ class InsightStore:
         upserts: pl.DataFrame,
         extensions: pl.DataFrame,
         churned: pl.DataFrame | None = None,
+        owners: pl.DataFrame | None = None,
+        as_of: datetime | None = None,
     ) -> dict[str, int]:
         """Upsert new and re-detected insights and extend continuing episodes, in ONE transaction.
 
@@ -407,13 +413,20 @@ class InsightStore:
         past the churn day are closed there (expires_at moved back, nothing else changed), in
         the same transaction - an insight about an account that is gone is no one's work.
 
-        Returns {"inserted", "updated", "extended"} (and "closed" when `churned` is given).
-        Raises StoreWriteError after rollback.
+        `owners` (customer_id, user_id): each customer's CSM now; insights still open at `as_of`
+        (not dismissed or actioned, expiring after it) of a customer whose CSM changed move to
+        the new one (`reassign_insights.sql`), in the same transaction - the account's new owner
+        sees them, the old one no longer does.
+
+        Returns {"inserted", "updated", "extended"} (and "closed" when `churned` is given,
+        "reassigned" when `owners` is). Raises StoreWriteError after rollback.
         """
+        if owners is not None and as_of is None:
+            raise ValueError("owners need as_of: the moment whose open insights follow them")
         attempt = 0
         while True:
             try:
-                return self._write_insights_once(upserts, extensions, churned)
+                return self._write_insights_once(upserts, extensions, churned, owners, as_of)
             except StoreWriteError as exc:
                 if attempt == _CONFLICT_RETRIES or not _is_conflict(exc.__cause__):
                     raise
@@ -421,7 +434,12 @@ class InsightStore:
                 attempt += 1
 
     def _write_insights_once(
-        self, upserts: pl.DataFrame, extensions: pl.DataFrame, churned: pl.DataFrame | None
+        self,
+        upserts: pl.DataFrame,
+        extensions: pl.DataFrame,
+        churned: pl.DataFrame | None,
+        owners: pl.DataFrame | None = None,
+        as_of: datetime | None = None,
     ) -> dict[str, int]:
         """One attempt of `write_insights`: one transaction, rolled back on any error."""
         ups = _prepare(_with_push_defaults(upserts), UPSERT_SCHEMA | PUSH_SCHEMA, "upserts")
@@ -429,10 +447,15 @@ class InsightStore:
         gone = _prepare(
             churned if churned is not None else pl.DataFrame(), CHURNED_SCHEMA, "churned"
         )
+        moved = _prepare(
+            owners if owners is not None else pl.DataFrame(), OWNERS_SCHEMA, "owners"
+        ).drop_nulls()
         counts = {"inserted": 0, "updated": 0, "extended": 0}
         if churned is not None:
             counts["closed"] = 0
-        if ups.is_empty() and ext.is_empty() and gone.is_empty():
+        if owners is not None:
+            counts["reassigned"] = 0
+        if ups.is_empty() and ext.is_empty() and gone.is_empty() and moved.is_empty():
             return counts
         step = "opening a transaction"
         try:
@@ -466,6 +489,16 @@ class InsightStore:
                         counts["closed"] = self._scalar(conn, "count_churned_open")
                         step = "closing insights of churned customers"
                         self._run(conn, "close_churned")
+                if not moved.is_empty():
+                    step = "staging account owners"
+                    with self._staged(conn, "owners", _STAGE_OWNERS, moved):
+                        step = "counting insights of reassigned accounts"
+                        counts["reassigned"] = self._scalar(
+                            conn, "count_reassigned", as_of=_utc(as_of)
+                        )
+                        if counts["reassigned"]:
+                            step = "moving open insights to their account's CSM"
+                            self._run(conn, "reassign_insights", as_of=_utc(as_of))
                 step = "committing"
         except Exception as exc:
             cause = getattr(exc, "orig", None) or exc

@@ -1,11 +1,13 @@
 """The sink: the insights plan written to the store in one transaction per run."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import polars as pl
 from sqlalchemy.engine import make_url
 
 from insight_pipeline.defs.insights.assets import UPSERT_COLUMNS
-from insight_pipeline.defs.metadata import counts_by, markdown_preview
+from insight_pipeline.defs.metadata import counts_by, markdown_preview, partition_days
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import StoreResource
 
@@ -36,7 +38,10 @@ def insights_table(
     """Upserts the plan into the insights table: new episodes inserted (or updated in place on a
     re-run, keeping every user column), open ones extended, and those of customers that churned
     by the run's last day closed on their churn day (`accounts` shows a churn only once it has
-    happened). All or nothing."""
+    happened), and those still open on the run's last day of an account whose CSM changed moved
+    to its CSM now (an account's new owner sees them, the old one no longer does). All or
+    nothing."""
+    _first, last = partition_days(context)
     new = insights.filter(pl.col("action") == "insert").select(UPSERT_COLUMNS)
     extensions = insights.filter(pl.col("action") == "extend").select(
         "id", "last_seen_date", "expires_at"
@@ -44,8 +49,10 @@ def insights_table(
     churned = accounts.filter(pl.col("churned_on").is_not_null()).select(
         "customer_id", pl.col("churned_on").alias("churned_at")
     )
+    owners = accounts.select("customer_id", pl.col("csm_user_id").alias("user_id"))
+    as_of = datetime(last.year, last.month, last.day, tzinfo=UTC)
     with store.session() as db:
-        written = db.write_insights(new, extensions, churned)
+        written = db.write_insights(new, extensions, churned, owners, as_of)
         total = db.count_insights()
         url = make_url(db.url).render_as_string(hide_password=True)
     return dg.MaterializeResult(
