@@ -400,6 +400,28 @@ def test_open_insights_follow_their_account_to_its_new_csm(store: InsightStore) 
         store.write_insights(pl.DataFrame(), pl.DataFrame(), owners=owners)
 
 
+def test_a_rerun_of_an_older_day_does_not_reopen_an_insight_closed_since(
+    store: InsightStore,
+) -> None:
+    """Re-running an older day extends its open episodes to the stored last day (read back)
+    with that day's expiry: it must change nothing, and in particular not move back out the
+    expiry of an insight a churn closed since. A later day's detection still extends."""
+    last = D0 + timedelta(days=5)
+    frame = insights(1, last_seen_date=last)
+    store.write_insights(frame, NO_EXTENSIONS)
+    (a,) = frame["id"].to_list()
+    churn = datetime(2024, 3, 8, tzinfo=UTC)
+    churned = pl.DataFrame({"customer_id": ["c0"], "churned_at": [churn]})
+    store.write_insights(pl.DataFrame(), pl.DataFrame(), churned)
+    assert row(store, a)["expires_at"] == churn
+    rerun = extensions([a], last, EXPIRES + timedelta(days=30))
+    store.write_insights(pl.DataFrame(), rerun)
+    assert (row(store, a)["last_seen_date"], row(store, a)["expires_at"]) == (last, churn)
+    later = extensions([a], last + timedelta(days=1), EXPIRES + timedelta(days=30))
+    store.write_insights(pl.DataFrame(), later)
+    assert row(store, a)["expires_at"] == EXPIRES + timedelta(days=30)
+
+
 def test_empty_frames_are_a_no_op(store: InsightStore) -> None:
     assert store.write_insights(pl.DataFrame(), pl.DataFrame()) == {
         "inserted": 0,
