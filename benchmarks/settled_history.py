@@ -82,7 +82,7 @@ def measure(
     day: date,
     fresh_from: date,
     known: pl.Series,
-    args: argparse.Namespace,
+    repeats: int,
     tmp: str,
 ) -> tuple[str, float, float, float, int, int]:
     """(table, now, settled and appended seconds, rows in the window, rows re-read)."""
@@ -104,7 +104,7 @@ def measure(
 
     validated(src, table, key, first, day, known).write_parquet(previous, compression="lz4")
     times_now, times_settled, times_appended = [], [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         times_now.append(timed(now))
         times_settled.append(timed(settled))
         times_appended.append(timed(appended))
@@ -136,7 +136,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for table, (key, days) in windows(settings).items():
             if src.has(table):
-                rows.append(measure(src, table, key, days, day, fresh_from, known, args, tmp))
+                rows.append(
+                    measure(src, table, key, days, day, fresh_from, known, args.repeats, tmp)
+                )
                 print(f"{table}: {rows[-1][1:4]} s now, settled, appended", flush=True)
 
     print(

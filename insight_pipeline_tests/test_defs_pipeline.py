@@ -495,8 +495,8 @@ def test_a_day_at_the_start_of_the_history_runs_and_says_nothing(
     failing on the empty frame."""
     source = tmp_path / "source"
     source.mkdir()
-    for table in ("customers", "users", "usage_daily"):
-        shutil.copy(sample_dir / f"{table}.parquet", source)
+    for name in ("customers", "users", "usage_daily"):
+        shutil.copy(sample_dir / f"{name}.parquet", source)
     first_usage = pl.scan_parquet(source / "usage_daily.parquet").select(pl.col("date").min())
     day = first_usage.collect().item() + timedelta(days=3)
     work = tmp_path / "work"
@@ -504,11 +504,7 @@ def test_a_day_at_the_start_of_the_history_runs_and_says_nothing(
     assert result.success
     candidates = result.asset_materializations_for_node("insight_candidates")[0].metadata
     assert candidates["rows"].value == 0
-    store = InsightStore(f"duckdb:///{work / 'i.duckdb'}")
-    try:
-        assert store.get_insights().height == 0
-    finally:
-        store.dispose()
+    assert table(f"duckdb:///{work / 'i.duckdb'}").height == 0
 
 
 def test_an_accounts_open_insights_follow_it_to_its_new_csm(
@@ -522,11 +518,7 @@ def test_an_accounts_open_insights_follow_it_to_its_new_csm(
     day = END - timedelta(days=1)
     assert materialise_day(source, work, ["*"], day=day).success
     url = f"duckdb:///{work / 'i.duckdb'}"
-    store = InsightStore(url)
-    try:
-        before = store.get_insights()
-    finally:
-        store.dispose()
+    before = table(url)
     moved = before.group_by("customer_id").len().sort("len", "customer_id").row(-1, named=True)
     customers = pl.read_parquet(source / "customers.parquet")
     old = customers.filter(pl.col("customer_id") == moved["customer_id"])["csm_user_id"][0]
@@ -540,11 +532,7 @@ def test_an_accounts_open_insights_follow_it_to_its_new_csm(
     result = materialise_day(source, work, ["*"], day=END)
     assert result.success
     sink = result.asset_materializations_for_node("insights_table")[0].metadata
-    store = InsightStore(url)
-    try:
-        after = store.get_insights()
-    finally:
-        store.dispose()
+    after = table(url)
     theirs = after.filter(pl.col("customer_id") == moved["customer_id"])
     assert theirs.height >= moved["len"] > 0
     assert set(theirs["user_id"]) == {new}

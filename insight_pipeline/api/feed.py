@@ -273,6 +273,7 @@ def feed_page(
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
+    frequency, weekday = store.digest_preference(viewer.user_id)
     rows = list(result.rows.iter_rows(named=True))
     insights = [InsightOut.from_row(r) for r in rows]
     groups: list[dict[str, Any]] = []
@@ -294,9 +295,7 @@ def feed_page(
         filters={"category": category, "priority": priority, "period": period},
         charts=_charts(request, rows),
         colleagues=_colleagues(store, viewer),
-        digest=dict(
-            zip(("frequency", "weekday"), store.digest_preference(viewer.user_id), strict=True)
-        ),
+        digest={"frequency": frequency, "weekday": weekday},
         WEEKDAYS=WEEKDAYS,
     )
 
