@@ -507,6 +507,24 @@ def test_a_day_at_the_start_of_the_history_runs_and_says_nothing(
     assert table(f"duckdb:///{work / 'i.duckdb'}").height == 0
 
 
+def test_a_feature_table_connected_days_ago_raises_no_discoveries(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A source whose feature usage begins a few days before the run (a table just connected):
+    every feature in use has no earlier day on record, and none is called newly discovered
+    (the opportunity step passes where the table's record begins)."""
+    source = Path(shutil.copytree(sample_dir, tmp_path / "source"))
+    features = pl.read_parquet(source / "feature_usage_daily.parquet")
+    connected = features.filter(pl.col("date") >= END - timedelta(days=5))
+    assert connected.filter(pl.col("active_users") > 0).height > 0
+    connected.write_parquet(source / "feature_usage_daily.parquet")
+    work = tmp_path / "work"
+    assert materialise_day(source, work, ["*"], day=END).success
+    insights = table(f"duckdb:///{work / 'i.duckdb'}")
+    assert insights.height > 0
+    assert insights.filter(pl.col("type") == "feature_discovery").is_empty()
+
+
 def test_an_accounts_open_insights_follow_it_to_its_new_csm(
     sample_dir: Path, tmp_path: Path
 ) -> None:

@@ -102,8 +102,8 @@ FACTS: dict[str, dict[str, Any]] = {
         "comment": "Reporting is slow and support takes days to answer.",
     },
     "entitlement_limit": {
-        "metric": "seats_used", "peak": 96.0, "entitled": 100.0, "used_pct": 96.0,
-        "at_limit": True, "limit_date": None,
+        "metric": "seats_used", "level": 96.0, "days": 3, "entitled": 100.0, "used_pct": 96.0,
+        "at_limit": True, "average_over": False, "limit_date": None,
     },
     "case_study_candidate": {
         "nps": 9, "responded_on": "2026-05-30", "growth_pct": 42.0, "health": 84,

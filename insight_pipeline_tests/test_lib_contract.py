@@ -604,6 +604,34 @@ def test_labels_spelt_as_exports_spell_them_read_as_the_contract_names_them(
     assert roles is not None and roles["role"].to_list() == ["csm", "manager"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_metric_names_spelt_differently_are_one_metric(tmp_path: Path, fmt: str) -> None:
+    """`DAU` and `dau`, `API Calls` in the usage and `api_calls` in the entitlements are the
+    same metric: read in one spelling, so the entitlement meets its usage, and the same day's
+    `DAU` and `dau` rows are a duplicate key (quarantined and counted), not two metrics."""
+    from datetime import date
+
+    usage = pl.DataFrame(
+        {
+            "customer_id": ["C1"] * 4,
+            "date": [date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 2), date(2026, 3, 1)],
+            "metric": ["DAU", "dau", " DAU", "API Calls"],
+            "value": [3.0, 4.0, 4.0, 900.0],
+        }
+    )
+    entitlements = pl.DataFrame(
+        {"customer_id": ["C1"], "metric": ["api_calls"], "entitled_value": [1000.0]}
+    )
+    source = source_of(tmp_path, fmt, {"usage_daily": usage, "entitlements": entitlements})
+    read = source.read("usage_daily")
+    assert read is not None
+    assert read["metric"].to_list() == ["dau", "dau", "dau", "api_calls"]
+    ent = source.read("entitlements")
+    assert ent is not None and ent["metric"].to_list() == ["api_calls"]
+    _clean, bad, report = contract.quarantine(contract.CONTRACT["usage_daily"], read)
+    assert report.duplicates == 1 and bad["metric"].to_list() == ["dau"]
+
+
 @pytest.mark.parametrize(
     "labels",
     [

@@ -3,17 +3,19 @@ trend too flat to reach the limit in any sensible time gives no date instead of 
 Feature discovery reads no further back than it needs, and its sort on one packed key orders
 rows as the sort on the columns."""
 
+import json
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from insight_pipeline.lib.detectors.common import sort_by_integers
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS, detect_feature_discovery
-from insight_pipeline.lib.detectors.opportunity import detect_entitlement_limit
+from insight_pipeline.lib.detectors.opportunity import detect_advocacy, detect_entitlement_limit
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.sample import generate_sample
 
@@ -37,8 +39,8 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
     days = np.arange(DAYS)
     usage = pl.concat(
         [
-            # rising 2% a week from 80% of the limit: crosses it within weeks
-            series("RISE", 800.0 * 1.02 ** (days / 7)),
+            # at 90% of the limit and rising 2% a week: crosses it within weeks
+            series("RISE", 900.0 * 1.02 ** ((days - DAYS + 1) / 7)),
             # flat at half the limit: nothing to say
             series("FLAT", np.full(DAYS, 500.0)),
             # at 93% of the limit, rising by a hair (fractional values): at the limit now, but
@@ -69,6 +71,54 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
     assert set(by_customer) == {"RISE", "HAIR"}
     assert '"limit_date": null' in by_customer["HAIR"]["facts"].replace('":null', '": null')
     assert '"limit_date": null' not in by_customer["RISE"]["facts"].replace('":null', '": null')
+
+
+def test_a_limit_is_reached_on_days_of_the_week_not_on_one_busy_day() -> None:
+    """At the limit means reaching 90% of it on `limit_days` (3) of the last 7 days: a single
+    busy day at the limit is not, a weekday-only account at it every working day is, and an
+    account whose weekly average is already over the limit is said to be over, with no limit
+    date (the projection would put the crossing in the past)."""
+    days = np.arange(DAYS)
+    weekday = np.array([(END - timedelta(days=DAYS - 1 - int(d))).weekday() < 5 for d in days])
+    two_busy_days = np.full(DAYS, 500.0)
+    two_busy_days[-3:-1] = 990.0
+    usage = pl.concat(
+        [
+            series("SPIKE", two_busy_days),
+            series("WORKDAYS", np.where(weekday, 950.0, 40.0)),
+            series("OVER", 1200.0 * 1.01 ** (days / 7)),  # over, and still rising
+        ]
+    )
+    customers = ["SPIKE", "WORKDAYS", "OVER"]
+    entitlements = pl.DataFrame(
+        {"customer_id": customers, "metric": ["api_calls"] * 3, "entitled_value": [1000.0] * 3}
+    )
+    accounts = pl.DataFrame(
+        {
+            "customer_id": customers,
+            "contract_start": [date(2024, 1, 1)] * 3,
+            "churned_on": [None] * 3,
+            "renewal_date": [date(2026, 12, 31)] * 3,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    signals = detect_entitlement_limit(
+        usage, entitlements, accounts, END, END, OpportunitySettings()
+    )
+    facts = {r["customer_id"]: json.loads(r["facts"]) for r in signals.iter_rows(named=True)}
+    assert set(facts) == {"WORKDAYS", "OVER"}
+    assert facts["WORKDAYS"]["level"] == 950 and facts["WORKDAYS"]["at_limit"]
+    assert not facts["WORKDAYS"]["average_over"]
+    assert facts["OVER"]["average_over"] and facts["OVER"]["limit_date"] is None
+    evidence = signals.filter(pl.col("customer_id") == "OVER")["evidence"].to_list()[0]
+    assert "already at or over the limit" in str(evidence)
+    # three busy days of the week are a limit reached
+    three_busy_days = two_busy_days.copy()
+    three_busy_days[-1] = 990.0
+    again = detect_entitlement_limit(
+        series("SPIKE", three_busy_days), entitlements, accounts, END, END, OpportunitySettings()
+    )
+    assert again["customer_id"].to_list() == ["SPIKE"]
 
 
 def test_entitlement_rows_come_in_grid_order_with_their_own_entitlement() -> None:
@@ -300,3 +350,68 @@ def test_a_discovery_shows_the_active_users_of_its_latest_active_day() -> None:
     key = ["customer_id", "subject", "partition_date"]
     repeated = detect_feature_discovery(pl.concat([features, features]), accounts, start, end)
     assert repeated.sort(key).equals(signals.sort(key))
+
+
+def test_a_feature_table_just_connected_raises_no_discovery_until_its_record_covers_the_gap(
+    tmp_path: Path,
+) -> None:
+    """On a source whose feature usage begins recently, every feature in use has no earlier
+    day on record: none of those is a discovery until the record reaches MIN_PRIOR_DAYS back,
+    and after that a feature first used is one (the planted discoveries of the full history)."""
+    generate_sample(tmp_path, accounts=150, days=240, seed=11, end_date=END)
+    features = pl.read_parquet(tmp_path / "feature_usage_daily.parquet")
+    accounts = pl.read_parquet(tmp_path / "customers.parquet")
+    since = END - timedelta(days=29)
+    connected = features.filter(pl.col("date") >= since)
+    # read as if every feature were new: a flood on the first days
+    assert detect_feature_discovery(connected, accounts, since, END).height > 100
+    assert detect_feature_discovery(connected, accounts, since, END, since).height == 0
+    # a month later than the record's start + MIN_PRIOR_DAYS, the full history's discoveries
+    # are found as before, the record's start given or not
+    first = END - timedelta(days=29)
+    early = features["date"].min()
+    full = detect_feature_discovery(features, accounts, first, END)
+    assert full.height > 0
+    key = ["customer_id", "subject", "partition_date"]
+    given = detect_feature_discovery(features, accounts, first, END, early)
+    assert given.sort(key).equals(full.sort(key))
+
+
+def test_a_promoter_is_a_referral_candidate_only_once_its_usage_is_seen_healthy() -> None:
+    """A referral needs healthy usage on record: a promoter whose usage history is shorter than
+    the growth comparison (growth_weeks) is not one yet; the same promoter with the history is."""
+    s = OpportunitySettings()
+    accounts = pl.DataFrame(
+        {
+            "customer_id": ["LONG", "SHORT"],
+            "contract_start": [date(2024, 1, 1)] * 2,
+            "churned_on": [None] * 2,
+            "renewal_date": [date(2026, 12, 31)] * 2,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    long_history = np.full(7 * s.growth_weeks + 14, 500.0)
+    usage = pl.concat([series("LONG", long_history), series("SHORT", np.full(30, 500.0))])
+    nps = pl.DataFrame(
+        {"customer_id": ["LONG", "SHORT"], "responded_on": [END, END], "score": [10, 10]},
+        schema_overrides={"score": pl.Int64},
+    )
+    meetings = pl.DataFrame(
+        schema={
+            "customer_id": pl.String,
+            "start_at": pl.Datetime("us", "UTC"),
+            "sentiment": pl.Float64,
+        }
+    )
+    health = pl.DataFrame(schema={"customer_id": pl.String, "date": pl.Date, "score": pl.Float64})
+    signals = detect_advocacy(nps, usage, health, meetings, accounts, END, END, s)
+    referrals = signals.filter(pl.col("type") == "referral_candidate")["customer_id"].to_list()
+    assert referrals == ["LONG"]
+
+
+def test_a_limit_days_outside_a_week_is_refused_by_name() -> None:
+    from insight_pipeline.lib.settings import Settings
+
+    for days in (0, 8):
+        with pytest.raises(ValueError, match=r"opportunity\.limit_days="):
+            Settings.from_dict({"opportunity": {"limit_days": days}})

@@ -52,9 +52,9 @@ class TableSpec:
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     """Columns of the contract's lower_snake labels (roles, meeting types, priorities,
-    segments, directions): exports spell them `QBR`, `Check-in`, `Mid Market`, so case, spaces
-    and hyphens are normalised when typed (a label the contract does not name, `P1` or
-    `Demo call`, is spelt alike and matches no rule: `demo_call`)."""
+    segments, directions, metric names): exports spell them `QBR`, `Check-in`, `Mid Market`,
+    `DAU`, so case, spaces and hyphens are normalised when typed (a label the contract does
+    not name, `P1` or `Demo call`, is spelt alike and matches no rule: `demo_call`)."""
     synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
     """column -> {label as normalised: the contract's label}: the vocabularies of common tools
     for the same thing (a ticket's `P1` or `Critical` is the contract's `urgent`), mapped when
@@ -189,6 +189,9 @@ CONTRACT: dict[str, TableSpec] = {
             non_negative=("value",),
             not_null=("value",),
             date_column="date",
+            # metric names are free text, but one export's `DAU` and another's `dau` (or the
+            # entitlements' `api_calls` and the usage's `API Calls`) are the same metric
+            labels=("metric",),
         ),
         TableSpec(
             "entitlements",
@@ -198,6 +201,7 @@ CONTRACT: dict[str, TableSpec] = {
             refs={"customer_id": "customers"},
             non_negative=("entitled_value",),
             not_null=("entitled_value",),
+            labels=("metric",),
         ),
         TableSpec(
             "feature_usage_daily",

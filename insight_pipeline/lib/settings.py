@@ -284,6 +284,10 @@ class OpportunitySettings:
     """entitlement_limit, case_study_candidate, referral_candidate."""
 
     entitlement_ratio: float = 0.9
+    limit_days: int = 3
+    """Days of the last 7 the metric must reach entitlement_ratio of its entitlement on (the
+    3rd-highest day of the week): one busy day is not a limit reached, and a weekday-only
+    account that hits it every working day reaches it on 5."""
     projection_weeks: int = 8
     """Weeks of history behind the 'on course to exceed before renewal' projection."""
     min_projection_ratio: float = 0.8
@@ -299,6 +303,10 @@ class OpportunitySettings:
     case_study_min_sentiment: float = 0.4
     referral_min_growth: float = -0.05
     referral_min_health: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit_days <= 7:
+            raise ValueError(f"opportunity.limit_days={self.limit_days}: days of a week, 1 to 7")
 
 
 @dataclass(frozen=True)

@@ -330,7 +330,8 @@ def detect_opportunity(
     first: date, last: date, cfg: Settings, accounts: pl.DataFrame, act: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict]:
     """`act` holds the opportunity tables, feature usage and the usage window ("usage") as
-    scans, and the row counts of both ("feature_rows", "usage_rows")."""
+    scans, the row counts of both ("feature_rows", "usage_rows") and where the feature usage on
+    record begins ("features_since")."""
     s = cfg.opportunity
     usage = act["usage"]
     # Each detector reads only its rows of the (large) usage window from the scan: the
@@ -351,7 +352,9 @@ def detect_opportunity(
             ),
             "feature_discovery": (
                 [act["feature_rows"]],  # a scan: only its last weeks are read
-                lambda: detect_feature_discovery(act["feature_usage"], accounts, first, last),
+                lambda: detect_feature_discovery(
+                    act["feature_usage"], accounts, first, last, act["features_since"]
+                ),
             ),
         }
     )
@@ -371,6 +374,8 @@ def opportunity_signals(
     rows = {
         "usage_rows": rows_of(usage_window),
         "feature_rows": rows_of(activity_window["feature_usage"]),
+        # where the feature usage on record begins (of all accounts, once)
+        "features_since": first_day(activity_window, {"feature_usage": "date"}),
     }
     # A run of several account parts learns when each entitled metric's series began in one
     # pass, not one per part (see `rows_since`).

@@ -1,8 +1,9 @@
 """feature_discovery: an account starts using a feature it has not used in the visible history.
 
 "Never used" is judged over the rows read (the look-back window): a feature whose first active day
-in the window comes at least `min_prior_days` after the window opened and after the account's
-onboarding is a discovery. Accounts that are still onboarding are skipped (everything is new then).
+in the window comes at least `min_prior_days` after the window opened, after the table's record
+begins and after the account's onboarding is a discovery. Accounts that are still onboarding are
+skipped (everything is new then).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 MIN_PRIOR_DAYS = 56
 DISCOVERY_WINDOW_DAYS = 14
 HISTORY_DAYS = MIN_PRIOR_DAYS + DISCOVERY_WINDOW_DAYS
+MIN_PRIOR = timedelta(days=MIN_PRIOR_DAYS)
 """Days before the first day of a run that the detector reads (older rows change nothing)."""
 
 
@@ -63,9 +65,14 @@ def detect_feature_discovery(
     accounts: pl.DataFrame,
     start: date,
     end: date,
+    features_since: date | None = None,
 ) -> pl.DataFrame:
     """feature_discovery signals of [start, end] from the rows of `features` (a frame or a scan)
-    in the HISTORY_DAYS before `start` and after: older rows change nothing."""
+    in the HISTORY_DAYS before `start` and after: older rows change nothing.
+
+    `features_since`, the first day of the table on record: a first use less than
+    MIN_PRIOR_DAYS after it is not a discovery, since the days before it are not on record (a
+    source connected today would otherwise make every feature in use "new" on its first day)."""
     # A (re)discovery: active on a day whose previous active day, if any is visible, is more than
     # MIN_PRIOR_DAYS earlier. Gaps, not first rows, so the answer does not depend on how far back
     # a run happened to read. Only days from `opened` on can start a discovery shown in the run,
@@ -125,7 +132,10 @@ def detect_feature_discovery(
             & (pl.col("first_used") >= pl.col("contract_start") + pl.duration(days=MIN_PRIOR_DAYS))
             & (
                 pl.col("previous").is_not_null()
-                | (pl.col("first_used") >= pl.lit(start) - pl.duration(days=DISCOVERY_WINDOW_DAYS))
+                | (
+                    (pl.col("first_used") >= pl.lit(start) - timedelta(DISCOVERY_WINDOW_DAYS))
+                    & (pl.col("first_used") >= pl.lit(features_since or date.min) + MIN_PRIOR)
+                )
             )
         )
         .with_columns(

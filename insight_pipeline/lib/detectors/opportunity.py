@@ -14,7 +14,6 @@ from insight_pipeline.lib.detectors.usage import (
     rows_since,
     trailing_sums,
     usage_grid,
-    within_series,
 )
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
@@ -32,8 +31,9 @@ def detect_entitlement_limit(
     s: OpportunitySettings,
     starts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """A metric at entitlement_ratio of its entitlement (7-day peak), or on course to exceed it
-    before renewal (log-linear weekly trend over projection_weeks, projected to renewal_date).
+    """A metric at entitlement_ratio of its entitlement on limit_days of the last 7 days, or on
+    course to exceed it before renewal (log-linear weekly trend over projection_weeks, projected
+    to renewal_date).
 
     `usage` may be a scan of a large window: only the entitled metrics' rows are read.
     `starts`: `series_starts` of the whole window, when `usage` is one part of it (a long run
@@ -60,12 +60,8 @@ def detect_entitlement_limit(
     # Windows over every day of a series (rolling, masked at series starts: rows are contiguous
     # and daily), results only for the run's days, the weekly means gathered at their lags.
     wanted = np.flatnonzero((grid.day >= _epoch_day(start)) & (grid.day <= _epoch_day(end)))
-    windows = pl.DataFrame({"value": grid.value, "_pos": grid.position}).select(
-        within_series(pl.col("value").rolling_max(7, min_samples=7), 6).alias("peak7"),
-        # (a sum in a fixed order: the same floats in a range and in a day's run)
-        pl.Series("m0", trailing_sums(grid.value, grid.position, 7) / 7, nan_to_null=True),
-    )
-    m0 = windows["m0"].to_numpy()
+    # (a sum in a fixed order: the same floats in a range and in a day's run)
+    m0 = trailing_sums(grid.value, grid.position, 7) / 7
 
     def weeks_back(i: int, rows: np.ndarray) -> pl.Series:
         lag = 7 * i
@@ -91,10 +87,13 @@ def detect_entitlement_limit(
         return empty_signals()
     # Both kinds of hit need a ratio of at least min(entitlement_ratio, min_projection_ratio):
     # the texts, the weekly means, the slope and the limit date are only for those rows.
-    ratio = pl.col("peak7") / pl.col("entitled_value")
+    ratio = pl.col("level") / pl.col("entitled_value")
+    level = np.full(grid.value.size, np.nan)
+    level_rows = wanted[count > 0]
+    level[level_rows] = week_level(grid.value, grid.position, level_rows, s.limit_days)
     stats = (
         stats.with_columns(
-            windows["peak7"].gather(stats["_row"]),
+            pl.Series("level", level.take(stats["_row"].to_numpy()), nan_to_null=True),
             entitled["entitled_value"].gather(stats["_match"]),
         )
         .with_columns(ratio.alias("ratio"))
@@ -105,7 +104,7 @@ def detect_entitlement_limit(
         [entitled.drop("_series", "entitled_value")[stats["_match"]], stats], how="horizontal"
     ).with_columns(
         pl.Series("partition_date", grid.day[rows], dtype=pl.Int32).cast(pl.Date),
-        windows["m0"].gather(rows),
+        pl.Series("m0", m0[rows], nan_to_null=True),
         *[weeks_back(i, rows) for i in range(1, k)],
     )
     xs = [float(k - 1 - i) for i in range(k)]
@@ -117,9 +116,13 @@ def detect_entitlement_limit(
     days_to_limit = (pl.col("entitled_value") / current).log() / pl.col("slope") * 7
     # A nearly flat trend projects the limit centuries ahead (or past the calendar, which polars
     # cannot add to a date): beyond MAX_PROJECTION_DAYS there is no limit date to show.
+    # A weekly average already over the limit has no crossing ahead (the formula would put it
+    # in the past): the texts say it is over.
+    over = current >= pl.col("entitled_value")
     projected = (
         (pl.col("slope") > 0)
         & (current > 0)
+        & ~over
         & days_to_limit.is_finite()
         & (days_to_limit.abs() <= MAX_PROJECTION_DAYS)
     )
@@ -164,8 +167,8 @@ def detect_entitlement_limit(
             pl.when(at_limit).then(0.95).otherwise(0.6).alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} (7-day peak)", pl.col("metric")),
-                    pl.col("peak7"),
+                    pl.format("{} (reached on {} of the last 7 days)", "metric", s.limit_days),
+                    pl.col("level"),
                     pl.format("entitled {}", pl.col("entitled_value")),
                     "usage_daily, entitlements",
                 ),
@@ -174,7 +177,9 @@ def detect_entitlement_limit(
                     (pl.col("ratio") * 100).round(0),
                     pl.format(
                         "{} (renewal {})",
-                        pl.when(pl.col("limit_date").is_null())
+                        pl.when(over)
+                        .then(pl.lit("weekly average already at or over the limit"))
+                        .when(pl.col("limit_date").is_null())
                         .then(pl.lit("no limit date at the current weekly trend"))
                         .otherwise(
                             pl.format(
@@ -188,16 +193,38 @@ def detect_entitlement_limit(
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                pl.col("peak7").round(0).alias("peak"),
+                pl.col("level").round(0).alias("level"),
+                pl.lit(s.limit_days).alias("days"),
                 pl.col("entitled_value").round(0).alias("entitled"),
                 (pl.col("ratio") * 100).round(0).alias("used_pct"),
                 at_limit.alias("at_limit"),
+                over.alias("average_over"),
                 pl.col("limit_date").cast(pl.String).alias("limit_date"),
             )
             .struct.json_encode()
             .alias("facts"),
         )
     )
+
+
+WEEK_LEVEL_CHUNK = 1 << 20
+"""Rows whose weeks `week_level` holds at once (7 floats each: 56 MB)."""
+
+
+def week_level(value: np.ndarray, position: np.ndarray, rows: np.ndarray, days: int) -> np.ndarray:
+    """The value a series reached on at least `days` of the 7 days ending at each of `rows`
+    (the `days`-th highest of that week; NaN before a series' seventh day). One busy day is not
+    a limit reached: a daily allowance is hit when the account keeps coming back to it, as a
+    weekday-only account does on `days` = 3 of its 5 working days. Chunked, so a long range
+    holds the weeks of a few rows at a time."""
+    out = np.full(rows.size, np.nan)
+    for lo in range(0, rows.size, WEEK_LEVEL_CHUNK):
+        chunk = rows[lo : lo + WEEK_LEVEL_CHUNK]
+        week = np.stack([value.take(chunk - lag, mode="clip") for lag in range(7)], axis=1)
+        reached = np.partition(week, 7 - days, axis=1)[:, 7 - days]
+        out[lo : lo + chunk.size] = np.where(np.isnan(week).any(axis=1), np.nan, reached)
+    out[position[rows] < 6] = np.nan
+    return out
 
 
 def account_momentum(
@@ -319,8 +346,11 @@ def detect_advocacy(
         s.growth_weeks,
     )
     frame = promoters.join(momentum, on=["customer_id", "partition_date"], how="left")
+    # Healthy usage must be seen: an account without `growth_weeks` of usage on record (a new
+    # account, a source connected last month) is no referral candidate yet - its promoter
+    # response is still an outreach_window. No health table is no evidence either way.
     health_ok = pl.col("health").is_null() | (pl.col("health") >= s.referral_min_health)
-    referral = (pl.col("growth").fill_null(0.0) >= s.referral_min_growth) & health_ok
+    referral = (pl.col("growth") >= s.referral_min_growth) & health_ok
     case_study = (
         (pl.col("growth") >= s.case_study_min_growth)
         & (pl.col("health") >= s.case_study_min_health)
