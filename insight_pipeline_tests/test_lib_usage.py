@@ -22,6 +22,7 @@ from insight_pipeline.lib.detectors.usage import (
     _series_codes,
     _series_rolling_median,
     _sorted_codes,
+    _test_weeks,
     _trend_stats_of_grid,
     carry_last_before,
     detect_usage_anomalies,
@@ -657,6 +658,85 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     assert kept.filter(pl.col("partition_date").is_in([day_of(d) for d in holiday]))[
         "direction"
     ].to_list() == [0, 0, 0]
+
+
+def test_a_day_the_whole_export_is_missing_or_zero_is_no_accounts_drop_or_decline() -> None:
+    """One export day missing for every account and another all zeros (a failed export, an
+    outage) are void days of the population: no account's value there says anything, so no
+    clean account raises a drop or a decline over them, while the accounts whose own usage
+    fell by 80% in the same weeks are still found; a range judges each day as its runs alone do.
+    Judged against a plain log shift instead, a zero is the account's size, not its move (every
+    account above the median account "dropped")."""
+    rng = np.random.default_rng(7)
+    multipliers = _noisy(100, rng)
+    planted = {f"C{i:04d}" for i in range(5)}
+    for i in range(5):
+        multipliers[i] = multipliers[i] * step(DAYS, DAYS - 12, 0.2)
+    missing, zero = DAYS - 7, DAYS - 4
+    for i in multipliers:
+        multipliers[i][zero] = 0.0
+    usage = usage_series(100, DAYS, END, multipliers=multipliers, seed=7).filter(
+        pl.col("date") != day_of(missing)
+    )
+    first = day_of(DAYS - 14)
+    population = population_shifts(usage, first, END, S)
+    void = population.filter(pl.col("population_shift") == -np.inf)
+    assert set(void["date"]) == {day_of(missing), day_of(zero)}
+    baselines = usage_baselines(usage, first, END, S, population=population)
+    drops = detect_usage_anomalies(baselines, S).filter(pl.col("type") == "usage_drop")
+    assert set(drops["customer_id"]) == planted
+    on_void = baselines.filter(pl.col("population_shift") == -np.inf)
+    assert on_void.height > 0 and (on_void["direction"] <= 0).all()
+    assert on_void.filter(pl.col("direction") < 0).is_empty()
+    trends = usage_trends(usage, first, END, S, population=population)
+    assert set(trends.filter(pl.col("type") == "declining_usage")["customer_id"]) <= planted
+    # a plain log shift of the void days (their median residual) flags most accounts
+    shifted = population.with_columns(
+        pl.when(pl.col("population_shift") == -np.inf)
+        .then(-3.0)
+        .otherwise("population_shift")
+        .alias("population_shift")
+    )
+    plain = usage_baselines(usage, first, END, S, population=shifted)
+    assert plain.filter(pl.col("direction") < 0)["customer_id"].n_unique() > 20
+    for offset in range((END - first).days + 1):
+        day = first + timedelta(days=offset)
+        alone = usage_baselines(
+            usage, day, day, S, population=population_shifts(usage, day, day, S)
+        )
+        assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
+
+
+def test_a_week_holding_void_days_is_its_other_days_scaled_to_seven() -> None:
+    """The trend test's week sums leave void days out (`_test_weeks`): a week holding one is
+    its six other days times 7/6, a week of seven void days is unknown (NaN), and a day of an
+    ordinary population move is still taken at its level."""
+    days = 35
+    usage = pl.DataFrame(
+        {
+            "customer_id": "C1",
+            "date": [END - timedelta(days=days - 1 - i) for i in range(days)],
+            "metric": "dau",
+            "value": np.where(np.arange(days) == 10, 5.0, 10.0),  # day 10: half, with everyone
+        }
+    )
+    void = [END - timedelta(days=days - 1 - i) for i in (20, *range(26, 33))]
+    population = pl.DataFrame(
+        {
+            "metric": "dau",
+            "date": [END - timedelta(days=days - 11), *void],
+            "population_shift": [np.log(0.5)] + [-np.inf] * len(void),
+        }
+    )
+    grid = _grid_until(usage, END, None)
+    w0 = trailing_sums(grid.value, grid.position, 7)
+    sums, moved_days = _test_weeks(grid, population, w0)
+    at = {i: float(sums[i]) for i in (9, 10, 16, 20, 25, 32, 34)}
+    # the half day is taken at its level (its log1p less the population's shift)
+    assert at[9] == 70.0 and np.isclose(at[10], 60.0 + np.expm1(np.log1p(5.0) - np.log(0.5)))
+    assert at[20] == 60.0 * 7 / 6 and at[25] == 60.0 * 7 / 6
+    assert np.isnan(at[32]) and at[34] == 20.0 * 7 / 2
+    assert moved_days[32] == 7 and moved_days[16] == 1
 
 
 def _holiday_book(seed: int) -> pl.DataFrame:

@@ -897,6 +897,7 @@ def population_shifts(
             pl.len().alias("_series"),
             (pl.col("_residual") > 0).sum().alias("_up"),
             (pl.col("_residual") < 0).sum().alias("_down"),
+            (pl.col("value") == 0).sum().alias("_zero"),
         )
         .filter(
             (pl.col("_series") >= s.min_population_series)
@@ -919,6 +920,15 @@ def population_shifts(
         pl.col("_down")
     ) >= pl.col("_critical")
     shifts = shifts.join(critical, on="_series", how="left").filter(shared)
+    # A day on which most accounts judged have no usage at all (an export day that is missing
+    # or all zeros, the product down, a day everyone is off) is *void*: a log residual of 0
+    # against its usual level is the account's size, not its move, so no account's value that
+    # day says anything about it. Its shift is -inf: every account moving down with it is
+    # judged to have moved by 0, and the weekly sums count its other days (`_test_weeks`).
+    void = pl.col("_zero") * 2 > pl.col("_series")
+    shifts = shifts.with_columns(
+        pl.when(void).then(-math.inf).otherwise("population_shift").alias("population_shift")
+    )
     return shifts.select(list(POPULATION_SCHEMA)).sort("metric", "date")
 
 
@@ -1296,23 +1306,33 @@ def _test_weeks(
     if not moved.any():
         return w0, np.zeros(grid.value.size, dtype=np.int16)
     values = grid.value.copy()
+    # A void day (shift -inf, `population_shifts`) is not counted: a week holding some is its
+    # other days' sum scaled to seven (NaN when all seven are void).
+    void = np.isneginf(shift)
+    values[void] = 0.0
     # (a day without usage stays one: 0 is no level to scale)
-    scaled = moved & (values > 0)
+    scaled = moved & ~void & (values > 0)
     values[scaled] = np.expm1(np.log1p(values[scaled]) - shift[scaled])
     days = moved.astype(np.int16)
-    touched = scaled.copy()  # the weeks holding a scaled day: the only sums that differ from w0
+    void_days = void.astype(np.int16)
+    # the weeks holding a scaled or void day: the only sums that differ from w0
+    touched = scaled | void
     for lag in range(1, 7):
         days[lag:] += moved[:-lag]
-        touched[lag:] |= scaled[:-lag]
+        void_days[lag:] += void[:-lag]
+        touched[lag:] |= scaled[:-lag] | void[:-lag]
     touched = np.flatnonzero(touched & (grid.position >= 6))  # (NaN, as in w0, elsewhere)
     if touched.size * 4 > values.size:
-        return trailing_sums(values, grid.position, 7), np.where(grid.position >= 6, days, 0)
-    # summed again in the order `trailing_sums` adds them
-    week = values[touched]
-    for lag in range(1, 7):
-        week += values[touched - lag]
-    sums = w0.copy()
-    sums[touched] = week
+        sums = trailing_sums(values, grid.position, 7)
+    else:  # summed again in the order `trailing_sums` adds them
+        week = values[touched]
+        for lag in range(1, 7):
+            week += values[touched - lag]
+        sums = w0.copy()
+        sums[touched] = week
+    if void.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sums = np.where(void_days > 0, sums * 7.0 / (7 - void_days), sums)
     return sums, np.where(grid.position >= 6, days, 0)
 
 
