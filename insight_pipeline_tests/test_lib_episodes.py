@@ -73,6 +73,16 @@ def test_gap_longer_than_ttl_opens_a_new_episode() -> None:
     assert upserts.height == 2
 
 
+def test_a_timing_insight_expires_a_week_after_its_moment_ends() -> None:
+    """A QBR due until the day before the renewal: its insight expires a week after that day,
+    not a month into the new contract year (a risk insight keeps its month)."""
+    days = list(range(20))
+    for category, ttl in (("timing", 7), ("risk", 30)):
+        upserts, _ = plan_episodes(candidates("c|qbr_due|x", days, category), EMPTY, S)
+        expires = upserts["expires_at"][0]
+        assert expires.date() == D0 + timedelta(days=19 + ttl), category
+
+
 def test_range_equals_day_by_day() -> None:
     offsets = [0, 1, 2, 5, 30, 31, 60]
     frame = candidates("f", offsets)

@@ -131,11 +131,13 @@ class RankingSettings:
             "risk": 30,
             "opportunity": 30,
             "benchmark": 30,
-            "timing": 30,
+            "timing": 7,
         }
     )
     """Days after its pattern was last seen that an insight expires, per category. While open,
-    a re-detection continues the insight (one open insight per fingerprint)."""
+    a re-detection continues the insight (one open insight per fingerprint). A timing insight
+    is a moment that lasts while its rule holds (a QBR due until the renewal or the QBR, a
+    promoter's two weeks): its week bridges a missed daily run, not a month past the renewal."""
     novelty_days: int = 30
     """A pattern raised again within this many days of its previous episode's end is less new
     (novelty 0.5 at once, rising linearly to 1 at this many days)."""
