@@ -18,6 +18,7 @@ from insight_pipeline.lib.detectors.features import HISTORY_DAYS, detect_feature
 from insight_pipeline.lib.detectors.opportunity import detect_advocacy, detect_entitlement_limit
 from insight_pipeline.lib.settings import OpportunitySettings
 from insight_pipeline.sample import generate_sample
+from insight_pipeline_tests.synthetic import customers
 
 END = date(2026, 6, 30)
 DAYS = 112
@@ -55,15 +56,7 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
             "entitled_value": [1000.0] * 3,
         }
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["RISE", "FLAT", "HAIR"],
-            "contract_start": [date(2024, 1, 1)] * 3,
-            "churned_on": [None] * 3,
-            "renewal_date": [date(2026, 12, 31)] * 3,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers(["RISE", "FLAT", "HAIR"])
     signals = detect_entitlement_limit(
         usage, entitlements, accounts, END, END, OpportunitySettings()
     )
@@ -89,19 +82,11 @@ def test_a_limit_is_reached_on_days_of_the_week_not_on_one_busy_day() -> None:
             series("OVER", 1200.0 * 1.01 ** (days / 7)),  # over, and still rising
         ]
     )
-    customers = ["SPIKE", "WORKDAYS", "OVER"]
+    ids = ["SPIKE", "WORKDAYS", "OVER"]
     entitlements = pl.DataFrame(
-        {"customer_id": customers, "metric": ["api_calls"] * 3, "entitled_value": [1000.0] * 3}
+        {"customer_id": ids, "metric": ["api_calls"] * 3, "entitled_value": [1000.0] * 3}
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": customers,
-            "contract_start": [date(2024, 1, 1)] * 3,
-            "churned_on": [None] * 3,
-            "renewal_date": [date(2026, 12, 31)] * 3,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers(ids)
     signals = detect_entitlement_limit(
         usage, entitlements, accounts, END, END, OpportunitySettings()
     )
@@ -143,15 +128,7 @@ def test_entitlement_rows_come_in_grid_order_with_their_own_entitlement() -> Non
             "entitled_value": [600.0, 100.0, 1000.0, 0.0, 1000.0, 99.0, 10.0],
         }
     )
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["D", "B", "A"],
-            "contract_start": [date(2024, 1, 1)] * 3,
-            "churned_on": [None] * 3,
-            "renewal_date": [date(2026, 12, 31)] * 3,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers(["D", "B", "A"])
     first = END - timedelta(days=2)
     signals = detect_entitlement_limit(
         usage, entitlements, accounts, first, END, OpportunitySettings()
@@ -381,15 +358,7 @@ def test_a_promoter_is_a_referral_candidate_only_once_its_usage_is_seen_healthy(
     """A referral needs healthy usage on record: a promoter whose usage history is shorter than
     the growth comparison (growth_weeks) is not one yet; the same promoter with the history is."""
     s = OpportunitySettings()
-    accounts = pl.DataFrame(
-        {
-            "customer_id": ["LONG", "SHORT"],
-            "contract_start": [date(2024, 1, 1)] * 2,
-            "churned_on": [None] * 2,
-            "renewal_date": [date(2026, 12, 31)] * 2,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    accounts = customers(["LONG", "SHORT"])
     long_history = np.full(7 * s.growth_weeks + 14, 500.0)
     usage = pl.concat([series("LONG", long_history), series("SHORT", np.full(30, 500.0))])
     nps = pl.DataFrame(
