@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import polars as pl
 
 from insight_pipeline.defs.insights.outcomes import history_window
-from insight_pipeline.lib.insights.outcomes import comparable_events
+from insight_pipeline.lib.insights.outcomes import comparable_events, outcome_rates
 from insight_pipeline.lib.settings import OutcomeSettings
 
 
@@ -58,3 +58,32 @@ def test_the_history_read_begins_with_a_whole_month() -> None:
         first, last = history_window(date(2026, month, 1), s)
         assert first.day == 1
         assert last == date(2026, month, 1) - timedelta(days=1)
+
+
+def test_months_before_the_usage_on_record_are_not_counted_as_accounts_that_stayed() -> None:
+    """A source whose usage begins on 10 February 2026, as of 1 November: the baseline churn
+    rate and the label count the months from March on (8), not 18 months of which 10 precede
+    any data (and whose churned customers an export seldom lists), which diluted the rate."""
+    s = OutcomeSettings()
+    as_of = date(2026, 11, 1)
+    n = 100
+    churned = [date(2026, 4, 15), date(2026, 5, 20), date(2026, 6, 2), date(2026, 7, 9)]
+    customers = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(n)],
+            "contract_start": [date(2023, 1, 1)] * n,
+            "churned_on": churned + [None] * (n - len(churned)),
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    events = pl.DataFrame(
+        schema={"customer_id": pl.String, "event_date": pl.Date, "family": pl.String}
+    )
+    whole = outcome_rates(events, customers, as_of, s).row(0, named=True)
+    on_record = outcome_rates(events, customers, as_of, s, date(2026, 2, 10)).row(0, named=True)
+    assert whole["months"] == s.history_months and on_record["months"] == 8
+    # months whose 90 days ahead are known: May 2025.. (16) against March.. (6) of 2026
+    assert on_record["baseline_pct"] > 2 * whole["baseline_pct"] > 0
+    # a source older than the window changes nothing
+    older = outcome_rates(events, customers, as_of, s, date(2024, 1, 1)).row(0, named=True)
+    assert older == whole

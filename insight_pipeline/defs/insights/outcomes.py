@@ -173,8 +173,10 @@ def rates_as_of(
     contacts = frames["contacts"]
     if contacts.height:
         contacts = contacts.filter(pl.col("left_on").is_null() | (pl.col("left_on") <= last))
+    if monthly_usage is None:
+        monthly_usage = source.monthly_usage(first, last)
     events = comparable_events(
-        source.monthly_usage(first, last) if monthly_usage is None else monthly_usage,
+        monthly_usage,
         contacts,
         frames["nps_responses"],
         frames["health_scores"],
@@ -186,7 +188,8 @@ def rates_as_of(
         customers.select("customer_id", "contract_start"),
         span,
     )
-    rates = outcome_rates(events, customers, as_of, s)
+    # where the usage on record begins (within the window read): no months before it count
+    rates = outcome_rates(events, customers, as_of, s, monthly_usage["first_day"].min())
     path.parent.mkdir(parents=True, exist_ok=True)
     rates.write_parquet(path)
     return rates

@@ -65,6 +65,10 @@ def month_start(day: date) -> date:
     return day.replace(day=1)
 
 
+def next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
 def history_start(as_of: date, s: OutcomeSettings) -> date:
     total = as_of.year * 12 + (as_of.month - 1) - s.history_months
     return date(total // 12, total % 12 + 1, 1)
@@ -354,12 +358,24 @@ def comparable_events(
 
 
 def outcome_rates(
-    events: pl.DataFrame, customers: pl.DataFrame, as_of: date, s: OutcomeSettings
+    events: pl.DataFrame,
+    customers: pl.DataFrame,
+    as_of: date,
+    s: OutcomeSettings,
+    since: date | None = None,
 ) -> pl.DataFrame:
     """Per family: n accounts with the event in [as_of - history, as_of - horizon], k of them
     churned within the horizon after their first event, and the baseline churn rate within the
-    horizon of all accounts active at the start of each month of the window."""
+    horizon of all accounts active at the start of each month of the window.
+
+    `since`, the first day of usage on record: the window starts at the first whole month from
+    it. Before it the source holds neither events nor, often, the customers that churned (an
+    export lists today's customers and some of the lost), so its months would count as
+    accounts that stayed: 12 empty months of 18 put a 1% churn rate at 0.3%."""
     start = history_start(as_of, s)
+    if since is not None:
+        start = max(start, month_start(since) if since.day == 1 else next_month(since))
+    months_on_record = (as_of.year - start.year) * 12 + as_of.month - start.month
     churn = customers.select(
         "customer_id",
         pl.when(pl.col("churned_on") < as_of).then(pl.col("churned_on")).alias("churned_on"),
@@ -407,7 +423,7 @@ def outcome_rates(
             pl.col("n").fill_null(0).cast(pl.Int64),
             pl.col("k").fill_null(0).cast(pl.Int64),
             pl.lit(as_of).alias("as_of"),
-            pl.lit(s.history_months).alias("months"),
+            pl.lit(max(months_on_record, 0)).alias("months"),
             pl.lit(s.horizon_days).alias("horizon_days"),
             pl.lit(s.min_accounts).alias("min_n"),
             pl.lit("churned").alias("outcome"),
