@@ -778,6 +778,38 @@ def test_a_holiday_at_the_end_of_the_trend_window_is_no_accounts_decline() -> No
     assert found >= 8  # of 16
 
 
+def test_a_new_level_of_the_whole_book_or_a_metric_no_one_exports_is_no_accounts_pattern() -> None:
+    """Three weeks at half the usual level for every account (a long holiday), or a metric no
+    longer exported by anyone (every day of the last three weeks void): judged on the weeks as
+    they were, most accounts "settled lower"; on the weeks with the population's days at their
+    level, no clean account does, while the accounts whose own level fell as well are found -
+    from the candidate rows and from the full statistics alike."""
+    rng = np.random.default_rng(5)
+    multipliers = _noisy(120, rng)
+    planted = {f"C{i:04d}" for i in range(6)}
+    for i in multipliers:
+        multipliers[i][DAYS - 21 :] *= 0.5
+    for i in range(6):
+        multipliers[i] = multipliers[i] * step(DAYS, DAYS - 21, 0.4)
+    usage = usage_series(120, DAYS, END, multipliers=multipliers, seed=5)
+    retired = usage.filter(pl.col("date") <= day_of(DAYS - 22))
+    first = day_of(DAYS - 3)
+
+    def settled(usage: pl.DataFrame, population: pl.DataFrame | None) -> set[str]:
+        found = usage_trends(usage, first, END, S, population=population)
+        full = detect_usage_trends(
+            weekly_trend_stats(usage, first, END, S, population=population), S
+        )
+        assert found.equals(full)
+        return set(found.filter(pl.col("type") == "usage_pattern_change")["customer_id"])
+
+    assert len(settled(usage, None) - planted) > 50
+    adjusted = settled(usage, population_shifts(usage, first, END, S))
+    assert adjusted - planted == set() and len(adjusted & planted) >= 5
+    assert len(settled(retired, None)) > 50
+    assert settled(retired, population_shifts(retired, first, END, S)) == set()
+
+
 def test_the_trend_tests_population_days_are_the_same_in_a_range_and_in_each_day_alone() -> None:
     """A range's population days and trend signals are those of each day run alone with its
     own look-back, though the earliest days measured sit at the start of a day's look-back and

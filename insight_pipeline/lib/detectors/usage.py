@@ -1402,9 +1402,10 @@ def _trend_stats_of_grid(
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
     test_w0, moved_days = _test_weeks(grid, population, w0)
+    recent_void = _recent_void_days(grid, population)
     candidates = None
     if only_candidates:
-        candidates = _trend_candidates(w0, we7, test_w0, wanted, grid.position, s)
+        candidates = _trend_candidates(w0, we7, test_w0, recent_void, wanted, grid.position, s)
     if candidates is not None:
         wanted, picked = candidates
     else:  # the last 3 weeks and the 8 before them, at the wanted rows
@@ -1416,6 +1417,12 @@ def _trend_stats_of_grid(
                 _weeks_back(w0, grid.position, wanted, 0, 3).alias("recent3"),
                 _weeks_back(we7, grid.position, wanted, 0, 3).alias("_we_recent"),
                 _weeks_back(we7, grid.position, wanted, 3, 8).alias("_we_prior"),
+                (_where_whole(*_level_prior(w0, test_w0, grid.position, wanted, kd)) / 8.0)
+                .fill_nan(None)
+                .alias("level_prior_week"),
+                _weeks_back(test_w0, grid.position, wanted, 0, 3)
+                .fill_nan(None)
+                .alias("level_recent3"),
             ]
         )
     test_week = [f"_test_w{i}" for i in range(kd)]
@@ -1454,6 +1461,10 @@ def _trend_stats_of_grid(
             pl.Series("weekend_share_sd", share_sd, nan_to_null=True),
             picked["recent3"],
             picked["prior_week"],
+            picked["level_recent3"],
+            picked["level_prior_week"],
+            *[test_weeks[i].alias(f"level_w{i}") for i in range(3)],
+            pl.Series("recent_void_days", recent_void[wanted], dtype=pl.Int32),
             picked["_we_recent"],
             picked["_we_prior"],
             *[w.alias(name) for w, name in zip(test_weeks, test_week, strict=True)],
@@ -1593,6 +1604,7 @@ def _trend_candidates(
     w0: np.ndarray,
     we7: np.ndarray,
     test_w0: np.ndarray,
+    recent_void: np.ndarray,
     wanted: np.ndarray,
     position: np.ndarray,
     settings: UsageSettings,
@@ -1629,36 +1641,83 @@ def _trend_candidates(
         # compares as the largest number in polars, so such rows are kept, not judged here.
         picked, wholes = [], []
         not_a_number = np.zeros(at.size, dtype=bool)
-        for sums, first, n in ((w0, 3, 8), (w0, 0, 3), (we7, 0, 3), (we7, 3, 8)):
-            total, whole = _weeks_total(sums, position, at, first, n)
-            not_a_number |= whole & np.isnan(total)
+        for sums, first, n in ((w0, 3, 8), (w0, 0, 3), (we7, 0, 3), (we7, 3, 8), (None, 3, 8)):
+            if sums is None:  # the level test's prior weeks (`_level_prior`)
+                total, whole = _level_prior(w0, test_w0, position, at, s.trend_test_weeks)
+            else:
+                total, whole = _weeks_total(sums, position, at, first, n)
+                not_a_number |= whole & np.isnan(total)
             total[~whole] = np.nan
             picked.append(total)
             wholes.append(whole)
+        # ... and its last 3 (a week of void days only is unknown: null, not NaN)
+        total, whole = _weeks_total(test_w0, position, at, 0, 3)
+        total[~whole] = np.nan
+        picked.append(total)
+        wholes.append(whole)
         picked[0] /= 8.0  # the prior week
+        picked[4] /= 8.0  # ... and as the level test counts it (population days at their level)
         ours = enough[rows] & (
-            not_a_number | _moving_or_pattern(w0, test_w0, position, at, tuple(picked), s)
+            not_a_number
+            | _moving_or_pattern(w0, test_w0, recent_void, position, at, tuple(picked), s)
         )
         kept[rows] = ours
         sums_of[begin] = [a[ours] for a in (*picked, *wholes)]
 
     for_each_chunk(one, range(0, wanted.size, chunk), "trend")
     names = ["prior_week", "recent3", "_we_recent", "_we_prior"]
+    names += ["level_prior_week", "level_recent3"]
     if not sums_of:
         return wanted[kept], pl.DataFrame(schema=dict.fromkeys(names, pl.Float64))
     columns = [np.concatenate(c) for c in zip(*(sums_of[b] for b in sorted(sums_of)), strict=True)]
+    n = len(names)
     picked = pl.DataFrame(
         [
             _where_whole(total, whole).alias(name)
-            for name, total, whole in zip(names, columns[:4], columns[4:], strict=True)
+            for name, total, whole in zip(names, columns[:n], columns[n:], strict=True)
         ]
-    )
+    ).with_columns(pl.col("level_prior_week", "level_recent3").fill_nan(None))
     return wanted[kept], picked
+
+
+def _recent_void_days(grid: _DenseGrid, population: pl.DataFrame | None) -> np.ndarray:
+    """At each row: the void days (`population_shifts`) among the 21 ending on it, the last 3
+    weeks a new weekly shape is read from - a week missing days has no shape to read (0 where
+    a row has fewer than 21 days in its series, which no trend reads)."""
+    out = np.zeros(grid.value.size, dtype=np.int32)
+    if population is None or population.height == 0 or grid.value.size == 0:
+        return out
+    void = np.isneginf(_population_at(grid, None, population)).astype(np.int32)
+    if not void.any():
+        return out
+    count = np.cumsum(void)
+    out[21:] = count[21:] - count[:-21]
+    out[: min(21, out.size)] = count[: min(21, out.size)]
+    out[grid.position < 20] = 0
+    return out
+
+
+def _level_prior(
+    w0: np.ndarray, test_w0: np.ndarray, position: np.ndarray, rows: np.ndarray, test_weeks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_weeks_total` of the PRIOR_WEEKS weeks before the last 3 as the level test counts them:
+    those among the trend test's `test_weeks` with their population days at the population's
+    level (`test_w0`), the older ones as they were - population days are measured back over
+    the test's weeks only, so a range and each day's run agree on them."""
+    adjusted = min(max(test_weeks - 3, 0), PRIOR_WEEKS)
+    if adjusted == 0:
+        return _weeks_total(w0, position, rows, 3, PRIOR_WEEKS)
+    total, whole = _weeks_total(test_w0, position, rows, 3, adjusted)
+    if adjusted < PRIOR_WEEKS:
+        older, whole = _weeks_total(w0, position, rows, 3 + adjusted, PRIOR_WEEKS - adjusted)
+        total = total + older
+    return total, whole
 
 
 def _moving_or_pattern(
     w0: np.ndarray,
     test_w0: np.ndarray,
+    recent_void: np.ndarray,
     position: np.ndarray,
     wanted: np.ndarray,
     picked: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -1681,22 +1740,24 @@ def _moving_or_pattern(
     def slack(bound: np.ndarray) -> np.ndarray:
         return 1e-9 * np.abs(bound) + 1e-12  # comparisons within it count as passed
 
-    prior, recent3, we_recent, we_prior = picked
-    high = prior * (1 + s.min_effect)
-    low = prior * (1 - s.min_effect)
-    level = (np.minimum(np.minimum(weeks[0], weeks[1]), weeks[2]) >= high - slack(high)) | (
-        np.maximum(np.maximum(weeks[0], weeks[1]), weeks[2]) <= low + slack(low)
+    prior, recent3, we_recent, we_prior, level_prior, level_recent3 = picked
+
+    def judged(prior: np.ndarray, recent3: np.ndarray) -> np.ndarray:
+        used = 0.05 * prior
+        return (prior >= s.min_weekly_volume - 1e-9) & (recent3 / 3.0 >= used - slack(used))
+
+    # the level on the weeks with their population days at their level (`_test_weeks`)
+    level_weeks = [test_w0[wanted - 7 * i] for i in range(3)]
+    high = level_prior * (1 + s.min_effect)
+    low = level_prior * (1 - s.min_effect)
+    level = (np.minimum(np.minimum(*level_weeks[:2]), level_weeks[2]) >= high - slack(high)) | (
+        np.maximum(np.maximum(*level_weeks[:2]), level_weeks[2]) <= low + slack(low)
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(recent3 > 0, we_recent / recent3, np.nan)
         prior_share = np.where(prior > 0, we_prior / (8.0 * prior), np.nan)
-    shape = np.abs(share - prior_share) >= s.min_shape_shift - 1e-9
-    used = 0.05 * prior
-    pattern = (
-        (prior >= s.min_weekly_volume - 1e-9)
-        & (recent3 / 3.0 >= used - slack(used))
-        & (level | shape)
-    )
+    shape = (np.abs(share - prior_share) >= s.min_shape_shift - 1e-9) & (recent_void[wanted] == 0)
+    pattern = (judged(level_prior, level_recent3) & level) | (judged(prior, recent3) & shape)
     return moving | pattern
 
 
@@ -1923,20 +1984,26 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     s = settings
     if stats.height == 0:
         return conform(stats)
-    prior = pl.col("prior_week")
-    up_all = pl.all_horizontal(
-        [pl.col(w) >= prior * (1 + s.min_effect) for w in ("w0", "w1", "w2")]
-    )
-    down_all = pl.all_horizontal(
-        [pl.col(w) <= prior * (1 - s.min_effect) for w in ("w0", "w1", "w2")]
-    )
-    level_z = ((pl.col("recent3") / 3.0).log1p() - prior.log1p()) / pl.col("weekly_scale")
+    # The level is judged on the weeks with their population days at the population's level
+    # (`_test_weeks`: a holiday in the last 3 weeks, a void day, a metric no longer exported
+    # by anyone, is no account's new level); the weekend shape on the weeks as they were.
+    prior, level_prior = pl.col("prior_week"), pl.col("level_prior_week")
+    recent, level_recent = pl.col("recent3") / 3.0, pl.col("level_recent3") / 3.0
+    weeks = [pl.col(f"level_w{i}") for i in range(3)]
+    up_all = pl.all_horizontal([w >= level_prior * (1 + s.min_effect) for w in weeks])
+    down_all = pl.all_horizontal([w <= level_prior * (1 - s.min_effect) for w in weeks])
+    level_z = (level_recent.log1p() - level_prior.log1p()) / pl.col("weekly_scale")
     shape_shift = pl.col("weekend_share") - pl.col("prior_weekend_share")
-    enough = (prior >= s.min_weekly_volume) & (pl.col("history_days") >= 7 * s.trend_weeks)
-    # Usage that fell to (almost) nothing is a drop or a silent account, not a new pattern.
-    still_used = pl.col("recent3") / 3.0 >= 0.05 * prior
-    enough = enough & still_used
-    level = enough & ((up_all & (level_z >= s.trend_z)) | (down_all & (level_z <= -s.trend_z)))
+    history = pl.col("history_days") >= 7 * s.trend_weeks
+
+    def judged(prior: pl.Expr, recent: pl.Expr) -> pl.Expr:
+        # Usage that fell to (almost) nothing is a drop or a silent account, not a new pattern.
+        return (prior >= s.min_weekly_volume) & history & (recent >= 0.05 * prior)
+
+    enough = judged(prior, recent)
+    level = judged(level_prior, level_recent) & (
+        (up_all & (level_z >= s.trend_z)) | (down_all & (level_z <= -s.trend_z))
+    )
     # Standard error of the change in weekend share (recent 3 weeks vs 8 before): binomial in
     # the uses, or from the account's own week-to-week swings of its share, whichever is wider.
     p0 = pl.col("prior_weekend_share").clip(0.02, 0.98)
@@ -1945,6 +2012,7 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     share_se = pl.max_horizontal(binomial, weekly.fill_null(0.0))
     shape = (
         enough
+        & (pl.col("recent_void_days") == 0)
         & (shape_shift.abs() >= s.min_shape_shift)
         & (shape_shift.abs() >= s.shape_z * share_se)
     )
@@ -1953,24 +2021,29 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     )
     if hits.height == 0:
         return conform(hits)
-    change_pct = ((pl.col("recent3") / 3.0 / pl.col("prior_week") - 1.0) * 100).round(0)
+    # the weeks as the level test read them (as they were where it could not read one)
+    recent_week = pl.coalesce("level_recent3", "recent3") / 3.0
+    prior_week = pl.coalesce("level_prior_week", "prior_week")
+    change_pct = ((recent_week / prior_week - 1.0) * 100).round(0)
     is_shape = pl.col("shape_shift").abs() >= s.min_shape_shift
     return conform(
         hits.with_columns(
             pl.lit("usage_pattern_change").alias("type"),
             pl.col("metric").alias("subject"),
             pl.max_horizontal(
-                _severity_of_ratio(pl.col("recent3") / 3.0 / pl.col("prior_week")),
+                _severity_of_ratio(recent_week / prior_week),
                 pl.col("shape_shift").abs() * 2,
             )
             .clip(0.2, 1.0)
             .alias("severity"),
-            (pl.col("level_z").abs() / (2 * s.trend_z)).clip(0.4, 1.0).alias("confidence"),
+            (pl.col("level_z").fill_null(0.0).abs() / (2 * s.trend_z))
+            .clip(0.4, 1.0)
+            .alias("confidence"),
             evidence_list(
                 evidence_item(
                     pl.format("{} per week, last 3 weeks", pl.col("metric")),
-                    (pl.col("recent3") / 3.0).round(0),
-                    pl.format("{} per week in the 8 weeks before", pl.col("prior_week").round(0)),
+                    recent_week.round(0),
+                    pl.format("{} per week in the 8 weeks before", prior_week.round(0)),
                     "usage_daily",
                 ),
                 evidence_item(
@@ -1982,8 +2055,8 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                (pl.col("recent3") / 3.0).round(0).alias("recent_week"),
-                pl.col("prior_week").round(0).alias("prior_week"),
+                recent_week.round(0).alias("recent_week"),
+                prior_week.round(0).alias("prior_week"),
                 change_pct.alias("change_pct"),
                 (pl.col("weekend_share") * 100).round(0).alias("weekend_pct"),
                 (pl.col("prior_weekend_share") * 100).round(0).alias("prior_weekend_pct"),
