@@ -883,3 +883,15 @@ def test_template_narration_pauses_the_cycle_collector_and_restores_it(
 
     narrate_rows(frame, Other(), workers=1)
     assert seen == [False, False, True] and gc.isenabled()
+
+
+def test_an_entitlement_already_past_its_limit_is_not_told_to_act_before_it() -> None:
+    """The template's action and summary follow the facts: an account already over its
+    entitlement (its weekly average over it) is past the limit, not about to hit it."""
+    near = TemplateNarrator().narrate([item("entitlement_limit")])[0]
+    over_facts = FACTS["entitlement_limit"] | {"used_pct": 113.0, "average_over": True}
+    over = TemplateNarrator().narrate([item("entitlement_limit", over_facts)])[0]
+    assert "before they hit the limit" in near["action"]
+    assert "already past the limit" in over["action"]
+    assert "weekly average is already at or over the limit" in over["summary"]
+    assert "already" not in near["summary"]

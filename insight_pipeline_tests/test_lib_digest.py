@@ -313,6 +313,22 @@ def test_an_echo_says_what_it_repeats_in_both_parts() -> None:
     assert "<b>logins" not in html
 
 
+def test_a_group_whose_items_all_fell_below_the_top_says_they_are_in_the_feed() -> None:
+    """Ten high-priority items fill the day's top ten: the trends group has none of its own
+    to show, and both parts say where its items are rather than a heading over nothing."""
+    rows = [insight("C1", f"Big {i}", priority="high", score=0.9) for i in range(10)]
+    rows += [insight("C1", f"Low {i}", priority="low", score=0.1) for i in range(2)]
+    digest = _digest(rows)
+    trends = digest.groups[-1]
+    assert trends.key == "trends" and trends.total == 2 and not trends.items
+    message = render_digest(
+        digest, sender=SENDER, feed_url=FEED, message_id="<m@example.com>", now=datetime.now(UTC)
+    )
+    text, html = _parts(message)
+    assert "TRENDS (0 of 2)\n2 in your feed, below today's top 10." in text
+    assert "2 in your feed, below today" in html
+
+
 def test_render_is_multipart_with_escaped_customer_data() -> None:
     nasty = "<script>alert('x')</script> & Sons"
     digest = _digest([insight("C1", nasty, priority="high", title="Logins down", action="Call")])
