@@ -2,12 +2,19 @@
 after the 1st (a source exported from the 24th, an account onboarded mid-month) is no month to
 'rise' from, and the history read starts on a month's first day."""
 
+import json
 from datetime import date, timedelta
 
 import polars as pl
 
+from insight_pipeline.defs.insights.assets import with_base_rates
 from insight_pipeline.defs.insights.outcomes import history_window
-from insight_pipeline.lib.insights.outcomes import comparable_events, outcome_rates
+from insight_pipeline.lib.insights.outcomes import (
+    FAMILIES,
+    base_rate_json,
+    comparable_events,
+    outcome_rates,
+)
 from insight_pipeline.lib.settings import OutcomeSettings
 
 
@@ -87,3 +94,37 @@ def test_months_before_the_usage_on_record_are_not_counted_as_accounts_that_stay
     # a source older than the window changes nothing
     older = outcome_rates(events, customers, as_of, s, date(2024, 1, 1)).row(0, named=True)
     assert older == whole
+
+
+def test_a_pattern_change_to_a_lower_level_is_compared_with_usage_that_fell() -> None:
+    """usage_pattern_change covers new levels both ways: one whose level fell gets the base rate
+    of falling usage, one whose level rose that of rising usage (it quoted the rise's for both);
+    other types keep their own."""
+    s = OutcomeSettings()
+    as_of = date(2026, 11, 1)
+    customers = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(20)],
+            "contract_start": [date(2023, 1, 1)] * 20,
+            "churned_on": [date(2026, 6, 1)] * 3 + [None] * 17,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    events = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(12)],
+            "event_date": [date(2026, 5, 1)] * 12,
+            "family": ["usage_fall"] * 6 + ["usage_rise"] * 6,
+        }
+    )
+    rates = base_rate_json(outcome_rates(events, customers, as_of, s))
+    new = pl.DataFrame(
+        {
+            "type": ["usage_pattern_change", "usage_pattern_change", "usage_drop"],
+            "partition_date": [date(2026, 11, 5)] * 3,
+            "facts": ['{"change_pct": -40.0}', '{"change_pct": 35.0}', '{"metric": "dau"}'],
+        }
+    )
+    labels = [json.loads(r)["label"] for r in with_base_rates(new, rates)["base_rate"].to_list()]
+    fall = FAMILIES["usage_fall"].label
+    assert labels == [fall, FAMILIES["usage_rise"].label, fall]

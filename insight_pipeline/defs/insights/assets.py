@@ -9,6 +9,7 @@ from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import NarratorResource, SettingsResource, StoreResource
 from insight_pipeline.defs.sharding import FrameParts
 from insight_pipeline.lib.insights.formulate import evidence_json, narrate_frame
+from insight_pipeline.lib.insights.outcomes import rate_key
 from insight_pipeline.lib.ranking.episodes import (
     earliest_relevant_day,
     plan_episodes,
@@ -45,13 +46,16 @@ PREVIEW = ["priority", "score", "customer_name", "type", "title", "partition_dat
 
 
 def with_base_rates(new: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
-    """Each new insight gets the base rate of its type as of the first day of its month."""
+    """Each new insight gets the base rate of its type (`rate_key`: a pattern change to a lower
+    level, that of falling usage) as of the first day of its month."""
     if new.height == 0 or rates.height == 0:
         return new.with_columns(pl.lit(None, pl.String).alias("base_rate"))
     return (
-        new.with_columns(pl.col("partition_date").dt.truncate("1mo").alias("_month"))
-        .join(rates.rename({"as_of": "_month"}), on=["_month", "type"], how="left")
-        .drop("_month")
+        new.with_columns(
+            pl.col("partition_date").dt.truncate("1mo").alias("_month"), rate_key().alias("_key")
+        )
+        .join(rates.rename({"as_of": "_month", "type": "_key"}), on=["_month", "_key"], how="left")
+        .drop("_month", "_key")
     )
 
 

@@ -58,6 +58,20 @@ FAMILY_OF_TYPE: dict[str, str] = {
 }
 """Types without a comparable event (increased_activity, qbr_due) say so plainly instead."""
 
+FALLING = "usage_pattern_change:down"
+"""The base-rate key of a usage_pattern_change whose level fell (`rate_key`): a new, lower level
+is compared with the accounts whose usage fell, not with those whose usage rose."""
+FAMILY_OF_RATE_KEY = FAMILY_OF_TYPE | {FALLING: "usage_fall"}
+
+
+def rate_key() -> pl.Expr:
+    """The key an insight's base rate is looked up by: its type, or FALLING for a pattern
+    change to a lower level (its facts' change_pct below 0)."""
+    change = pl.col("facts").str.json_path_match("$.change_pct").cast(pl.Float64, strict=False)
+    falling = (pl.col("type") == "usage_pattern_change") & (change < 0).fill_null(False)
+    return pl.when(falling).then(pl.lit(FALLING)).otherwise(pl.col("type"))
+
+
 EVENT_SCHEMA = {"customer_id": pl.String, "event_date": pl.Date, "family": pl.String}
 
 
@@ -440,8 +454,11 @@ def outcome_rates(
 
 
 def base_rate_json(rates: pl.DataFrame) -> pl.DataFrame:
-    """(as_of, type, base_rate JSON) for every insight type, for the narrative context."""
-    mapping = pl.DataFrame({"type": list(FAMILY_OF_TYPE), "family": list(FAMILY_OF_TYPE.values())})
+    """(as_of, type, base_rate JSON) for every insight type (and FALLING), for the narrative
+    context: looked up by `rate_key`."""
+    mapping = pl.DataFrame(
+        {"type": list(FAMILY_OF_RATE_KEY), "family": list(FAMILY_OF_RATE_KEY.values())}
+    )
     return mapping.join(rates, on="family", how="inner").select(
         "as_of",
         "type",
