@@ -895,3 +895,23 @@ def test_an_entitlement_already_past_its_limit_is_not_told_to_act_before_it() ->
     assert "already past the limit" in over["action"]
     assert "weekly average is already at or over the limit" in over["summary"]
     assert "already" not in near["summary"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "date_fact"),
+    [
+        ("going_dark", "last_contact"),
+        ("silent_account", "last_active"),
+        ("qbr_due", "renewal_date"),
+    ],
+)
+def test_a_persisting_insights_title_names_a_date_not_a_count_that_goes_stale(
+    kind: str, date_fact: str
+) -> None:
+    """An open insight keeps the text it was raised with while its pattern persists: its title
+    (what the digest and the feed list) says since or on which day, which stays true, not how
+    many days it was on the day it was raised."""
+    facts = FACTS[kind]
+    title = TemplateNarrator().narrate([item(kind)])[0]["title"]
+    assert str(facts[date_fact]) in title
+    assert " days" not in title
