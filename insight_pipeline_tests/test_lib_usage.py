@@ -730,13 +730,14 @@ def test_a_week_holding_void_days_is_its_other_days_scaled_to_seven() -> None:
     )
     grid = _grid_until(usage, END, None)
     w0 = trailing_sums(grid.value, grid.position, 7)
-    sums, moved_days = _test_weeks(grid, population, w0)
+    sums, moved_days, void_days = _test_weeks(grid, population, w0)
     at = {i: float(sums[i]) for i in (9, 10, 16, 20, 25, 32, 34)}
     # the half day is taken at its level (its log1p less the population's shift)
     assert at[9] == 70.0 and np.isclose(at[10], 60.0 + np.expm1(np.log1p(5.0) - np.log(0.5)))
     assert at[20] == 60.0 * 7 / 6 and at[25] == 60.0 * 7 / 6
     assert np.isnan(at[32]) and at[34] == 20.0 * 7 / 2
     assert moved_days[32] == 7 and moved_days[16] == 1
+    assert void_days[32] == 7 and void_days[25] == 1 and void_days[16] == 0
 
 
 def _holiday_book(seed: int) -> pl.DataFrame:

@@ -1285,7 +1285,7 @@ def weekly_trend_stats(
 
 def _test_weeks(
     grid: _DenseGrid, population: pl.DataFrame | None, w0: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The week sums the trend test compares: 7-day sums of the grid with each population
     day's common move taken out (the day's log1p value less the population's shift: a holiday
     that took every account to 60% counts an account at 60% as at its usual level), and each
@@ -1295,7 +1295,8 @@ def _test_weeks(
 
     Summed as seven terms in a fixed order, not as a running sum: adjusted values are not whole
     numbers, and a running sum's rounding would depend on where the grid starts, which a range
-    run and a day's run do not share. NaN where the week is not wholly in the series.
+    run and a day's run do not share. NaN where the week is not wholly in the series. Also
+    each row's count of void days in its week.
 
     `w0`: the grid's own week sums (`trailing_sums` of its values), which these are but in the
     weeks holding a population day: only those are summed again, in the same order."""
@@ -1304,7 +1305,8 @@ def _test_weeks(
         shift = _population_at(grid, None, population)
         moved = shift != 0
     if not moved.any():
-        return w0, np.zeros(grid.value.size, dtype=np.int16)
+        none = np.zeros(grid.value.size, dtype=np.int16)
+        return w0, none, none
     values = grid.value.copy()
     # A void day (shift -inf, `population_shifts`) is not counted: a week holding some is its
     # other days' sum scaled to seven (NaN when all seven are void).
@@ -1333,7 +1335,8 @@ def _test_weeks(
     if void.any():
         with np.errstate(divide="ignore", invalid="ignore"):
             sums = np.where(void_days > 0, sums * 7.0 / (7 - void_days), sums)
-    return sums, np.where(grid.position >= 6, days, 0)
+    whole = grid.position >= 6
+    return sums, np.where(whole, days, 0), np.where(whole, void_days, 0)
 
 
 def _weeks_back(
@@ -1401,8 +1404,8 @@ def _trend_stats_of_grid(
     weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
-    test_w0, moved_days = _test_weeks(grid, population, w0)
-    recent_void = _recent_void_days(grid, population)
+    test_w0, moved_days, void_days = _test_weeks(grid, population, w0)
+    recent_void = _last_weeks(void_days, grid.position, 3)
     candidates = None
     if only_candidates:
         candidates = _trend_candidates(w0, we7, test_w0, recent_void, wanted, grid.position, s)
@@ -1639,22 +1642,20 @@ def _trend_candidates(
         # A null sum (too little history) is NaN here and fails every comparison, as null does
         # in polars. A NaN sum (a NaN usage value, which the contract rejects at the source)
         # compares as the largest number in polars, so such rows are kept, not judged here.
+        raw = [_weeks_total(w0, position, at, 3, 8), _weeks_total(w0, position, at, 0, 3)]
+        raw += [_weeks_total(we7, position, at, 0, 3), _weeks_total(we7, position, at, 3, 8)]
+        not_a_number = np.logical_or.reduce([whole & np.isnan(total) for total, whole in raw])
+        # ... and the level test's prior and last 3 weeks (`_level_prior`; a week of void days
+        # only is unknown: null, not NaN)
+        level = [
+            _level_prior(w0, test_w0, position, at, s.trend_test_weeks),
+            _weeks_total(test_w0, position, at, 0, 3),
+        ]
         picked, wholes = [], []
-        not_a_number = np.zeros(at.size, dtype=bool)
-        for sums, first, n in ((w0, 3, 8), (w0, 0, 3), (we7, 0, 3), (we7, 3, 8), (None, 3, 8)):
-            if sums is None:  # the level test's prior weeks (`_level_prior`)
-                total, whole = _level_prior(w0, test_w0, position, at, s.trend_test_weeks)
-            else:
-                total, whole = _weeks_total(sums, position, at, first, n)
-                not_a_number |= whole & np.isnan(total)
+        for total, whole in raw + level:
             total[~whole] = np.nan
             picked.append(total)
             wholes.append(whole)
-        # ... and its last 3 (a week of void days only is unknown: null, not NaN)
-        total, whole = _weeks_total(test_w0, position, at, 0, 3)
-        total[~whole] = np.nan
-        picked.append(total)
-        wholes.append(whole)
         picked[0] /= 8.0  # the prior week
         picked[4] /= 8.0  # ... and as the level test counts it (population days at their level)
         ours = enough[rows] & (
@@ -1680,20 +1681,14 @@ def _trend_candidates(
     return wanted[kept], picked
 
 
-def _recent_void_days(grid: _DenseGrid, population: pl.DataFrame | None) -> np.ndarray:
-    """At each row: the void days (`population_shifts`) among the 21 ending on it, the last 3
-    weeks a new weekly shape is read from - a week missing days has no shape to read (0 where
-    a row has fewer than 21 days in its series, which no trend reads)."""
-    out = np.zeros(grid.value.size, dtype=np.int32)
-    if population is None or population.height == 0 or grid.value.size == 0:
-        return out
-    void = np.isneginf(_population_at(grid, None, population)).astype(np.int32)
-    if not void.any():
-        return out
-    count = np.cumsum(void)
-    out[21:] = count[21:] - count[:-21]
-    out[: min(21, out.size)] = count[: min(21, out.size)]
-    out[grid.position < 20] = 0
+def _last_weeks(per_week: np.ndarray, position: np.ndarray, weeks: int) -> np.ndarray:
+    """At each row: `per_week` (a count over the 7 days ending on a row) summed over the
+    `weeks` weeks ending on it (0 where they are not all in the row's series, which no trend
+    reads) - the void days of the last 3 weeks, which a new weekly shape is read from."""
+    out = per_week.astype(np.int32)
+    for i in range(1, weeks):
+        out[7 * i :] += per_week[: -7 * i]
+    out[position < 7 * weeks - 1] = 0
     return out
 
 

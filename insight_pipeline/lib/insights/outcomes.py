@@ -388,7 +388,7 @@ def outcome_rates(
     accounts that stayed: 12 empty months of 18 put a 1% churn rate at 0.3%."""
     start = history_start(as_of, s)
     if since is not None:
-        start = max(start, month_start(since) if since.day == 1 else next_month(since))
+        start = max(start, next_month(since - timedelta(days=1)))  # its first whole month
     months_on_record = (as_of.year - start.year) * 12 + as_of.month - start.month
     churn = customers.select(
         "customer_id",
