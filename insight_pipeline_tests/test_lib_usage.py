@@ -921,6 +921,28 @@ def test_a_weekend_share_within_the_accounts_own_swings_is_no_new_pattern() -> N
     assert changed == ["STEADY"]
 
 
+def test_one_more_seat_of_a_small_account_is_no_new_pattern_and_a_large_accounts_step_is() -> None:
+    """Seats, a level that does not move from day to day: 20 accounts of 2 or 3 seats, 10 of
+    which take one more seat three weeks before the end (+33-50%, many times their near-zero
+    weekly variability), and 4 accounts of 100 seats of which 2 go to 150. A week's count varies
+    at least by its counting noise: the large accounts' step is a new level, the one-seat
+    steps are not."""
+    weeks = 20
+    days = [END - timedelta(days=7 * weeks - 1 - d) for d in range(7 * weeks)]
+    # customer -> (seats before, seats in the last three weeks)
+    accounts = {f"S{i:02d}": (2 + i % 2, 2 + i % 2 + (i < 10)) for i in range(20)}
+    accounts |= {f"L{i}": (100, 150 if i < 2 else 100) for i in range(4)}
+    rows = [
+        (customer, day, "seats", float(after if d >= len(days) - 21 else before))
+        for customer, (before, after) in accounts.items()
+        for d, day in enumerate(days)
+    ]
+    usage = pl.DataFrame(rows, schema=USAGE_SCHEMA, orient="row")
+    found = _trends(usage, END, END)
+    changed = set(found.filter(pl.col("type") == "usage_pattern_change")["customer_id"])
+    assert changed == {"L0", "L1"}
+
+
 def test_grid_from_coded_keys_equals_the_group_by_grid_to_the_bit() -> None:
     """The integer-coded grid build (rows grouped by customer, or mostly: `rows_since`) gives the
     group-by's arrays: keys order, first days, churn cut, duplicate days summed in row order."""

@@ -199,6 +199,10 @@ class EngagementSettings:
     (silence of ln(1/alpha) mean gaps: 4.6 at 1%). The 95th percentile of a dozen gaps is
     seldom their true 95th; their mean is steadier, so this keeps a chance silence of an
     account in touch at random from reading as going dark."""
+    population_sds: float = 2.0
+    """Everyone's quiet shortens a silence (`contact_population`: a holiday season, a table that
+    stopped arriving) only beyond chance: the fixed sample's contacts since the last contact,
+    this many Poisson sds above their count, still below the count their usual pace expects."""
     activity_window_days: int = 14
     activity_baseline_days: int = 180
     activity_ratio: float = 3.0

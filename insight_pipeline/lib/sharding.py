@@ -4,9 +4,9 @@ Every per-account computation (the usage baselines, anomalies and trends, the en
 opportunity and timing detectors) gives the same rows for a customer whatever other customers are
 in the frame, so running it shard by shard and concatenating the parts gives exactly the rows of
 one run over everything. (What is measured across accounts for them - a day's whole-population
-move, the metrics that hold a level - is measured on a fixed sample of all accounts, which a
-shard run reads from the source: `defs/sources/assets.py::sample_usage`.) Two independent splits
-use this:
+move, the metrics that hold a level, everyone's contact - is measured on a fixed sample of all
+accounts, which a shard run reads from the source: `defs/sources/assets.py::sample_from_source`.)
+Two independent splits use this:
 
 - *deployment shards* (`SHARD_SEED`): a day fans out over N runs, one per shard, on as many
   workers (the date x shard partitions of `insight_pipeline.sharded`);

@@ -9,7 +9,7 @@ account, so the parts' signals together are the whole run's. A daily run is one 
 """
 
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from typing import Any
 
@@ -20,13 +20,14 @@ from insight_pipeline.defs.detectors.assets import GROUP
 from insight_pipeline.defs.metadata import partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.defs.sources.activity import activity_tables
-from insight_pipeline.defs.sources.assets import sample_usage
+from insight_pipeline.defs.sharding import run_shard
+from insight_pipeline.defs.sources.activity import activity_tables, history_days
+from insight_pipeline.defs.sources.assets import sample_from_source, sample_usage
 from insight_pipeline.lib.detectors import engagement, opportunity, risk, timing
 from insight_pipeline.lib.detectors.features import detect_feature_discovery
 from insight_pipeline.lib.detectors.usage import series_starts
 from insight_pipeline.lib.settings import RiskSettings, Settings
-from insight_pipeline.lib.sharding import account_part_count, in_part
+from insight_pipeline.lib.sharding import account_part_count, in_part, in_sample
 from insight_pipeline.lib.signals import conform, empty_signals
 
 Detect = Callable[[pl.DataFrame, dict[str, Any]], tuple[pl.DataFrame, dict]]
@@ -121,22 +122,54 @@ def first_day(tables: dict[str, pl.LazyFrame], columns: dict[str, str]) -> date 
     return min((d for d in days if d is not None), default=None)
 
 
+def contact_population(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    activity_window: dict[str, pl.LazyFrame],
+    accounts: pl.DataFrame,
+    cfg: Settings,
+) -> pl.DataFrame:
+    """`engagement.contact_population` of the fixed sample of all accounts the usage
+    population is measured on, over the meetings and communications read: from the run's own
+    window, or in a run of one account shard from the source (`sample_from_source`), so that
+    every shard measures on the accounts the unsharded run measures on."""
+    first, last = partition_days(context)
+    size = cfg.usage.population_sample
+    window_start = first - timedelta(days=history_days("communications", cfg))
+    _shard, shards = run_shard(context)
+    if shards == 1:
+        keep = in_sample(accounts.height, size)
+        sampled = accounts.filter(keep)
+        meetings, communications = (
+            activity_window[table].filter(keep).collect()
+            for table in ("meetings", "communications")
+        )
+    else:
+        (meetings, communications), sampled = sample_from_source(
+            context, source, ("meetings", "communications"), size, window_start
+        )
+    events = engagement.two_way_events(meetings, communications)
+    return engagement.contact_population(events, sampled, window_start, last, cfg.engagement)
+
+
 def detect_engagement(
     first: date,
     last: date,
     cfg: Settings,
     since: date | None,
+    population: pl.DataFrame,
     accounts: pl.DataFrame,
     act: dict[str, Any],
 ) -> tuple[pl.DataFrame, dict]:
-    """`since`: the first day of the meetings and communications on record (`first_day`)."""
+    """`since`: the first day of the meetings and communications on record (`first_day`);
+    `population`: the fixed sample's contact (`contact_population`)."""
     s = cfg.engagement
     events = engagement.two_way_events(act["meetings"], act["communications"])
     return _run(
         {
             "going_dark": (
                 [events],
-                lambda: engagement.detect_going_dark(events, accounts, first, last, s),
+                lambda: engagement.detect_going_dark(events, accounts, first, last, s, population),
             ),
             "increased_activity": (
                 [events],
@@ -164,15 +197,19 @@ def detect_engagement(
 def engagement_signals(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
+    source: SourceResource,
     accounts: pl.DataFrame,
     activity_window: dict[str, pl.LazyFrame],
 ) -> pl.DataFrame:
-    """going_dark (silence beyond the account's own cadence), increased_activity (inbound and
-    meetings well above its own rate), stakeholder_shift (a new senior contact)."""
+    """going_dark (silence beyond the account's own cadence and everyone's quiet),
+    increased_activity (inbound and meetings well above its own rate), stakeholder_shift (a new
+    senior contact)."""
     first, last = partition_days(context)
+    cfg = settings.settings()
     since = first_day(activity_window, {"meetings": "start_at", "communications": "sent_at"})
+    population = contact_population(context, source, activity_window, accounts, cfg)
     signals, meta = by_account_parts(
-        partial(detect_engagement, first, last, settings.settings(), since),
+        partial(detect_engagement, first, last, cfg, since, population),
         accounts,
         activity_window,
         first,

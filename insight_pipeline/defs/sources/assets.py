@@ -194,30 +194,47 @@ def sample_usage(
     churn dates (customer_id, churned_on): for what is measured across accounts (the days a
     metric's whole population moved, the metrics that hold a level). A run over every account
     takes the sample from its own window; a run of one account shard holds only its accounts,
-    so it reads the sample's rows from the source and validates them as `usage_window` does:
-    every shard measures on the accounts the unsharded run measures on."""
+    so it reads the sample's rows from the source (`sample_from_source`): every shard measures
+    on the accounts the unsharded run measures on."""
     _shard, shards = run_shard(context)
     if shards == 1:
         sample = usage_window.filter(in_sample(accounts.height, size)).collect()
         return sample, churn_dates(accounts)
-    first, last = partition_days(context)
+    first, _last = partition_days(context)
+    (clean,), sampled = sample_from_source(
+        context, source, ("usage_daily",), size, first - timedelta(days=lookback_days)
+    )
+    return clean, churn_dates(sampled)
+
+
+def sample_from_source(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    tables: tuple[str, ...],
+    size: int,
+    date_from: date,
+) -> tuple[list[pl.DataFrame], pl.DataFrame]:
+    """The rows of `tables` from `date_from` to the run's last day of the fixed hash sample of
+    about `size` of all accounts, read from the source and validated as the windows validate
+    them, and the sampled accounts: what a run of one account shard measures the population
+    on."""
+    _first, last = partition_days(context)
     src = source.open()
     try:
         everyone = validated_customers(src, last).customers
         buckets = everyone.height // max(size, 1)
         raw = shard_of(buckets, seed=SAMPLE_SEED, raw=True) == 0 if buckets > 1 else pl.lit(True)
-        read = src.read(
-            "usage_daily", date_from=first - timedelta(days=lookback_days), date_to=last, where=raw
-        )
+        known = {"customers": everyone["customer_id"]}
+        sampled, clean = everyone.filter(in_sample(everyone.height, size)), []
+        for table in tables:
+            read = src.read(table, date_from=date_from, date_to=last, where=raw)
+            if read is None:  # an absent optional table: no rows
+                read = pl.DataFrame(schema=CONTRACT[table].columns)
+            rows, _bad, _report = quarantine(CONTRACT[table], read, known)
+            clean.append(rows.filter(in_sample(everyone.height, size)))
     finally:
         src.dispose()
-    if read is None:
-        raise ContractError("table 'usage_daily' disappeared from the source while being read")
-    clean, _bad, _report = quarantine(
-        CONTRACT["usage_daily"], read, {"customers": everyone["customer_id"]}
-    )
-    sampled = everyone.filter(in_sample(everyone.height, size))
-    return clean.filter(in_sample(everyone.height, size)), churn_dates(sampled)
+    return clean, sampled
 
 
 def churn_dates(accounts: pl.DataFrame) -> pl.DataFrame:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
+    CellCounts,
     DayGrid,
     attendances,
     customer_days,
@@ -48,13 +50,91 @@ def two_way_events(meetings: pl.DataFrame, communications: pl.DataFrame) -> pl.D
     return pl.concat(parts)
 
 
+def contact_population(
+    events: pl.DataFrame, sample: pl.DataFrame, window_start: date, end: date, s: EngagementSettings
+) -> pl.DataFrame:
+    """(date, contacts, expected) per day from the first contact read (not before
+    `window_start`, where the run's reading begins) to `end`: how many accounts of a fixed
+    sample of all accounts (`sample`: their contract starts and churn dates) were in two-way
+    contact, and how many the same weekday's share of the customers in contact over the last
+    `cadence_days` predicts (null until 8 such weekdays are on record).
+
+    What everyone's contact did is not one account going dark: a holiday season, or a table
+    that stopped arriving, silences every account at once (`detect_going_dark`)."""
+    schema = {"date": pl.Date, "contacts": pl.Float64, "expected": pl.Float64}
+    events = events.filter(pl.col("date").is_between(window_start, end))
+    if events.height == 0 or sample.height == 0:
+        return pl.DataFrame(schema=schema)
+    days = pl.DataFrame({"date": pl.date_range(events["date"].min(), end, eager=True)})
+    contacts = events.select("customer_id", "date").unique().group_by("date").len("contacts")
+    customers = (
+        customer_days(sample, days["date"][0], end).group_by("partition_date").len("customers")
+    )
+    return (
+        days.join(contacts, on="date", how="left")
+        .join(customers, left_on="date", right_on="partition_date", how="left")
+        .with_columns(pl.col("contacts", "customers").fill_null(0).cast(pl.Float64))
+        .with_columns(
+            pl.when(pl.col("customers") > 0)
+            .then(pl.col("contacts") / pl.col("customers"))
+            .shift(1)
+            .rolling_mean(s.cadence_days // 7, min_samples=8)
+            .over(pl.col("date").dt.weekday())
+            .mul(pl.col("customers"))
+            .alias("expected")
+        )
+        .select(list(schema))
+    )
+
+
+def _population_discount(
+    rows: pl.DataFrame, population: pl.DataFrame, reach: int, sds: float
+) -> pl.DataFrame:
+    """`rows` (partition_date, date: the last contact) with `silence_discount`: the days of the
+    silence that everyone's quiet explains. Over the silence's days with an expected count (those
+    within `reach` of the partition day, so that a daily run and a range run read the same
+    days), the population's contacts against their expected count, taken at its upper bound
+    (`sds` Poisson sds above: chance never discounts), below 1 shortens the silence by the
+    same share of those days."""
+    known = pl.col("expected").is_not_null()
+    cumulative = population.sort("date").select(
+        "date",
+        pl.when(known).then(pl.col("contacts")).otherwise(0.0).cum_sum().alias("_c"),
+        pl.col("expected").fill_null(0.0).cum_sum().alias("_e"),
+        known.cast(pl.Int32).cum_sum().alias("_n"),
+    )
+    since = pl.max_horizontal(pl.col("date"), pl.col("partition_date") - timedelta(days=reach))
+    joined = (
+        rows.with_columns(since.alias("_since"))
+        .join(cumulative, left_on="partition_date", right_on="date", how="left")
+        .join(cumulative, left_on="_since", right_on="date", how="left", suffix="_before")
+        .with_columns(pl.col("^_[cen](_before)?$").fill_null(0))
+    )
+    contacts, expected = pl.col("_c") - pl.col("_c_before"), pl.col("_e") - pl.col("_e_before")
+    pace = pl.min_horizontal(
+        pl.lit(1.0), (contacts + sds * expected.clip(lower_bound=0.0).sqrt()) / expected
+    )
+    # rounded: a range's running sums start earlier than a day's, and may differ in the last bit
+    pace = pl.when(expected > 0).then(pace.round(3)).otherwise(1.0)
+    return joined.with_columns(
+        pace.alias("population_pace"),
+        ((pl.col("_n") - pl.col("_n_before")) * (1.0 - pace)).alias("silence_discount"),
+    ).drop("_since", "_c", "_e", "_n", "_c_before", "_e_before", "_n_before")
+
+
 def detect_going_dark(
-    events: pl.DataFrame, accounts: pl.DataFrame, start: date, end: date, s: EngagementSettings
+    events: pl.DataFrame,
+    accounts: pl.DataFrame,
+    start: date,
+    end: date,
+    s: EngagementSettings,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Days since the last two-way contact beyond what the account's own rhythm explains:
     max(min_dark_days, dark_multiplier x its median gap, long_gap_multiplier x its 95th
     percentile gap, and the silence that contact at its mean rate (a Poisson process) leaves
-    with probability dark_alpha: ln(1/alpha) mean gaps)."""
+    with probability dark_alpha: ln(1/alpha) mean gaps). Days on which every account was
+    quieter than usual (`population`: `contact_population`) count as that much less silence."""
     if events.height == 0:
         return empty_signals()
     # Distinct contact days sorted by (customer, date) through one integer key (the customer's
@@ -132,21 +212,42 @@ def detect_going_dark(
     hits = joined.filter(
         pl.col("date").is_not_null() & (pl.col("gaps") >= s.min_gaps) & (silent > threshold)
     ).with_columns(silent.alias("days_silent"), threshold.alias("threshold"))
+    if population is not None and hits.height:
+        reach = s.history_days - s.cadence_days
+        hits = _population_discount(hits, population, reach, s.population_sds)
+    else:
+        hits = hits.with_columns(population_pace=1.0, silence_discount=0.0)
+    effective = pl.col("days_silent") - pl.col("silence_discount")
+    hits = hits.with_columns(effective.alias("effective_silence")).filter(
+        pl.col("effective_silence") > pl.col("threshold")
+    )
     if hits.height == 0:
         return empty_signals()
+    last_contact = pl.format("last on {}", pl.col("date"))
     return conform(
         hits.with_columns(
             pl.lit("going_dark").alias("type"),
             pl.lit("").alias("subject"),
             (
-                0.4 + 0.6 * ((pl.col("days_silent") / pl.col("threshold") - 1.0).clip(0.0, 1.0))
+                0.4
+                + 0.6 * ((pl.col("effective_silence") / pl.col("threshold") - 1.0).clip(0.0, 1.0))
             ).alias("severity"),
             (pl.col("gaps") / (2.0 * s.min_gaps)).clip(0.3, 1.0).alias("confidence"),
             evidence_list(
                 evidence_item(
                     pl.lit("days since last two-way contact"),
                     pl.col("days_silent"),
-                    pl.format("last on {}", pl.col("date")),
+                    pl.when(pl.col("silence_discount") >= 0.5)
+                    .then(
+                        pl.format(
+                            "{}; contact across all accounts since then at most {}% of its "
+                            "usual pace, so counted as {} days of silence",
+                            last_contact,
+                            (100 * pl.col("population_pace")).round(0).cast(pl.Int64),
+                            pl.col("effective_silence").round(0).cast(pl.Int64),
+                        )
+                    )
+                    .otherwise(last_contact),
                     "meetings, communications",
                 ),
                 evidence_item(
@@ -187,6 +288,30 @@ def detect_going_dark(
     )
 
 
+def _excess_dispersion(
+    counts: CellCounts, cells: np.ndarray, on_record: np.ndarray, window: int, baseline: int
+) -> np.ndarray:
+    """At `cells`: how much more its counts of `window` days vary than random (Poisson) events
+    would, from the baseline's whole windows on record (1 where they do not): contact in threads
+    - a few days of messages, then weeks of nothing - was as bursty in its past, and a thread is
+    not a rise. The variance-to-mean ratio of those windows' counts (the quasi-Poisson scale of
+    the likelihood-ratio test), where it is beyond what chance gives a Poisson account's windows
+    (their 95th percentile: chi-square with m - 1 df, in the Wilson-Hilferty approximation)."""
+    blocks = baseline // window
+    sums = np.stack(
+        [counts.trailing_sum(cells, window, lag=k * window) for k in range(1, blocks + 1)]
+    )
+    whole = np.minimum(on_record // window, blocks).astype(np.int64)  # windows on record
+    sums[np.arange(1, blocks + 1)[:, None] > whole[None, :]] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(sums, axis=0)
+        ratio = np.nanvar(sums, axis=0, ddof=1) / mean
+        df = np.maximum(whole - 1, 1).astype(np.float64)
+        chance = (1 - 2 / (9 * df) + 1.645 * np.sqrt(2 / (9 * df))) ** 3  # chi2_0.95(df) / df
+    bursty = (whole >= 3) & (mean > 0) & np.isfinite(ratio) & (ratio > chance)
+    return np.where(bursty, ratio, 1.0)
+
+
 def detect_increased_activity(
     events: pl.DataFrame,
     accounts: pl.DataFrame,
@@ -196,7 +321,9 @@ def detect_increased_activity(
     since: date | None = None,
 ) -> pl.DataFrame:
     """Inbound messages + meetings over the last window well above the account's own rate:
-    ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001. The rate is over
+    ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001, scaled by how much
+    more the account's own windows vary than random events would (`_excess_dispersion`). The
+    rate is over
     the baseline days on record (`DayGrid.days_on_record`: from `since`, the tables' first day,
     and the contract start), at least min_baseline_days of them."""
     if events.height == 0:
@@ -217,7 +344,10 @@ def detect_increased_activity(
         cells,
         recent=recent[keep],
         expected=counts.trailing_sum(cells, b, lag=w) / on_record[keep] * w,
-    ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))
+        dispersion=_excess_dispersion(counts, cells, on_record[keep], w, b),
+    ).with_columns(
+        (poisson_g(pl.col("recent"), pl.col("expected")) / pl.col("dispersion")).alias("g")
+    )
     hits = stats.filter(
         (pl.col("recent") >= s.min_activity_events)
         & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))

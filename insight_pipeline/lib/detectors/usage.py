@@ -1987,7 +1987,13 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     weeks = [pl.col(f"level_w{i}") for i in range(3)]
     up_all = pl.all_horizontal([w >= level_prior * (1 + s.min_effect) for w in weeks])
     down_all = pl.all_horizontal([w <= level_prior * (1 - s.min_effect) for w in weeks])
-    level_z = (level_recent.log1p() - level_prior.log1p()) / pl.col("weekly_scale")
+    # A week's count varies at least by its counting (Poisson) noise, sqrt(2 / count) for a
+    # week-to-week log change: a level that barely moves (seats) is many of its own weekly
+    # scales away after one more seat, and a small account's one-seat step is no new pattern.
+    counting = (2.0 / level_prior.clip(lower_bound=1.0)).sqrt()
+    level_z = (level_recent.log1p() - level_prior.log1p()) / pl.max_horizontal(
+        pl.col("weekly_scale"), counting
+    )
     shape_shift = pl.col("weekend_share") - pl.col("prior_weekend_share")
     history = pl.col("history_days") >= 7 * s.trend_weeks
 
