@@ -7,6 +7,7 @@ dark after a week. "Two-way contact" is a meeting held or an inbound communicati
 from __future__ import annotations
 
 import math
+import warnings
 from datetime import date, timedelta
 
 import numpy as np
@@ -303,7 +304,10 @@ def _excess_dispersion(
     )
     whole = np.minimum(on_record // window, blocks).astype(np.int64)  # windows on record
     sums[np.arange(1, blocks + 1)[:, None] > whole[None, :]] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # (a cell with fewer than 2 windows on record, possible under a short min_baseline_days,
+    # has no variance: numpy warns, and `bursty` leaves it at 1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(sums, axis=0)
         ratio = np.nanvar(sums, axis=0, ddof=1) / mean
         df = np.maximum(whole - 1, 1).astype(np.float64)
@@ -339,20 +343,29 @@ def detect_increased_activity(
     cells, recent = cells[busy], recent[busy]
     on_record = grid.days_on_record(cells, accounts, since, b, w)
     keep = on_record >= s.min_baseline_days
-    cells = cells[keep]
+    cells, on_record = cells[keep], on_record[keep]
     stats = grid.frame(
         cells,
         recent=recent[keep],
-        expected=counts.trailing_sum(cells, b, lag=w) / on_record[keep] * w,
-        dispersion=_excess_dispersion(counts, cells, on_record[keep], w, b),
-    ).with_columns(
-        (poisson_g(pl.col("recent"), pl.col("expected")) / pl.col("dispersion")).alias("g")
+        expected=counts.trailing_sum(cells, b, lag=w) / on_record * w,
+    ).with_columns(poisson_g(pl.col("recent"), pl.col("expected")).alias("g"))
+    # A rise by the Poisson test; then (on those few) judged against the account's burstiness.
+    rise = (
+        stats.select(
+            (pl.col("recent") >= s.min_activity_events)
+            & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))
+            & (pl.col("g") >= s.activity_g)
+        )
+        .to_series()
+        .to_numpy()
     )
-    hits = stats.filter(
-        (pl.col("recent") >= s.min_activity_events)
-        & (pl.col("recent") >= s.activity_ratio * pl.col("expected"))
-        & (pl.col("g") >= s.activity_g)
-    ).rename({"date": "partition_date"})
+    dispersion = _excess_dispersion(counts, cells[rise], on_record[rise], w, b)
+    hits = (
+        stats.filter(rise)
+        .with_columns(pl.col("g") / pl.Series(dispersion))
+        .filter(pl.col("g") >= s.activity_g)
+        .rename({"date": "partition_date"})
+    )
     hits = on_customer_days(hits, accounts, start, end)
     if hits.height == 0:
         return empty_signals()
