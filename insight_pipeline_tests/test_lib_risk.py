@@ -460,3 +460,64 @@ def test_a_leaving_champions_meetings_are_counted_as_a_run_of_the_day_reads_them
     ranged = counts(left_on, END + timedelta(days=3))
     assert ranged[END] == counts(END, END)[END] == 2
     assert ranged[END + timedelta(days=1)] == 3  # the next day knows its own meeting
+
+
+def test_tickets_filed_in_clusters_are_no_support_surge_and_a_real_surge_is() -> None:
+    """150 accounts whose tickets come in clusters (an incident files 2-6 within a few days,
+    about monthly) and 150 filing at random, 10 of which file five times as many in the last two
+    weeks. Judged against its own clustered past, an incident is seldom a surge: fewer than 1
+    in 6 clustered accounts raised in a quarter (23 of 150), where the Poisson test alone raises
+    more than 1 in 3 (73); the planted surges are all found, as by the Poisson test alone, and
+    the random filers stay as quiet."""
+    from unittest import mock
+
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.risk import detect_support_surge
+
+    rng = np.random.default_rng(12)
+    days = 400
+    first = END - timedelta(days=days - 1)
+    opened: list[tuple[str, int]] = []  # (customer, day index)
+    for i in range(150):
+        incidents = np.flatnonzero(rng.poisson(rng.uniform(0.7, 1.5) / 30.44, days))
+        for start in incidents:
+            opened += [(f"K{i:03d}", d) for d in start + rng.integers(0, 3, rng.integers(2, 7))]
+    surge = np.where(np.arange(days) >= days - 14, 5.0, 1.0)
+    for i in range(150):
+        rate = rng.uniform(3, 6) / 30.44 * (surge if i < 10 else 1.0)
+        opened += [(f"R{i:03d}", d) for d in np.repeat(np.arange(days), rng.poisson(rate))]
+    frame = pl.DataFrame(
+        [
+            (f"T{n}", customer, at(first + timedelta(days=int(d))), None, "normal", None, "x")
+            for n, (customer, d) in enumerate(opened)
+            if d < days
+        ],
+        schema=empty_table("support_tickets").schema,
+        orient="row",
+    )
+    accounts = customers_frame(
+        [f"K{i:03d}" for i in range(150)] + [f"R{i:03d}" for i in range(150)]
+    )
+    planted = pl.col("customer_id").is_in([f"R{i:03d}" for i in range(10)])
+
+    def raised() -> dict[str, int]:
+        found = detect_support_surge(frame, accounts, END - timedelta(days=89), END, RiskSettings())
+        groups = found.select(
+            pl.when(planted)
+            .then(pl.lit("planted"))
+            .otherwise(pl.col("customer_id").str.slice(0, 1))
+            .alias("group"),
+            "customer_id",
+        ).unique()
+        return dict(groups.group_by("group").len().iter_rows())
+
+    judged = raised()
+    with mock.patch(
+        "insight_pipeline.lib.detectors.risk.excess_dispersion",
+        lambda counts, cells, *_: np.ones(cells.size),
+    ):
+        poisson_only = raised()
+    assert judged.get("planted", 0) >= 9 and judged.get("planted") == poisson_only.get("planted")
+    assert judged.get("K", 0) < 150 / 6 < 150 / 3 < poisson_only.get("K", 0)
+    assert judged.get("R", 0) == poisson_only.get("R", 0) <= 3

@@ -5,6 +5,7 @@ several integer columns."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, cached_property
@@ -346,6 +347,34 @@ def last_flagged_date(flag: pl.Expr) -> pl.Expr:
         .then(pl.col("date") - pl.duration(days=row - last_row))
         .cast(pl.Date)
     )
+
+
+def excess_dispersion(
+    counts: CellCounts, cells: np.ndarray, on_record: np.ndarray, window: int, baseline: int
+) -> np.ndarray:
+    """At `cells`: how much more its counts of `window` days vary than random (Poisson) events
+    would, from the baseline's whole windows on record (1 where they do not): contact in threads
+    (a few days of messages, then weeks of nothing) or tickets filed in clusters were as bursty
+    in their past, and a cluster is not a rise. The variance-to-mean ratio of those windows'
+    counts (the quasi-Poisson scale of a likelihood-ratio test), where it is beyond what chance
+    gives a Poisson account's windows (their 99th percentile: chi-square with m - 1 df, in the
+    Wilson-Hilferty approximation)."""
+    blocks = baseline // window
+    sums = np.stack(
+        [counts.trailing_sum(cells, window, lag=k * window) for k in range(1, blocks + 1)]
+    )
+    whole = np.minimum(on_record // window, blocks).astype(np.int64)  # windows on record
+    sums[np.arange(1, blocks + 1)[:, None] > whole[None, :]] = np.nan
+    # (a cell with fewer than 2 windows on record, possible under a short min_baseline_days,
+    # has no variance: numpy warns, and `bursty` leaves it at 1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(sums, axis=0)
+        ratio = np.nanvar(sums, axis=0, ddof=1) / mean
+        df = np.maximum(whole - 1, 1).astype(np.float64)
+        chance = (1 - 2 / (9 * df) + 2.326 * np.sqrt(2 / (9 * df))) ** 3  # chi2_0.99(df) / df
+    bursty = (whole >= 3) & (mean > 0) & np.isfinite(ratio) & (ratio > chance)
+    return np.where(bursty, ratio, 1.0)
 
 
 def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:

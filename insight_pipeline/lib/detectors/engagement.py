@@ -7,18 +7,16 @@ dark after a week. "Two-way contact" is a meeting held or an inbound communicati
 from __future__ import annotations
 
 import math
-import warnings
 from datetime import date, timedelta
 
-import numpy as np
 import polars as pl
 
 from insight_pipeline.lib.detectors.common import (
-    CellCounts,
     DayGrid,
     attendances,
     customer_days,
     customer_index,
+    excess_dispersion,
     on_customer_days,
     poisson_g,
 )
@@ -289,33 +287,6 @@ def detect_going_dark(
     )
 
 
-def _excess_dispersion(
-    counts: CellCounts, cells: np.ndarray, on_record: np.ndarray, window: int, baseline: int
-) -> np.ndarray:
-    """At `cells`: how much more its counts of `window` days vary than random (Poisson) events
-    would, from the baseline's whole windows on record (1 where they do not): contact in threads
-    - a few days of messages, then weeks of nothing - was as bursty in its past, and a thread is
-    not a rise. The variance-to-mean ratio of those windows' counts (the quasi-Poisson scale of
-    the likelihood-ratio test), where it is beyond what chance gives a Poisson account's windows
-    (their 95th percentile: chi-square with m - 1 df, in the Wilson-Hilferty approximation)."""
-    blocks = baseline // window
-    sums = np.stack(
-        [counts.trailing_sum(cells, window, lag=k * window) for k in range(1, blocks + 1)]
-    )
-    whole = np.minimum(on_record // window, blocks).astype(np.int64)  # windows on record
-    sums[np.arange(1, blocks + 1)[:, None] > whole[None, :]] = np.nan
-    # (a cell with fewer than 2 windows on record, possible under a short min_baseline_days,
-    # has no variance: numpy warns, and `bursty` leaves it at 1)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(sums, axis=0)
-        ratio = np.nanvar(sums, axis=0, ddof=1) / mean
-        df = np.maximum(whole - 1, 1).astype(np.float64)
-        chance = (1 - 2 / (9 * df) + 1.645 * np.sqrt(2 / (9 * df))) ** 3  # chi2_0.95(df) / df
-    bursty = (whole >= 3) & (mean > 0) & np.isfinite(ratio) & (ratio > chance)
-    return np.where(bursty, ratio, 1.0)
-
-
 def detect_increased_activity(
     events: pl.DataFrame,
     accounts: pl.DataFrame,
@@ -326,7 +297,7 @@ def detect_increased_activity(
 ) -> pl.DataFrame:
     """Inbound messages + meetings over the last window well above the account's own rate:
     ratio >= activity_ratio and a Poisson likelihood-ratio test at p < 0.001, scaled by how much
-    more the account's own windows vary than random events would (`_excess_dispersion`). The
+    more the account's own windows vary than random events would (`excess_dispersion`). The
     rate is over
     the baseline days on record (`DayGrid.days_on_record`: from `since`, the tables' first day,
     and the contract start), at least min_baseline_days of them."""
@@ -359,7 +330,7 @@ def detect_increased_activity(
         .to_series()
         .to_numpy()
     )
-    dispersion = _excess_dispersion(counts, cells[rise], on_record[rise], w, b)
+    dispersion = excess_dispersion(counts, cells[rise], on_record[rise], w, b)
     hits = (
         stats.filter(rise)
         .with_columns(pl.col("g") / pl.Series(dispersion))

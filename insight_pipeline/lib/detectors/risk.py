@@ -15,6 +15,7 @@ from insight_pipeline.lib.detectors.common import (
     attendances,
     customer_index,
     daily_counts,
+    excess_dispersion,
     last_flagged_date,
     on_customer_days,
     poisson_g,
@@ -424,7 +425,8 @@ def detect_support_surge(
     s: RiskSettings,
     since: date | None = None,
 ) -> pl.DataFrame:
-    """Priority-weighted tickets over the last window well above the account's own baseline, or an
+    """Priority-weighted tickets over the last window well above the account's own baseline (the
+    count's Poisson test scaled by the account's own clustering: `excess_dispersion`), or an
     escalation: urgent tickets in the last urgent_window_days that the account's own urgent rate
     makes rare (`urgent_alpha`). The rates are over the baseline days on record
     (`DayGrid.days_on_record`: from `since`, the table's first day, and the contract start)."""
@@ -487,6 +489,12 @@ def detect_support_surge(
         & (pl.col("tickets") >= s.min_support_tickets)
         & (pl.col("g_count") >= s.support_g)
     )
+    # A surge by the Poisson test is judged again against the account's own clusters of tickets
+    # (an incident files several at once): its statistic scaled by their dispersion.
+    rise = stats.select(surge).to_series().to_numpy()
+    dispersion = np.ones(cells.size)
+    dispersion[rise] = excess_dispersion(tickets_n, cells[rise], on_record[rise], w, b)
+    stats = stats.with_columns(pl.col("g_count") / pl.Series(dispersion))
     hits = (
         stats.filter(surge | pl.col("escalation"))
         .rename({"date": "partition_date"})
