@@ -915,3 +915,17 @@ def test_a_persisting_insights_title_names_a_date_not_a_count_that_goes_stale(
     title = TemplateNarrator().narrate([item(kind)])[0]["title"]
     assert str(facts[date_fact]) in title
     assert " days" not in title
+
+
+def test_metric_names_in_templates_keep_their_acronyms_in_capitals() -> None:
+    """Metric names are read in lower case (`AI Queries` -> `ai_queries`): a text says "AI
+    queries" and "storage GB", not "Ai queries" or "storage gb"; named metrics keep their names."""
+    from insight_pipeline.lib.insights.narrate import humanize_metric
+
+    assert humanize_metric("ai_queries") == "AI queries"
+    assert humanize_metric("storage_gb") == "storage GB"
+    assert humanize_metric("dau") == "daily active users"
+    assert humanize_metric("reports_exported") == "reports exported"
+    facts = {**FACTS["usage_drop"], "metric": "ai_queries"}
+    [narrative] = TemplateNarrator().narrate([item("usage_drop", facts, subject="ai_queries")])
+    assert "AI queries" in narrative["title"] and "Ai queries" not in str(narrative)

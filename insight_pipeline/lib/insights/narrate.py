@@ -82,12 +82,21 @@ def possessive(name: Any) -> str:
 
 
 METRIC_NAMES = {"dau": "daily active users", "api_calls": "API calls", "seats_used": "seats used"}
+#: Words of metric names written in capitals (metric names are read in lower case: `DAU`,
+#: `AI Queries` -> `dau`, `ai_queries`), so that a text says "AI queries", not "Ai queries".
+ACRONYMS = frozenset(
+    {"ai", "api", "crm", "csv", "gb", "id", "kb", "llm", "mb", "ml", "nps", "pdf", "qbr"}
+    | {"sdk", "sms", "sql", "sso", "tb", "ui", "url", "vm", "wau", "mau", "dau"}
+)
 
 
 def humanize_metric(metric: Any) -> str:
-    """'dau' -> 'daily active users', 'feature_x' -> 'feature x'."""
+    """'dau' -> 'daily active users', 'feature_x' -> 'feature x', 'ai_queries' -> 'AI
+    queries', 'storage_gb' -> 'storage GB'."""
     text = str(metric)
-    return METRIC_NAMES.get(text, text.replace("_", " "))
+    if text in METRIC_NAMES:
+        return METRIC_NAMES[text]
+    return " ".join(word.upper() if word in ACRONYMS else word for word in text.split("_"))
 
 
 @functools.cache
