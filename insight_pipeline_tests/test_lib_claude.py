@@ -929,3 +929,12 @@ def test_metric_names_in_templates_keep_their_acronyms_in_capitals() -> None:
     facts = {**FACTS["usage_drop"], "metric": "ai_queries"}
     [narrative] = TemplateNarrator().narrate([item("usage_drop", facts, subject="ai_queries")])
     assert "AI queries" in narrative["title"] and "Ai queries" not in str(narrative)
+
+
+def test_going_dark_tells_the_accounts_average_pace_not_the_gap_inside_its_threads() -> None:
+    """Contact in threads has a median gap of a day: "they usually get in touch every 1 day(s)"
+    misread an account in touch every 6 days. The summary gives its mean gap."""
+    facts = {**FACTS["going_dark"], "usual_gap": 1.0, "mean_gap": 6.0}
+    [narrative] = TemplateNarrator().narrate([item("going_dark", facts)])
+    assert "every 6 days on average" in narrative["summary"]
+    assert "every 1 day" not in narrative["summary"]

@@ -116,6 +116,13 @@ def test_a_quiet_season_for_everyone_is_not_going_dark_and_the_stopped_are_still
         )
         return first_alarms(found).filter(~stopped).height, dict(after.iter_rows())
 
+    found = detect_going_dark(events, accounts, start, END, S, population)
+    facts = found["facts"].str.json_decode().struct.unnest()
+    assert (facts["mean_gap"] > 0).all()
+    assert all(
+        f"a contact every {gap} days" in evidence[2]["comparison"]
+        for gap, evidence in zip(facts["mean_gap"], found["evidence"], strict=True)
+    )
     false_adjusted, delays = judged(population)
     false_raw, raw_delays = judged(None)
     assert false_raw > (n - dark) / 5
@@ -191,6 +198,39 @@ def test_contact_in_threads_is_no_increased_activity_and_a_real_rise_is() -> Non
     assert poisson_only.get("B", 0) > 200 / 3
     assert poisson_only.get("planted", 0) == judged["planted"]
     assert poisson_only.get("C", 0) == judged.get("C", 0)
+
+
+def test_contact_in_threads_is_judged_by_its_waits_between_conversations() -> None:
+    """200 accounts in touch in threads (1-3 a month, each a few consecutive days), 20 of which
+    stop 70 days before the end. Judged by the day-to-day gaps (thread_gap_days=0: the Poisson
+    term on the mean gap), a thread's usual wait looks like a long silence and more than 1 in 3
+    of the others is called dark in a quarter; judged by the waits between conversations fewer
+    than 1 in 6 are, and three quarters of the stopped ones are still found (later: a silence of
+    a month is common for them)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(21)
+    n, dark = 200, 20
+    stopped_ids = [f"B{i:04d}" for i in range(dark)]
+    stopped = pl.col("customer_id").is_in(stopped_ids)
+    events = threads(rng.uniform(1, 3, n), seed=22).filter(
+        ~(stopped & (pl.col("date") > END - timedelta(days=70)))
+    )
+    accounts = customers([f"B{i:04d}" for i in range(n)])
+    start = END - timedelta(days=89)
+
+    def judged(settings: EngagementSettings) -> tuple[int, int]:
+        """(others called dark, stopped ones found after their last contact)"""
+        found = detect_going_dark(events, accounts, start, END, settings)
+        last = events.filter(stopped).group_by("customer_id").agg(pl.col("date").max())
+        after = found.filter(stopped).join(last, on="customer_id")
+        after = after.filter(pl.col("partition_date") > pl.col("date"))
+        return first_alarms(found).filter(~stopped).height, after["customer_id"].n_unique()
+
+    false_alarms, found = judged(S)
+    day_gaps_false_alarms, _ = judged(replace(S, thread_gap_days=0))
+    assert false_alarms < (n - dark) / 6 < (n - dark) / 3 < day_gaps_false_alarms
+    assert found >= 0.75 * dark
 
 
 def test_a_going_dark_significance_outside_0_1_is_refused_by_name() -> None:

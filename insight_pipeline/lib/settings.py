@@ -199,6 +199,10 @@ class EngagementSettings:
     (silence of ln(1/alpha) mean gaps: 4.6 at 1%). The 95th percentile of a dozen gaps is
     seldom their true 95th; their mean is steadier, so this keeps a chance silence of an
     account in touch at random from reading as going dark."""
+    thread_gap_days: int = 2
+    """Contact days at most this far apart are one conversation (a thread of messages, a meeting
+    and its follow-up): the rare-silence term of going_dark reads the waits between
+    conversations, so contact in threads is not judged by the day-to-day gaps inside them."""
     population_sds: float = 2.0
     """Everyone's quiet shortens a silence (`contact_population`: a holiday season, a table that
     stopped arriving) only beyond chance: the fixed sample's contacts since the last contact,

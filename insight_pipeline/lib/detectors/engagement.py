@@ -77,7 +77,7 @@ def contact_population(
             pl.when(pl.col("customers") > 0)
             .then(pl.col("contacts") / pl.col("customers"))
             .shift(1)
-            .rolling_mean(s.cadence_days // 7, min_samples=8)
+            .rolling_median(s.cadence_days // 7, min_samples=8)
             .over(pl.col("date").dt.weekday())
             .mul(pl.col("customers"))
             .alias("expected")
@@ -131,9 +131,10 @@ def detect_going_dark(
 ) -> pl.DataFrame:
     """Days since the last two-way contact beyond what the account's own rhythm explains:
     max(min_dark_days, dark_multiplier x its median gap, long_gap_multiplier x its 95th
-    percentile gap, and the silence that contact at its mean rate (a Poisson process) leaves
-    with probability dark_alpha: ln(1/alpha) mean gaps). Days on which every account was
-    quieter than usual (`population`: `contact_population`) count as that much less silence."""
+    percentile gap, and the silence that contact at its mean rate (a Poisson process) and its own
+    waits between conversations each leave with probability dark_alpha). Days on which every
+    account was quieter than usual (`population`: `contact_population`) count as that much less
+    silence."""
     if events.height == 0:
         return empty_signals()
     # Distinct contact days sorted by (customer, date) through one integer key (the customer's
@@ -187,6 +188,15 @@ def detect_going_dark(
             .rolling_sum_by("_key", window_size=window)
             .alias("gaps"),
             pl.col("gap").rolling_mean_by("_key", window_size=window).alias("mean_gap"),
+            # the waits between conversations: the gaps longer than a thread's, beyond it
+            (pl.col("gap") > s.thread_gap_days)
+            .cast(pl.Int32)
+            .rolling_sum_by("_key", window_size=window)
+            .alias("waits"),
+            (pl.col("gap") - s.thread_gap_days)
+            .clip(lower_bound=0.0)
+            .rolling_sum_by("_key", window_size=window)
+            .alias("wait_excess"),
         )
         .filter("_read")
         .select(pl.lit(ids).gather("_c").alias("customer_id"), pl.exclude("_c", "_key", "_read"))
@@ -201,11 +211,27 @@ def detect_going_dark(
     )
     # Beyond both the usual rhythm (median gap) and the account's own long silences (95th
     # percentile of its gaps): an account with irregular contact is not dark at its usual worst.
+    # The rare silence, rarer than alpha both for contact at the account's mean pace arriving at
+    # random (a Poisson process: ln(1/alpha) mean gaps) and for its own waits between
+    # conversations: a new conversation comes after a wait beyond the thread's days that is
+    # (roughly) exponential with the mean of the account's own such waits, so a silence longer
+    # than u + mean excess x ln(P(gap > u) / alpha) is rarer than alpha. For contact at random
+    # (memoryless) the two agree; for contact in threads the second reads the waits between
+    # threads, not the day-to-day gaps inside them; for a regular cadence (weekly meetings)
+    # the first is the longer.
+    waits = pl.col("waits").cast(pl.Float64)
+    rare = pl.when(waits > 0).then(
+        s.thread_gap_days
+        + pl.col("wait_excess")
+        / waits
+        * (waits / pl.col("gaps") / s.dark_alpha).log().clip(lower_bound=0.0)
+    )
     threshold = pl.max_horizontal(
         pl.lit(float(s.min_dark_days)),
         s.dark_multiplier * pl.col("median_gap"),
         s.long_gap_multiplier * pl.col("long_gap"),
         math.log(1 / s.dark_alpha) * pl.col("mean_gap"),
+        rare.fill_null(0.0),
     )
     silent = (pl.col("partition_date") - pl.col("date")).dt.total_days()
     hits = joined.filter(
@@ -264,13 +290,15 @@ def detect_going_dark(
                     pl.col("threshold").floor(),
                     pl.format(
                         "the longest of {} days, {}x its median gap, {}x its 95th-percentile "
-                        "gap, and the silence that contact at its mean pace leaves less than {} "
-                        "of the time (a contact every {} days)",
+                        "gap, and the silence that contact at its mean pace (a contact every {} "
+                        "days) and its own waits between conversations (contact days over {} "
+                        "days apart) each leave less than {} of the time",
                         s.min_dark_days,
                         s.dark_multiplier,
                         s.long_gap_multiplier,
-                        pl.lit(f"{s.dark_alpha:.1%}"),
                         pl.col("mean_gap").round(1),
+                        s.thread_gap_days,
+                        pl.lit(f"{s.dark_alpha:.1%}"),
                     ),
                     "meetings, communications",
                 ),
@@ -278,6 +306,8 @@ def detect_going_dark(
             pl.struct(
                 pl.col("days_silent"),
                 pl.col("median_gap").round(1).alias("usual_gap"),
+                # the pace a reader should hear: contact in threads has a median gap of a day
+                pl.col("mean_gap").round(1).alias("mean_gap"),
                 pl.col("date").cast(pl.String).alias("last_contact"),
                 pl.col("gaps"),
             )
