@@ -72,3 +72,16 @@ def customers(ids: list[str]) -> pl.DataFrame:
         },
         schema_overrides={"churned_on": pl.Date},
     )
+
+
+def accounts_by_group(signals: pl.DataFrame, planted: pl.Expr) -> dict[str, int]:
+    """Distinct accounts with a signal per group: "planted" for the `planted` ones, else the
+    first letter of the id (a test names each kind of clean account by its letter)."""
+    groups = signals.select(
+        pl.when(planted)
+        .then(pl.lit("planted"))
+        .otherwise(pl.col("customer_id").str.slice(0, 1))
+        .alias("group"),
+        "customer_id",
+    ).unique()
+    return dict(groups.group_by("group").len().iter_rows())

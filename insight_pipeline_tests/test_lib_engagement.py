@@ -16,7 +16,7 @@ from insight_pipeline.lib.detectors.engagement import (
     detect_increased_activity,
 )
 from insight_pipeline.lib.settings import EngagementSettings
-from insight_pipeline_tests.synthetic import customers
+from insight_pipeline_tests.synthetic import accounts_by_group, customers
 
 END = date(2026, 6, 30)
 DAYS = 400
@@ -175,14 +175,7 @@ def test_contact_in_threads_is_no_increased_activity_and_a_real_rise_is() -> Non
 
     def raised(settings: EngagementSettings) -> dict[str, int]:
         found = detect_increased_activity(events, accounts, start, END, settings)
-        by_group = found.select(
-            pl.when(planted)
-            .then(pl.lit("planted"))
-            .otherwise(pl.col("customer_id").str.slice(0, 1))
-            .alias("group"),
-            "customer_id",
-        ).unique()
-        return dict(by_group.group_by("group").len().iter_rows())
+        return accounts_by_group(found, planted)
 
     judged = raised(S)
     assert judged.get("planted", 0) >= 9

@@ -13,7 +13,7 @@ from insight_pipeline.defs.detectors.families import RISK_TABLES, detect_risk
 from insight_pipeline.defs.sources.activity import ACTIVITY_TABLES, empty_table
 from insight_pipeline.lib.detectors.risk import level_metrics_by_day
 from insight_pipeline.lib.settings import RiskSettings, Settings
-from insight_pipeline_tests.synthetic import USAGE_SCHEMA
+from insight_pipeline_tests.synthetic import USAGE_SCHEMA, accounts_by_group
 from insight_pipeline_tests.synthetic import customers as customers_frame
 
 END = date(2026, 6, 30)
@@ -503,14 +503,7 @@ def test_tickets_filed_in_clusters_are_no_support_surge_and_a_real_surge_is() ->
 
     def raised() -> dict[str, int]:
         found = detect_support_surge(frame, accounts, END - timedelta(days=89), END, RiskSettings())
-        groups = found.select(
-            pl.when(planted)
-            .then(pl.lit("planted"))
-            .otherwise(pl.col("customer_id").str.slice(0, 1))
-            .alias("group"),
-            "customer_id",
-        ).unique()
-        return dict(groups.group_by("group").len().iter_rows())
+        return accounts_by_group(found, planted)
 
     judged = raised()
     with mock.patch(

@@ -225,7 +225,8 @@ def sample_from_source(
         buckets = everyone.height // max(size, 1)
         raw = shard_of(buckets, seed=SAMPLE_SEED, raw=True) == 0 if buckets > 1 else pl.lit(True)
         known = {"customers": everyone["customer_id"]}
-        sampled, clean = everyone.filter(in_sample(everyone.height, size)), []
+        sampled = everyone.filter(in_sample(everyone.height, size))
+        clean = []
         for table in tables:
             read = src.read(table, date_from=date_from, date_to=last, where=raw)
             if read is None:  # an absent optional table: no rows
