@@ -4,6 +4,7 @@ taken for going dark."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 import numpy as np
@@ -123,6 +124,13 @@ def test_a_quiet_season_for_everyone_is_not_going_dark_and_the_stopped_are_still
         f"a contact every {gap} days" in evidence[2]["comparison"]
         for gap, evidence in zip(facts["mean_gap"], found["evidence"], strict=True)
     )
+    # a discounted silence says what it counted as, above the longest silence explained
+    counted = [
+        (float(re.search(r"counted as ([\d.]+) days", e[0]["comparison"])[1]), e[2]["value"])
+        for e in found["evidence"]
+        if "counted as" in e[0]["comparison"]
+    ]
+    assert counted and all(days > longest for days, longest in counted)
     false_adjusted, delays = judged(population)
     false_raw, raw_delays = judged(None)
     assert false_raw > (n - dark) / 5
@@ -232,3 +240,24 @@ def test_a_going_dark_significance_outside_0_1_is_refused_by_name() -> None:
     for alpha in (0, 1.5):
         with pytest.raises(ValueError, match=r"engagement\.dark_alpha="):
             Settings.from_dict({"engagement": {"dark_alpha": alpha}})
+
+
+def test_a_silence_counted_just_over_the_longest_explained_says_so_in_its_evidence() -> None:
+    """An account in touch every 3 days (longest silence explained: the 21-day minimum) stops,
+    while everyone's contact runs at 78% of its usual: on the first day raised its silence
+    counts as 21.3 days, and the evidence says "21.3", not a "21" beside the 21 explained."""
+    last = END - timedelta(days=26)
+    days = [last - timedelta(days=3 * i) for i in range(120)]
+    events = pl.DataFrame({"customer_id": "C0000", "date": days, "kind": "inbound"})
+    calendar = pl.date_range(END - timedelta(days=400), END, eager=True)
+    population = pl.DataFrame(
+        {
+            "date": calendar,
+            "contacts": [78.0 if d > last else 100.0 for d in calendar],
+            "expected": 100.0,
+        }
+    )
+    found = detect_going_dark(events, customers(["C0000"]), END, END, S, population)
+    [evidence] = found["evidence"].to_list()
+    assert evidence[2]["value"] == 21
+    assert "so counted as 21.3 days of silence" in evidence[0]["comparison"]

@@ -269,7 +269,9 @@ def detect_going_dark(
                             "usual pace, so counted as {} days of silence",
                             last_contact,
                             (100 * pl.col("population_pace")).round(0).cast(pl.Int64),
-                            pl.col("effective_silence").round(0).cast(pl.Int64),
+                            # one decimal: rounded to days, a silence just over a threshold of
+                            # 21 read "counted as 21 days" beside "21" as the longest explained
+                            pl.col("effective_silence").round(1),
                         )
                     )
                     .otherwise(last_contact),
