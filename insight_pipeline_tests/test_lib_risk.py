@@ -514,3 +514,70 @@ def test_tickets_filed_in_clusters_are_no_support_surge_and_a_real_surge_is() ->
     assert judged.get("planted", 0) >= 9 and judged.get("planted") == poisson_only.get("planted")
     assert judged.get("K", 0) < 150 / 6 < 150 / 3 < poisson_only.get("K", 0)
     assert judged.get("R", 0) == poisson_only.get("R", 0) <= 3
+
+
+def test_an_incident_that_makes_most_accounts_file_is_no_accounts_surge() -> None:
+    """An outage 40 days before the end makes 60% of 200 accounts filing at random open 3-8
+    tickets within two days; 10 others file several times their usual in the last two weeks.
+    Judged alone, most of the outage's accounts raise a surge; against everyone's tickets
+    (`ticket_population`: their count at its lower bound against their usual) fewer than 1 in
+    8 do, the evidence says why, and the planted surges are still found. Each day's factor is
+    the one a run of that day alone measures."""
+    import numpy as np
+
+    from insight_pipeline.lib.detectors.risk import detect_support_surge, ticket_population
+
+    rng = np.random.default_rng(14)
+    days, n = 400, 200
+    first = END - timedelta(days=days - 1)
+    counts = rng.poisson(rng.uniform(2, 5, n)[:, None] / 30.44, (n, days))
+    counts[:10, days - 14 :] += rng.poisson(4 * 3.5 / 30.44, (10, 14))
+    hit = np.flatnonzero(rng.random(n) < 0.6)
+    hit = hit[hit >= 10]
+    counts[hit, days - 40] += rng.integers(2, 5, hit.size)
+    counts[hit, days - 39] += rng.integers(1, 5, hit.size)
+    account, day = np.nonzero(counts)
+    account, day = np.repeat(account, counts[account, day]), np.repeat(day, counts[account, day])
+    frame = pl.DataFrame(
+        [
+            (f"T{i}", f"R{a:03d}", at(first + timedelta(days=int(d))), None, "normal", None, "x")
+            for i, (a, d) in enumerate(zip(account, day, strict=True))
+        ],
+        schema=empty_table("support_tickets").schema,
+        orient="row",
+    )
+    accounts = customers_frame([f"R{i:03d}" for i in range(n)])
+    planted = pl.col("customer_id").is_in([f"R{i:03d}" for i in range(10)])
+    outage = pl.col("customer_id").is_in([f"R{i:03d}" for i in hit])
+    start, s = END - timedelta(days=89), RiskSettings()
+    population = ticket_population(frame, accounts, start - timedelta(days=365), END, s)
+
+    def raised(population: pl.DataFrame | None) -> tuple[pl.DataFrame, dict[str, int]]:
+        found = detect_support_surge(frame, accounts, start, END, s, population=population)
+        return found, {
+            name: found.filter(group)["customer_id"].n_unique()
+            for name, group in (
+                ("planted", planted),
+                ("outage", outage),
+                ("other", ~planted & ~outage),
+            )
+        }
+
+    _, alone = raised(None)
+    found, judged = raised(population)
+    assert alone["outage"] > 0.75 * hit.size and judged["outage"] < hit.size / 8
+    assert judged["planted"] == alone["planted"] >= 6 and judged["other"] <= alone["other"]
+    outage_weeks = pl.col("partition_date").is_between(
+        END - timedelta(days=40), END - timedelta(days=27)
+    )
+    during = found.filter(outage & outage_weeks)
+    assert during.height and all(
+        "everyone's tickets at" in e[0]["comparison"] for e in during["evidence"]
+    )
+    on = pl.col("date") == END - timedelta(days=39)
+    assert population.filter(on)["factor"].item() > 1.5
+    for offset in (41, 40, 39, 30, 0):
+        day = END - timedelta(days=offset)
+        alone_day = ticket_population(frame, accounts, day - timedelta(days=365), day, s)
+        same_day = pl.col("date") == day
+        assert alone_day.filter(same_day).equals(population.filter(same_day)), day

@@ -264,6 +264,10 @@ class RiskSettings:
     min_support_baseline_days: int = 60
     """Days of the ticket baseline on record (after the source's first day and the contract
     start) an account needs before a surge is judged against it."""
+    population_sds: float = 2.0
+    """Everyone's tickets (`ticket_population`: a fixed sample of all accounts) raise an
+    account's expected count only beyond chance: this many Poisson sds below their count, still
+    above the count their usual expects."""
     min_support_tickets: int = 3
     """The likelihood-ratio test runs on ticket counts (weights would fake precision); at least
     this many tickets in the window."""

@@ -122,6 +122,33 @@ def first_day(tables: dict[str, pl.LazyFrame], columns: dict[str, str]) -> date 
     return min((d for d in days if d is not None), default=None)
 
 
+def sample_activity(
+    context: dg.AssetExecutionContext,
+    source: SourceResource,
+    activity_window: dict[str, pl.LazyFrame],
+    accounts: pl.DataFrame,
+    cfg: Settings,
+    tables: dict[str, str],
+) -> tuple[list[pl.DataFrame], pl.DataFrame, date]:
+    """The rows of these activity tables (bundle key -> source table) of the fixed sample of all
+    accounts the usage population is measured on, the sampled accounts, and where the tables'
+    reading begins: from the run's own window, or in a run of one account shard from the source
+    (`sample_from_source`), so that every shard measures on the accounts the unsharded run
+    measures on."""
+    first, _last = partition_days(context)
+    size = cfg.usage.population_sample
+    window_start = first - timedelta(days=max(history_days(t, cfg) for t in tables.values()))
+    _shard, shards = run_shard(context)
+    if shards > 1:
+        frames, sampled = sample_from_source(
+            context, source, tuple(tables.values()), size, window_start
+        )
+        return frames, sampled, window_start
+    keep = in_sample(accounts.height, size)
+    frames = [activity_window[key].filter(keep).collect() for key in tables]
+    return frames, accounts.filter(keep), window_start
+
+
 def contact_population(
     context: dg.AssetExecutionContext,
     source: SourceResource,
@@ -129,26 +156,13 @@ def contact_population(
     accounts: pl.DataFrame,
     cfg: Settings,
 ) -> pl.DataFrame:
-    """`engagement.contact_population` of the fixed sample of all accounts the usage
-    population is measured on, over the meetings and communications read: from the run's own
-    window, or in a run of one account shard from the source (`sample_from_source`), so that
-    every shard measures on the accounts the unsharded run measures on."""
-    first, last = partition_days(context)
-    size = cfg.usage.population_sample
-    window_start = first - timedelta(days=history_days("communications", cfg))
-    _shard, shards = run_shard(context)
-    if shards == 1:
-        keep = in_sample(accounts.height, size)
-        sampled = accounts.filter(keep)
-        meetings, communications = (
-            activity_window[table].filter(keep).collect()
-            for table in ("meetings", "communications")
-        )
-    else:
-        (meetings, communications), sampled = sample_from_source(
-            context, source, ("meetings", "communications"), size, window_start
-        )
+    """`engagement.contact_population` of the fixed sample's meetings and communications."""
+    tables = {"meetings": "meetings", "communications": "communications"}
+    (meetings, communications), sampled, window_start = sample_activity(
+        context, source, activity_window, accounts, cfg, tables
+    )
     events = engagement.two_way_events(meetings, communications)
+    _first, last = partition_days(context)
     return engagement.contact_population(events, sampled, window_start, last, cfg.engagement)
 
 
@@ -279,7 +293,8 @@ def detect_risk(
 ) -> tuple[pl.DataFrame, dict]:
     """`act` holds the risk tables, the usage window as a scan ("usage"), and what is measured
     once per run: the level metrics of each run day ("level_days":
-    `risk.level_metrics_by_day`) and the tickets' first day on record ("tickets_since")."""
+    `risk.level_metrics_by_day`), the tickets' first day on record ("tickets_since") and
+    everyone's tickets ("ticket_population": `risk.ticket_population`)."""
     s = cfg.risk
     return _run(
         {
@@ -307,7 +322,13 @@ def detect_risk(
             "support_surge": (
                 [act["support_tickets"]],
                 lambda: risk.detect_support_surge(
-                    act["support_tickets"], accounts, first, last, s, act["tickets_since"]
+                    act["support_tickets"],
+                    accounts,
+                    first,
+                    last,
+                    s,
+                    act["tickets_since"],
+                    act["ticket_population"],
                 ),
             ),
             "detractor_nps": (
@@ -340,10 +361,15 @@ def risk_signals(
         context, source, usage_window, accounts, cfg.usage.population_sample, cfg.lookback_days
     )
     level_days = risk.level_metrics_by_day(sample, first, last, cfg.risk)
+    # everyone's tickets, on the same sample
+    (tickets,), sampled, window_start = sample_activity(
+        context, source, activity_window, accounts, cfg, {"support_tickets": "support_tickets"}
+    )
     once = {
         "usage_rows": usage_rows,
         "level_days": level_days,
         "tickets_since": first_day(activity_window, {"support_tickets": "opened_at"}),
+        "ticket_population": risk.ticket_population(tickets, sampled, window_start, last, cfg.risk),
     }
     signals, meta = by_account_parts(
         lambda accounts, act: detect_risk(first, last, cfg, accounts, act | once),

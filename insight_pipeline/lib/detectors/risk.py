@@ -13,6 +13,7 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
     attendances,
+    customer_days,
     customer_index,
     daily_counts,
     excess_dispersion,
@@ -417,6 +418,50 @@ def _trailing_max(matrix: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def ticket_population(
+    tickets: pl.DataFrame, sample: pl.DataFrame, window_start: date, end: date, s: RiskSettings
+) -> pl.DataFrame:
+    """(date, factor) per day to `end`: how many times their usual a fixed sample of all
+    accounts (`sample`: their contract starts and churn dates) filed tickets over the
+    support_window_days ending that day, at its lower bound (`population_sds` Poisson sds below
+    the count: chance never raises it) and at least 1. The usual is the same weekday's tickets
+    per customer over the baseline before (a mean: tickets are rare, and a median of small
+    counts is below their mean). An incident that makes most accounts file at once is no one
+    account's surge (`detect_support_surge` scales its expected count by this)."""
+    schema = {"date": pl.Date, "factor": pl.Float64}
+    days = pl.col("opened_at").dt.date()
+    events = tickets.filter(days.is_between(window_start, end)).select(days.alias("date"))
+    if events.height == 0 or sample.height == 0:
+        return pl.DataFrame(schema=schema)
+    calendar = pl.DataFrame({"date": pl.date_range(events["date"].min(), end, eager=True)})
+    counts = events.group_by("date").len("tickets")
+    customers = customer_days(sample, calendar["date"][0], end).group_by("partition_date").len()
+    w = s.support_window_days
+    frame = (
+        calendar.join(counts, on="date", how="left")
+        .join(customers, left_on="date", right_on="partition_date", how="left")
+        .with_columns(pl.col("tickets", "len").fill_null(0).cast(pl.Float64))
+        .with_columns(
+            pl.when(pl.col("len") > 0)
+            .then(pl.col("tickets") / pl.col("len"))
+            .shift(1)
+            .rolling_mean(s.support_baseline_days // 7, min_samples=8)
+            .over(pl.col("date").dt.weekday())
+            .mul(pl.col("len"))
+            .alias("usual")
+        )
+        .with_columns(
+            pl.col("tickets").rolling_sum(w, min_samples=w).alias("filed"),
+            pl.col("usual").rolling_sum(w, min_samples=w).alias("expected"),
+        )
+    )
+    filed, expected = pl.col("filed"), pl.col("expected")
+    bound = (filed - s.population_sds * filed.sqrt()) / expected
+    # rounded: a range's running sums start earlier than a day's, and may differ in the last bit
+    factor = pl.when(expected > 0).then(pl.max_horizontal(bound, 1.0).round(3)).otherwise(1.0)
+    return frame.select("date", factor.fill_null(1.0).alias("factor"))
+
+
 def detect_support_surge(
     tickets: pl.DataFrame,
     accounts: pl.DataFrame,
@@ -424,8 +469,11 @@ def detect_support_surge(
     end: date,
     s: RiskSettings,
     since: date | None = None,
+    population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Priority-weighted tickets over the last window well above the account's own baseline (the
+    """Priority-weighted tickets over the last window well above the account's own baseline,
+    scaled by how far above theirs everyone's tickets run (`population`: `ticket_population`;
+    an incident that makes most accounts file is no one account's surge) (the
     count's Poisson test scaled by the account's own clustering: `excess_dispersion`), or an
     escalation: urgent tickets in the last urgent_window_days that the account's own urgent rate
     makes rare (`urgent_alpha`). The rates are over the baseline days on record
@@ -481,7 +529,16 @@ def detect_support_surge(
         judged=on_record >= s.min_support_baseline_days,
         recent_urgent=urgent[keep],
         escalation=escalation[keep],
-    ).with_columns(poisson_g(pl.col("tickets"), pl.col("count_expected")).alias("g_count"))
+    )
+    if population is not None and population.height:
+        stats = stats.join(population, on="date", how="left").with_columns(
+            pl.col("expected", "count_expected") * pl.col("factor").fill_null(1.0)
+        )
+    else:
+        stats = stats.with_columns(factor=pl.lit(1.0))
+    stats = stats.with_columns(
+        poisson_g(pl.col("tickets"), pl.col("count_expected")).alias("g_count")
+    )
     surge = (
         pl.col("judged")
         & (pl.col("recent") >= s.min_support_weight)
@@ -516,7 +573,16 @@ def detect_support_surge(
                 evidence_item(
                     pl.format("priority-weighted tickets, last {} days", w),
                     pl.col("recent"),
-                    pl.format("usual for {} days: {}", w, pl.col("expected").round(1)),
+                    pl.when(pl.col("factor") > 1.0)
+                    .then(
+                        pl.format(
+                            "usual for {} days: {} (everyone's tickets at {}x their usual)",
+                            w,
+                            pl.col("expected").round(1),
+                            pl.col("factor").round(1),
+                        )
+                    )
+                    .otherwise(pl.format("usual for {} days: {}", w, pl.col("expected").round(1))),
                     "support_tickets",
                 ),
                 evidence_item(
