@@ -377,6 +377,20 @@ def excess_dispersion(
     return np.where(bursty, ratio, 1.0)
 
 
+def weekday_usual(count: str, customers: str, days: int, *, median: bool) -> pl.Expr:
+    """Over a daily frame (one row per day, in date order): the `count` a day's `customers`
+    would make at the same weekday's share per customer over the `days` before (their median
+    or mean), null until 8 such weekdays are on record - what a population's day usually is."""
+    share = pl.when(pl.col(customers) > 0).then(pl.col(count) / pl.col(customers)).shift(1)
+    weeks = days // 7
+    usual = (
+        share.rolling_median(weeks, min_samples=8)
+        if median
+        else share.rolling_mean(weeks, min_samples=8)
+    )
+    return usual.over(pl.col("date").dt.weekday()).mul(pl.col(customers))
+
+
 def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:
     """G = 2 (k ln(k/lambda) - (k - lambda)): the Poisson likelihood-ratio statistic for an excess
     over the expected count (chi-square with 1 df under the null); 0 when k <= lambda."""

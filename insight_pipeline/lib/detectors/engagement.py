@@ -19,6 +19,7 @@ from insight_pipeline.lib.detectors.common import (
     excess_dispersion,
     on_customer_days,
     poisson_g,
+    weekday_usual,
 )
 from insight_pipeline.lib.detectors.usage import evidence_list
 from insight_pipeline.lib.settings import EngagementSettings
@@ -74,13 +75,8 @@ def contact_population(
         .join(customers, left_on="date", right_on="partition_date", how="left")
         .with_columns(pl.col("contacts", "customers").fill_null(0).cast(pl.Float64))
         .with_columns(
-            pl.when(pl.col("customers") > 0)
-            .then(pl.col("contacts") / pl.col("customers"))
-            .shift(1)
-            .rolling_median(s.cadence_days // 7, min_samples=8)
-            .over(pl.col("date").dt.weekday())
-            .mul(pl.col("customers"))
-            .alias("expected")
+            # a median: a past holiday season does not lower the usual
+            weekday_usual("contacts", "customers", s.cadence_days, median=True).alias("expected")
         )
         .select(list(schema))
     )

@@ -21,6 +21,7 @@ from insight_pipeline.lib.detectors.common import (
     on_customer_days,
     poisson_g,
     poisson_tail,
+    weekday_usual,
 )
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
@@ -424,10 +425,10 @@ def ticket_population(
     """(date, factor) per day to `end`: how many times their usual a fixed sample of all
     accounts (`sample`: their contract starts and churn dates) filed tickets over the
     support_window_days ending that day, at its lower bound (`population_sds` Poisson sds below
-    the count: chance never raises it) and at least 1. The usual is the same weekday's tickets
-    per customer over the baseline before (a mean: tickets are rare, and a median of small
-    counts is below their mean). An incident that makes most accounts file at once is no one
-    account's surge (`detect_support_surge` scales its expected count by this)."""
+    the count: chance never raises it) and at least 1. The usual is the same weekday's mean
+    tickets per customer over the baseline before (`weekday_usual`). An incident that makes most
+    accounts file at once is no one account's surge (`detect_support_surge` scales its expected
+    count by this)."""
     schema = {"date": pl.Date, "factor": pl.Float64}
     days = pl.col("opened_at").dt.date()
     events = tickets.filter(days.is_between(window_start, end)).select(days.alias("date"))
@@ -442,13 +443,8 @@ def ticket_population(
         .join(customers, left_on="date", right_on="partition_date", how="left")
         .with_columns(pl.col("tickets", "len").fill_null(0).cast(pl.Float64))
         .with_columns(
-            pl.when(pl.col("len") > 0)
-            .then(pl.col("tickets") / pl.col("len"))
-            .shift(1)
-            .rolling_mean(s.support_baseline_days // 7, min_samples=8)
-            .over(pl.col("date").dt.weekday())
-            .mul(pl.col("len"))
-            .alias("usual")
+            # a mean: tickets are rare, and a median of small counts is below their mean
+            weekday_usual("tickets", "len", s.support_baseline_days, median=False).alias("usual")
         )
         .with_columns(
             pl.col("tickets").rolling_sum(w, min_samples=w).alias("filed"),
@@ -471,10 +467,10 @@ def detect_support_surge(
     since: date | None = None,
     population: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Priority-weighted tickets over the last window well above the account's own baseline,
-    scaled by how far above theirs everyone's tickets run (`population`: `ticket_population`;
-    an incident that makes most accounts file is no one account's surge) (the
-    count's Poisson test scaled by the account's own clustering: `excess_dispersion`), or an
+    """Priority-weighted tickets over the last window well above the account's own baseline
+    (the count's Poisson test scaled by the account's own clustering: `excess_dispersion`; the
+    baseline by how far above theirs everyone's tickets run, `population`: `ticket_population`,
+    as an incident that makes most accounts file is no one account's surge), or an
     escalation: urgent tickets in the last urgent_window_days that the account's own urgent rate
     makes rare (`urgent_alpha`). The rates are over the baseline days on record
     (`DayGrid.days_on_record`: from `since`, the table's first day, and the contract start)."""
@@ -531,7 +527,8 @@ def detect_support_surge(
         escalation=escalation[keep],
     )
     if population is not None and population.height:
-        stats = stats.join(population, on="date", how="left").with_columns(
+        # (in the cells' order: the burstiness below is read at `cells` by position)
+        stats = stats.join(population, on="date", how="left", maintain_order="left").with_columns(
             pl.col("expected", "count_expected") * pl.col("factor").fill_null(1.0)
         )
     else:
