@@ -377,18 +377,35 @@ def excess_dispersion(
     return np.where(bursty, ratio, 1.0)
 
 
-def weekday_usual(count: str, customers: str, days: int, *, median: bool) -> pl.Expr:
-    """Over a daily frame (one row per day, in date order): the `count` a day's `customers`
-    would make at the same weekday's share per customer over the `days` before (their median
-    or mean), null until 8 such weekdays are on record - what a population's day usually is."""
-    share = pl.when(pl.col(customers) > 0).then(pl.col(count) / pl.col(customers)).shift(1)
-    weeks = days // 7
+def population_days(
+    days: pl.Series, sample: pl.DataFrame, end: date, baseline_days: int, *, median: bool
+) -> pl.DataFrame:
+    """(date, events, usual) per day from the first of `days` (one per event of a fixed sample
+    of all accounts) to `end`: the sample's events that day, and what the same weekday's events
+    per customer (`sample`: their contract starts and churn dates) over the `baseline_days`
+    before make of that day's customers - their median or mean, null until 8 such weekdays are
+    on record. What a population's day usually is, for the detectors that ask whether everyone
+    moved (contact, tickets)."""
+    calendar = pl.DataFrame({"date": pl.date_range(days.min(), end, eager=True)})
+    events = days.alias("date").to_frame().group_by("date").len("events")
+    customers = customer_days(sample, calendar["date"][0], end).group_by("partition_date").len()
+    share = pl.when(pl.col("len") > 0).then(pl.col("events") / pl.col("len")).shift(1)
+    weeks = baseline_days // 7
     usual = (
         share.rolling_median(weeks, min_samples=8)
         if median
         else share.rolling_mean(weeks, min_samples=8)
     )
-    return usual.over(pl.col("date").dt.weekday()).mul(pl.col(customers))
+    return (
+        calendar.join(events, on="date", how="left")
+        .join(customers, left_on="date", right_on="partition_date", how="left")
+        .with_columns(pl.col("events", "len").fill_null(0).cast(pl.Float64))
+        .select(
+            "date",
+            "events",
+            usual.over(pl.col("date").dt.weekday()).mul(pl.col("len")).alias("usual"),
+        )
+    )
 
 
 def poisson_g(observed: pl.Expr, expected: pl.Expr) -> pl.Expr:

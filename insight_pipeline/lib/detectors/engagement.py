@@ -19,7 +19,7 @@ from insight_pipeline.lib.detectors.common import (
     excess_dispersion,
     on_customer_days,
     poisson_g,
-    weekday_usual,
+    population_days,
 )
 from insight_pipeline.lib.detectors.usage import evidence_list
 from insight_pipeline.lib.settings import EngagementSettings
@@ -65,20 +65,10 @@ def contact_population(
     events = events.filter(pl.col("date").is_between(window_start, end))
     if events.height == 0 or sample.height == 0:
         return pl.DataFrame(schema=schema)
-    days = pl.DataFrame({"date": pl.date_range(events["date"].min(), end, eager=True)})
-    contacts = events.select("customer_id", "date").unique().group_by("date").len("contacts")
-    customers = (
-        customer_days(sample, days["date"][0], end).group_by("partition_date").len("customers")
-    )
-    return (
-        days.join(contacts, on="date", how="left")
-        .join(customers, left_on="date", right_on="partition_date", how="left")
-        .with_columns(pl.col("contacts", "customers").fill_null(0).cast(pl.Float64))
-        .with_columns(
-            # a median: a past holiday season does not lower the usual
-            weekday_usual("contacts", "customers", s.cadence_days, median=True).alias("expected")
-        )
-        .select(list(schema))
+    # a median: a past holiday season does not lower the usual
+    contact_days = events.select("customer_id", "date").unique()["date"]
+    return population_days(contact_days, sample, end, s.cadence_days, median=True).select(
+        "date", pl.col("events").alias("contacts"), pl.col("usual").alias("expected")
     )
 
 

@@ -13,7 +13,6 @@ import polars as pl
 from insight_pipeline.lib.detectors.common import (
     DayGrid,
     attendances,
-    customer_days,
     customer_index,
     daily_counts,
     excess_dispersion,
@@ -21,7 +20,7 @@ from insight_pipeline.lib.detectors.common import (
     on_customer_days,
     poisson_g,
     poisson_tail,
-    weekday_usual,
+    population_days,
 )
 from insight_pipeline.lib.detectors.usage import (
     _epoch_day,
@@ -426,7 +425,7 @@ def ticket_population(
     accounts (`sample`: their contract starts and churn dates) filed tickets over the
     support_window_days ending that day, at its lower bound (`population_sds` Poisson sds below
     the count: chance never raises it) and at least 1. The usual is the same weekday's mean
-    tickets per customer over the baseline before (`weekday_usual`). An incident that makes most
+    tickets per customer over the baseline before (`population_days`). An incident that makes most
     accounts file at once is no one account's surge (`detect_support_surge` scales its expected
     count by this)."""
     schema = {"date": pl.Date, "factor": pl.Float64}
@@ -434,22 +433,13 @@ def ticket_population(
     events = tickets.filter(days.is_between(window_start, end)).select(days.alias("date"))
     if events.height == 0 or sample.height == 0:
         return pl.DataFrame(schema=schema)
-    calendar = pl.DataFrame({"date": pl.date_range(events["date"].min(), end, eager=True)})
-    counts = events.group_by("date").len("tickets")
-    customers = customer_days(sample, calendar["date"][0], end).group_by("partition_date").len()
+    # a mean: tickets are rare, and a median of small counts is below their mean
     w = s.support_window_days
-    frame = (
-        calendar.join(counts, on="date", how="left")
-        .join(customers, left_on="date", right_on="partition_date", how="left")
-        .with_columns(pl.col("tickets", "len").fill_null(0).cast(pl.Float64))
-        .with_columns(
-            # a mean: tickets are rare, and a median of small counts is below their mean
-            weekday_usual("tickets", "len", s.support_baseline_days, median=False).alias("usual")
-        )
-        .with_columns(
-            pl.col("tickets").rolling_sum(w, min_samples=w).alias("filed"),
-            pl.col("usual").rolling_sum(w, min_samples=w).alias("expected"),
-        )
+    frame = population_days(
+        events["date"], sample, end, s.support_baseline_days, median=False
+    ).with_columns(
+        pl.col("events").rolling_sum(w, min_samples=w).alias("filed"),
+        pl.col("usual").rolling_sum(w, min_samples=w).alias("expected"),
     )
     filed, expected = pl.col("filed"), pl.col("expected")
     bound = (filed - s.population_sds * filed.sqrt()) / expected
