@@ -174,7 +174,7 @@ def empty_database(kind: str, request: Any, tmp_path_factory: Any) -> str:
 
 def wait_for_a_lock_wait(engine: Engine) -> None:
     """Return once some session of `engine`'s database waits for a row lock (10 s at most)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a wait, not a timing: generous for a loaded machine
     with engine.connect() as conn:
         while time.monotonic() < deadline:
             waiting = conn.execute(

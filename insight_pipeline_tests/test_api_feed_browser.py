@@ -53,7 +53,7 @@ def served(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a wait, not a timing: generous for a loaded machine
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     try:

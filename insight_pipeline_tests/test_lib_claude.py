@@ -354,11 +354,14 @@ def test_an_unreachable_api_falls_back() -> None:
 
 
 def test_a_timeout_falls_back_quickly(api: FakeMessagesAPI) -> None:
-    api.responder = lambda r: Reply(body={}, delay=1.5)
+    # the reply would come after 30 s: a narrator that waited for it took at least 30 s, one
+    # that gave up at its 0.2 s timeout (twice, the SDK's retry) far less, however loaded the
+    # machine is
+    api.responder = lambda r: Reply(body={}, delay=30)
     n = narrator(api, timeout_seconds=0.2, max_retries=1)
     started = time.perf_counter()
     out = n.narrate([item("usage_drop")])
-    assert time.perf_counter() - started < 1.5
+    assert time.perf_counter() - started < 15
     assert n.last_stats["fallback_reasons"] == {"timeout": 1}
     assert api.hits == 2  # the SDK's own retry ran
     assert out[0]["title"]
@@ -514,13 +517,11 @@ def test_the_token_budget_is_never_exceeded(api: FakeMessagesAPI) -> None:
 def test_requests_run_in_parallel_within_the_bound(api: FakeMessagesAPI) -> None:
     api.responder = lambda r: Reply(**{**grounded_responder(r).__dict__, "delay": 0.15})
     kinds = sorted(FACTS)[:8]
-    started = time.perf_counter()
     n = narrator(api, concurrency=3)
     n.narrate([item(k) for k in kinds])
-    elapsed = time.perf_counter() - started
     assert n.last_sources.count("claude") == 8
-    assert 2 <= api.max_in_flight <= 3  # parallel, never above the bound
-    assert elapsed < 8 * 0.15
+    # parallel, never above the bound: counted at the server, not timed
+    assert 2 <= api.max_in_flight <= 3
 
 
 # --------------------------------------------------------------------------------- validator

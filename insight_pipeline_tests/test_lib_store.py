@@ -620,7 +620,7 @@ def test_duckdb_file_is_free_between_calls(tmp_path: Any) -> None:
         )  # fmt: skip
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert store.count_insights() == 3
-        holder.wait(timeout=10)
+        holder.wait(timeout=60)
     finally:
         store.dispose()
 

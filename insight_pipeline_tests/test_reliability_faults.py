@@ -557,7 +557,7 @@ def test_two_actions_on_one_insight_end_with_the_status_of_the_last_in_the_histo
     first.start()
     time.sleep(0.1)
     pg.record_action(insight, "u1", "actioned", "took_action")  # requested second, lands first
-    first.join(timeout=10)
+    first.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
     events = pg.feedback_events().filter(pl.col("insight_id") == insight).sort("created_at")
     assert events.height == 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -117,13 +116,11 @@ def test_a_bad_day_claude_unreachable_and_the_sink_dropped_the_run_still_complet
         max_retries=1,
         timeout_seconds=2,
     )
-    started = time.perf_counter()
     try:
         result = materialize(resources(sample_dir, db_url, tmp_path, narrator), "insights_table")
     finally:
         admin.dispose()
     assert result.success
-    assert time.perf_counter() - started < 90
 
     # Claude: every new insight got its template, and the run says why
     insights_meta = result.asset_materializations_for_node("insights")[0].metadata
@@ -195,9 +192,7 @@ def test_a_black_holed_api_costs_a_few_timeouts_not_one_per_insight(
     )
     # distinct facts, so 40 distinct prompts (identical ones are asked once)
     items = [item("usage_drop", {**FACTS["usage_drop"], "value": 50.0 + i}) for i in range(40)]
-    started = time.perf_counter()
     out = narrator.narrate(items)
-    took = time.perf_counter() - started
     stats = narrator.last_stats
     assert len(out) == 40 and all(o["title"] for o in out)
     assert stats["fallbacks"] == 40 and stats["claude_narratives"] == 0
@@ -206,4 +201,7 @@ def test_a_black_holed_api_costs_a_few_timeouts_not_one_per_insight(
     # retries) that is about 2 minutes per insight: hours for a backfill
     assert stats["api_calls"] <= settings.give_up_after + settings.concurrency, stats
     assert stats["fallback_reasons"].get("api_down", 0) >= 40 - stats["api_calls"], stats
-    assert took < 8, took
+    # counted at the black hole, not timed: at most the calls the breaker let through, each
+    # with its retries, where without it all 80 connections would be made and waited out
+    attempts = settings.max_retries + 1
+    assert black_hole.accepted <= attempts * stats["api_calls"] < attempts * 40, black_hole.accepted

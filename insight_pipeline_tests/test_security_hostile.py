@@ -35,6 +35,7 @@ from urllib.parse import quote
 import httpx
 import polars as pl
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
@@ -234,6 +235,9 @@ NASTY = [
     '"',
     "' union select token_hash, token_hash from api_tokens --",
     "$$; select pg_sleep(5); $$",
+    "'; create table injected_quote (i int); --",
+    "$$; create table injected_dollar (i int); $$",
+    "1); create table injected_paren (i int); --",
     "\x00",
     "A1\x00' or 1=1",
     "😀' or 'x'='x",
@@ -258,7 +262,6 @@ def test_sql_metacharacters_in_every_filter_path_and_body_are_harmless(
         assert response.status_code in (200, 303, 403, 404, 422), (path, kw, response.text[:300])
         return response
 
-    started = time.perf_counter()
     for value in NASTY:
         for name in params:
             got = hit("GET", "/api/insights", params={name: value}, headers=auth)
@@ -291,7 +294,9 @@ def test_sql_metacharacters_in_every_filter_path_and_body_are_harmless(
         hit("POST", f"/feed/insights/{ID['a']}/share",
             data={"csrf": csrf, "user_id": value, "note": value})  # fmt: skip
         client.cookies.clear()
-    assert time.perf_counter() - started < 60  # pg_sleep never ran
+    # no statement in a value ran: what the `create table` payloads would have left is absent
+    # (a side effect, so the check holds however slow the machine; no timing of pg_sleep)
+    assert not [t for t in sa.inspect(store._engine).get_table_names() if "injected" in t]
     assert answers.get(422, 0) > 0 and answers.get(200, 0) > 0
     # nothing changed, nothing dropped: the only writes the nasty values could reach refused
     assert store.count_insights() == before[0]
@@ -369,7 +374,7 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a wait, not a timing: generous for a loaded machine
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.started
@@ -386,7 +391,7 @@ def test_tokens_never_reach_any_log(store_url: str, caplog: pytest.LogCaptureFix
                     http.get("/feed", cookies={COOKIE: token})
         finally:
             server.should_exit = True
-            thread.join(timeout=10)
+            thread.join(timeout=60)
             store.dispose()
     finally:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
