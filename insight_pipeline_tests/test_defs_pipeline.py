@@ -21,7 +21,8 @@ from insight_pipeline.defs.resources import (
     SourceResource,
     StoreResource,
 )
-from insight_pipeline.defs.sources.activity import BUNDLE_COLUMNS
+from insight_pipeline.defs.sources.activity import BUNDLE_COLUMNS, DELIVERY_CHECK
+from insight_pipeline.lib import sharding
 from insight_pipeline.lib.contract import CONTRACT, Source
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.store import InsightStore
@@ -420,6 +421,79 @@ def test_a_day_whose_usage_has_not_arrived_fails_naming_it(
     window = usage.filter(pl.col("date").is_between(start, cut))
     assert meta["metrics"].value == sorted(window["metric"].unique())
     assert meta["customers_with_usage"].value == window["customer_id"].n_unique()
+
+
+def delivery_evaluation(
+    source: Path, work: Path, first: date, last: date
+) -> dg.AssetCheckEvaluation:
+    """The optional tables' delivery check of one run over [first, last] of the source stage."""
+    res = resources(source, f"duckdb:///{work / 'i.duckdb'}", work)
+    tags = {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["accounts", "usage_window", "activity_window"],
+            resources=res,
+            tags=tags,
+            instance=instance,
+        )
+    (evaluation,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == DELIVERY_CHECK
+    ]
+    return evaluation
+
+
+def test_an_optional_export_that_stopped_or_comes_in_part_is_a_warning_naming_it(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages that stop arriving read as every account going dark; the run goes on (the
+    detectors measure against everyone's contact) but the source stage's check warns, naming
+    the table, its usual days without rows (not the quiet weekends) and the last day with
+    rows. Feature usage of which a twentieth comes on each of the last five days is named for
+    those days. The untouched sample passes over the last month and over the year-end holidays,
+    when meetings stop for a day or two (the survey table's empty days included)."""
+    for first, last in [(END - timedelta(days=30), END), (date(2025, 12, 1), date(2026, 1, 20))]:
+        clean = delivery_evaluation(sample_dir, tmp_path / f"clean{first}", first, last)
+        assert clean.passed, clean.metadata
+    checked = clean.metadata["tables_checked"].value
+    assert {"communications", "meetings", "feature_usage_daily", "nps_responses"} <= set(checked)  # type: ignore[arg-type]
+    meetings = pl.read_parquet(sample_dir / "meetings.parquet")["start_at"].dt.date()
+    assert not meetings.is_in([date(2025, 12, 24), date(2025, 12, 25)]).any()
+    nps = pl.read_parquet(sample_dir / "nps_responses.parquet")
+    recent = nps.filter(pl.col("responded_on") > END - timedelta(days=30))
+    assert recent["responded_on"].n_unique() < 31, "the survey table must have empty days"
+
+    source = tmp_path / "source"
+    shutil.copytree(sample_dir, source)
+    cut = END - timedelta(days=7)  # a Tuesday
+    messages = pl.read_parquet(sample_dir / "communications.parquet")
+    messages.filter(pl.col("sent_at").dt.date() <= cut).write_parquet(
+        source / "communications.parquet"
+    )
+    features = pl.read_parquet(sample_dir / "feature_usage_daily.parquet")
+    late_days = pl.col("date") > END - timedelta(days=5)
+    partial = features.filter(late_days).gather_every(20)
+    pl.concat([features.filter(~late_days), partial]).write_parquet(
+        source / "feature_usage_daily.parquet"
+    )
+    monkeypatch.setattr(sharding, "ROWS_PER_PART", 20_000)  # feature usage read in parts
+    broken = delivery_evaluation(source, tmp_path / "broken", END - timedelta(days=6), END)
+    assert not broken.passed and broken.severity == dg.AssetCheckSeverity.WARN
+    late = broken.metadata["undelivered"].value
+    assert set(late) == {"communications", "feature_usage_daily"}, late  # type: ignore[arg-type]
+    stopped = late["communications"]  # type: ignore[index]
+    for day in [cut + timedelta(days=d) for d in (1, 2, 3, 6, 7)]:  # Wednesday to Tuesday
+        assert f"{day} (0 rows against a usual" in stopped, stopped
+    assert stopped.endswith(f"on that weekday); the last earlier day with rows is {cut}")
+    weekend = [cut + timedelta(days=d) for d in (4, 5)]  # without messages as usual: not named
+    assert [day.weekday() for day in weekend] == [5, 6]
+    assert not any(f"{day} (" in stopped for day in [*weekend, cut])
+    first_partial = END - timedelta(days=4)
+    assert late["feature_usage_daily"].startswith(f"{first_partial} (")  # type: ignore[index]
+    assert "communications on" in (broken.description or "")
 
 
 def test_peer_benchmarks_say_why_when_the_source_has_no_benchmarked_metric(

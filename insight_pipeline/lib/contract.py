@@ -1286,49 +1286,85 @@ def quarantine(
     return clean, bad.rename({"_reason": "quarantine_reason"}), report
 
 
+#: The days before a day whose same-weekday rows make its usual (`undelivered_days`).
+REFERENCE_DAYS = 28
+
+
 def undelivered_days(
-    rows_per_day: pl.DataFrame, first: date, last: date, min_coverage: float
+    rows_per_day: pl.DataFrame,
+    first: date,
+    last: date,
+    min_coverage: float,
+    poisson_sds: float = 0.0,
+    min_streak: int = 1,
 ) -> pl.DataFrame:
     """The days of [first, last] whose rows (`rows_per_day`: date, rows) number less than
     `min_coverage` x the median of the same weekday over the 4 weeks before (a day without
     rows counts 0; a weekday that usually has none is never flagged), with that usual count.
     Weekday-aware, so weekday-only sources and quiet weekends pass; a day of real usage
-    where 90% of the usual rows are missing is not a pattern of customers but of delivery."""
+    where 90% of the usual rows are missing is not a pattern of customers but of delivery.
+    With `poisson_sds`, a day must also fall that many Poisson standard deviations (sqrt of
+    the usual) below its usual: a table of a few rows a day (survey answers) has days without
+    any by chance, which say nothing about its delivery. With `min_streak`, only days in a
+    run of at least that many such days in a row (days whose usual is too small to tell
+    skipped, a run reaching up to 4 weeks before `first`) count: a holiday empties a day or two
+    of meetings, an export that stopped goes on."""
     schema = {"date": pl.Date, "rows": pl.Int64, "usual": pl.Float64}
     if min_coverage <= 0:
         return pl.DataFrame(schema=schema)
     counts = rows_per_day.group_by("date").agg(pl.col("rows").sum())
-    days = pl.DataFrame({"date": pl.date_range(first, last, "1d", eager=True)})
+    start = first - timedelta(days=REFERENCE_DAYS) if min_streak > 1 else first
+    days = pl.DataFrame({"date": pl.date_range(start, last, "1d", eager=True)})
+    weeks = REFERENCE_DAYS // 7
     reference = days.with_columns(
-        pl.concat_list(pl.col("date") - timedelta(days=7 * k) for k in range(1, 5)).alias("ref")
+        pl.concat_list(pl.col("date") - timedelta(days=7 * k) for k in range(1, weeks + 1)).alias(
+            "ref"
+        )
     ).explode("ref")
     usual = (
         reference.join(counts.rename({"date": "ref"}), on="ref", how="left")
         .group_by("date")
         .agg(pl.col("rows").fill_null(0).median().alias("usual"))
     )
-    return (
+    short = (pl.col("rows") < min_coverage * pl.col("usual")) & (
+        pl.col("usual") - pl.col("rows") >= poisson_sds * pl.col("usual").sqrt()
+    )
+    expected = (
         days.join(counts, on="date", how="left")
         .join(usual, on="date", how="left")
         .with_columns(pl.col("rows").fill_null(0).cast(pl.Int64))
-        .filter((pl.col("usual") > 0) & (pl.col("rows") < min_coverage * pl.col("usual")))
+        # a day whose usual is too small to tell (not even none would be short) is skipped
+        .filter((pl.col("usual") > 0) & (pl.col("usual") >= poisson_sds**2))
+        .sort("date")
+        .with_columns(short.alias("short"))
+    )
+    # each day that is not short starts a run; the short days after it are that run's streak
+    streak = pl.col("short").sum().over((~pl.col("short")).cum_sum())
+    return (
+        expected.filter(pl.col("short") & (streak >= min_streak) & (pl.col("date") >= first))
         .select(list(schema))
         .sort("date")
     )
 
 
-def undelivered_message(table: str, late: pl.DataFrame, last_full: date | None) -> str:
-    """What a data engineer needs to see when a day's export has not (fully) arrived."""
+def undelivered_list(late: pl.DataFrame, last_full: date | None) -> str:
+    """The days of `undelivered_days` (the first five) and the last earlier day with rows."""
     shown = ", ".join(
         f"{d} ({rows} rows against a usual {usual:.0f} on that weekday)"
         for d, rows, usual in late.head(5).iter_rows()
     )
     more = f" and {late.height - 5} more day(s)" if late.height > 5 else ""
     since = f"; the last earlier day with rows is {last_full}" if last_full else ""
+    return f"{shown}{more}{since}"
+
+
+def undelivered_message(table: str, late: pl.DataFrame, last_full: date | None) -> str:
+    """What a data engineer needs to see when a day's export has not (fully) arrived."""
     return (
-        f"table {table!r} looks not yet delivered for {shown}{more}{since}. Read as usage, "
-        "every account would seem idle those days and raise false drops; run the partition "
-        "again once the data is in (or lower settings usage.min_day_coverage, 0 = no check)"
+        f"table {table!r} looks not yet delivered for {undelivered_list(late, last_full)}. "
+        "Read as usage, every account would seem idle those days and raise false drops; run "
+        "the partition again once the data is in (or lower settings usage.min_day_coverage, "
+        "0 = no check)"
     )
 
 

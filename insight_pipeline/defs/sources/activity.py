@@ -6,7 +6,7 @@ An absent optional table is an empty frame with the contract's columns and is li
 """
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date, timedelta
 
 import dagster as dg
@@ -23,7 +23,15 @@ from insight_pipeline.defs.sources.assets import (
     window_parts,
     write_quarantine,
 )
-from insight_pipeline.lib.contract import CONTRACT, Source, TableReport, quarantine
+from insight_pipeline.lib.contract import (
+    CONTRACT,
+    REFERENCE_DAYS,
+    Source,
+    TableReport,
+    quarantine,
+    undelivered_days,
+    undelivered_list,
+)
 from insight_pipeline.lib.detectors.features import HISTORY_DAYS as FEATURE_HISTORY_DAYS
 from insight_pipeline.lib.settings import Settings
 from insight_pipeline.lib.sharding import in_shard, part_count
@@ -49,6 +57,15 @@ BUNDLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "communications": ("customer_id", "sent_at", "direction"),
     "support_tickets": ("customer_id", "opened_at", "priority"),
 }
+
+
+DELIVERY_CHECK = "optional_tables_delivered"
+#: Poisson standard deviations below its usual that a day of an optional table must also fall
+#: to count as undelivered: a survey table of a few answers a day has empty days by chance.
+DELIVERY_POISSON_SDS = 4.0
+#: Days in a row (days that usually have none skipped) an optional table must fall short on
+#: to be named: a holiday empties a day or two of meetings; an export that stopped goes on.
+DELIVERY_MIN_STREAK = 3
 
 
 def activity_tables(*keys: str, scanned: tuple[str, ...] = ()) -> dg.AssetIn:
@@ -94,26 +111,97 @@ def bundled(key: str, frame: pl.DataFrame) -> pl.DataFrame:
     return frame if columns is None else frame.select(columns)
 
 
+def rows_per_day(frame: pl.DataFrame, column: str, since: date, until: date) -> pl.DataFrame:
+    """(date, rows) of `frame` from `since` to `until` by its date or timestamp `column`."""
+    day = pl.col(column)
+    if frame.schema[column] != pl.Date:
+        day = day.dt.date()
+    return (
+        frame.lazy()
+        .select(day.alias("date"))
+        .filter(pl.col("date").is_between(since, until))
+        .group_by("date")
+        .agg(pl.len().cast(pl.Int64).alias("rows"))
+        .collect()
+    )
+
+
+def delivery_check(
+    counts: dict[str, list[pl.DataFrame]], first: date, last: date, min_coverage: float
+) -> dg.AssetCheckResult:
+    """A warning naming each dated optional table with run days that look undelivered - at
+    most `min_coverage` of the same weekday's usual rows and `DELIVERY_POISSON_SDS` below it,
+    `DELIVERY_MIN_STREAK` usual days in a row (`undelivered_days`) - as an export that stopped
+    or comes in part: its detectors would take the silence for the customers' (going dark,
+    fewer tickets). Unlike usage (the run fails), the run goes on: the detectors measure each
+    day against everyone's, and an optional table may end for good (after 4 weeks without
+    rows, none are usual any more)."""
+    late: dict[str, str] = {}
+    for table, per_day in counts.items():
+        rows = pl.concat(per_day) if per_day else pl.DataFrame(schema={"date": pl.Date})
+        if rows.height == 0:
+            continue
+        thin = undelivered_days(
+            rows, first, last, min_coverage, DELIVERY_POISSON_SDS, DELIVERY_MIN_STREAK
+        )
+        if thin.height:
+            before = rows.filter((pl.col("date") < thin["date"].min()) & (pl.col("rows") > 0))
+            late[table] = undelivered_list(thin, before["date"].max())  # type: ignore[arg-type]
+    return dg.AssetCheckResult(
+        check_name=DELIVERY_CHECK,
+        passed=not late,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"tables_checked": sorted(counts), "undelivered": late},
+        description=None
+        if not late
+        else "looks not (fully) delivered: "
+        + "; ".join(f"{table} on {days}" for table, days in late.items()),
+    )
+
+
+def _counted(
+    parts: Iterable[pl.DataFrame], into: list[pl.DataFrame], column: str, since: date, until: date
+) -> Iterator[pl.DataFrame]:
+    """`parts` as they come, each one's rows per day appended to `into` (`rows_per_day`)."""
+    for part in parts:
+        into.append(rows_per_day(part, column, since, until))
+        yield part
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
     kinds={"polars"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            DELIVERY_CHECK,
+            asset="activity_window",
+            description="Each dated optional table's rows on every run day against the same "
+            "weekday's usual (the 4 weeks before): far fewer (usage.min_day_coverage, and 4 "
+            "Poisson sds) on 3 usual days in a row looks like an export that stopped or comes "
+            "in part. A warning: the run goes on.",
+        )
+    ],
 )
 def activity_window(
     context: dg.AssetExecutionContext,
     source: SourceResource,
     settings: SettingsResource,
     accounts: pl.DataFrame,
-) -> TableStream:
+) -> Iterator[dg.Output[TableStream] | dg.AssetCheckResult]:
     """The optional tables as of the run's days (contacts, meetings and attendees,
     communications, tickets, NPS, health, entitlements, feature usage), each read over the
     look-back its detectors need, validated, bad rows quarantined and counted, and kept with the
     columns its detectors read (`BUNDLE_COLUMNS`). One asset for the bundle: a range run records
     one materialisation per day, not one per table and day. The tables are read and written one
     at a time (`TableStream`), so only one is in memory, and a large one keyed by customer (a
-    year of feature usage of 100k accounts: ~110M rows) one account part at a time."""
+    year of feature usage of 100k accounts: ~110M rows) one account part at a time. The dated
+    tables' rows per run day are checked for delivery (`delivery_check`)."""
     first, last = partition_days(context)
+    # a day's usual needs the 4 weeks before it, and a streak may begin 4 weeks before `first`
+    since = first - timedelta(days=2 * REFERENCE_DAYS)
+    delivered: dict[str, list[pl.DataFrame]] = {}
     cfg = settings.settings()
     known = {"customers": accounts["customer_id"]}
     # A run of one account shard reads its shard's rows (as usage_window does): the others'
@@ -147,6 +235,9 @@ def activity_window(
                     clean_parts = validated_parts(
                         spec, parts, known, str(first), str(last), done, label
                     )
+                    if spec.date_column:
+                        per_day = delivered.setdefault(table, [])
+                        clean_parts = _counted(clean_parts, per_day, spec.date_column, since, last)
                     yield key, FrameStream(bundled(key, part) for part in clean_parts)
                     continue
                 where = mine if shards > 1 and "customer_id" in spec.columns else None
@@ -168,6 +259,9 @@ def activity_window(
                 del frame
                 if table in ("meetings", "contacts"):
                     refs[table] = clean[spec.key[0]]
+                if spec.date_column:
+                    counted = rows_per_day(clean, spec.date_column, since, last)
+                    delivered.setdefault(table, []).append(counted)
                 record(
                     table, table_report, write_quarantine(table, bad, str(first), str(last), label)
                 )
@@ -178,7 +272,8 @@ def activity_window(
     def record(table: str, table_report: TableReport, path: str | None) -> None:
         report[table] = table_report.as_metadata() | ({"quarantine_file": path} if path else {})
 
-    return TableStream(tables(), metadata=metadata)
+    yield dg.Output(TableStream(tables(), metadata=metadata))  # written before the check
+    yield delivery_check(delivered, first, last, cfg.usage.min_day_coverage)
 
 
 def _validated_attendees(
