@@ -660,6 +660,67 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     ].to_list() == [0, 0, 0]
 
 
+def test_a_holiday_deeper_for_some_accounts_is_no_ones_drop_and_real_moves_after_it_show() -> None:
+    """Two weeks on which every account works at its own 25% to 60% of usual (how many of its
+    people are off differs by account): an account moving with the population is judged
+    against how far the accounts spread that day, so the deep end of the holiday raises no
+    drop (judged against its own ordinary days, 18 of the 140 did). Those days are left
+    out of each account's scale, so a real drop and a real rise ten days after the holiday are
+    found within days (with them in, half of the scale's window is holiday, and few were), and
+    out of its expected value's recent weeks; a run of each day alone gives the same rows."""
+    rng = np.random.default_rng(5)
+    holiday = slice(DAYS - 40, DAYS - 26)
+    change = DAYS - 16
+    multipliers = {i: rng.lognormal(0.0, 0.15, DAYS) for i in range(150)}  # 15% day to day
+    for i in range(150):
+        multipliers[i][holiday] *= rng.uniform(0.25, 0.6)
+    for i in range(5):
+        multipliers[i] = multipliers[i] * step(DAYS, change, 0.35)
+        multipliers[5 + i] = multipliers[5 + i] * step(DAYS, change, 2.5)
+    usage = usage_series(150, DAYS, END, multipliers=multipliers, seed=5)
+    first = day_of(DAYS - 42)
+    population = population_shifts(usage, first, END, S)
+    assert set(population["date"]) >= {day_of(d) for d in range(DAYS - 40, DAYS - 26)}
+    baselines = usage_baselines(usage, first, END, S, population=population)
+    found = detect_usage_anomalies(baselines, S)
+    clean = ~pl.col("customer_id").is_in([f"C{i:04d}" for i in range(10)])
+    in_holiday = pl.col("partition_date").is_between(day_of(DAYS - 40), day_of(DAYS - 24))
+    false_drops = found.filter(clean & in_holiday & (pl.col("type") == "usage_drop"))
+    assert false_drops["customer_id"].n_unique() <= 2, false_drops
+    after = found.filter(clean & (pl.col("partition_date") > day_of(DAYS - 24)))
+    assert after["customer_id"].n_unique() <= 2, after
+    # the weeks after it are judged against the accounts' usual level, not one the holiday's
+    # same-weekday values held ~8% low
+    ordinary = baselines.filter(
+        clean
+        & pl.col("partition_date").is_between(day_of(DAYS - 25), day_of(DAYS - 1))
+        & (pl.col("population_shift") == 0)
+    )
+    usual = ordinary.select((pl.col("value") / pl.col("expected")).median()).item()
+    assert abs(usual - 1.0) < 0.03, usual
+
+    def first_day(kind: str, customers: range) -> dict[str, int]:
+        hits = found.filter(
+            (pl.col("type") == kind)
+            & pl.col("customer_id").is_in([f"C{i:04d}" for i in customers])
+            & (pl.col("partition_date") >= day_of(change))
+        )
+        return {
+            c: (d - day_of(change)).days
+            for c, d in hits.group_by("customer_id").agg(pl.col("partition_date").min()).rows()
+        }
+
+    drops, rises = first_day("usage_drop", range(5)), first_day("usage_spike", range(5, 10))
+    assert len(drops) >= 4 and max(drops.values()) <= 5, drops
+    assert len(rises) >= 4 and max(rises.values()) <= 3, rises
+    for offset in (-30, -12, -1):
+        day = END + timedelta(days=offset)
+        alone = usage_baselines(
+            usage, day, day, S, population=population_shifts(usage, day, day, S)
+        )
+        assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
+
+
 def test_a_day_the_whole_export_is_missing_or_zero_is_no_accounts_drop_or_decline() -> None:
     """One export day missing for every account and another all zeros (a failed export, an
     outage) are void days of the population: no account's value there says anything, so no

@@ -836,7 +836,12 @@ def _per_look_back(
     return together[order]
 
 
-POPULATION_SCHEMA = {"metric": pl.String, "date": pl.Date, "population_shift": pl.Float64}
+POPULATION_SCHEMA = {
+    "metric": pl.String,
+    "date": pl.Date,
+    "population_shift": pl.Float64,
+    "population_spread": pl.Float64,
+}
 
 
 def population_shifts(
@@ -857,14 +862,28 @@ def population_shifts(
     not all move together. `usage`: a sample of accounts, with the run's look-back from
     `window_start` (default: its first day).
 
-    The days measured reach back over the trend test's weeks (`_test_weeks`), whose earliest
+    `population_spread` is how far the accounts' residuals spread around the shift that day (a
+    robust standard deviation on the log scale, 1.4826 x their MAD): a holiday takes one
+    account to 25% and another to 60%, and how deep an account's holiday is is no news of it
+    either, so an account moving with its population is judged against it when it is wider
+    than the account's own scale (`_baselines_of_grid`): it must stand out among all accounts
+    that day, not only against its own ordinary days.
+
+    The days measured reach back over the trend test's weeks (`_test_weeks`) and the scale's
+    days (`_baselines_of_grid` leaves them out of it); the trend test's earliest
     day's 8 same-weekday weeks end a day after a daily run's look-back begins. So that where a
     series' first row falls in the look-back decides nothing (a sparse export misses days, and a
     range's look-back begins earlier than its days'), every series counts from `window_start`
     (a missing day is 0, as in the grid), and a series is judged on a day if it has a row 6 to 8
     weeks before it (`min_history_days`): both read within any run's look-back of that day."""
     s = settings
-    first_judged = start - timedelta(days=max(s.persistence_days + 7, 7 * s.trend_test_weeks - 1))
+    # back over the trend test's weeks, the scale's days and the expected value's weeks that
+    # leave population days out (`_baselines_of_grid`)
+    reach = max(
+        7 * s.trend_test_weeks - 1,
+        s.persistence_days + 7 + max(s.scale_days, 7 * POPULATION_FREE_WEEKS),
+    )
+    first_judged = start - timedelta(days=reach)
     if usage.height == 0:
         return pl.DataFrame(schema=POPULATION_SCHEMA)
     opened = window_start or usage["date"].min()
@@ -894,6 +913,9 @@ def population_shifts(
         .group_by("metric", "partition_date")
         .agg(
             pl.col("_residual").median().alias("population_shift"),
+            ((pl.col("_residual") - pl.col("_residual").median()).abs().median() * MAD_TO_SD).alias(
+                "population_spread"
+            ),
             pl.len().alias("_series"),
             (pl.col("_residual") > 0).sum().alias("_up"),
             (pl.col("_residual") < 0).sum().alias("_down"),
@@ -933,16 +955,19 @@ def population_shifts(
 
 
 def _population_at(
-    grid: _DenseGrid, rows: np.ndarray | None, population: pl.DataFrame | None
+    grid: _DenseGrid,
+    rows: np.ndarray | None,
+    population: pl.DataFrame | None,
+    column: str = "population_shift",
 ) -> np.ndarray:
-    """Each row's population shift (0 where its metric's day is an ordinary one); all rows of
-    the grid when `rows` (ascending) is None. Set at the few grid rows of population days
-    (`_population_rows`) only."""
+    """Each row's population shift (or another `column` of its population day; 0 where its
+    metric's day is an ordinary one); all rows of the grid when `rows` (ascending) is None. Set
+    at the few grid rows of population days (`_population_rows`) only."""
     size = grid.value.size if rows is None else rows.size
     out = np.zeros(size)
     if population is None or population.height == 0 or size == 0:
         return out
-    at, shift = _population_rows(grid, population)
+    at, shift = _population_rows(grid, population, column)
     if rows is None:
         out[at] = shift
         return out
@@ -952,9 +977,12 @@ def _population_at(
     return out
 
 
-def _population_rows(grid: _DenseGrid, population: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The grid rows on a population day of their metric, ascending, and the day's shift: each
-    run of a series' rows (from position 0, daily) holds a day at its first day's offset."""
+def _population_rows(
+    grid: _DenseGrid, population: pl.DataFrame, column: str = "population_shift"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grid rows on a population day of their metric, ascending, and the day's shift (or
+    `column`): each run of a series' rows (from position 0, daily) holds a day at its first
+    day's offset."""
     starts = np.flatnonzero(grid.position == 0)
     length = np.diff(starts, append=grid.value.size)
     first_day = grid.day[starts]
@@ -966,14 +994,49 @@ def _population_rows(grid: _DenseGrid, population: pl.DataFrame) -> tuple[np.nda
         offset = pop_day[None, :] - first_day[runs][:, None]
         inside = (offset >= 0) & (offset < length[runs][:, None])
         found_rows.append((starts[runs][:, None] + offset)[inside])
-        found_shifts.append(
-            np.broadcast_to(days["population_shift"].to_numpy()[None, :], offset.shape)[inside]
-        )
+        found_shifts.append(np.broadcast_to(days[column].to_numpy()[None, :], offset.shape)[inside])
     if not found_rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     at, shift = np.concatenate(found_rows), np.concatenate(found_shifts)
     order = np.argsort(at, kind="stable")
     return at[order], shift[order]
+
+
+POPULATION_FREE_WEEKS = 6
+"""The same-weekday weeks before a judged day whose population days are left out of its
+expected value (`_baselines_of_grid`); the older ones count as they are. Every run measures the
+population days this far back of each day it judges (`population_shifts`), the first days of a
+run (`persistence_days` + 7 before it, judged for the runs of days) included."""
+
+
+def _expected_without(
+    y: np.ndarray,
+    position: np.ndarray,
+    rows: np.ndarray,
+    lags: Sequence[int],
+    min_count: int,
+    left_out: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the `rows` that have a `left_out` day among their same-weekday values of the last
+    POPULATION_FREE_WEEKS weeks, their median of `y` at `lags` without those days): the
+    arithmetic of `_lagged_median` (NaN below `min_count` values)."""
+    lag = np.asarray(lags, dtype=np.int64)
+    free = lag <= 7 * POPULATION_FREE_WEEKS
+    hit = np.zeros(rows.size, dtype=bool)
+    for one in lag[free]:
+        hit |= (position[rows] >= one) & left_out[np.maximum(rows - one, 0)]
+    picked = rows[hit]
+    back = picked[:, None] - lag
+    w = y.take(back, mode="clip")
+    w[(position[picked][:, None] < lag) | (free & left_out.take(back, mode="clip"))] = np.nan
+    w.sort(axis=1)  # NaN last
+    count = lag.size - np.isnan(w).sum(axis=1)
+    index = np.arange(picked.size)
+    lo = w[index, np.maximum(count - 1, 0) // 2]
+    hi = w[index, np.minimum(count // 2, lag.size - 1)]
+    median = lo + (hi - lo) * 0.5
+    median[count < min_count] = np.nan
+    return picked, median
 
 
 def _baselines_of_grid(
@@ -997,25 +1060,59 @@ def _baselines_of_grid(
     y = pl.Series(grid.value, dtype=pl.Float64).log1p().to_numpy()
     y_expected = np.full(y.size, np.nan)
     rows = np.flatnonzero(grid.day >= _epoch_day(needs_expected))
-    y_expected[rows] = _lagged_median(
-        y,
-        grid.position,
-        rows,
-        [7 * week for week in range(1, s.baseline_weeks + 1)],
-        max(3, s.baseline_weeks // 2),
-    )
+    same_weekday = [7 * week for week in range(1, s.baseline_weeks + 1)]
+    min_weeks = max(3, s.baseline_weeks // 2)
+    y_expected[rows] = _lagged_median(y, grid.position, rows, same_weekday, min_weeks)
     judged_rows = np.flatnonzero(grid.day >= _epoch_day(first_judged))
-    abs_resid = np.abs(y - y_expected)
-    scale = _series_rolling_median(
-        abs_resid, grid.position, judged_rows, 1, s.scale_days, s.scale_days // 2
-    )
-    y_judged = y[judged_rows]
+    on_population = np.zeros(0, dtype=np.int64)
+    if population is not None and population.height:
+        on_population, _shift = _population_rows(grid, population)
     expected_judged = y_expected[judged_rows]
+    if on_population.size:
+        # A judged day's expected value leaves out the days its whole population moved among
+        # its recent same-weekday values: two weeks of holiday in 8 would hold it ~10% low for
+        # the next 8 weeks, and every account's return read as a rise. (The scale's residuals
+        # keep the plain expected value: a day's run does not measure that far back.)
+        left_out = np.zeros(y.size, dtype=bool)
+        left_out[on_population] = True
+        picked, without = _expected_without(
+            y, grid.position, judged_rows, same_weekday, min_weeks, left_out
+        )
+        expected_judged[np.searchsorted(judged_rows, picked)] = without
+    abs_resid = np.abs(y - y_expected)
+    # A day its whole population moved says nothing of an account's own day-to-day noise: its
+    # residual is left out of the scale (two weeks of holiday in 28 days would double it, and
+    # the weeks after would miss real moves), which then needs a week of other days (a quarter
+    # of `scale_days`), else it is the scale of all the days, holiday and all (never the
+    # counting floor alone). `population_shifts` measures every day a scale reads, in a range
+    # and in a day's run alike.
+    if on_population.size:
+        own_days = abs_resid.copy()
+        own_days[on_population] = np.nan
+        scale = _series_rolling_median(
+            own_days, grid.position, judged_rows, 1, s.scale_days, max(1, s.scale_days // 4)
+        )
+        too_few = np.flatnonzero(np.isnan(scale))
+        scale[too_few] = _lagged_median(
+            abs_resid,
+            grid.position,
+            judged_rows[too_few],
+            range(1, s.scale_days + 1),
+            s.scale_days // 2,
+        )
+    else:
+        scale = _series_rolling_median(
+            abs_resid, grid.position, judged_rows, 1, s.scale_days, s.scale_days // 2
+        )
+    y_judged = y[judged_rows]
     # On a day its whole population moved (`population_shifts`), an account is judged on its
-    # own move beyond the population's, in the population's direction (at most to 0); a move
-    # against it is judged as on any day (an account that kept working on a holiday is no spike).
+    # own move beyond the population's, in the population's direction (at most to 0), against
+    # the accounts' spread that day when wider than its own scale (how deep one's holiday is
+    # differs, `population_spread`); a move against it is judged as on any day (an account
+    # that kept working on a holiday is no spike).
     shift = _population_at(grid, judged_rows, population)
     on_shift = np.flatnonzero(shift)  # (the few rows of population days)
+    spread_judged = np.zeros(judged_rows.size)
     if on_shift.size:
         shifted, y_shifted = shift[on_shift], y_judged[on_shift]
         resid = y_shifted - expected_judged[on_shift]
@@ -1028,6 +1125,8 @@ def _baselines_of_grid(
         # a range run holding a population day must give a run of one day's numbers)
         moved = ((shifted < 0) & (resid < 0)) | ((shifted > 0) & (resid > 0))
         expected_judged[on_shift] = np.where(moved, y_shifted - own, expected_judged[on_shift])
+        spread = _population_at(grid, judged_rows[on_shift], population, "population_spread")
+        spread_judged[on_shift] = np.where(moved, spread, 0.0)
     day = grid.day[judged_rows]
     # Rows are sorted by series and date, each series contiguous, so "the previous row of the
     # same series" is a plain shift masked at each series' first rows: no group-by needed.
@@ -1046,6 +1145,7 @@ def _baselines_of_grid(
             (pl.Series(scale, nan_to_null=True) * MAD_TO_SD)
             .clip(lower_bound=SCALE_FLOOR)
             .alias("scale"),
+            pl.Series("_spread", spread_judged),
         ]
     )
     frame = (
@@ -1055,6 +1155,7 @@ def _baselines_of_grid(
         .with_columns(
             pl.max_horizontal(pl.col("scale"), pl.col("_exp").sqrt().pow(-1)).alias("scale")
         )
+        .with_columns(pl.max_horizontal(pl.col("scale"), pl.col("_spread")).alias("scale"))
         .with_columns(
             ((pl.col("y") - pl.col("y_expected")) / pl.col("scale")).alias("z"),
             (pl.col("_exp") - 1.0).alias("expected"),
@@ -1098,7 +1199,7 @@ def _baselines_of_grid(
     kept_rows = judged_rows[kept]
     # only the columns returned are filtered; the bands, needed on the kept rows alone, after
     stats = (
-        frame.drop("_pos", "y", "_exp")
+        frame.drop("_pos", "y", "_exp", "_spread")
         .filter(pl.Series(kept))
         .with_columns(
             ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
