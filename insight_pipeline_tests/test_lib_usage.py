@@ -660,6 +660,45 @@ def test_a_holiday_of_every_account_raises_nothing_but_an_accounts_own_drop_stil
     ].to_list() == [0, 0, 0]
 
 
+def _uneven_holiday_book() -> tuple[pl.DataFrame, int]:
+    """150 accounts (15% day-to-day noise) on a two-week holiday at each one's own 25-60% of
+    usual, ending 26 days before the end; 10 days later the first 5 drop to 35% and the next 5
+    rise 2.5x. Returns the usage and the day index of the change."""
+    rng = np.random.default_rng(5)
+    holiday = slice(DAYS - 40, DAYS - 26)
+    change = DAYS - 16
+    multipliers = {i: rng.lognormal(0.0, 0.15, DAYS) for i in range(150)}
+    for i in range(150):
+        multipliers[i][holiday] *= rng.uniform(0.25, 0.6)
+    for i in range(5):
+        multipliers[i] = multipliers[i] * step(DAYS, change, 0.35)
+        multipliers[5 + i] = multipliers[5 + i] * step(DAYS, change, 2.5)
+    return usage_series(150, DAYS, END, multipliers=multipliers, seed=5), change
+
+
+def test_a_holiday_deeper_for_some_accounts_is_no_ones_decline() -> None:
+    """In the trend test's weeks an account's holiday days count at its usual level moved by
+    its own move beyond the population's shrunk by the accounts' spread that day: how deep its
+    holiday was is no decline (with the population's shift alone, twice as many clean accounts
+    declined), while accounts whose usage fell after it are found."""
+    usage, _change = _uneven_holiday_book()
+    first = day_of(DAYS - 42)
+    population = population_shifts(usage, first, END, S)
+    clean = ~pl.col("customer_id").is_in([f"C{i:04d}" for i in range(10)])
+
+    def declining(population: pl.DataFrame) -> set[str]:
+        found = usage_trends(usage, first, END, S, population=population)
+        return set(found.filter(clean & (pl.col("type") == "declining_usage"))["customer_id"])
+
+    shrunk, shifted = declining(population), declining(population.drop("population_spread"))
+    assert len(shrunk) <= 4 < len(shifted), (shrunk, shifted)
+    found = usage_trends(usage, first, END, S, population=population)
+    fell = found.filter(~clean & pl.col("type").is_in(["declining_usage", "usage_pattern_change"]))
+    # 16 days after the fall, before a trend window could hold it whole (usage_drop finds all
+    # five in days, the test below)
+    assert len(set(fell["customer_id"]) & {f"C{i:04d}" for i in range(5)}) >= 2
+
+
 def test_a_holiday_deeper_for_some_accounts_is_no_ones_drop_and_real_moves_after_it_show() -> None:
     """Two weeks on which every account works at its own 25% to 60% of usual (how many of its
     people are off differs by account): an account moving with the population is judged
@@ -668,16 +707,7 @@ def test_a_holiday_deeper_for_some_accounts_is_no_ones_drop_and_real_moves_after
     out of each account's scale, so a real drop and a real rise ten days after the holiday are
     found within days (with them in, half of the scale's window is holiday, and few were), and
     out of its expected value's recent weeks; a run of each day alone gives the same rows."""
-    rng = np.random.default_rng(5)
-    holiday = slice(DAYS - 40, DAYS - 26)
-    change = DAYS - 16
-    multipliers = {i: rng.lognormal(0.0, 0.15, DAYS) for i in range(150)}  # 15% day to day
-    for i in range(150):
-        multipliers[i][holiday] *= rng.uniform(0.25, 0.6)
-    for i in range(5):
-        multipliers[i] = multipliers[i] * step(DAYS, change, 0.35)
-        multipliers[5 + i] = multipliers[5 + i] * step(DAYS, change, 2.5)
-    usage = usage_series(150, DAYS, END, multipliers=multipliers, seed=5)
+    usage, change = _uneven_holiday_book()
     first = day_of(DAYS - 42)
     population = population_shifts(usage, first, END, S)
     assert set(population["date"]) >= {day_of(d) for d in range(DAYS - 40, DAYS - 26)}
