@@ -165,6 +165,29 @@ def test_a_dips_recovery_rising_three_weeks_is_not_adoption() -> None:
     assert adoption["customer_id"].to_list() == ["C0002"]
 
 
+def test_the_end_of_a_seasons_lull_is_no_adoption_and_a_rise_above_it_is() -> None:
+    """Five weeks at 70% (December and a holiday, too shallow a day at a time to be the
+    population's), then four weekly rises back to the usual level: three rises in a row, +40%,
+    a clean fit and most week pairs higher later, but usage ends where it stood before the
+    rise's weeks (`BEFORE_TREND_WEEKS`), so no adoption_trend; the same lull followed by a rise
+    to 150% is one."""
+    lull = np.ones(DAYS)
+    lull[DAYS - 63 : DAYS - 28] = 0.7
+    for weeks_back, level in enumerate([1.0, 0.93, 0.85, 0.78]):
+        lull[DAYS - 7 * weeks_back - 7 : DAYS - 7 * weeks_back] = level
+    rise = lull.copy()
+    for weeks_back, level in enumerate([1.5, 1.3, 1.1, 0.9]):
+        rise[DAYS - 7 * weeks_back - 7 : DAYS - 7 * weeks_back] = level
+    multipliers = {i: lull for i in range(20)} | {i: rise for i in range(5)}
+    usage = usage_series(20, DAYS, END, level=1000.0, multipliers=multipliers, seed=8)
+    stats = weekly_trend_stats(usage, END, END, S)
+    back = stats.filter(pl.col("customer_id") == "C0010")
+    assert back["weeks_up"].item() >= 3 and back["run_change"].item() > 0.3
+    adoption = detect_usage_trends(stats, S).filter(pl.col("type") == "adoption_trend")
+    found, risen = set(adoption["customer_id"]), {f"C{i:04d}" for i in range(5)}
+    assert found <= risen and len(found) >= 4, found
+
+
 def test_a_young_series_new_pattern_does_not_wait_for_a_long_trend_window() -> None:
     """A level step in a series 80 days old is a new pattern on the same days whatever the
     trend test's window: a window the series cannot fill yet (16 weeks) is no trend and no bar

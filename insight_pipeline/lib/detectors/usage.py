@@ -714,6 +714,7 @@ def usage_reach_days(settings: UsageSettings) -> int:
         first_judged + HISTORY_CAP,
         7 * (s.trend_weeks - 1) + 55 + 13,
         7 * max(s.trend_weeks, s.trend_test_weeks) - 1,
+        7 * (s.trend_weeks + BEFORE_TREND_WEEKS) - 1,
         21 + 7 * (PRIOR_WEEKS - 1) + 6,
     )
 
@@ -1595,6 +1596,7 @@ def _trend_stats_of_grid(
             ],
             (scale * MAD_TO_SD).clip(lower_bound=SCALE_FLOOR).alias("weekly_scale"),
             pl.Series("weekend_share_sd", share_sd, nan_to_null=True),
+            _before_trend(w0, grid.position, wanted, k),
             picked["recent3"],
             picked["prior_week"],
             picked["level_recent3"],
@@ -1712,6 +1714,31 @@ def _trend_test_stats(week: list[str], log_week: list[str]) -> list[pl.Expr]:
 
 PRIOR_WEEKS = 8
 """The weeks before the last 3 that a new pattern is compared with."""
+
+BEFORE_TREND_WEEKS = 6
+"""The weeks before the `trend_weeks` a rise is fitted on that say where usage stood before it
+began: an adoption trend must end above their median (`detect_usage_trends`)."""
+
+
+def _before_trend(
+    w0: np.ndarray, position: np.ndarray, wanted: np.ndarray, first: int
+) -> pl.Series:
+    """At the wanted rows: the median of the BEFORE_TREND_WEEKS week sums ending `first`,
+    `first` + 1, ... weeks back, null with fewer than half of them inside the series."""
+    weeks = np.stack(
+        [
+            np.where(position[wanted] >= 7 * lag + 6, w0[np.maximum(wanted - 7 * lag, 0)], np.nan)
+            for lag in range(first, first + BEFORE_TREND_WEEKS)
+        ]
+    )
+    known = (~np.isnan(weeks)).sum(axis=0)
+    weeks.sort(axis=0)  # NaN last
+    index = np.arange(wanted.size)
+    lo = weeks[np.maximum(known - 1, 0) // 2, index]
+    hi = weeks[np.minimum(known // 2, BEFORE_TREND_WEEKS - 1), index]
+    median = lo + (hi - lo) * 0.5
+    median[known < BEFORE_TREND_WEEKS // 2] = np.nan
+    return pl.Series("before_trend_week", median, nan_to_null=True)
 
 
 def _weekly_share_sd(
@@ -1961,6 +1988,12 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("t") >= s.trend_t)
         & (pl.col("run_z") >= s.trend_z)
         & (-pl.col("decline_s") >= threshold)
+        # ... and ends above where usage stood before the weeks it is fitted on: back from a
+        # season's lull (December, then a holiday) is no adoption (unknown in a young series)
+        & (
+            pl.col("before_trend_week").is_null()
+            | (pl.col("decline_recent") >= (1 + s.min_trend_change) * pl.col("before_trend_week"))
+        )
     ).fill_null(False)  # (a statistic without history is no trend, and no bar to a pattern)
     down = (
         ~up
