@@ -3,6 +3,7 @@ customer within the stated delay, clean customers stay quiet, and nothing after 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -24,6 +25,7 @@ from insight_pipeline.lib.detectors.usage import (
     _sorted_codes,
     _test_weeks,
     _trend_stats_of_grid,
+    anomaly_rows,
     carry_last_before,
     detect_usage_anomalies,
     detect_usage_trends,
@@ -39,6 +41,7 @@ from insight_pipeline.lib.detectors.usage import (
     usage_trends,
     weekly_trend_stats,
 )
+from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
 from insight_pipeline.lib.settings import Settings, UsageSettings
 from insight_pipeline_tests.synthetic import USAGE_SCHEMA, ramp, step, usage_series
 
@@ -772,6 +775,34 @@ def test_a_holiday_deeper_for_some_accounts_is_no_ones_drop_and_real_moves_after
             usage, day, day, S, population=population_shifts(usage, day, day, S)
         )
         assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
+
+
+def test_a_drop_on_a_day_everyone_fell_says_its_baseline_moved_with_them() -> None:
+    """The baseline a drop is shown against on a population day is the account's usual moved
+    with everyone's fall (`_baselines_of_grid`), which "937" alone does not say: the evidence
+    says it, with everyone's level that day; not on an ordinary day, a day everyone rose, or a
+    void day (where nobody is judged down)."""
+    usage = usage_series(10, DAYS, END, multipliers={3: step(DAYS, DAYS - 5, 0.2)}, seed=2)
+    baselines = usage_baselines(usage, day_of(DAYS - 5), END, S)
+    drop = baselines.filter(anomaly_rows(S) & (pl.col("direction") < 0)).head(1)
+    assert drop.height == 1
+
+    def signal(shift: float) -> tuple[str, dict]:
+        moved = drop.with_columns(pl.lit(shift).alias("population_shift"))
+        found = detect_usage_anomalies(moved, S)
+        return found["evidence"][0][0]["comparison"], json.loads(found["facts"][0])
+
+    text, facts = signal(np.log(0.42))
+    assert text.endswith(", moved with all accounts, at 42% of their usual that day")
+    assert facts["everyone_pct"] == 42
+    context = narrative_context(
+        {"type": "usage_drop", "category": "risk", "customer_id": "C0003", "facts": facts}
+    )
+    summary = TemplateNarrator().narrate([context])[0]["summary"]
+    assert "a baseline moved with all accounts, which were at 42% of their usual" in summary
+    for shift in (0.0, np.log(1.3), -np.inf):
+        text, facts = signal(shift)
+        assert "all accounts" not in text and facts["everyone_pct"] is None, shift
 
 
 def test_a_day_the_whole_export_is_missing_or_zero_is_no_accounts_drop_or_decline() -> None:

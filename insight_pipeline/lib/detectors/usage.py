@@ -1307,6 +1307,20 @@ def detect_usage_anomalies(
         pl.col("lower").clip(lower_bound=0).round(1),
         pl.col("upper").round(1),
     )
+    # on a day the whole population moved its way, the baseline moved with it: say so
+    shift = pl.col("population_shift")
+    with_everyone = shift.is_finite() & (shift * pl.col("direction") > 0)
+    comparison = (
+        pl.when(with_everyone)
+        .then(
+            pl.format(
+                "{}, moved with all accounts, at {}% of their usual that day",
+                comparison,
+                (shift.exp() * 100).round(0).cast(pl.Int64),
+            )
+        )
+        .otherwise(comparison)
+    )
     return conform(
         hits.with_columns(
             pl.when(is_drop)
@@ -1335,6 +1349,9 @@ def detect_usage_anomalies(
                 pct.alias("change_pct"),
                 pl.col("run_days").abs().clip(1).alias("days"),
                 weekday_name.alias("weekday"),
+                pl.when(with_everyone)
+                .then((shift.exp() * 100).round(0).cast(pl.Int64))
+                .alias("everyone_pct"),
             )
             .struct.json_encode()
             .alias("facts"),
