@@ -777,6 +777,30 @@ def test_a_holiday_deeper_for_some_accounts_is_no_ones_drop_and_real_moves_after
         assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
 
 
+def test_a_holiday_season_on_weekdays_is_no_new_weekly_shape() -> None:
+    """Two weeks on which every account works at 10% on weekdays and as usual at weekends (the
+    holidays fall on weekdays): the last 3 weeks' weekend share reads ~25% against 11% before
+    for nearly every account ("weekends now carry 25%", 104 of 120 before the rule); weeks
+    holding a holiday season (3 or more population days, `SEASON_DAYS`) are not read for a new
+    shape, so none raises one."""
+    rng = np.random.default_rng(3)
+    dates = [END - timedelta(days=DAYS - 1 - d) for d in range(DAYS)]
+    weekend = np.array([d.weekday() >= 5 for d in dates])
+    season = np.ones(DAYS)
+    holiday = np.zeros(DAYS, dtype=bool)
+    holiday[DAYS - 24 : DAYS - 10] = True
+    season[holiday & ~weekend] = 0.1
+    multipliers = {i: season * rng.lognormal(0.0, 0.1, DAYS) for i in range(120)}
+    usage = usage_series(120, DAYS, END, multipliers=multipliers, seed=3)
+    first = day_of(DAYS - 10)
+    population = population_shifts(usage, first, END, S)
+    stats = weekly_trend_stats(usage, first, END, S, population=population)
+    moved = stats.filter(pl.col("weekend_share") - pl.col("prior_weekend_share") >= 0.12)
+    assert moved["customer_id"].n_unique() > 60  # the shape really moved for most
+    found = usage_trends(usage, first, END, S, population=population)
+    assert found.filter(pl.col("type") == "usage_pattern_change").height == 0
+
+
 def test_a_drop_on_a_day_everyone_fell_says_its_baseline_moved_with_them() -> None:
     """The baseline a drop is shown against on a population day is the account's usual moved
     with everyone's fall (`_baselines_of_grid`), which "937" alone does not say: the evidence

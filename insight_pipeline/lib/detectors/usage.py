@@ -1402,6 +1402,10 @@ def weekly_trend_stats(
     return judge(_trend_stats_of_grid)
 
 
+SEASON_DAYS = 3
+"""Population days in the last 3 weeks from which their weekly shape is not read (a holiday
+season; `_trend_stats_of_grid`)."""
+
 USUAL_WEEKS = 4
 """The same-weekday weeks whose median is an account's usual level on a population day in the
 trend test's weeks (`_test_weeks`): the test reaches 8 weeks back, and those 4 more stay within
@@ -1556,7 +1560,12 @@ def _trend_stats_of_grid(
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
     test_w0, moved_days, void_days = _test_weeks(grid, population, w0)
+    # A new weekly shape is not read from the last 3 weeks when they hold a void day, or a
+    # holiday season (SEASON_DAYS population days or more): those are most often weekdays, so
+    # the weekend's share of such weeks rises for everyone (a lone holiday moves it by a point)
     recent_void = _last_weeks(void_days, grid.position, 3)
+    recent_moved = _last_weeks(moved_days, grid.position, 3)
+    recent_void = np.where(recent_moved >= SEASON_DAYS, np.maximum(recent_void, 1), recent_void)
     candidates = None
     if only_candidates:
         candidates = _trend_candidates(w0, we7, test_w0, recent_void, wanted, grid.position, s)
