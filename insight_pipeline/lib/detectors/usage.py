@@ -451,11 +451,17 @@ def _chunk_median(
         return out
     w = values.take(part[:, None] - lag, mode="clip")
     w[position[part][:, None] < lag] = np.nan  # lags before the series' first day
+    return _row_medians(w, min_count)
+
+
+def _row_medians(w: np.ndarray, min_count: int) -> np.ndarray:
+    """Each row's median of its values that are not NaN, as polars takes one (lo + (hi - lo) *
+    0.5, so a range and a day give the same bits); NaN below `min_count` values. Sorts `w`."""
     w.sort(axis=1)  # NaN last
-    count = width - np.isnan(w).sum(axis=1)
-    index = np.arange(part.size)
+    count = w.shape[1] - np.isnan(w).sum(axis=1)
+    index = np.arange(w.shape[0])
     lo = w[index, np.maximum(count - 1, 0) // 2]
-    hi = w[index, np.minimum(count // 2, width - 1)]
+    hi = w[index, np.minimum(count // 2, w.shape[1] - 1)]
     median = lo + (hi - lo) * 0.5
     median[count < min_count] = np.nan
     return median
@@ -1030,14 +1036,7 @@ def _expected_without(
     back = picked[:, None] - lag
     w = y.take(back, mode="clip")
     w[(position[picked][:, None] < lag) | (free & left_out.take(back, mode="clip"))] = np.nan
-    w.sort(axis=1)  # NaN last
-    count = lag.size - np.isnan(w).sum(axis=1)
-    index = np.arange(picked.size)
-    lo = w[index, np.maximum(count - 1, 0) // 2]
-    hi = w[index, np.minimum(count // 2, lag.size - 1)]
-    median = lo + (hi - lo) * 0.5
-    median[count < min_count] = np.nan
-    return picked, median
+    return picked, _row_medians(w, min_count)
 
 
 def _baselines_of_grid(
@@ -1563,12 +1562,12 @@ def _trend_stats_of_grid(
     # A new weekly shape is not read from the last 3 weeks when they hold a void day, or a
     # holiday season (SEASON_DAYS population days or more): those are most often weekdays, so
     # the weekend's share of such weeks rises for everyone (a lone holiday moves it by a point)
-    recent_void = _last_weeks(void_days, grid.position, 3)
-    recent_moved = _last_weeks(moved_days, grid.position, 3)
-    recent_void = np.where(recent_moved >= SEASON_DAYS, np.maximum(recent_void, 1), recent_void)
+    shape_unread = (_last_weeks(void_days, grid.position, 3) > 0) | (
+        _last_weeks(moved_days, grid.position, 3) >= SEASON_DAYS
+    )
     candidates = None
     if only_candidates:
-        candidates = _trend_candidates(w0, we7, test_w0, recent_void, wanted, grid.position, s)
+        candidates = _trend_candidates(w0, we7, test_w0, shape_unread, wanted, grid.position, s)
     if candidates is not None:
         wanted, picked = candidates
     else:  # the last 3 weeks and the 8 before them, at the wanted rows
@@ -1628,7 +1627,7 @@ def _trend_stats_of_grid(
             picked["level_recent3"],
             picked["level_prior_week"],
             *[test_weeks[i].alias(f"level_w{i}") for i in range(3)],
-            pl.Series("recent_void_days", recent_void[wanted], dtype=pl.Int32),
+            pl.Series("shape_unread", shape_unread[wanted]),
             picked["_we_recent"],
             picked["_we_prior"],
             *[w.alias(name) for w, name in zip(test_weeks, test_week, strict=True)],
@@ -1755,15 +1754,10 @@ def _before_trend(
         [
             np.where(position[wanted] >= 7 * lag + 6, w0[np.maximum(wanted - 7 * lag, 0)], np.nan)
             for lag in range(first, first + BEFORE_TREND_WEEKS)
-        ]
+        ],
+        axis=1,
     )
-    known = (~np.isnan(weeks)).sum(axis=0)
-    weeks.sort(axis=0)  # NaN last
-    index = np.arange(wanted.size)
-    lo = weeks[np.maximum(known - 1, 0) // 2, index]
-    hi = weeks[np.minimum(known // 2, BEFORE_TREND_WEEKS - 1), index]
-    median = lo + (hi - lo) * 0.5
-    median[known < BEFORE_TREND_WEEKS // 2] = np.nan
+    median = _row_medians(weeks, BEFORE_TREND_WEEKS // 2)
     return pl.Series("before_trend_week", median, nan_to_null=True)
 
 
@@ -1793,7 +1787,7 @@ def _trend_candidates(
     w0: np.ndarray,
     we7: np.ndarray,
     test_w0: np.ndarray,
-    recent_void: np.ndarray,
+    shape_unread: np.ndarray,
     wanted: np.ndarray,
     position: np.ndarray,
     settings: UsageSettings,
@@ -1846,7 +1840,7 @@ def _trend_candidates(
         picked[4] /= 8.0  # ... and as the level test counts it (population days at their level)
         ours = enough[rows] & (
             not_a_number
-            | _moving_or_pattern(w0, test_w0, recent_void, position, at, tuple(picked), s)
+            | _moving_or_pattern(w0, test_w0, shape_unread, position, at, tuple(picked), s)
         )
         kept[rows] = ours
         sums_of[begin] = [a[ours] for a in (*picked, *wholes)]
@@ -1870,7 +1864,8 @@ def _trend_candidates(
 def _last_weeks(per_week: np.ndarray, position: np.ndarray, weeks: int) -> np.ndarray:
     """At each row: `per_week` (a count over the 7 days ending on a row) summed over the
     `weeks` weeks ending on it (0 where they are not all in the row's series, which no trend
-    reads) - the void days of the last 3 weeks, which a new weekly shape is read from."""
+    reads) - the void and population days of the last 3 weeks, which a new weekly shape is
+    read from."""
     out = per_week.astype(np.int32)
     for i in range(1, weeks):
         out[7 * i :] += per_week[: -7 * i]
@@ -1898,7 +1893,7 @@ def _level_prior(
 def _moving_or_pattern(
     w0: np.ndarray,
     test_w0: np.ndarray,
-    recent_void: np.ndarray,
+    shape_unread: np.ndarray,
     position: np.ndarray,
     wanted: np.ndarray,
     picked: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -1937,7 +1932,7 @@ def _moving_or_pattern(
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(recent3 > 0, we_recent / recent3, np.nan)
         prior_share = np.where(prior > 0, we_prior / (8.0 * prior), np.nan)
-    shape = (np.abs(share - prior_share) >= s.min_shape_shift - 1e-9) & (recent_void[wanted] == 0)
+    shape = (np.abs(share - prior_share) >= s.min_shape_shift - 1e-9) & ~shape_unread[wanted]
     pattern = (judged(level_prior, level_recent3) & level) | (judged(prior, recent3) & shape)
     return moving | pattern
 
@@ -2205,7 +2200,7 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     share_se = pl.max_horizontal(binomial, weekly.fill_null(0.0))
     shape = (
         enough
-        & (pl.col("recent_void_days") == 0)
+        & ~pl.col("shape_unread")
         & (shape_shift.abs() >= s.min_shape_shift)
         & (shape_shift.abs() >= s.shape_z * share_se)
     )
