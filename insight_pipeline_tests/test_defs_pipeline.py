@@ -637,6 +637,52 @@ def test_an_accounts_open_insights_follow_it_to_its_new_csm(
     )
 
 
+def test_a_range_run_moves_to_a_new_csm_what_its_first_day_would(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """After a CSM change, a range run moves the account's insights open on its first day, as
+    the first of its days run one by one would: not only those still open on its last day (an
+    insight that lapsed within the range stayed with the old CSM, trial 6: 13 of 41)."""
+    source = Path(shutil.copytree(sample_dir, tmp_path / "source"))
+    start, work = END - timedelta(days=12), tmp_path / "work"
+    first = start + timedelta(days=1)
+    assert materialise_day(source, work, ["*"], day=start).success
+    before = table(f"duckdb:///{work / 'i.duckdb'}")
+    # which insights open on the first day lapse within the range (no CSM change yet)
+    probe = Path(shutil.copytree(work, tmp_path / "probe"))
+    with dg.instance_for_test() as instance:
+        run(resources(source, f"duckdb:///{probe / 'i.duckdb'}", probe), first, END, instance)
+    lapsed = (
+        before.filter(pl.col("expires_at").dt.date() > first)
+        .select("id", "customer_id")
+        .join(table(f"duckdb:///{probe / 'i.duckdb'}").select("id", "expires_at"), on="id")
+        .filter(pl.col("expires_at").dt.date() <= END)  # not open on the last day's start
+    )
+    assert lapsed.height > 0, "the sample must have an insight lapsing within the range"
+    moved = lapsed["customer_id"][0]
+    customers = pl.read_parquet(source / "customers.parquet")
+    old = customers.filter(pl.col("customer_id") == moved)["csm_user_id"][0]
+    new = customers.filter(pl.col("csm_user_id") != old)["csm_user_id"][0]
+    customers.with_columns(
+        pl.when(pl.col("customer_id") == moved)
+        .then(pl.lit(new))
+        .otherwise("csm_user_id")
+        .alias("csm_user_id")
+    ).write_parquet(source / "customers.parquet")
+    days = Path(shutil.copytree(work, tmp_path / "days"))
+    with dg.instance_for_test() as instance:
+        run(resources(source, f"duckdb:///{work / 'i.duckdb'}", work), first, END, instance)
+        by_days = resources(source, f"duckdb:///{days / 'i.duckdb'}", days)
+        run(by_days, first, first, instance)
+        run(by_days, first + timedelta(days=1), END, instance)
+    ranged, daily = table(f"duckdb:///{work / 'i.duckdb'}"), table(f"duckdb:///{days / 'i.duckdb'}")
+    theirs = ranged.filter(
+        pl.col("id").is_in(lapsed.filter(pl.col("customer_id") == moved)["id"].implode())
+    )
+    assert theirs.height > 0 and set(theirs["user_id"]) == {new}
+    assert ranged.select("id", "user_id").equals(daily.select("id", "user_id"))
+
+
 def test_attendees_of_unknown_meetings_or_contacts_are_quarantined_not_dropped(
     sample_dir: Path, tmp_path: Path
 ) -> None:

@@ -1,5 +1,5 @@
 -- Open insights follow their account: a customer whose CSM changed (customers.csm_user_id) has
--- its insights still open as of the run's day (not dismissed or actioned, not expired) moved to
+-- its insights still open as of the run's (first) day (not dismissed or actioned, not expired) moved to
 -- the new CSM, who now sees them in the feed, the digest and the team views; the old CSM no
 -- longer does. Handled and expired ones stay with whoever had them (their history), and the
 -- feedback log keeps its own user. (PostgreSQL runs sql/postgres/reassign_insights.sql: the

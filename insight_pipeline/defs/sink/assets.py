@@ -38,10 +38,11 @@ def insights_table(
     """Upserts the plan into the insights table: new episodes inserted (or updated in place on a
     re-run, keeping every user column), open ones extended, and those of customers that churned
     by the run's last day closed on their churn day (`accounts` shows a churn only once it has
-    happened), and those still open on the run's last day of an account whose CSM changed moved
-    to its CSM now (an account's new owner sees them, the old one no longer does). All or
-    nothing."""
-    _first, last = partition_days(context)
+    happened), and those still open on the run's first day of an account whose CSM changed moved
+    to its CSM now (an account's new owner sees them, the old one no longer does; as the first
+    of a range's days run one by one would move them, those that lapse within the range too).
+    All or nothing."""
+    first, _last = partition_days(context)
     new = insights.filter(pl.col("action") == "insert").select(UPSERT_COLUMNS)
     extensions = insights.filter(pl.col("action") == "extend").select(
         "id", "last_seen_date", "expires_at"
@@ -50,7 +51,7 @@ def insights_table(
         "customer_id", pl.col("churned_on").alias("churned_at")
     )
     owners = accounts.select("customer_id", pl.col("csm_user_id").alias("user_id"))
-    as_of = datetime(last.year, last.month, last.day, tzinfo=UTC)
+    as_of = datetime(first.year, first.month, first.day, tzinfo=UTC)
     with store.session() as db:
         written = db.write_insights(new, extensions, churned, owners, as_of)
         total = db.count_insights()
