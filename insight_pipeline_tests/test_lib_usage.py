@@ -817,16 +817,16 @@ def test_a_drop_on_a_day_everyone_fell_says_its_baseline_moved_with_them() -> No
         return found["evidence"][0][0]["comparison"], json.loads(found["facts"][0])
 
     text, facts = signal(np.log(0.42))
-    assert text.endswith(", moved with all accounts, at 42% of their usual that day")
+    assert text.endswith(", moved with the median account, at 42% of its usual that day")
     assert facts["everyone_pct"] == 42
     context = narrative_context(
         {"type": "usage_drop", "category": "risk", "customer_id": "C0003", "facts": facts}
     )
     summary = TemplateNarrator().narrate([context])[0]["summary"]
-    assert "a baseline moved with all accounts, which were at 42% of their usual" in summary
+    assert "a baseline moved with the median account, which was at 42% of its usual" in summary
     for shift in (0.0, np.log(1.3), -np.inf):
         text, facts = signal(shift)
-        assert "all accounts" not in text and facts["everyone_pct"] is None, shift
+        assert "median account" not in text and facts["everyone_pct"] is None, shift
 
 
 def test_a_day_the_whole_export_is_missing_or_zero_is_no_accounts_drop_or_decline() -> None:

@@ -1313,7 +1313,7 @@ def detect_usage_anomalies(
         pl.when(with_everyone)
         .then(
             pl.format(
-                "{}, moved with all accounts, at {}% of their usual that day",
+                "{}, moved with the median account, at {}% of its usual that day",
                 comparison,
                 (shift.exp() * 100).round(0).cast(pl.Int64),
             )
