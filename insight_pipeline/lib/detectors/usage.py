@@ -721,6 +721,7 @@ def usage_reach_days(settings: UsageSettings) -> int:
         7 * (s.trend_weeks - 1) + 55 + 13,
         7 * max(s.trend_weeks, s.trend_test_weeks) - 1,
         7 * (s.trend_weeks + BEFORE_TREND_WEEKS) - 1,
+        first_judged + MONTH_REACH_DAYS,
         21 + 7 * (PRIOR_WEEKS - 1) + 6,
     )
 
@@ -1009,6 +1010,50 @@ def _population_rows(
     return at[order], shift[order]
 
 
+MONTHS_BACK = 3
+"""The months before a day whose same point of the month tells a recurring monthly peak
+(`_monthly_peak`): a rise that came at this point of each of the last 3 months is no spike
+(in 2 of 3, the best of 5 noisy days reached halfway by chance for a third of real rises)."""
+MONTH_WINDOW_DAYS = 2
+"""Days either side of the same point of a past month (working days move the month's close)."""
+MONTH_REACH_DAYS = 92 + MONTH_WINDOW_DAYS
+"""The furthest day `_monthly_peak` reads back (3 months of at most 31 + 31 + 30 days)."""
+
+
+def _monthly_peak(
+    y: np.ndarray, position: np.ndarray, day: np.ndarray, rows: np.ndarray, expected: np.ndarray
+) -> np.ndarray:
+    """For each of `rows` (their log values above `expected`; `day`: the grid's epoch days):
+    whether the same point of the month - as many days before the month's end for a day in
+    its second half, the same day of the month otherwise - came at least halfway as high (in
+    log) in each of the last MONTHS_BACK months, within MONTH_WINDOW_DAYS on days of its kind
+    (weekdays for a weekday, weekend days for a weekend day): a month-end close, a billing run
+    or a payroll day, which a weekday's baseline cannot know, is no spike."""
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
+    today = day[rows].astype("datetime64[D]")
+    month = today.astype("datetime64[M]")
+    of_month = (today - month.astype("datetime64[D]")).astype(np.int64)  # 0 = the 1st
+    to_end = ((month + 1).astype("datetime64[D]") - 1 - today).astype(np.int64)
+    halfway = expected + 0.5 * (y[rows] - expected)
+    weekend = (day[rows] + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    reached = np.zeros(rows.size, dtype=np.int64)
+    for back in range(1, MONTHS_BACK + 1):
+        begins = (month - back).astype("datetime64[D]")
+        ends = (month - back + 1).astype("datetime64[D]") - 1
+        same = np.where(to_end < of_month, ends - to_end, np.minimum(begins + of_month, ends))
+        lag = (today - same).astype(np.int64)
+        best = np.full(rows.size, -np.inf)
+        for shift in range(-MONTH_WINDOW_DAYS, MONTH_WINDOW_DAYS + 1):
+            at = lag + shift
+            # (a weekday's level is no weekend's: only days of the row's kind count)
+            alike = ((day[rows] - at + 3) % 7 >= 5) == weekend
+            inside = (position[rows] >= at) & alike
+            best = np.where(inside, np.maximum(best, y[np.maximum(rows - at, 0)]), best)
+        reached += best >= halfway
+    return reached == MONTHS_BACK
+
+
 POPULATION_FREE_WEEKS = 6
 """The same-weekday weeks before a judged day whose population days are left out of its
 expected value (`_baselines_of_grid`); the older ones count as they are. Every run measures the
@@ -1127,6 +1172,13 @@ def _baselines_of_grid(
         expected_judged[on_shift] = np.where(moved, y_shifted - own, expected_judged[on_shift])
         spread = _population_at(grid, judged_rows[on_shift], population, "population_spread")
         spread_judged[on_shift] = np.where(moved, spread, 0.0)
+    # a rise that came at this point of most recent months (`_monthly_peak`): on the rows that
+    # rose by at least half the effect size (a superset of those that could be spikes)
+    rising = np.flatnonzero(y_judged - expected_judged > 0.5 * math.log1p(s.min_effect))
+    monthly = np.zeros(judged_rows.size, dtype=bool)
+    monthly[rising] = _monthly_peak(
+        y, grid.position, grid.day, judged_rows[rising], expected_judged[rising]
+    )
     day = grid.day[judged_rows]
     # Rows are sorted by series and date, each series contiguous, so "the previous row of the
     # same series" is a plain shift masked at each series' first rows: no group-by needed.
@@ -1146,6 +1198,7 @@ def _baselines_of_grid(
             .clip(lower_bound=SCALE_FLOOR)
             .alias("scale"),
             pl.Series("_spread", spread_judged),
+            pl.Series("_monthly", monthly),
         ]
     )
     frame = (
@@ -1173,7 +1226,12 @@ def _baselines_of_grid(
         & pl.col("z").is_not_null()
     )
     direction = (
-        pl.when(judged & (pl.col("z") > s.z_threshold) & (pl.col("rel_change") >= s.min_effect))
+        pl.when(
+            judged
+            & (pl.col("z") > s.z_threshold)
+            & (pl.col("rel_change") >= s.min_effect)
+            & ~pl.col("_monthly")
+        )
         .then(1)
         .when(judged & (pl.col("z") < -s.z_threshold) & (pl.col("rel_change") <= -s.min_effect))
         .then(-1)
@@ -1199,7 +1257,7 @@ def _baselines_of_grid(
     kept_rows = judged_rows[kept]
     # only the columns returned are filtered; the bands, needed on the kept rows alone, after
     stats = (
-        frame.drop("_pos", "y", "_exp", "_spread")
+        frame.drop("_pos", "y", "_exp", "_spread", "_monthly")
         .filter(pl.Series(kept))
         .with_columns(
             ((pl.col("y_expected") - s.z_threshold * pl.col("scale")).exp() - 1.0).alias("lower"),
@@ -1273,6 +1331,7 @@ def anomaly_rows(settings: UsageSettings) -> pl.Expr:
     enough = (pl.col("expected") >= s.min_expected) & (pl.col("history_days") >= s.min_history_days)
     single_spike = (
         enough
+        & (pl.col("direction") > 0)  # (a rise that recurs monthly has none, `_monthly_peak`)
         & (pl.col("rel_change") >= s.min_spike_effect)
         & (
             (pl.col("z") >= s.single_day_z)
