@@ -1172,9 +1172,14 @@ def _baselines_of_grid(
         expected_judged[on_shift] = np.where(moved, y_shifted - own, expected_judged[on_shift])
         spread = _population_at(grid, judged_rows[on_shift], population, "population_spread")
         spread_judged[on_shift] = np.where(moved, spread, 0.0)
-    # a rise that came at this point of most recent months (`_monthly_peak`): on the rows that
-    # rose by at least half the effect size (a superset of those that could be spikes)
-    rising = np.flatnonzero(y_judged - expected_judged > 0.5 * math.log1p(s.min_effect))
+    # a rise that came at this point of recent months (`_monthly_peak`): on the rows that rose
+    # by half the effect size and z_threshold of their scale before its floors (a superset of
+    # those that could be spikes: the floors only widen it)
+    rise = y_judged - expected_judged
+    with np.errstate(invalid="ignore"):
+        rising = np.flatnonzero(
+            (rise > 0.5 * math.log1p(s.min_effect)) & (rise > s.z_threshold * MAD_TO_SD * scale)
+        )
     monthly = np.zeros(judged_rows.size, dtype=bool)
     monthly[rising] = _monthly_peak(
         y, grid.position, grid.day, judged_rows[rising], expected_judged[rising]
