@@ -166,8 +166,10 @@ def test_an_unknown_segment_or_industry_is_no_cohort() -> None:
 
 
 def test_an_account_still_onboarding_is_neither_benchmarked_nor_a_peer() -> None:
-    """A customer of three weeks at a third of its peers' use is ramping up, not behind; once
-    its onboarding is over, the same gap is one."""
+    """A customer of three weeks at a third of its peers' use is ramping up, not behind; so it
+    is at 51 days, past its 45 days of onboarding, while its 28-day window still holds some of
+    them (a long ramp read as underperforming: trial 6, 33 of 58 accounts at day 45); once its
+    whole window is past onboarding, the same gap is one."""
     days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
     levels = {f"C{i:03d}": 10.0 * (0.94 + 0.003 * i) for i in range(40)} | {"NEW": 3.0}
     usage = steady_usage(levels, days)
@@ -184,12 +186,16 @@ def test_an_account_still_onboarding_is_neither_benchmarked_nor_a_peer() -> None
     percentiles = peer_percentiles(usage, no_entitlements, accounts, END, END, s)
     assert "NEW" not in percentiles["customer_id"].to_list()
     assert percentiles["peers"].max() == 40
-    later = END + timedelta(days=30)
-    usage_later = steady_usage(levels, pl.date_range(END - timedelta(days=40), later, eager=True))
-    behind = detect_benchmarks(
-        peer_percentiles(usage_later, no_entitlements, accounts, later, later, s), s
-    )
-    assert behind["customer_id"].to_list() == ["NEW"]
+
+    def judged_on(day: date) -> pl.DataFrame:
+        usage_then = steady_usage(levels, pl.date_range(END - timedelta(days=40), day, eager=True))
+        return peer_percentiles(usage_then, no_entitlements, accounts, day, day, s)
+
+    assert "NEW" not in judged_on(END + timedelta(days=30))["customer_id"].to_list()
+    past = END + timedelta(days=s.window_days + s.onboarding_days - 21 - 1)  # the first day
+    assert detect_benchmarks(judged_on(past), s)["customer_id"].to_list() == ["NEW"]
+    before = judged_on(past - timedelta(days=1))["customer_id"].to_list()
+    assert "NEW" not in before
 
 
 def test_an_account_whose_rows_stopped_long_ago_is_judged_alike_by_a_range_and_its_days() -> None:

@@ -218,13 +218,15 @@ def peer_percentiles(
         if entitlements.height
         else pl.DataFrame(schema={"customer_id": pl.String, "entitled_seats": pl.Float64})
     )
-    # a customer still onboarding is ramping up: neither benchmarked nor a peer (the days of
-    # `customer_days` past onboarding, tested on the account's row rather than semi-joined)
+    # a customer still onboarding is ramping up: neither benchmarked nor a peer until its
+    # whole window lies past its onboarding (a window holding ramp-up days reads a long ramp
+    # as underperforming: trial 6, 33 of 58 at day 45; tested on the account's row rather
+    # than semi-joined)
     peers, cohort_names, segment_names = _peer_keys(accounts, s)
     began, ended = pl.col("_contract_start"), pl.col("_churned_on")
     day = pl.col("partition_date")
     customer = (ended.is_null() | (ended > day)) & (began.is_null() | (began <= day))
-    ramped = began.is_null() | (day >= began + pl.duration(days=s.onboarding_days))
+    ramped = began.is_null() | (day >= began + pl.duration(days=s.onboarding_days + w - 1))
     frame = (
         wide.rename({"date": "partition_date"})
         .join(seats, on="customer_id", how="left")
