@@ -66,6 +66,28 @@ def test_projection_finds_the_riser_and_gives_no_date_for_an_almost_flat_trend()
     assert '"limit_date": null' not in by_customer["RISE"]["facts"].replace('":null', '": null')
 
 
+def test_one_busy_week_projects_no_crossing_and_a_steady_climb_still_does() -> None:
+    """Flat at 82% of the limit with the last week at 95% (a month-end close): a least-squares
+    line through the 8 weekly means tilts up and projected a crossing within weeks; the median
+    of the slopes between weeks (Theil-Sen) sees no trend. A climb of 2% a week from 82% is
+    still projected."""
+    days = np.arange(DAYS)
+    busy = np.full(DAYS, 820.0)
+    busy[-7:] = 950.0
+    usage = pl.concat(
+        [series("BUSY", busy), series("CLIMB", 820.0 * 1.02 ** ((days - DAYS + 1) / 7))]
+    )
+    entitlements = pl.DataFrame(
+        {"customer_id": ["BUSY", "CLIMB"], "metric": ["api_calls"] * 2, "entitled_value": 1000.0}
+    )
+    accounts = customers(["BUSY", "CLIMB"])
+    s = OpportunitySettings(entitlement_ratio=0.99)  # (the busy week is not at the limit)
+    signals = detect_entitlement_limit(usage, entitlements, accounts, END, END, s)
+    assert signals["customer_id"].to_list() == ["CLIMB"]
+    facts = json.loads(signals["facts"][0])
+    assert facts["limit_date"] is not None
+
+
 def test_a_limit_is_reached_on_days_of_the_week_not_on_one_busy_day() -> None:
     """At the limit means reaching 90% of it on `limit_days` (3) of the last 7 days: a single
     busy day at the limit is not, a weekday-only account at it every working day is, and an
