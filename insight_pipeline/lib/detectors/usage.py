@@ -963,51 +963,59 @@ def population_shifts(
 
 
 def _population_at(
-    grid: _DenseGrid,
-    rows: np.ndarray | None,
-    population: pl.DataFrame | None,
-    column: str = "population_shift",
-) -> np.ndarray:
-    """Each row's population shift (or another `column` of its population day; 0 where its
-    metric's day is an ordinary one); all rows of the grid when `rows` (ascending) is None. Set
-    at the few grid rows of population days (`_population_rows`) only."""
-    size = grid.value.size if rows is None else rows.size
-    out = np.zeros(size)
-    if population is None or population.height == 0 or size == 0:
+    grid: _DenseGrid, population: pl.DataFrame | None, columns: Sequence[str]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The grid rows on a population day of their metric (ascending) and, for each of `columns`,
+    its value there (a column the frame lacks: 0), from one pass (`_population_rows`)."""
+    if population is None or population.height == 0 or grid.value.size == 0:
+        return np.zeros(0, dtype=np.int64), [np.zeros(0) for _ in columns]
+    return _population_rows(grid, population, columns)
+
+
+def _placed(at: np.ndarray, values: np.ndarray, rows: np.ndarray | None, size: int) -> np.ndarray:
+    """`values` (at the grid rows `at`, ascending) at each of `rows` (ascending; all `size` rows
+    of the grid when None), 0 elsewhere: a row's population shift or spread, 0 on an ordinary
+    day."""
+    out = np.zeros(size if rows is None else rows.size)
+    if at.size == 0 or out.size == 0:
         return out
-    at, shift = _population_rows(grid, population, column)
     if rows is None:
-        out[at] = shift
+        out[at] = values
         return out
-    index = np.minimum(np.searchsorted(rows, at), size - 1)
+    index = np.minimum(np.searchsorted(rows, at), rows.size - 1)
     found = rows[index] == at
-    out[index[found]] = shift[found]
+    out[index[found]] = values[found]
     return out
 
 
 def _population_rows(
-    grid: _DenseGrid, population: pl.DataFrame, column: str = "population_shift"
-) -> tuple[np.ndarray, np.ndarray]:
-    """The grid rows on a population day of their metric, ascending, and the day's shift (or
-    `column`): each run of a series' rows (from position 0, daily) holds a day at its first
-    day's offset."""
+    grid: _DenseGrid, population: pl.DataFrame, columns: Sequence[str]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The grid rows on a population day of their metric, ascending, and the day's value of each
+    of `columns` (0 for one the frame lacks): each run of a series' rows (from position 0,
+    daily) holds a day at its first day's offset."""
     starts = np.flatnonzero(grid.position == 0)
     length = np.diff(starts, append=grid.value.size)
     first_day = grid.day[starts]
     metric_of = grid.keys["metric"].gather(grid.series[starts])
-    found_rows, found_shifts = [], []
+    found_rows: list[np.ndarray] = []
+    found: list[list[np.ndarray]] = [[] for _ in columns]
     for (metric,), days in population.group_by("metric"):
         runs = np.flatnonzero((metric_of == metric).fill_null(False).to_numpy())
         pop_day = days["date"].cast(pl.Int32).to_numpy().astype(np.int64)
         offset = pop_day[None, :] - first_day[runs][:, None]
         inside = (offset >= 0) & (offset < length[runs][:, None])
         found_rows.append((starts[runs][:, None] + offset)[inside])
-        found_shifts.append(np.broadcast_to(days[column].to_numpy()[None, :], offset.shape)[inside])
+        for out, column in zip(found, columns, strict=True):
+            day_values = (
+                days[column].to_numpy() if column in days.columns else np.zeros(days.height)
+            )
+            out.append(np.broadcast_to(day_values[None, :], offset.shape)[inside])
     if not found_rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    at, shift = np.concatenate(found_rows), np.concatenate(found_shifts)
+        return np.zeros(0, dtype=np.int64), [np.zeros(0) for _ in columns]
+    at = np.concatenate(found_rows)
     order = np.argsort(at, kind="stable")
-    return at[order], shift[order]
+    return at[order], [np.concatenate(values)[order] for values in found]
 
 
 MONTHS_BACK = 3
@@ -1018,6 +1026,11 @@ MONTH_WINDOW_DAYS = 2
 """Days either side of the same point of a past month (working days move the month's close)."""
 MONTH_REACH_DAYS = 92 + MONTH_WINDOW_DAYS
 """The furthest day `_monthly_peak` reads back (3 months of at most 31 + 31 + 30 days)."""
+
+
+def _weekend(epoch_day: np.ndarray) -> np.ndarray:
+    """Whether each day (days since 1970-01-01, a Thursday) is a Saturday or a Sunday."""
+    return (epoch_day + 3) % 7 >= 5
 
 
 def _monthly_peak(
@@ -1036,7 +1049,7 @@ def _monthly_peak(
     of_month = (today - month.astype("datetime64[D]")).astype(np.int64)  # 0 = the 1st
     to_end = ((month + 1).astype("datetime64[D]") - 1 - today).astype(np.int64)
     halfway = expected + 0.5 * (y[rows] - expected)
-    weekend = (day[rows] + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    weekend = _weekend(day[rows])
     reached = np.zeros(rows.size, dtype=np.int64)
     for back in range(1, MONTHS_BACK + 1):
         begins = (month - back).astype("datetime64[D]")
@@ -1047,7 +1060,7 @@ def _monthly_peak(
         for shift in range(-MONTH_WINDOW_DAYS, MONTH_WINDOW_DAYS + 1):
             at = lag + shift
             # (a weekday's level is no weekend's: only days of the row's kind count)
-            alike = ((day[rows] - at + 3) % 7 >= 5) == weekend
+            alike = _weekend(day[rows] - at) == weekend
             inside = (position[rows] >= at) & alike
             best = np.where(inside, np.maximum(best, y[np.maximum(rows - at, 0)]), best)
         reached += best >= halfway
@@ -1109,9 +1122,9 @@ def _baselines_of_grid(
     min_weeks = max(3, s.baseline_weeks // 2)
     y_expected[rows] = _lagged_median(y, grid.position, rows, same_weekday, min_weeks)
     judged_rows = np.flatnonzero(grid.day >= _epoch_day(first_judged))
-    on_population = np.zeros(0, dtype=np.int64)
-    if population is not None and population.height:
-        on_population, _shift = _population_rows(grid, population)
+    on_population, (shift_at, spread_at) = _population_at(
+        grid, population, ("population_shift", "population_spread")
+    )
     expected_judged = y_expected[judged_rows]
     if on_population.size:
         # A judged day's expected value leaves out the days its whole population moved among
@@ -1155,7 +1168,7 @@ def _baselines_of_grid(
     # the accounts' spread that day when wider than its own scale (how deep one's holiday is
     # differs, `population_spread`); a move against it is judged as on any day (an account
     # that kept working on a holiday is no spike).
-    shift = _population_at(grid, judged_rows, population)
+    shift = _placed(on_population, shift_at, judged_rows, grid.value.size)
     on_shift = np.flatnonzero(shift)  # (the few rows of population days)
     spread_judged = np.zeros(judged_rows.size)
     if on_shift.size:
@@ -1170,7 +1183,7 @@ def _baselines_of_grid(
         # a range run holding a population day must give a run of one day's numbers)
         moved = ((shifted < 0) & (resid < 0)) | ((shifted > 0) & (resid > 0))
         expected_judged[on_shift] = np.where(moved, y_shifted - own, expected_judged[on_shift])
-        spread = _population_at(grid, judged_rows[on_shift], population, "population_spread")
+        spread = _placed(on_population, spread_at, judged_rows[on_shift], grid.value.size)
         spread_judged[on_shift] = np.where(moved, spread, 0.0)
     # a rise that came at this point of recent months (`_monthly_peak`): on the rows that rose
     # by half the effect size and z_threshold of their scale before its floors (a superset of
@@ -1498,10 +1511,11 @@ def _test_weeks(
 
     `w0`: the grid's own week sums (`trailing_sums` of its values), which these are but in the
     weeks holding a population day: only those are summed again, in the same order."""
-    moved = np.zeros(grid.value.size, dtype=bool)
-    if population is not None and population.height and grid.value.size:
-        shift = _population_at(grid, None, population)
-        moved = shift != 0
+    at, (shift_at, spread_at) = _population_at(
+        grid, population, ("population_shift", "population_spread")
+    )
+    shift = _placed(at, shift_at, None, grid.value.size)
+    moved = shift != 0
     if not moved.any():
         none = np.zeros(grid.value.size, dtype=np.int16)
         return w0, none, none
@@ -1517,9 +1531,7 @@ def _test_weeks(
     with_it = ((shift[on] < 0) & (moved_by < 0)) | ((shift[on] > 0) & (moved_by > 0))
     # its own move beyond the population's, shrunk by the accounts' spread that day
     own = moved_by - shift[on]
-    spread = np.zeros(on.size)
-    if "population_spread" in population.columns:  # type: ignore[union-attr]
-        spread = _population_at(grid, on, population, "population_spread")
+    spread = _placed(at, spread_at, on, grid.value.size)
     # (the non-negative garrote: a move within the spread is none, one far beyond it nearly
     # all kept)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1619,7 +1631,7 @@ def _trend_stats_of_grid(
         & (grid.position >= 7 * (k - 1) + 6)
         & (True if dropped is None else ~dropped)
     )
-    weekend_day = (grid.day + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    weekend_day = _weekend(grid.day)
     w0 = trailing_sums(grid.value, grid.position, 7)  # NaN where the series is shorter than a week
     we7 = trailing_sums(np.where(weekend_day, grid.value, 0.0), grid.position, 7)
     test_w0, moved_days, void_days = _test_weeks(grid, population, w0)
@@ -1816,7 +1828,7 @@ def _before_trend(
     `first` + 1, ... weeks back, null with fewer than half of them inside the series."""
     weeks = np.stack(
         [
-            np.where(position[wanted] >= 7 * lag + 6, w0[np.maximum(wanted - 7 * lag, 0)], np.nan)
+            _week_at(w0, position, wanted, lag).to_numpy()  # (null: NaN)
             for lag in range(first, first + BEFORE_TREND_WEEKS)
         ],
         axis=1,
