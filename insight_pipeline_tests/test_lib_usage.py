@@ -14,6 +14,7 @@ import pytest
 from insight_pipeline.lib.detectors.common import mann_kendall_threshold, run_positions
 from insight_pipeline.lib.detectors.usage import (
     KEYS,
+    _best_of_weeks_z,
     _DenseGrid,
     _grid_until,
     _lagged_median,
@@ -40,6 +41,7 @@ from insight_pipeline.lib.detectors.usage import (
     usage_reach_days,
     usage_trends,
     weekly_trend_stats,
+    without_unknown_weeks,
 )
 from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
 from insight_pipeline.lib.settings import Settings, UsageSettings
@@ -1226,3 +1228,191 @@ def test_seen_between_marks_the_rows_with_a_day_on_record_in_their_window() -> N
     ]
     assert got.dtype == pl.Boolean and 0 < got.sum() < frame.height
     assert got.to_list() == expected
+
+
+def _young_book(
+    seed: int,
+    stalls: dict[int, int],
+    ages: dict[int, int] | None = None,
+    noise: float = 11.0,
+    level: float = 60.0,
+    accounts: int = 120,
+) -> tuple[pl.DataFrame, dict[int, int]]:
+    """`accounts` accounts that began 25-90 days before END (`ages[i]` days for account i),
+    ramping up from 20% over 1-7 weeks, with day-to-day noise beyond Poisson's (gamma of shape
+    `noise`: 30% by default); `stalls[i]` = days after its start on which account i fell to 15%
+    for good. Returns the usage and each account's first day index."""
+    rng = np.random.default_rng(seed)
+    starts: dict[int, int] = {}
+    multipliers: dict[int, np.ndarray] = {}
+    for i in range(accounts):
+        # (a stalled account is old enough for its stall and the week after it)
+        starts[i] = DAYS - int(rng.integers(stalls[i] + 10 if i in stalls else 25, 90))
+        if ages and i in ages:
+            starts[i] = DAYS - ages[i]
+        since = np.arange(DAYS) - starts[i]
+        ramp_days = int(rng.integers(7, 50))
+        mult = np.clip(0.2 + 0.8 * since / ramp_days, 0.2, 1.0) * rng.gamma(noise, 1 / noise, DAYS)
+        if i in stalls:
+            mult[starts[i] + stalls[i] :] *= 0.15
+        multipliers[i] = mult
+    usage = usage_series(accounts, DAYS, END, level=level, multipliers=multipliers, seed=seed)
+    first_day = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:04d}" for i in starts],
+            "_first": [day_of(d) for d in starts.values()],
+        }
+    )
+    usage = (
+        usage.join(first_day, on="customer_id")
+        .filter(pl.col("date") >= pl.col("_first"))
+        .drop("_first")
+    )
+    return usage, starts
+
+
+def test_a_young_accounts_stalled_onboarding_is_a_drop_and_clean_ramp_ups_stay_quiet() -> None:
+    """A series under `min_history_days` has no daily baseline yet; its last week far below its
+    best week so far is its drop (`_young_drops_of_grid`): the planted stalls (to 15%, 22-34
+    days in) are found within a week and not before, the 112 ramping, noisy young accounts
+    raise nothing, and the narrative says how the drop was judged."""
+    stalls = {3: 22, 17: 26, 40: 30, 77: 34, 91: 24, 105: 28, 110: 31, 118: 23}
+    usage, starts = _young_book(7, stalls)
+    found = usage_trends(usage, day_of(DAYS - 95), END, S, lookback_days=112).filter(
+        pl.col("type") == "usage_drop"
+    )
+    first = found.group_by("customer_id").agg(pl.col("partition_date").min()).sort("customer_id")
+    assert first["customer_id"].to_list() == [f"C{i:04d}" for i in sorted(stalls)]
+    for customer_id, raised in first.iter_rows():
+        i = int(customer_id[1:])
+        began = day_of(starts[i] + stalls[i])
+        assert 0 <= (raised - began).days <= 7, customer_id
+    # judged only while too young for the daily rule
+    history = found.select(pl.col("facts").str.json_path_match("$.days_on_record").cast(pl.Int64))
+    assert history.to_series().max() <= S.min_history_days
+    row = found.sort("partition_date").row(0, named=True)
+    facts = json.loads(row["facts"])
+    assert facts["young_series"] is True and facts["change_pct"] <= -50
+    assert row["evidence"][0]["comparison"].startswith("best week so far: ")
+    context = narrative_context(
+        {"type": "usage_drop", "category": "usage", "customer_id": row["customer_id"]}
+        | {"facts": row["facts"]}
+    )
+    narrated = TemplateNarrator().narrate([context])[0]
+    assert "below its best week so far" in narrated["summary"]
+    assert "judged week against week" in narrated["summary"]
+    assert "onboarding" in narrated["action"]
+
+
+def test_a_young_series_drops_are_a_ranges_and_its_days_alike_and_can_be_turned_off() -> None:
+    usage, _ = _young_book(10, {5: 24, 60: 29})
+    first, last = day_of(DAYS - 95), END
+    key = ["customer_id", "partition_date", "type"]
+    ranged = usage_trends(usage, first, last, S, lookback_days=112)
+    drops = ranged.filter(pl.col("type") == "usage_drop").sort(key)
+    assert set(drops["customer_id"]) == {"C0005", "C0060"}
+    days = pl.concat(
+        [
+            usage_trends(usage, day, day, S, lookback_days=112)
+            for day in (first + timedelta(days=i) for i in range((last - first).days + 1))
+        ]
+    )
+    assert drops.equals(days.filter(pl.col("type") == "usage_drop").sort(key))
+    off = usage_trends(usage, first, last, replace(S, young_drop=0.0), lookback_days=112)
+    assert off.filter(pl.col("type") == "usage_drop").height == 0
+    with pytest.raises(ValueError, match=r"usage\.young_drop=1\.0"):
+        replace(S, young_drop=1.0)
+
+
+def test_a_holiday_in_a_young_series_last_week_is_no_stall_and_quarantined_days_none() -> None:
+    """Every account at a fifth of its usual for a week (a holiday, measured on the 80 older
+    accounts) makes no young series' week a stall, where judged alone dozens are; a young
+    series' own stall after the holiday is found. A drop whose week holds a quarantined day is
+    left out."""
+    old = usage_series(80, DAYS, END, seed=12)
+    young, starts = _young_book(9, {7: 24}, ages={7: 40})
+    holiday = list(range(DAYS - 30, DAYS - 23))
+    usage = pl.concat(
+        [old.with_columns(pl.format("O{}", "customer_id").alias("customer_id")), young]
+    ).with_columns(
+        pl.when(pl.col("date").is_in([day_of(d) for d in holiday]))
+        .then((pl.col("value") / 5).round(0))
+        .otherwise("value")
+        .alias("value")
+    )
+    first = day_of(DAYS - 30)
+    naive = usage_trends(usage, first, END, S).filter(pl.col("type") == "usage_drop")
+    population = population_shifts(usage, first, END, S)
+    assert {day_of(d) for d in holiday} <= set(population["date"])
+    found = usage_trends(usage, first, END, S, population=population).filter(
+        pl.col("type") == "usage_drop"
+    )
+    assert len(set(naive["customer_id"]) - {"C0007"}) >= 10  # judged alone: the holiday's
+    assert set(found["customer_id"]) == {"C0007"}
+    stall = day_of(starts[7] + 24)
+    assert 0 <= (found["partition_date"].min() - stall).days <= 7
+    # a quarantined day in a drop's week: unknown, not 0 - that day's drop is left out
+    day = found["partition_date"].min()
+    unknown = pl.DataFrame(
+        {"customer_id": ["C0007"], "metric": ["dau"], "date": [day - timedelta(days=6)]}
+    )
+    kept = without_unknown_weeks(found, unknown)
+    assert found.height >= 2
+    assert kept.equals(found.filter(pl.col("partition_date") > day))
+
+
+def test_a_young_series_back_from_a_few_bad_days_is_no_longer_a_drop() -> None:
+    """A young series' week is read with its last 3 days against the same weekdays of its best
+    week: six days at 5% (an outage on their side) are a drop while they last, and not on the
+    days after usage came back, though the week's sum still holds the bad days."""
+    usage, starts = _young_book(11, {}, ages={9: 40}, level=300.0)
+    outage = range(starts[9] + 27, starts[9] + 33)
+    usage = usage.with_columns(
+        pl.when(
+            (pl.col("customer_id") == "C0009") & pl.col("date").is_in([day_of(d) for d in outage])
+        )
+        .then((pl.col("value") * 0.05).round(0))
+        .otherwise("value")
+        .alias("value")
+    )
+    found = usage_trends(usage, day_of(DAYS - 30), END, S).filter(pl.col("type") == "usage_drop")
+    raised = found.filter(pl.col("customer_id") == "C0009")["partition_date"].to_list()
+    assert set(found["customer_id"]) == {"C0009"}
+    assert raised and max(raised) == day_of(outage[-1])
+    # its week still far below its best on the day after the outage
+    after = day_of(outage[-1] + 1)
+    week = usage.filter(
+        (pl.col("customer_id") == "C0009")
+        & pl.col("date").is_between(after - timedelta(days=6), after)
+    )["value"].sum()
+    best = max(
+        usage.filter(
+            (pl.col("customer_id") == "C0009") & pl.col("date").is_between(day_of(d - 6), day_of(d))
+        )["value"].sum()
+        for d in range(starts[9] + 6, outage[0])
+    )
+    assert week <= 0.5 * best
+
+
+def test_a_very_noisy_young_book_keeps_its_stalls_and_few_false_drops() -> None:
+    """At 50% day-to-day noise (gamma of shape 4), a young week's noise is the series' own
+    (`_young_weekly_scale`), not counting noise alone (which raises 10 of these 180 clean
+    accounts): at most 5 clean accounts raise a drop over their whole youth, and 19 of the 20
+    stalls are still found."""
+    stalls = {i: 22 + i % 12 for i in range(0, 200, 10)}
+    usage, _ = _young_book(22, stalls, noise=4.0, accounts=200)
+    found = usage_trends(usage, day_of(DAYS - 95), END, S, lookback_days=112).filter(
+        pl.col("type") == "usage_drop"
+    )
+    raised = {int(c[1:]) for c in found["customer_id"]}
+    assert len(raised & set(stalls)) >= 19
+    assert len(raised - set(stalls)) <= 5
+
+
+def test_the_best_of_several_weeks_needs_a_deeper_fall_bonferroni() -> None:
+    """Picking the best of k earlier weeks gives noise k chances: the bar is the z whose tail is
+    1/k of `trend_z`'s (k = 1: `trend_z` itself)."""
+    bars = _best_of_weeks_z(3.0, np.array([1, 2, 5, 2]))
+    assert bars[0] == pytest.approx(-3.0)
+    assert bars[1] == bars[3] and -3.3 < bars[1] < -3.1  # tail 0.00135 / 2
+    assert bars[2] == pytest.approx(-3.4601, abs=1e-3)  # tail 0.00135 / 5

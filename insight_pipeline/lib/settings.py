@@ -34,7 +34,17 @@ class UsageSettings:
     min_expected: float = 3.0
     """Minimum expected daily value: below it the metric is too small to judge."""
     min_history_days: int = 42
-    """Days of history a customer x metric needs before it is judged at all."""
+    """Days of history a customer x metric needs before its days are judged against their
+    baseline (the expected value needs 4 same-weekday weeks, its scale 14 residuals after them).
+    A younger series is judged by its weeks instead (`young_drop`)."""
+    young_drop: float = 0.5
+    """A series younger than `min_history_days` (a new account onboarding, a metric first used)
+    is a usage_drop when its last 7 days fall this far below its best week so far (0.5: to half
+    or less) and the same weekdays' last 3 days as far below theirs in that week: without a
+    baseline, only a fall far larger than a young series' week-to-week wander is told apart -
+    its ramp-up only rises. Needs 3 weeks of the series, `min_expected` a day in its best week,
+    and `trend_z` of the weeks' counting noise; not read through days its population moved
+    down (a holiday). 0 turns it off."""
     min_day_coverage: float = 0.1
     """A run day whose usage rows number less than this share of the same weekday's usual
     count (the median of the 4 weeks before) is taken as not yet delivered, and the run fails
@@ -92,6 +102,11 @@ class UsageSettings:
     """Minimum weekly volume for a trend to be judged."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.young_drop < 1:
+            raise ValueError(
+                f"usage.young_drop={self.young_drop}: a share of the best week in [0, 1) "
+                "(0 turns the young series' rule off)"
+            )
         if self.trend_weeks < 3:
             raise ValueError(
                 f"usage.trend_weeks={self.trend_weeks}: at least 3 weeks are needed (a new "

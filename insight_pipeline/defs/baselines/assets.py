@@ -10,9 +10,14 @@ import polars as pl
 from insight_pipeline.defs.metadata import markdown_preview, partition_days, signal_metadata
 from insight_pipeline.defs.partitions import backfill_policy, daily_partitions
 from insight_pipeline.defs.resources import SettingsResource, SourceResource
-from insight_pipeline.defs.sharding import FrameParts, FrameStream
-from insight_pipeline.defs.sources.assets import churn_dates, sample_usage
-from insight_pipeline.lib.detectors.usage import population_shifts
+from insight_pipeline.defs.sharding import FrameParts, FrameStream, run_shard
+from insight_pipeline.defs.sources.assets import (
+    churn_dates,
+    sample_usage,
+    shard_label,
+    unknown_usage_days,
+)
+from insight_pipeline.lib.detectors.usage import population_shifts, without_unknown_weeks
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 from insight_pipeline.lib.detectors.usage import (
     usage_baselines_and_trends as compute_baselines_and_trends,
@@ -42,8 +47,9 @@ GROUP = "baselines"
             is_required=False,
             description=(
                 "adoption_trend / declining_usage (consecutive weekly rises or falls with a "
-                "significant log-linear slope and a minimum total change) and "
-                "usage_pattern_change signals."
+                "significant log-linear slope and a minimum total change), "
+                "usage_pattern_change signals, and the usage_drop of a series too young for a "
+                "daily baseline (its last week far below its best so far: a stalled onboarding)."
             ),
         ),
     },
@@ -167,4 +173,6 @@ def usage_baselines_and_trends(
                 "usage_baselines was not written part by part before usage_trends was asked for"
             )
         signals = pl.concat(trends, how="vertical_relaxed") if trends else empty_signals()
+        unknown = unknown_usage_days(first, last, shard_label(*run_shard(context)))
+        signals = without_unknown_weeks(signals, unknown)
         yield dg.Output(signals, "usage_trends", metadata=signal_metadata(signals))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, partial
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -672,10 +673,13 @@ def _trends_of_grid(
     population: pl.DataFrame | None = None,
     dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
+    """The weekly signals of the grid: the trends and pattern changes (`detect_usage_trends`)
+    and the young series' drops (`_young_drops_of_grid`)."""
     stats = _trend_stats_of_grid(
         grid, start, end, settings, only_candidates=True, population=population, dropped=dropped
     )
-    return detect_usage_trends(stats, settings)
+    young = _young_drops_of_grid(grid, start, end, settings, population, dropped)
+    return pl.concat([detect_usage_trends(stats, settings), young])
 
 
 def _judged(
@@ -1436,6 +1440,199 @@ def detect_usage_anomalies(
 
 
 SIGNAL_DAY = [*KEYS, "partition_date"]
+
+YOUNG_MIN_DAYS = 21
+"""Days a series needs before its weeks are read (`_young_drops_of_grid`): the last week and
+two before it."""
+
+
+def _young_drops_of_grid(
+    grid: _DenseGrid,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    population: pl.DataFrame | None = None,
+    dropped: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """usage_drop signals of series too young for a baseline (`UsageSettings.young_drop`): a new
+    account whose onboarding stalled, a metric first used and given up. Its last 7 days against
+    its best week so far (7-day sums ending 1, 2, ... weeks back, wholly inside the series), and
+    its last 3 days against the same weekdays of that week. Read only at the rows of [start,
+    end] whose series is that young: a few rows, gathered at their lags (every sum added in the
+    same order, so a range gives what each day gives alone). Not on `dropped` rows."""
+    s = settings
+    position = grid.position
+    rows = np.flatnonzero(
+        (grid.day >= _epoch_day(start))
+        & (grid.day <= _epoch_day(end))
+        & (position >= YOUNG_MIN_DAYS - 1)
+        & (position < s.min_history_days)
+        & (True if dropped is None else ~dropped)
+    )
+    if s.young_drop <= 0 or rows.size == 0:
+        return conform(pl.DataFrame())
+    value = grid.value
+
+    def days_total(at: np.ndarray, days: int) -> np.ndarray:
+        total = value[at].copy()
+        for lag in range(1, days):
+            total += value[at - lag]
+        return total
+
+    last_week = days_total(rows, 7)
+    weeks_back = (position[rows] - 6) // 7  # whole weeks before the last one
+    best = np.full(rows.size, -np.inf)
+    best_lag = np.zeros(rows.size, dtype=np.int64)
+    for k in range(1, int(weeks_back.max()) + 1):
+        inside = weeks_back >= k
+        week = np.where(inside, days_total(np.where(inside, rows - 7 * k, rows), 7), -np.inf)
+        better = week > best
+        best = np.where(better, week, best)
+        best_lag = np.where(better, k, best_lag)
+    last3 = days_total(rows, 3)
+    best3 = days_total(rows - 7 * best_lag, 3)
+    # a holiday (its population moving down, or a day not delivered) in the last week is no
+    # account's stall: such rows are read again once the week is past it
+    at, (shift_at,) = _population_at(grid, population, ("population_shift",))
+    down = np.zeros(value.size, dtype=bool)
+    down[at[shift_at < 0]] = True
+    moved = np.zeros(value.size, dtype=bool)
+    moved[at] = True
+    holiday = down[rows].copy()
+    for lag in range(1, 7):
+        holiday |= down[rows - lag]
+    keep = 1.0 - s.young_drop
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.log1p(last_week) - np.log1p(best)) / np.maximum(
+            np.sqrt(2.0) * _young_weekly_scale(grid, rows, moved),
+            np.sqrt(1.0 / (last_week + 1.0) + 1.0 / (best + 1.0)),  # counting noise
+        )
+    hit = (
+        (best >= 7 * s.min_expected)
+        & (last_week <= keep * best)
+        & (last3 <= keep * best3)
+        & (z <= _best_of_weeks_z(s.trend_z, weeks_back))
+        & ~holiday
+    )
+    if not hit.any():
+        return conform(pl.DataFrame())
+    picked = rows[hit]
+    hits = grid.frame(picked).with_columns(
+        pl.Series("last_week", last_week[hit]),
+        pl.Series("best_week", best[hit]),
+        pl.Series("weeks_earlier", best_lag[hit], dtype=pl.Int64),
+        pl.Series("days_on_record", position[picked] + 1, dtype=pl.Int64),
+        pl.Series("z", z[hit]),
+    )
+    return _young_drops(hits.rename({"date": "partition_date"}), s)
+
+
+def _best_of_weeks_z(z: float, weeks: np.ndarray) -> np.ndarray:
+    """The (negative) z a last week must reach below the best of `weeks` earlier weeks to be as
+    unlikely as `z` below one week (Bonferroni over the weeks the best was picked from)."""
+    normal = NormalDist()
+    tail = normal.cdf(-z)
+    bound = {k: normal.inv_cdf(tail / k) for k in np.unique(weeks).tolist()}
+    return np.vectorize(bound.__getitem__, otypes=[float])(weeks)
+
+
+def without_unknown_weeks(signals: pl.DataFrame, unknown: pl.DataFrame) -> pl.DataFrame:
+    """The weekly signals less the young series' drops (`_young_drops_of_grid`) whose last 7
+    days hold a day whose source value was quarantined (null or negative: unknown, not 0), as
+    `detect_usage_anomalies` leaves out a run of days holding one."""
+    drops = signals.filter(pl.col("type") == "usage_drop")
+    if unknown.height == 0 or drops.height == 0:
+        return signals
+    weeks = drops.select(
+        "customer_id",
+        pl.col("subject").alias("metric"),
+        "partition_date",
+        pl.lit(7).alias("run_days"),
+    )
+    spanning = _spanning_unknown_days(weeks, unknown).rename({"metric": "subject"})
+    return signals.join(
+        spanning.with_columns(pl.lit("usage_drop").alias("type")),
+        on=["customer_id", "subject", "partition_date", "type"],
+        how="anti",
+        maintain_order="left",
+    )
+
+
+def _young_weekly_scale(grid: _DenseGrid, rows: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """At each of `rows` (series at least `YOUNG_MIN_DAYS` old): the log-scale sd of a week sum
+    of its series, from its own days before its last week - the robust sd (1.4826 x MAD) of its
+    day-over-same-weekday log changes, less the 2 a change holds, over 7 days. A ramp-up's
+    steady rise is their median, not their spread; the weekday shape cancels out. A change to
+    or from a day its population `moved` (a holiday) is not the account's noise: left out,
+    while 7 changes are left."""
+    y = np.log1p(grid.value)
+    position = grid.position[rows]
+    lags = np.arange(7, int(position.max()) - 6)
+    at = rows[:, None] - lags[None, :]
+    inside = lags[None, :] <= position[:, None] - 7  # the change's earlier day in the series
+    at = np.where(inside, at, rows[:, None])
+    before = at - np.where(inside, 7, 0)
+    change = np.where(inside, y[at] - y[before], np.nan)
+
+    def robust_sd(changes: np.ndarray) -> np.ndarray:
+        middle = _row_medians(changes.copy(), 7)
+        return MAD_TO_SD * _row_medians(np.abs(changes - middle[:, None]), 7)
+
+    spread = robust_sd(np.where(moved[at] | moved[before], np.nan, change))
+    # (fewer than 7 changes of its own days: the spread of all, holiday and all - wider)
+    too_few = np.isnan(spread)
+    spread[too_few] = robust_sd(change[too_few])
+    return spread / math.sqrt(2.0) / math.sqrt(7.0)
+
+
+def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+    """The usage_drop signals of `_young_drops_of_grid`'s rows: the evidence names the best week
+    and how young the series is, the facts say so to the narrative (`young_series`)."""
+    ratio = pl.col("last_week") / pl.col("best_week")
+    pct = ((ratio - 1.0) * 100).round(0)
+    comparison = pl.format(
+        "best week so far: {} ({} week(s) earlier), of {} days on record",
+        pl.col("best_week").round(1),
+        pl.col("weeks_earlier"),
+        pl.col("days_on_record"),
+    )
+    return conform(
+        hits.with_columns(
+            pl.lit("usage_drop").alias("type"),
+            pl.col("metric").alias("subject"),
+            _severity_of_ratio(ratio).alias("severity"),
+            (pl.col("z").abs() / (2 * settings.trend_z)).clip(0.2, 1.0).alias("confidence"),
+            evidence_list(
+                evidence_item(
+                    pl.format("{} (last 7 days)", pl.col("metric")),
+                    pl.col("last_week").round(1),
+                    comparison,
+                    "usage_daily",
+                ),
+                evidence_item(
+                    pl.format("{} change vs its best week (%)", pl.col("metric")),
+                    pct,
+                    pl.format(
+                        "a series under {} days old is judged by its weeks, not yet by a "
+                        "daily baseline",
+                        settings.min_history_days,
+                    ),
+                    "usage_daily",
+                ),
+            ).alias("evidence"),
+            pl.struct(
+                pl.col("metric"),
+                pl.col("last_week").round(1),
+                pl.col("best_week").round(1),
+                pl.col("weeks_earlier"),
+                pl.col("days_on_record"),
+                pct.alias("change_pct"),
+                pl.lit(True).alias("young_series"),
+            )
+            .struct.json_encode()
+            .alias("facts"),
+        )
+    )
 
 
 def _spanning_unknown_days(hits: pl.DataFrame, unknown: pl.DataFrame) -> pl.DataFrame:
