@@ -36,7 +36,12 @@ from insight_pipeline.lib.insights.grounding import (
     ungrounded_numbers,
     validate_narrative,
 )
-from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
+from insight_pipeline.lib.insights.narrate import (
+    TemplateNarrator,
+    fmt_count,
+    fmt_number,
+    narrative_context,
+)
 from insight_pipeline.lib.signals import ACCOUNT_TYPES, CATEGORY_OF_TYPE
 from insight_pipeline.lib.store import InsightStore
 from insight_pipeline_tests.fake_messages_api import (
@@ -708,7 +713,7 @@ def test_the_so_what_follows_each_base_rate_and_type_when_rates_are_shared() -> 
         else:
             assert text.startswith(fallback[kind]), (kind, text)
             assert text.endswith(
-                "(Only 3 comparable account(s) in the past 18 months: too few to say how often it "
+                "(Only 3 comparable accounts in the past 18 months: too few to say how often it "
                 "leads to churn.)"
             ), text
     assert texts[0] == texts[2] == texts[5]  # the sentence does not depend on the type
@@ -939,3 +944,54 @@ def test_going_dark_tells_the_accounts_average_pace_not_the_gap_inside_its_threa
     [narrative] = TemplateNarrator().narrate([item("going_dark", facts)])
     assert "every 6 days on average" in narrative["summary"]
     assert "every 1 day" not in narrative["summary"]
+
+
+def test_small_numbers_keep_two_significant_digits_and_counts_agree_with_their_nouns() -> None:
+    """Hours and gigabytes can be small: 0.04 is not "0.0" nor 0.0018 "0.00" (trial 7); whole
+    numbers and large ones read as before; "1 day", "3 days", "the past month"."""
+    assert [fmt_number(v) for v in (0.4, 0.04, 0.0018, 2.35, 12.6, 1234.6, 3.0, -0.04)] == [
+        "0.4",
+        "0.04",
+        "0.0018",
+        "2.4",
+        "13",
+        "1,235",
+        "3",
+        "-0.04",
+    ]
+    assert fmt_number(0.0018, 2) == "0.0018" and fmt_number(0.5, 2) == "0.50"
+    assert (fmt_count(1, "day"), fmt_count(3, "day"), fmt_count(2.5, "week")) == (
+        "1 day",
+        "3 days",
+        "2.5 weeks",
+    )
+    spike = {**FACTS["usage_spike"], "days": 3, "value": 171443.0, "change_pct": 109.0}
+    [text] = TemplateNarrator().narrate([item("usage_spike", spike)])
+    # the change is the run's average: not paired with the latest day's value as its own
+    assert (
+        "ran 109% above the usual level for 3 days in a row: 171,443 on the latest day"
+        in (text["summary"])
+    )
+    drop = {**FACTS["usage_drop"], "days": 1}
+    [text] = TemplateNarrator().narrate([item("usage_drop", drop)])
+    assert "for 1 day:" in text["summary"] and "day(s)" not in text["summary"]
+    monthly = {**base_rate(3, 1), "months": 1}
+    [text] = TemplateNarrator().narrate([{**item("usage_drop"), "base_rate": monthly}])
+    assert "(Only 3 comparable accounts in the past month:" in text["so_what"]
+    # a young series' drop (`_young_drops_of_grid`) reads as well as the others
+    young = {
+        "metric": "hours_used",
+        "last_week": 3.5,
+        "best_week": 11.25,
+        "weeks_earlier": 1,
+        "days_on_record": 30,
+        "change_pct": -69.0,
+        "young_series": True,
+    }
+    [text] = TemplateNarrator().narrate([item("usage_drop", young)])
+    assert (
+        "came to 3.5 over the last 7 days, 69% below its best week so far (11, 1 week"
+        in (text["summary"])
+    )
+    for value in text.values():
+        assert not SNAKE_CASE.search(value) and not LONG_DECIMAL.search(value), value

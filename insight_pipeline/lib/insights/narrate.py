@@ -11,6 +11,7 @@ import functools
 import gc
 import itertools
 import json
+import math
 import multiprocessing
 import re
 import signal
@@ -41,13 +42,22 @@ class Narrator(Protocol):
 
 
 def fmt_number(value: Any, digits: int = 0) -> str:
-    """1234.5 -> '1,235'; small values keep a decimal so that '0.4' does not read '0'."""
+    """1234.6 -> '1,235'; a small value that is not whole keeps two significant digits where
+    `digits` would show less ('0.4' not '0', 0.04 -> '0.04', 0.0018 with 2 digits -> '0.0018',
+    not '0.00': hours and gigabytes are often that small)."""
     if value is None:
         return "n/a"
     number = float(value)
-    if digits == 0 and abs(number) < 10 and number != int(number):
-        digits = 1
+    if abs(number) < 10 and number != int(number) and (digits == 0 or abs(number) < 10**-digits):
+        digits = min(6, max(1, 1 - math.floor(math.log10(abs(number)))))
+        text = f"{number:,.{digits}f}"
+        return text.rstrip("0").rstrip(".")
     return f"{number:,.{digits}f}"
+
+
+def fmt_count(value: Any, noun: str) -> str:
+    """3, 'day' -> '3 days'; 1, 'day' -> '1 day' (the number as `fmt_number` writes it)."""
+    return f"{fmt_number(value)} {noun}{'' if value is not None and float(value) == 1 else 's'}"
 
 
 def fmt_pct(value: Any, signed: bool = False) -> str:
@@ -139,6 +149,7 @@ class TemplateNarrator:
         )
         self.env.filters.update(
             num=fmt_number,
+            count=fmt_count,
             pct=fmt_pct,
             money=fmt_money,
             metric_name=humanize_metric,
