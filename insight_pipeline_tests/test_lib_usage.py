@@ -28,6 +28,7 @@ from insight_pipeline.lib.detectors.usage import (
     _trend_stats_of_grid,
     anomaly_rows,
     carry_last_before,
+    dense_usage,
     detect_usage_anomalies,
     detect_usage_trends,
     population_shifts,
@@ -45,7 +46,13 @@ from insight_pipeline.lib.detectors.usage import (
 )
 from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
 from insight_pipeline.lib.settings import Settings, UsageSettings
-from insight_pipeline_tests.synthetic import USAGE_SCHEMA, ramp, step, usage_series
+from insight_pipeline_tests.synthetic import (
+    USAGE_SCHEMA,
+    WEEKDAY_SHAPE,
+    ramp,
+    step,
+    usage_series,
+)
 
 END = date(2026, 6, 30)
 DAYS = 240
@@ -505,7 +512,10 @@ def test_trend_statistics_of_fractional_usage_are_a_ranges_and_its_days_to_the_b
     last = ranged.filter(pl.col("partition_date") == END).sort("customer_id")
     week = usage.filter(pl.col("date") > END - timedelta(days=7))
     totals = week.group_by("customer_id").agg(pl.col("value").sum()).sort("customer_id")
-    assert np.allclose(last["w0"].to_numpy(), totals["value"].to_numpy(), rtol=1e-12)
+    # (in thousandths of their unit, as every measured quantity is judged: `_in_counting_units`)
+    assert (last["_unit"] == 1000.0).all()
+    in_own_unit = (last["w0"] / last["_unit"]).to_numpy()
+    assert np.allclose(in_own_unit, totals["value"].to_numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("window", [7, 10, 28, 30])
@@ -1416,3 +1426,119 @@ def test_the_best_of_several_weeks_needs_a_deeper_fall_bonferroni() -> None:
     assert bars[0] == pytest.approx(-3.0)
     assert bars[1] == bars[3] and -3.3 < bars[1] < -3.1  # tail 0.00135 / 2
     assert bars[2] == pytest.approx(-3.4601, abs=1e-3)  # tail 0.00135 / 5
+
+
+def _hours_book(multipliers: dict[int, np.ndarray], seed: int = 1) -> pl.DataFrame:
+    """120 accounts' hours of use a day (~1.2 on a weekday, a third of it on weekends, to the
+    hundredth; 22% day-to-day noise): a measured quantity, not a count."""
+    rng = np.random.default_rng(seed)
+    days = [day_of(d) for d in range(DAYS)]
+    shape = np.array([WEEKDAY_SHAPE[d.weekday()] for d in days])
+    expected = 1.2 * rng.lognormal(0.0, 0.5, 120)[:, None] * shape[None, :]
+    for i, mult in multipliers.items():
+        expected[i] = expected[i] * mult
+    values = np.round(expected * rng.gamma(20.0, 1 / 20.0, expected.shape), 2)
+    return pl.DataFrame(
+        {
+            "customer_id": np.repeat([f"C{i:04d}" for i in range(120)], DAYS),
+            "date": np.tile(np.array(days, dtype="datetime64[D]"), 120),
+            "metric": "hours_used",
+            "value": values.ravel(),
+        }
+    ).with_columns(pl.col("date").cast(pl.Date))
+
+
+def test_hours_are_judged_as_their_minutes_are_and_shown_in_hours() -> None:
+    """A measured quantity (values not whole numbers) is judged in thousandths of its unit
+    (`_in_counting_units`): counting noise and the minimum volumes no longer leave ~1 hour a
+    day unjudged (trial 7: a 60% drop at z = -0.5, weekends never judged), and the log scale is
+    as multiplicative as a count's. The same hours in whole minutes are found alike; clean
+    accounts stay quiet; the evidence and facts are in hours."""
+    multipliers = {i: step(DAYS, 200, 0.4) for i in range(10)}
+    for i in range(10, 20):
+        multipliers[i] = np.ones(DAYS)
+        multipliers[i][205:208] = 3.0
+    hours = _hours_book(multipliers)
+    minutes = hours.with_columns((pl.col("value") * 60).round(0))
+    first = day_of(150)
+
+    def found(usage: pl.DataFrame) -> dict[str, set[int]]:
+        signals = pl.concat(
+            [
+                detect_usage_anomalies(usage_baselines(usage, first, END, S), S),
+                usage_trends(usage, first, END, S),
+            ]
+        )
+        return {
+            kind: {int(c[1:]) for c in signals.filter(pl.col("type") == kind)["customer_id"]}
+            for kind in set(signals["type"])
+        }
+
+    in_hours = found(hours)
+    assert in_hours["usage_drop"] == set(range(10))
+    assert len(in_hours["usage_spike"] & set(range(10, 20))) >= 9
+    assert in_hours["usage_spike"] <= set(range(10, 20))
+    assert in_hours["usage_pattern_change"] <= set(range(10))
+    assert len(in_hours["usage_pattern_change"]) >= 8
+    in_minutes = found(minutes)
+    assert in_minutes["usage_drop"] == in_hours["usage_drop"]
+    # shown in hours: the drop's day and band, the new level's weeks
+    drop = detect_usage_anomalies(usage_baselines(hours, day_of(203), day_of(203), S), S)
+    facts = json.loads(drop.filter(pl.col("customer_id") == "C0003")["facts"][0])
+    assert 0 < facts["value"] < facts["lower"] < facts["expected"] < facts["upper"] < 10
+    raw = hours.filter((pl.col("customer_id") == "C0003") & (pl.col("date") == day_of(203)))
+    assert facts["value"] == pytest.approx(raw["value"][0])
+    pattern = usage_trends(hours, day_of(225), day_of(225), S).filter(
+        (pl.col("type") == "usage_pattern_change") & (pl.col("customer_id") == "C0003")
+    )
+    weekly = json.loads(pattern["facts"][0])
+    assert 0 < weekly["recent_week"] < weekly["prior_week"] < 70  # hours a week
+    assert weekly["recent_week"] != round(weekly["recent_week"])  # not rounded to 0 decimals
+
+
+def test_measured_series_give_a_ranges_numbers_on_each_day_and_nan_is_no_unit() -> None:
+    """The unit is the series': a range and each of its days alone give the same baselines
+    and weekly signals to the bit; a NaN value (rejected at the source) makes no series a
+    measured one; the grid as other detectors read it (`dense_usage`) keeps its own unit."""
+    hours = _hours_book({3: step(DAYS, 215, 0.3), 7: ramp(DAYS, 170, -0.1, 8)}, seed=5)
+    first = day_of(210)
+    ranged = usage_baselines(hours, first, END, S, lookback_days=112)
+    trends = usage_trends(hours, first, END, S, lookback_days=112)
+    assert set(trends["type"]) >= {"usage_pattern_change"} and trends.height
+    for offset in range(0, (END - first).days + 1, 4):
+        day = first + timedelta(days=offset)
+        alone = usage_baselines(hours, day, day, S, lookback_days=112)
+        assert alone.equals(ranged.filter(pl.col("partition_date") == day)), day
+        signals = usage_trends(hours, day, day, S, lookback_days=112)
+        assert signals.equals(trends.filter(pl.col("partition_date") == day)), day
+    assert np.allclose(
+        ranged.filter(pl.col("customer_id") == "C0003").sort("partition_date")["value"],
+        hours.filter((pl.col("customer_id") == "C0003") & (pl.col("date") >= first)).sort("date")[
+            "value"
+        ],
+    )
+    counts = usage_series(5, DAYS, END).with_columns(
+        pl.when(pl.col("date") == day_of(100)).then(float("nan")).otherwise("value").alias("value")
+    )
+    assert _grid_until(counts, END, None).unit is None
+    grid = _grid_until(hours, END, None)
+    assert grid.unit is not None and (grid.unit == 1000.0).all()
+    assert np.allclose(grid.frame()["value"], hours.sort("customer_id", "date")["value"])
+    assert dense_usage(hours, END)["value"].equals(
+        hours.sort("customer_id", "metric", "date")["value"]
+    )
+
+
+def test_a_holiday_of_measured_usage_is_the_populations_move_in_its_own_proportion() -> None:
+    """The population's move is measured in the unit its accounts are judged in: three days
+    at 40% of everyone's hours are population days moved by about 40%, and no other day is."""
+    everyone = np.ones(DAYS)
+    everyone[[200, 201, 202]] = 0.4
+    hours = _hours_book(dict.fromkeys(range(120), everyone), seed=2)
+    population = population_shifts(hours, day_of(195), day_of(206), S)
+    assert set(population["date"]) == {day_of(d) for d in (200, 201, 202)}
+    assert np.allclose(np.exp(population["population_shift"]), 0.4, atol=0.05)
+    judged = detect_usage_anomalies(
+        usage_baselines(hours, day_of(195), day_of(206), S, population=population), S
+    )
+    assert judged.height == 0
