@@ -406,3 +406,46 @@ def test_a_limit_days_outside_a_week_is_refused_by_name() -> None:
     for days in (0, 8):
         with pytest.raises(ValueError, match=r"opportunity\.limit_days="):
             Settings.from_dict({"opportunity": {"limit_days": days}})
+
+
+def test_usage_growth_is_the_median_of_the_metrics_not_the_largest_units() -> None:
+    """An account's growth is the median of its metrics' own changes: API calls up 35% (the
+    largest unit by far), hours up 3% and reports down 33% is no growing account, so no case
+    study (trial 7: "usage grew +35%"); every metric up 12% is, and says +12%."""
+    s = OpportunitySettings()
+    days = 7 * s.growth_weeks + 14
+    t = np.arange(days)
+
+    def grown(customer: str, metric: str, level: float, change: float) -> pl.DataFrame:
+        # flat, then the change over the last 4 weeks (the older 4 weeks stay flat)
+        values = np.where(t >= days - 28, level * (1 + change), level)
+        return series(customer, values).with_columns(pl.lit(metric).alias("metric"))
+
+    usage = pl.concat(
+        [
+            grown("MIXED", "api_calls", 200_000.0, 0.35),
+            grown("MIXED", "hours_used", 40.0, 0.03),
+            grown("MIXED", "reports", 30.0, -0.33),
+            grown("ALL", "api_calls", 200_000.0, 0.12),
+            grown("ALL", "hours_used", 40.0, 0.12),
+            grown("ALL", "reports", 30.0, 0.12),
+        ]
+    )
+    nps = pl.DataFrame(
+        {"customer_id": ["MIXED", "ALL"], "responded_on": [END, END], "score": [10, 10]},
+        schema_overrides={"score": pl.Int64},
+    )
+    meetings = pl.DataFrame(
+        schema={"customer_id": pl.String, "start_at": pl.Datetime("us", "UTC"), "sentiment": float}
+    )
+    health = pl.DataFrame(
+        {"customer_id": ["MIXED", "ALL"], "date": [END, END], "score": [90.0, 90.0]}
+    )
+    accounts = customers(["MIXED", "ALL"])
+    signals = detect_advocacy(nps, usage, health, meetings, accounts, END, END, s)
+    studies = signals.filter(pl.col("type") == "case_study_candidate")
+    assert studies["customer_id"].to_list() == ["ALL"]
+    assert json.loads(studies["facts"][0])["growth_pct"] == 12
+    mixed = signals.filter(pl.col("customer_id") == "MIXED")
+    assert mixed["type"].to_list() == ["referral_candidate"]
+    assert json.loads(mixed["facts"][0])["growth_pct"] == 3

@@ -238,16 +238,21 @@ def account_momentum(
     growth_weeks: int,
 ) -> pl.DataFrame:
     """Per (customer, partition_date): usage growth (last 4 weeks vs 4 weeks ending growth_weeks
-    ago, all count metrics), latest health and mean meeting sentiment over 90 days."""
+    ago: the median of its metrics' changes, seats aside), latest health and mean meeting
+    sentiment over 90 days.
+
+    Each metric's change is its own ratio, and the account's growth their median: a sum of the
+    metrics let the largest unit speak for all ("usage grew +35%" where API calls rose 35%,
+    hours 3% and reports fell 33%, trial 7)."""
     end = days["partition_date"].max()
     # Every statistic is per customer: only the customers of `days` are looked at (a few hundred
     # promoters, not millions of health and meeting rows to sort).
     customers = pl.col("customer_id").is_in(days["customer_id"].unique().implode())
     health = health.lazy().filter(customers).collect()
     meetings = meetings.lazy().filter(customers).collect()
-    counts = usage.filter((pl.col("metric") != "seats_used") & (pl.col("date") <= end))
-    total = counts.group_by("customer_id", "date").agg(pl.col("value").sum())
-    grid = usage_grid(total.with_columns(pl.lit("all").alias("metric")), end)
+    grid = usage_grid(
+        usage.filter((pl.col("metric") != "seats_used") & (pl.col("date") <= end)), end
+    )
     # 4-week totals now and `growth_weeks` - 4 weeks before (sums in a fixed order: the same
     # floats in a range and in a day's run)
     recent = trailing_sums(grid.value, grid.position, 28)
@@ -256,11 +261,17 @@ def account_momentum(
     older[lag:] = recent[: max(recent.size - lag, 0)]
     older[grid.position < lag] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        change = np.where(older > 0, recent / older - 1.0, np.nan)
-    growth = grid.frame().select(
-        "customer_id",
-        pl.col("date").alias("partition_date"),
-        pl.Series("growth", change, nan_to_null=True),
+        change = np.where(older > 0, np.log(recent / older), np.nan)  # (-inf: usage stopped)
+    growth = (
+        grid.frame()
+        .select(
+            "customer_id",
+            pl.col("date").alias("partition_date"),
+            pl.Series("change", change, nan_to_null=True),
+        )
+        .join(days, on=["customer_id", "partition_date"], how="semi")
+        .group_by("customer_id", "partition_date")
+        .agg((pl.col("change").median().exp() - 1.0).alias("growth"))
     )
     out = days.join(growth, on=["customer_id", "partition_date"], how="left").sort("partition_date")
     if health.height:
@@ -386,7 +397,9 @@ def detect_advocacy(
                     pl.lit("usage growth (%)"),
                     (pl.col("growth") * 100).round(0),
                     pl.format(
-                        "last 4 weeks vs 4 weeks ending {} weeks earlier", s.growth_weeks - 4
+                        "last 4 weeks vs 4 weeks ending {} weeks earlier, the median of its "
+                        "metrics",
+                        s.growth_weeks - 4,
                     ),
                     "usage_daily",
                 ),
