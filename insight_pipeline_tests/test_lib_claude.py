@@ -966,12 +966,17 @@ def test_small_numbers_keep_two_significant_digits_and_counts_agree_with_their_n
         "2.5 weeks",
     )
     spike = {**FACTS["usage_spike"], "days": 3, "value": 171443.0, "change_pct": 109.0}
-    [text] = TemplateNarrator().narrate([item("usage_spike", spike)])
+    [text] = TemplateNarrator().narrate([item("usage_spike", spike | {"run_average": True})])
     # the change is the run's average: not paired with the latest day's value as its own
     assert (
         "ran 109% above the usual level for 3 days in a row: 171,443 on the latest day"
         in (text["summary"])
     )
+    # two days (the short spike rule): the change is the latest day's (trial 7)
+    two = spike | {"days": 2, "change_pct": 185.0, "run_average": False}
+    [text] = TemplateNarrator().narrate([item("usage_spike", two)])
+    assert "reached 171,443, 185% above its Tuesday baseline" in text["summary"]
+    assert "the second day in a row above it." in text["summary"]
     drop = {**FACTS["usage_drop"], "days": 1}
     [text] = TemplateNarrator().narrate([item("usage_drop", drop)])
     assert "for 1 day:" in text["summary"] and "day(s)" not in text["summary"]

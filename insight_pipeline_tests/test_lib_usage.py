@@ -21,8 +21,10 @@ from insight_pipeline.lib.detectors.usage import (
     _LookBackCut,
     _mann_kendall_s,
     _mann_kendall_s_at,
+    _readable,
     _series_codes,
     _series_rolling_median,
+    _shown,
     _sorted_codes,
     _test_weeks,
     _trend_stats_of_grid,
@@ -987,7 +989,7 @@ def test_a_holiday_at_the_end_of_the_trend_window_is_no_accounts_decline() -> No
         found += len(set(adjusted["customer_id"]) & planted)
         holiday_end = adjusted.filter(pl.col("partition_date") == END)
         for evidence in holiday_end["evidence"]:
-            assert "14 day(s) on which all accounts moved together" in evidence[0]["comparison"]
+            assert "14 days on which all accounts moved together" in evidence[0]["comparison"]
     assert false_raw >= 15
     assert false_adjusted <= 1
     assert found >= 8  # of 16
@@ -1542,3 +1544,108 @@ def test_a_holiday_of_measured_usage_is_the_populations_move_in_its_own_proporti
         usage_baselines(hours, day_of(195), day_of(206), S, population=population), S
     )
     assert judged.height == 0
+
+
+def test_a_level_held_is_shown_by_its_average_day_not_as_a_weeks_sum() -> None:
+    """Seats held from day to day are a level: a week of 21 seats is not "147 seats a week"
+    (trial 7: "weekly seats used rose from 144 to 189"). A level's weekly signals show its
+    average day (`_level_rows`); an activity count with a weekly rhythm keeps its weekly sums."""
+    rng = np.random.default_rng(3)
+    seats = []
+    for i in range(30):
+        level = np.full(DAYS, float(rng.integers(20, 40)))
+        if i < 5:  # a step down by a third, that stays
+            level[200:] = np.round(level[200:] * 0.65)
+        wobble = (rng.random(DAYS) < 0.05).astype(float)  # a seat more on a few days
+        seats.append(
+            pl.DataFrame(
+                {
+                    "customer_id": f"S{i:03d}",
+                    "date": [day_of(d) for d in range(DAYS)],
+                    "metric": "seats_used",
+                    "value": level + wobble,
+                }
+            )
+        )
+    dau = usage_series(30, DAYS, END, multipliers={i: step(DAYS, 200, 0.6) for i in range(5)})
+    signals = usage_trends(pl.concat([pl.concat(seats), dau]), day_of(215), END, S)
+    changes = signals.filter(pl.col("type") == "usage_pattern_change").unique(
+        ["customer_id", "subject"], keep="last", maintain_order=True
+    )
+    by_metric = {m: changes.filter(pl.col("subject") == m) for m in ("seats_used", "dau")}
+    assert set(by_metric["seats_used"]["customer_id"]) == {f"S{i:03d}" for i in range(5)}
+    assert set(by_metric["dau"]["customer_id"]) == {f"C{i:04d}" for i in range(5)}
+    for row in by_metric["seats_used"].iter_rows(named=True):
+        facts = json.loads(row["facts"])
+        assert facts["per_day"] is True and 10 <= facts["recent_week"] < facts["prior_week"] < 41
+        assert row["evidence"][0]["metric"] == "seats_used on an average day, last 3 weeks"
+        context = narrative_context(
+            {"type": "usage_pattern_change", "category": "usage", "customer_id": "S000"}
+            | {"facts": row["facts"]}
+        )
+        summary = TemplateNarrator().narrate([context])[0]["summary"]
+        assert f"averaged {round(facts['recent_week'])} a day against" in summary
+    for row in by_metric["dau"].iter_rows(named=True):
+        facts = json.loads(row["facts"])
+        assert facts["per_day"] is False and facts["prior_week"] > 200
+        assert row["evidence"][0]["metric"] == "dau per week, last 3 weeks"
+
+
+def test_a_spikes_change_is_its_runs_average_only_when_the_run_is_sustained() -> None:
+    """The facts say whose change change_pct is (`run_average`): a 2-day spike's is its latest
+    day's (the template then gives the latest day's value with it), a sustained run's is the
+    run's average (trial 7: a 2-day spike read "ran 185% above ... for 2 days")."""
+    mult = np.ones(DAYS)
+    mult[[200, 201]] = [4.0, 2.5]
+    mult[[210, 211, 212, 213]] = 2.0
+    usage = usage_series(10, DAYS, END, multipliers={4: mult}, seed=6, level=300.0)
+    baselines = usage_baselines(usage, day_of(199), day_of(215), S)
+    spikes = detect_usage_anomalies(baselines, S).filter(pl.col("customer_id") == "C0004")
+    facts = {
+        row["partition_date"]: json.loads(row["facts"]) for row in spikes.iter_rows(named=True)
+    }
+    second = facts[day_of(201)]
+    assert second["days"] == 2 and second["run_average"] is False
+    day = baselines.filter(
+        (pl.col("customer_id") == "C0004") & (pl.col("partition_date") == day_of(201))
+    )
+    assert second["change_pct"] == round(day["rel_change"][0] * 100)
+    sustained = facts[day_of(212)]
+    assert sustained["days"] == 3 and sustained["run_average"] is True
+
+
+def test_a_source_younger_than_the_look_back_moves_no_population_on_its_first_weeks() -> None:
+    """A run's look-back may begin before the source's first day: the population is measured
+    from that first day, not from zeros padded before it (trial 7: a "+18%" day of everyone's
+    hours, a few weeks after the data began, that never happened)."""
+    usage = _hours_book({}, seed=3).filter(pl.col("date") >= day_of(148))
+    first = day_of(197)
+    population = population_shifts(
+        usage, first, first + timedelta(days=30), S, window_start=first - timedelta(days=112)
+    )
+    assert population.height == 0
+    # a holiday of everyone's in the same weeks still is one
+    holiday = pl.col("date").is_between(day_of(205), day_of(206))
+    moved = usage.with_columns(
+        pl.when(holiday).then((pl.col("value") * 0.4).round(2)).otherwise("value").alias("value")
+    )
+    population = population_shifts(
+        moved, first, first + timedelta(days=30), S, window_start=first - timedelta(days=112)
+    )
+    assert set(population["date"]) == {day_of(205), day_of(206)}
+
+
+def test_evidence_numbers_keep_what_a_small_unit_needs() -> None:
+    """Evidence shows whole numbers from 100, one decimal from 1 and two significant figures
+    below (trial 7: a band of 0.78-1.5 hours read "0.8-1.5"); weekly totals of a measured
+    quantity keep 3 significant figures below 100 and are whole above (not 1,127 as 1,130)."""
+    values = pl.DataFrame({"v": [1234.56, 12.345, 0.7834, 0.001234]})
+    assert values.select(_readable(pl.col("v")))["v"].to_list() == [1235.0, 12.3, 0.78, 0.0012]
+    weeks = pl.DataFrame(
+        {
+            "w": [1127.4, 14.27, 147.0, 1127.0],
+            "_unit": [1.0, 1.0, 1.0, 1000.0],
+            "_level": [False, False, True, False],
+        }
+    ).with_columns(pl.col("w") * pl.col("_unit"))
+    assert weeks.select(_shown(pl.col("w")))["w"].to_list() == [1127.0, 14.0, 21.0, 1127.0]

@@ -696,7 +696,7 @@ def _trends_of_grid(
         grid, start, end, settings, only_candidates=True, population=population, dropped=dropped
     )
     young = _young_drops_of_grid(grid, start, end, settings, population, dropped)
-    return pl.concat([detect_usage_trends(stats, settings), young])
+    return pl.concat([detect_usage_trends(stats, settings, partial(_level_rows, grid)), young])
 
 
 def _judged(
@@ -949,7 +949,11 @@ def population_shifts(
     first_judged = start - timedelta(days=reach)
     if usage.height == 0:
         return pl.DataFrame(schema=POPULATION_SCHEMA)
-    opened = window_start or usage["date"].min()
+    # (no earlier than the data's first day: before it there was no history, not zero usage -
+    # padded from a window start before the source began, every account's first weeks read as
+    # zeros and a day of theirs as everyone's move, trial 7)
+    first_day = usage["date"].min()
+    opened = first_day if window_start is None else max(window_start, first_day)
     padded = pl.concat(
         [
             usage.select(*KEYS, "date", "value"),
@@ -1427,6 +1431,26 @@ def anomaly_rows(settings: UsageSettings) -> pl.Expr:
     return (sustained & (pl.col("direction") != 0)) | single_spike
 
 
+def _counted(count: pl.Expr, noun: str) -> pl.Expr:
+    """'1 week', '2 weeks' (evidence text)."""
+    return pl.format(
+        "{} {}", count, pl.when(count == 1).then(pl.lit(noun)).otherwise(pl.lit(noun + "s"))
+    )
+
+
+def _readable(value: pl.Expr) -> pl.Expr:
+    """A number as evidence shows it: whole from 100, one decimal from 1, else 2 significant
+    figures (a band of 0.78-1.5 hours is not "0.8-1.5")."""
+    size = value.abs()
+    return (
+        pl.when(size >= 100)
+        .then(value.round(0))
+        .when(size >= 1)
+        .then(value.round(1))
+        .otherwise(value.round_sig_figs(2))
+    )
+
+
 def detect_usage_anomalies(
     baselines: pl.DataFrame, settings: UsageSettings, unknown: pl.DataFrame | None = None
 ) -> pl.DataFrame:
@@ -1447,9 +1471,9 @@ def detect_usage_anomalies(
     comparison = pl.format(
         "{} baseline {} (expected range {}–{})",
         weekday_name,
-        pl.col("expected").round(1),
-        pl.col("lower").clip(lower_bound=0).round(1),
-        pl.col("upper").round(1),
+        _readable(pl.col("expected")),
+        _readable(pl.col("lower").clip(lower_bound=0)),
+        _readable(pl.col("upper")),
     )
     # on a day the whole population moved its way, the baseline moved with it: say so
     shift = pl.col("population_shift")
@@ -1479,7 +1503,9 @@ def detect_usage_anomalies(
                 evidence_item(
                     pl.format("{} change vs baseline (%)", pl.col("metric")),
                     pct,
-                    pl.format("over the last {} day(s)", pl.col("run_days").abs().clip(1)),
+                    pl.when(pl.col("run_days").abs() > 1)
+                    .then(pl.format("over the last {} days", pl.col("run_days").abs()))
+                    .otherwise(pl.lit("on the day")),
                     "usage_daily",
                 ),
             ).alias("evidence"),
@@ -1492,6 +1518,7 @@ def detect_usage_anomalies(
                 pl.col("z").round(2),
                 pct.alias("change_pct"),
                 pl.col("run_days").abs().clip(1).alias("days"),
+                sustained.alias("run_average"),  # change_pct is the run's, else the day's
                 weekday_name.alias("weekday"),
                 pl.when(with_everyone)
                 .then((shift.exp() * 100).round(0).cast(pl.Int64))
@@ -1588,6 +1615,7 @@ def _young_drops_of_grid(
         pl.Series("days_on_record", position[picked] + 1, dtype=pl.Int64),
         pl.Series("z", z[hit]),
         pl.Series("_unit", np.broadcast_to(grid.units(picked), picked.shape), pl.Float64),
+        pl.Series("_level", _level_rows(grid, picked)),
     )
     return _young_drops(hits.rename({"date": "partition_date"}), s)
 
@@ -1656,9 +1684,10 @@ def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     ratio = pl.col("last_week") / pl.col("best_week")
     pct = ((ratio - 1.0) * 100).round(0)
     comparison = pl.format(
-        "best week so far: {} ({} week(s) earlier), of {} days on record",
+        "best week so far: {}{} ({} earlier), of {} days on record",
         _shown(pl.col("best_week")),
-        pl.col("weeks_earlier"),
+        pl.when(pl.col("_level")).then(pl.lit(" a day")).otherwise(pl.lit("")),
+        _counted(pl.col("weeks_earlier"), "week"),
         pl.col("days_on_record"),
     )
     return conform(
@@ -1669,7 +1698,7 @@ def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
             (pl.col("z").abs() / (2 * settings.trend_z)).clip(0.2, 1.0).alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} (last 7 days)", pl.col("metric")),
+                    _per_week("{} over the last 7 days"),
                     _shown(pl.col("last_week")),
                     comparison,
                     "usage_daily",
@@ -1689,6 +1718,7 @@ def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
                 pl.col("metric"),
                 _shown(pl.col("last_week")).alias("last_week"),
                 _shown(pl.col("best_week")).alias("best_week"),
+                pl.col("_level").alias("per_day"),
                 pl.col("weeks_earlier"),
                 pl.col("days_on_record"),
                 pct.alias("change_pct"),
@@ -1967,6 +1997,11 @@ def _trend_stats_of_grid(
             *[test_weeks[i].alias(f"level_w{i}") for i in range(3)],
             pl.Series("shape_unread", shape_unread[wanted]),
             pl.Series("_unit", np.broadcast_to(grid.units(wanted), wanted.shape), pl.Float64),
+            # the candidates' grid rows (for `_with_level`: only their signals are asked), or
+            # every row's level (the full statistics, to compare against)
+            pl.Series("_row", wanted)
+            if only_candidates
+            else pl.Series("_level", _level_rows(grid, wanted)),
             picked["_we_recent"],
             picked["_we_prior"],
             *[w.alias(name) for w, name in zip(test_weeks, test_week, strict=True)],
@@ -2332,8 +2367,25 @@ def _mann_kendall_s(w0: np.ndarray, weeks: int) -> tuple[np.ndarray, np.ndarray]
     return total, nan_weeks
 
 
-def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
-    """adoption_trend (sustained weekly growth) and declining_usage (sustained weekly decline)."""
+Levels = Callable[[np.ndarray], np.ndarray]
+"""Which of some grid rows (`_row`) hold a level (`_level_rows` of their grid)."""
+
+
+def _with_level(hits: pl.DataFrame, levels: Levels | None) -> pl.DataFrame:
+    """The signal rows with `_level` (`_shown`): asked of their grid for these few rows only (a
+    year's candidate rows are millions) unless the statistics hold it; False without a grid."""
+    if "_level" in hits.columns:
+        return hits
+    if levels is None or hits.height == 0 or "_row" not in hits.columns:
+        return hits.with_columns(pl.lit(False).alias("_level"))
+    return hits.with_columns(pl.Series("_level", levels(hits["_row"].to_numpy())))
+
+
+def detect_usage_trends(
+    stats: pl.DataFrame, settings: UsageSettings, levels: Levels | None = None
+) -> pl.DataFrame:
+    """adoption_trend (sustained weekly growth) and declining_usage (sustained weekly decline);
+    `levels`: which rows hold a level, shown by their average day (`_with_level`)."""
     s = settings
     if stats.height == 0:
         return conform(stats)
@@ -2362,9 +2414,9 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
         & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
         & (pl.col("decline_z") <= -s.decline_z)
     ).fill_null(False)
-    changes = detect_pattern_changes(stats.filter(~(up | down)), s)
-    declines = _declines(stats.filter(down), s)
-    hits = stats.filter(up)
+    changes = detect_pattern_changes(stats.filter(~(up | down)), s, levels)
+    declines = _declines(_with_level(stats.filter(down), levels), s)
+    hits = _with_level(stats.filter(up), levels)
     if hits.height == 0:
         return pl.concat([declines, changes])
     weeks = pl.col("weeks_up")
@@ -2377,7 +2429,7 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
             (pl.col("t").abs() / (2 * s.trend_t)).clip(0.2, 1.0).alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} (last 7 days)", pl.col("metric")),
+                    _per_week("{} over the last 7 days"),
                     _shown(pl.col("w0")),
                     pl.format("{} weeks earlier: {}", weeks, _shown(pl.col("run_base"))),
                     "usage_daily",
@@ -2385,7 +2437,7 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
                 evidence_item(
                     pl.format("{} change over {} weeks (%)", pl.col("metric"), weeks),
                     pct,
-                    pl.format("{} week(s) in a row", weeks),
+                    pl.format("{} weeks in a row", weeks),  # (3 at least)
                     "usage_daily",
                 ),
                 evidence_item(
@@ -2414,6 +2466,7 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
                 pl.col("metric"),
                 _shown(pl.col("w0")).alias("last_week"),
                 _shown(pl.col("run_base")).alias("base_week"),
+                pl.col("_level").alias("per_day"),
                 weeks.alias("weeks"),
                 pct.alias("change_pct"),
                 (pl.col("weekly_rate") * 100).round(1).alias("weekly_rate_pct"),
@@ -2426,15 +2479,52 @@ def detect_usage_trends(stats: pl.DataFrame, settings: UsageSettings) -> pl.Data
 
 
 def _shown(week_total: pl.Expr) -> pl.Expr:
-    """A week's total as a signal shows it, in its series' own unit (`_unit`,
-    `_in_counting_units`): a count as a whole number, a measured quantity to 3 significant
-    figures (0.4 GB a week is not 0)."""
-    unit = pl.col("_unit")
+    """A week's total as a signal shows it: in its series' own unit (`_unit`,
+    `_in_counting_units`), and a level's (`_level`) as its average day - a week of 21 seats is
+    not "147 seats a week". A count, or anything from 100, as a whole number (1,127 hours, not
+    1,130), anything else to 3 significant figures (0.4 GB a week is not 0)."""
+    unit, per_day = pl.col("_unit"), pl.col("_level")
+    total = pl.when(per_day).then(week_total / 7.0).otherwise(week_total) / unit
     return (
-        pl.when(unit == 1.0)
-        .then(week_total.round(0))
-        .otherwise((week_total / unit).round_sig_figs(3))
+        pl.when((unit == 1.0) & ~per_day)
+        .then(total.round(0))
+        .when(total.abs() >= 100)
+        .then(total.round(0))
+        .otherwise(total.round_sig_figs(3))
     )
+
+
+def _per_week(metric_label: str) -> pl.Expr:
+    """`metric_label` (a format of the metric) "per week", or "on an average day" for a level
+    (`_shown`)."""
+    return (
+        pl.when(pl.col("_level"))
+        .then(pl.format(metric_label.format("{} on an average day"), pl.col("metric")))
+        .otherwise(pl.format(metric_label.format("{} per week"), pl.col("metric")))
+    )
+
+
+LEVEL_DAILY_CHANGE = 0.02
+"""A series whose median day-to-day change over the last 4 weeks is under 2% (log) is a level held
+- seats assigned, storage kept - shown by its average day (`_shown`); an activity count moves
+by 10% or more from one day to the next (`RiskSettings.level_change` tells such metrics apart
+for the whole book the same way)."""
+
+
+def _level_rows(grid: _DenseGrid, rows: np.ndarray) -> np.ndarray:
+    """At `rows`: whether the series holds a level (`LEVEL_DAILY_CHANGE`), from the changes
+    between the 29 days ending on each (within its series; 3 changes at least): a seat more on
+    a few days is still a level; usage that stopped (0 on most days) is none."""
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
+    lags = np.arange(29)
+    inside = lags[None, :] <= grid.position[rows][:, None]
+    at = np.where(inside, rows[:, None] - lags[None, :], rows[:, None])
+    value = np.where(inside, grid.value[at], np.nan)
+    change = np.abs(np.diff(np.log1p(value), axis=1))
+    with np.errstate(invalid="ignore"):
+        held = _row_medians(value, 4) > 0
+        return held & (_row_medians(change, 3) < LEVEL_DAILY_CHANGE)
 
 
 def _population_note(comparison: pl.Expr) -> pl.Expr:
@@ -2445,9 +2535,9 @@ def _population_note(comparison: pl.Expr) -> pl.Expr:
         pl.when(days > 0)
         .then(
             pl.format(
-                "{}; {} day(s) on which all accounts moved together counted at their usual level",
+                "{}; {} on which all accounts moved together counted at their usual level",
                 comparison,
-                days,
+                _counted(days, "day"),
             )
         )
         .otherwise(comparison)
@@ -2471,11 +2561,13 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
             (-pl.col("decline_z") / (2 * settings.decline_z)).clip(0.2, 1.0).alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} per week, last 2 weeks", pl.col("metric")),
+                    _per_week("{}, last 2 weeks"),
                     _shown(pl.col("decline_recent")),
                     _population_note(
                         pl.format(
-                            "{} per week {} weeks earlier", _shown(pl.col("decline_base")), kd - 2
+                            "{} in the 2 weeks {} weeks earlier",
+                            _shown(pl.col("decline_base")),
+                            kd - 2,
                         )
                     ),
                     "usage_daily",
@@ -2497,6 +2589,7 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
                 pl.col("metric"),
                 _shown(pl.col("decline_recent")).alias("last_week"),
                 _shown(pl.col("decline_base")).alias("base_week"),
+                pl.col("_level").alias("per_day"),
                 pl.lit(kd).alias("weeks"),
                 pct.alias("change_pct"),
                 weekly_pct.alias("weekly_rate_pct"),
@@ -2510,7 +2603,9 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     )
 
 
-def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
+def detect_pattern_changes(
+    stats: pl.DataFrame, settings: UsageSettings, levels: Levels | None = None
+) -> pl.DataFrame:
     """usage_pattern_change: the last 3 weeks each sit on the same side of the 8 weeks before, by
     at least min_effect and trend_z of the account's own weekly variability (a level step that
     stays, not a ramp), or the weekend share of usage moved by `min_shape_shift`."""
@@ -2558,6 +2653,7 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
     hits = stats.with_columns(level_z.alias("level_z"), shape_shift.alias("shape_shift")).filter(
         level | shape
     )
+    hits = _with_level(hits, levels)
     if hits.height == 0:
         return conform(hits)
     # the weeks as the level test read them (as they were where it could not read one)
@@ -2580,9 +2676,9 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
             .alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} per week, last 3 weeks", pl.col("metric")),
+                    _per_week("{}, last 3 weeks"),
                     _shown(recent_week),
-                    pl.format("{} per week in the 8 weeks before", _shown(prior_week)),
+                    pl.format("{} in the 8 weeks before", _shown(prior_week)),
                     "usage_daily",
                 ),
                 evidence_item(
@@ -2596,6 +2692,7 @@ def detect_pattern_changes(stats: pl.DataFrame, settings: UsageSettings) -> pl.D
                 pl.col("metric"),
                 _shown(recent_week).alias("recent_week"),
                 _shown(prior_week).alias("prior_week"),
+                pl.col("_level").alias("per_day"),
                 change_pct.alias("change_pct"),
                 (pl.col("weekend_share") * 100).round(0).alias("weekend_pct"),
                 (pl.col("prior_weekend_share") * 100).round(0).alias("prior_weekend_pct"),
