@@ -16,6 +16,7 @@ from insight_pipeline.lib.detectors.usage import (
     KEYS,
     _best_of_weeks_z,
     _DenseGrid,
+    _epoch_day,
     _grid_until,
     _lagged_median,
     _LookBackCut,
@@ -28,6 +29,7 @@ from insight_pipeline.lib.detectors.usage import (
     _sorted_codes,
     _test_weeks,
     _trend_stats_of_grid,
+    _young_rows,
     anomaly_rows,
     carry_last_before,
     dense_usage,
@@ -1649,3 +1651,30 @@ def test_evidence_numbers_keep_what_a_small_unit_needs() -> None:
         }
     ).with_columns(pl.col("w") * pl.col("_unit"))
     assert weeks.select(_shown(pl.col("w")))["w"].to_list() == [1127.0, 14.0, 21.0, 1127.0]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_young_rows_are_the_rows_a_mask_of_every_row_finds(seed: int) -> None:
+    """`_young_rows` takes the young series' rows from their first rows: the same rows as the
+    plain test of every row's day and position, on series of any start and length."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(60):
+        first = int(rng.integers(0, DAYS - 1))
+        last = int(rng.integers(first, DAYS))
+        days = [day_of(d) for d in range(first, last + 1)]
+        frames.append(
+            pl.DataFrame(
+                {"customer_id": f"C{i:03d}", "date": days, "metric": "dau", "value": 1.0},
+                schema=USAGE_SCHEMA,
+            )
+        )
+    grid = _grid_until(pl.concat(frames), END, None)
+    for start, end in ((day_of(200), END), (day_of(150), day_of(150)), (day_of(0), END)):
+        plain = np.flatnonzero(
+            (grid.day >= _epoch_day(start))
+            & (grid.day <= _epoch_day(end))
+            & (grid.position >= 20)
+            & (grid.position < S.min_history_days)
+        )
+        assert np.array_equal(_young_rows(grid, start, end, S.min_history_days), plain)

@@ -1553,13 +1553,9 @@ def _young_drops_of_grid(
     same order, so a range gives what each day gives alone). Not on `dropped` rows."""
     s = settings
     position = grid.position
-    rows = np.flatnonzero(
-        (grid.day >= _epoch_day(start))
-        & (grid.day <= _epoch_day(end))
-        & (position >= YOUNG_MIN_DAYS - 1)
-        & (position < s.min_history_days)
-        & (True if dropped is None else ~dropped)
-    )
+    rows = _young_rows(grid, start, end, s.min_history_days)
+    if dropped is not None:
+        rows = rows[~dropped[rows]]
     if s.young_drop <= 0 or rows.size == 0:
         return conform(pl.DataFrame())
     value = grid.value
@@ -1627,6 +1623,25 @@ def _best_of_weeks_z(z: float, weeks: np.ndarray) -> np.ndarray:
     tail = normal.cdf(-z)
     bound = {k: normal.inv_cdf(tail / k) for k in np.unique(weeks).tolist()}
     return np.vectorize(bound.__getitem__, otypes=[float])(weeks)
+
+
+def _young_rows(grid: _DenseGrid, start: date, end: date, history_days: int) -> np.ndarray:
+    """The rows of [start, end] at positions `YOUNG_MIN_DAYS` - 1 to `history_days` - 1 of
+    their series, ascending: taken from the series that began late enough (one pass over the
+    grid for the series' first rows, not five over every row: 0.25 -> 0.1 s a 100k day)."""
+    first, last = _epoch_day(start), _epoch_day(end)
+    starts = np.flatnonzero(grid.position == 0)
+    began = grid.day[starts]
+    starts = starts[(began > first - history_days) & (began <= last - (YOUNG_MIN_DAYS - 1))]
+    offsets = np.arange(YOUNG_MIN_DAYS - 1, history_days)
+    if starts.size == 0 or offsets.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = (starts[:, None] + offsets[None, :]).ravel()
+    series = np.repeat(grid.series[starts], offsets.size)
+    inside = rows < grid.value.size
+    rows, series = rows[inside], series[inside]
+    kept = (grid.series[rows] == series) & (grid.day[rows] >= first) & (grid.day[rows] <= last)
+    return rows[kept]
 
 
 def without_unknown_weeks(signals: pl.DataFrame, unknown: pl.DataFrame) -> pl.DataFrame:
