@@ -1731,9 +1731,7 @@ def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                _shown(pl.col("last_week")).alias("last_week"),
-                _shown(pl.col("best_week")).alias("best_week"),
-                pl.col("_level").alias("per_day"),
+                *_weeks_shown(last_week=pl.col("last_week"), best_week=pl.col("best_week")),
                 pl.col("weeks_earlier"),
                 pl.col("days_on_record"),
                 pct.alias("change_pct"),
@@ -2479,9 +2477,7 @@ def detect_usage_trends(
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                _shown(pl.col("w0")).alias("last_week"),
-                _shown(pl.col("run_base")).alias("base_week"),
-                pl.col("_level").alias("per_day"),
+                *_weeks_shown(last_week=pl.col("w0"), base_week=pl.col("run_base")),
                 weeks.alias("weeks"),
                 pct.alias("change_pct"),
                 (pl.col("weekly_rate") * 100).round(1).alias("weekly_rate_pct"),
@@ -2507,6 +2503,15 @@ def _shown(week_total: pl.Expr) -> pl.Expr:
         .then(total.round(0))
         .otherwise(total.round_sig_figs(3))
     )
+
+
+def _weeks_shown(**weeks: pl.Expr) -> list[pl.Expr]:
+    """Facts of week totals, each as `_shown` (named by its keyword), and whether they are a
+    level's average day (`per_day`, for the templates' wording)."""
+    return [
+        *(_shown(total).alias(name) for name, total in weeks.items()),
+        pl.col("_level").alias("per_day"),
+    ]
 
 
 def _per_week(metric_label: str) -> pl.Expr:
@@ -2602,9 +2607,7 @@ def _declines(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                _shown(pl.col("decline_recent")).alias("last_week"),
-                _shown(pl.col("decline_base")).alias("base_week"),
-                pl.col("_level").alias("per_day"),
+                *_weeks_shown(last_week=pl.col("decline_recent"), base_week=pl.col("decline_base")),
                 pl.lit(kd).alias("weeks"),
                 pct.alias("change_pct"),
                 weekly_pct.alias("weekly_rate_pct"),
@@ -2705,9 +2708,7 @@ def detect_pattern_changes(
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                _shown(recent_week).alias("recent_week"),
-                _shown(prior_week).alias("prior_week"),
-                pl.col("_level").alias("per_day"),
+                *_weeks_shown(recent_week=recent_week, prior_week=prior_week),
                 change_pct.alias("change_pct"),
                 (pl.col("weekend_share") * 100).round(0).alias("weekend_pct"),
                 (pl.col("prior_weekend_share") * 100).round(0).alias("prior_weekend_pct"),
