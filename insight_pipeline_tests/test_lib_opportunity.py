@@ -449,3 +449,29 @@ def test_usage_growth_is_the_median_of_the_metrics_not_the_largest_units() -> No
     mixed = signals.filter(pl.col("customer_id") == "MIXED")
     assert mixed["type"].to_list() == ["referral_candidate"]
     assert json.loads(mixed["facts"][0])["growth_pct"] == 3
+
+
+def test_usage_that_stopped_is_a_finite_fall_in_the_median_not_a_nan() -> None:
+    """A metric that stopped is a fall of 99.9%: with one other metric up 40% the median of
+    the two is a fall, not NaN (review: NaN passed every growth bar, and showed as 'NaN%')."""
+    s = OpportunitySettings()
+    days = 7 * s.growth_weeks + 14
+    t = np.arange(days)
+    usage = pl.concat(
+        [
+            series("STOP", np.where(t >= days - 28, 1.4e5, 1e5)),
+            series("STOP", np.where(t >= days - 28, 0.0, 30.0)).with_columns(
+                pl.lit("reports").alias("metric")
+            ),
+        ]
+    )
+    nps = pl.DataFrame(
+        {"customer_id": ["STOP"], "responded_on": [END], "score": [10]},
+        schema_overrides={"score": pl.Int64},
+    )
+    meetings = pl.DataFrame(
+        schema={"customer_id": pl.String, "start_at": pl.Datetime("us", "UTC"), "sentiment": float}
+    )
+    health = pl.DataFrame({"customer_id": ["STOP"], "date": [END], "score": [90.0]})
+    signals = detect_advocacy(nps, usage, health, meetings, customers(["STOP"]), END, END, s)
+    assert signals.height == 0  # neither a referral nor a case study

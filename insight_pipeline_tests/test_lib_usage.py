@@ -1481,7 +1481,8 @@ def test_hours_are_judged_as_their_minutes_are_and_shown_in_hours() -> None:
     in_hours = found(hours)
     assert in_hours["usage_drop"] == set(range(10))
     assert len(in_hours["usage_spike"] & set(range(10, 20))) >= 9
-    assert in_hours["usage_spike"] <= set(range(10, 20))
+    # (chance: over 6 such books, 2 clean accounts' spikes in 720 account-quarters; 1 in minutes)
+    assert len(in_hours["usage_spike"] - set(range(10, 20))) <= 1
     assert in_hours["usage_pattern_change"] <= set(range(10))
     assert len(in_hours["usage_pattern_change"]) >= 8
     in_minutes = found(minutes)
@@ -1622,19 +1623,21 @@ def test_a_source_younger_than_the_look_back_moves_no_population_on_its_first_we
     hours, a few weeks after the data began, that never happened)."""
     usage = _hours_book({}, seed=3).filter(pl.col("date") >= day_of(148))
     first = day_of(197)
-    population = population_shifts(
-        usage, first, first + timedelta(days=30), S, window_start=first - timedelta(days=112)
-    )
-    assert population.height == 0
+
+    def measured(usage: pl.DataFrame, data_from: date | None) -> pl.DataFrame:
+        window_start = first - timedelta(days=112)
+        return population_shifts(
+            usage, first, first + timedelta(days=30), S, None, window_start, data_from
+        )
+
+    assert measured(usage, None).height > 0  # from zeros padded before the source began
+    assert measured(usage, day_of(148)).height == 0
     # a holiday of everyone's in the same weeks still is one
     holiday = pl.col("date").is_between(day_of(205), day_of(206))
     moved = usage.with_columns(
         pl.when(holiday).then((pl.col("value") * 0.4).round(2)).otherwise("value").alias("value")
     )
-    population = population_shifts(
-        moved, first, first + timedelta(days=30), S, window_start=first - timedelta(days=112)
-    )
-    assert set(population["date"]) == {day_of(205), day_of(206)}
+    assert set(measured(moved, day_of(148))["date"]) == {day_of(205), day_of(206)}
 
 
 def test_evidence_numbers_keep_what_a_small_unit_needs() -> None:
@@ -1678,3 +1681,48 @@ def test_young_rows_are_the_rows_a_mask_of_every_row_finds(seed: int) -> None:
             & (grid.position < S.min_history_days)
         )
         assert np.array_equal(_young_rows(grid, start, end, S.min_history_days), plain)
+
+
+def test_a_measured_quantitys_one_day_spike_and_tiny_values_are_judged_and_shown() -> None:
+    """A one-day spike of ~1 hour a day is judged in the units the day was judged in, not
+    against `min_expected` in hours (review: 0 of 20 such spikes found, 19 in minutes); and a
+    quantity of a few hundredths keeps its figures in the facts (0.004 GB is not 0)."""
+    spike = np.ones(DAYS)
+    spike[210] = 6.0
+    hours = _hours_book(dict.fromkeys(range(20), spike), seed=4)
+    found = detect_usage_anomalies(usage_baselines(hours, day_of(210), day_of(210), S), S)
+    spikes = set(found.filter(pl.col("type") == "usage_spike")["customer_id"])
+    assert len(spikes & {f"C{i:04d}" for i in range(20)}) >= 18
+    tiny = _hours_book({3: step(DAYS, 200, 0.3)}, seed=4).with_columns(pl.col("value") / 100)
+    drops = detect_usage_anomalies(usage_baselines(tiny, day_of(203), day_of(203), S), S)
+    facts = json.loads(drops.filter(pl.col("customer_id") == "C0003")["facts"][0])
+    assert 0 < facts["value"] < facts["lower"] < facts["expected"] < 0.05
+
+
+def test_a_count_with_a_stray_fraction_stays_a_count_in_a_range_and_its_days() -> None:
+    """The unit is decided by most of a series' days with usage: one 0.5 in a count (days
+    after some of a range's days) changes nothing - the range gives its days' drops (review:
+    any non-whole value made the whole series measured, 45 drops in a range against 5 in its
+    days, and a value after a day changed how the range judged it)."""
+    usage = usage_series(
+        20, DAYS, END, level=3.0, multipliers={i: step(DAYS, 200, 0.3) for i in range(20)}
+    )
+    usage = usage.with_columns(
+        pl.when((pl.col("customer_id") == "C0004") & (pl.col("date") == day_of(230)))
+        .then(pl.col("value") + 0.5)
+        .otherwise("value")
+        .alias("value")
+    )
+    assert _grid_until(usage, END, None).unit is None  # no series is measured
+    first = day_of(198)
+    ranged = _anomalies_looked_back(usage, first, END)
+    days = pl.concat(
+        [_anomalies_looked_back(usage, d, d) for d in (first + timedelta(i) for i in range(42))]
+    )
+    key = ["customer_id", "partition_date", "type"]
+    assert ranged.sort(key).equals(days.sort(key))
+
+
+def _anomalies_looked_back(usage: pl.DataFrame, first: date, last: date) -> pl.DataFrame:
+    """usage anomalies of [first, last], each day on its own 112-day look-back."""
+    return detect_usage_anomalies(usage_baselines(usage, first, last, S, lookback_days=112), S)

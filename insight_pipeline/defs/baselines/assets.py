@@ -97,6 +97,8 @@ def usage_baselines_and_trends(
             usage_settings,
             sample_churned,
             window_start=first - timedelta(days=lookback),
+            # (where the source's rows begin, over every account)
+            data_from=usage_window.lazy().select(pl.col("date").min()).collect().item(),
         )
         metadata["population_days"] = (
             markdown_preview(

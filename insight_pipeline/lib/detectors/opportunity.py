@@ -261,7 +261,8 @@ def account_momentum(
     older[lag:] = recent[: max(recent.size - lag, 0)]
     older[grid.position < lag] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        change = np.where(older > 0, np.log(recent / older), np.nan)  # (-inf: usage stopped)
+        # (usage that stopped is -99.9%: a finite fall, so that a median of two is no NaN)
+        change = np.where(older > 0, np.log(np.maximum(recent / older, 1e-3)), np.nan)
     growth = (
         grid.frame()
         .select(
@@ -271,7 +272,7 @@ def account_momentum(
         )
         .join(days, on=["customer_id", "partition_date"], how="semi")
         .group_by("customer_id", "partition_date")
-        .agg((pl.col("change").median().exp() - 1.0).alias("growth"))
+        .agg((pl.col("change").median().exp() - 1.0).fill_nan(None).alias("growth"))
     )
     out = days.join(growth, on=["customer_id", "partition_date"], how="left").sort("partition_date")
     if health.height:

@@ -733,8 +733,9 @@ MEASURED_UNIT = 1000.0
 
 
 def _in_counting_units(grid: _DenseGrid) -> _DenseGrid:
-    """The grid with each measured series - one holding a value that is not a whole number:
-    hours, gigabytes, dollars, not a count of events - in thousandths of its unit.
+    """The grid with each measured series - one whose values, on at least half of its days
+    with usage, are not whole numbers: hours, gigabytes, dollars, not a count of events - in
+    thousandths of its unit.
 
     Values are compared on the log1p scale, which is multiplicative (unit-free) for counts of
     a few or more and additive near 0, and the counting noise and minimum volumes are bounds on
@@ -743,8 +744,10 @@ def _in_counting_units(grid: _DenseGrid) -> _DenseGrid:
     compressed scale made 3.8 hours on a day of 1 an extreme spike (trial 7). In thousandths
     the scale is multiplicative and the bounds no longer bind, as for a large count; the
     values the statistics report are divided back (`_DenseGrid.frame`, the baselines' value
-    and band, the weekly signals' facts). The grid's rows decide, so a series whose only
-    non-whole values fall outside a day's look-back is counted in that day's run alone."""
+    and band, the weekly signals' facts). The grid's rows decide: a count with a few stray
+    fractions stays a count, and a measured quantity is one in any window, so a range and its
+    days agree; only a series that changed how it is reported (counts, then hours) within the
+    range can be judged in another unit by the range than by some of its days."""
     if grid.value.size == 0:
         return grid
     values = pl.Series(grid.value)
@@ -754,7 +757,12 @@ def _in_counting_units(grid: _DenseGrid) -> _DenseGrid:
         non_whole = np.isfinite(grid.value) & (grid.value != np.floor(grid.value))
     if not non_whole.any():
         return grid
-    measured = np.bincount(grid.series[non_whole], minlength=grid.keys.height) > 0
+    # (most of its days with usage: a count with a stray 0.5 stays a count)
+    used = np.bincount(grid.series[grid.value != 0], minlength=grid.keys.height)
+    measured = 2 * np.bincount(grid.series[non_whole], minlength=grid.keys.height) >= used
+    measured &= used > 0
+    if not measured.any():
+        return grid
     unit = np.where(measured, MEASURED_UNIT, 1.0)
     return replace(grid, value=grid.value * unit[grid.series], unit=unit)
 
@@ -914,6 +922,7 @@ def population_shifts(
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
     window_start: date | None = None,
+    data_from: date | None = None,
 ) -> pl.DataFrame:
     """(metric, date, population_shift) of the days, from the first one a run judges to `end`,
     on which a metric's median account moved from its own baseline by `population_shift` or
@@ -923,7 +932,11 @@ def population_shifts(
     `min_population_series` of them, and more of them moved its way than chance would give
     (sign test at `population_alpha`): a small book's median moves by chance, its accounts do
     not all move together. `usage`: a sample of accounts, with the run's look-back from
-    `window_start` (default: its first day).
+    `window_start` (default: its first day). `data_from`: the first day of the whole usage
+    window's rows (all accounts): before it the source held no history, not zero usage - padded
+    from a window start before the source began, every account's first weeks read as zeros and
+    a day of theirs as everyone's move (trial 7: a "+18%" day of everyone's hours). Read over
+    all accounts, not this sample: a day of the sample's accounts without rows is no start.
 
     `population_spread` is how far the accounts' residuals spread around the shift that day (a
     robust standard deviation on the log scale, 1.4826 x their MAD): a holiday takes one
@@ -949,11 +962,9 @@ def population_shifts(
     first_judged = start - timedelta(days=reach)
     if usage.height == 0:
         return pl.DataFrame(schema=POPULATION_SCHEMA)
-    # (no earlier than the data's first day: before it there was no history, not zero usage -
-    # padded from a window start before the source began, every account's first weeks read as
-    # zeros and a day of theirs as everyone's move, trial 7)
-    first_day = usage["date"].min()
-    opened = first_day if window_start is None else max(window_start, first_day)
+    opened = window_start or usage["date"].min()
+    if data_from is not None:
+        opened = max(opened, data_from)
     padded = pl.concat(
         [
             usage.select(*KEYS, "date", "value"),
@@ -1418,10 +1429,11 @@ def anomaly_rows(settings: UsageSettings) -> pl.Expr:
     push it into its scan of the stored baselines (~1% of their rows)."""
     s = settings
     sustained = pl.col("run_days").abs() >= s.persistence_days
-    enough = (pl.col("expected") >= s.min_expected) & (pl.col("history_days") >= s.min_history_days)
+    # (a direction is only set on a judged row - history and volume, the volume in the units
+    # the row was judged in, `_in_counting_units` - and a single spike's z and change pass its
+    # bars: the row's `expected`, in its own unit, is not compared again)
     single_spike = (
-        enough
-        & (pl.col("direction") > 0)  # (a rise that recurs monthly has none, `_monthly_peak`)
+        (pl.col("direction") > 0)  # (a rise that recurs monthly has none, `_monthly_peak`)
         & (pl.col("rel_change") >= s.min_spike_effect)
         & (
             (pl.col("z") >= s.single_day_z)
@@ -1429,6 +1441,12 @@ def anomaly_rows(settings: UsageSettings) -> pl.Expr:
         )
     )
     return (sustained & (pl.col("direction") != 0)) | single_spike
+
+
+def _fact(value: pl.Expr) -> pl.Expr:
+    """A number for the facts: 2 decimals, or 3 significant figures below 1 (a measured
+    quantity of 0.004 GB a day is not 0)."""
+    return pl.when(value.abs() >= 1).then(value.round(2)).otherwise(value.round_sig_figs(3))
 
 
 def _counted(count: pl.Expr, noun: str) -> pl.Expr:
@@ -1511,10 +1529,10 @@ def detect_usage_anomalies(
             ).alias("evidence"),
             pl.struct(
                 pl.col("metric"),
-                pl.col("value").round(2),
-                pl.col("expected").round(2),
-                pl.col("lower").clip(lower_bound=0).round(2),
-                pl.col("upper").round(2),
+                _fact(pl.col("value")).alias("value"),
+                _fact(pl.col("expected")).alias("expected"),
+                _fact(pl.col("lower").clip(lower_bound=0)).alias("lower"),
+                _fact(pl.col("upper")).alias("upper"),
                 pl.col("z").round(2),
                 pct.alias("change_pct"),
                 pl.col("run_days").abs().clip(1).alias("days"),

@@ -56,8 +56,10 @@ def fmt_number(value: Any, digits: int = 0) -> str:
 
 
 def fmt_count(value: Any, noun: str) -> str:
-    """3, 'day' -> '3 days'; 1, 'day' -> '1 day' (the number as `fmt_number` writes it)."""
-    return f"{fmt_number(value)} {noun}{'' if value is not None and float(value) == 1 else 's'}"
+    """3, 'day' -> '3 days'; 1, 'day' -> '1 day' (the number as `fmt_number` writes it, and
+    singular when it reads 1)."""
+    number = fmt_number(value)
+    return f"{number} {noun}{'' if number == '1' else 's'}"
 
 
 def fmt_pct(value: Any, signed: bool = False) -> str:
