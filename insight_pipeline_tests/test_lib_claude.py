@@ -1000,3 +1000,13 @@ def test_small_numbers_keep_two_significant_digits_and_counts_agree_with_their_n
     )
     for value in text.values():
         assert not SNAKE_CASE.search(value) and not LONG_DECIMAL.search(value), value
+
+
+def test_a_so_what_on_a_history_of_no_whole_month_says_on_record() -> None:
+    """A source shorter than a month has no month of history to quote: "on record", not "in
+    the past 0 months" (trial 8)."""
+    none = {**base_rate(1, 0), "n": 0, "rate_pct": None, "months": 0}
+    text = TemplateNarrator().narrate([{**item("usage_drop"), "base_rate": none}])[0]["so_what"]
+    assert text.endswith(
+        "(No comparable account on record yet to say how often it leads to churn.)"
+    )

@@ -38,8 +38,10 @@ class UsageSettings:
     baseline (the expected value needs 4 same-weekday weeks, its scale 14 residuals after them).
     A younger series is judged by its weeks instead (`young_drop`)."""
     young_drop: float = 0.5
-    """A series younger than `min_history_days` (a new account onboarding, a metric first used)
-    is a usage_drop when its last 7 days fall this far below its best week so far (0.5: to half
+    """A series younger than `min_history_days` (a new account onboarding, a metric first used,
+    a source that began recently) - and `scale_days` more, until its daily scale stands on days
+    the daily rule judged - is a usage_drop when its last 7 days fall this far below its best
+    week so far (0.5: to half
     or less) and the same weekdays' last 3 days as far below theirs in that week: without a
     baseline, only a fall far larger than a young series' week-to-week wander is told apart -
     its ramp-up only rises. Needs 3 weeks of the series, `min_expected` a day in its best week,
