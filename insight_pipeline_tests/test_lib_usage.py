@@ -1302,15 +1302,16 @@ def test_a_young_accounts_stalled_onboarding_is_a_drop_and_clean_ramp_ups_stay_q
         i = int(customer_id[1:])
         began = day_of(starts[i] + stalls[i])
         assert 0 <= (raised - began).days <= 7, customer_id
-    # judged until the daily scale stands on days the daily rule judged (`young_days`): a stall
-    # is among the first daily scale's residuals, where it reads as noise (trial 8) - so a
-    # stalled account old enough still has its drop on its 70th day
+    # judged past day 42, until the daily scale stands on days the daily rule judged
+    # (`young_days`): a stall is among the first daily scale's residuals, where it reads as
+    # noise (trial 8) - so a stalled account still has its drop two weeks after the hand-off,
+    # and none is judged by its weeks after day 70
     days_on_record = pl.col("facts").str.json_path_match("$.days_on_record").cast(pl.Int64)
     oldest = found.group_by("customer_id").agg(days_on_record.max().alias("days"))
-    assert oldest["days"].max() == young_days(S)
+    assert oldest["days"].max() <= young_days(S)
     for customer_id, days in oldest.iter_rows():
         age = DAYS - starts[int(customer_id[1:])]
-        assert days == min(age, young_days(S)), customer_id
+        assert days >= min(age, S.min_history_days + 14), customer_id
     row = found.sort("partition_date").row(0, named=True)
     facts = json.loads(row["facts"])
     assert facts["young_series"] is True and facts["change_pct"] <= -50
@@ -1740,3 +1741,25 @@ def plain_young(grid: _DenseGrid, start: date, end: date, days: int) -> np.ndarr
         & (grid.position >= 20)
         & (grid.position < days)
     )
+
+
+def test_the_week_after_a_spike_is_no_fall_of_a_young_series() -> None:
+    """A week at 3x in a young series is its best week; the ordinary weeks after it are half of
+    it, but no lower than its typical earlier week: no drop (trial 8: 2 such false drops, the
+    week after a spike read as a fall to half). A real stall after the spike still is one."""
+    usage, starts = _young_book(13, {}, ages={2: 60, 6: 60}, level=200.0)
+    spike = pl.col("date").is_between(day_of(starts[2] + 30), day_of(starts[2] + 36))
+    stall = pl.col("date") >= day_of(starts[6] + 44)
+    usage = usage.with_columns(
+        pl.when(pl.col("customer_id").is_in(["C0002", "C0006"]) & spike)
+        .then(pl.col("value") * 3)
+        .when((pl.col("customer_id") == "C0006") & stall)
+        .then((pl.col("value") * 0.15).round(0))
+        .otherwise("value")
+        .alias("value")
+    )
+    found = usage_trends(usage, day_of(DAYS - 95), END, S, lookback_days=112).filter(
+        pl.col("type") == "usage_drop"
+    )
+    assert set(found["customer_id"]) == {"C0006"}
+    assert found["partition_date"].min() >= day_of(starts[6] + 44)

@@ -41,12 +41,13 @@ class UsageSettings:
     """A series younger than `min_history_days` (a new account onboarding, a metric first used,
     a source that began recently) - and `scale_days` more, until its daily scale stands on days
     the daily rule judged - is a usage_drop when its last 7 days fall this far below its best
-    week so far (0.5: to half
-    or less) and the same weekdays' last 3 days as far below theirs in that week: without a
-    baseline, only a fall far larger than a young series' week-to-week wander is told apart -
-    its ramp-up only rises. Needs 3 weeks of the series, `min_expected` a day in its best week,
-    and `trend_z` of the weeks' counting noise; not read through days its population moved
-    down (a holiday). 0 turns it off."""
+    week so far (0.5: to half or less) and half as far below its typical (median) earlier week
+    (the weeks after a one-week spike are no fall), and the same weekdays' last 3 days as far
+    below theirs in the best week: without a baseline, only a fall far larger than a young
+    series' week-to-week wander is told apart - its ramp-up only rises. Needs 3 weeks of the
+    series, `min_expected` a day in its best week, and `trend_z` of its own weekly noise and
+    of counting noise; not read through days its population moved down (a holiday). 0 turns
+    it off."""
     min_day_coverage: float = 0.1
     """A run day whose usage rows number less than this share of the same weekday's usual
     count (the median of the 4 weeks before) is taken as not yet delivered, and the run fails

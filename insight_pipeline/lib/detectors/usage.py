@@ -1576,7 +1576,8 @@ def _young_drops_of_grid(
 ) -> pl.DataFrame:
     """usage_drop signals of series too young for a baseline (`UsageSettings.young_drop`): a new
     account whose onboarding stalled, a metric first used and given up. Its last 7 days against
-    its best week so far (7-day sums ending 1, 2, ... weeks back, wholly inside the series), and
+    its best week so far (7-day sums ending 1, 2, ... weeks back, wholly inside the series) and
+    their median (half as far below it), and
     its last 3 days against the same weekdays of that week. Read only at the rows of [start,
     end] whose series is that young: a few rows, gathered at their lags (every sum added in the
     same order, so a range gives what each day gives alone). Not on `dropped` rows."""
@@ -1599,12 +1600,18 @@ def _young_drops_of_grid(
     weeks_back = (position[rows] - 6) // 7  # whole weeks before the last one
     best = np.full(rows.size, -np.inf)
     best_lag = np.zeros(rows.size, dtype=np.int64)
+    earlier = np.full((rows.size, int(weeks_back.max())), np.nan)
     for k in range(1, int(weeks_back.max()) + 1):
         inside = weeks_back >= k
         week = np.where(inside, days_total(np.where(inside, rows - 7 * k, rows), 7), -np.inf)
+        earlier[:, k - 1] = np.where(inside, week, np.nan)
         better = week > best
         best = np.where(better, week, best)
         best_lag = np.where(better, k, best_lag)
+    # ... and its weeks' median: after a one-week spike the best week is the spike, and an
+    # ordinary week read as a fall to half (trial 8: 2 such false drops); a stall falls below
+    # 1 - young_drop / 2 (three quarters) of its typical earlier week as well
+    typical = _row_medians(earlier, 2)
     last3 = days_total(rows, 3)
     best3 = days_total(rows - 7 * best_lag, 3)
     # a holiday (its population moving down, or a day not delivered) in the last week is no
@@ -1626,6 +1633,7 @@ def _young_drops_of_grid(
     hit = (
         (best >= 7 * s.min_expected)
         & (last_week <= keep * best)
+        & (last_week <= (1.0 - s.young_drop / 2) * typical)
         & (last3 <= keep * best3)
         & (z <= _best_of_weeks_z(s.trend_z, weeks_back))
         & ~holiday
