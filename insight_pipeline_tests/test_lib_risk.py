@@ -12,6 +12,7 @@ import polars as pl
 from insight_pipeline.defs.detectors.families import RISK_TABLES, detect_risk
 from insight_pipeline.defs.sources.activity import ACTIVITY_TABLES, empty_table
 from insight_pipeline.lib.detectors.risk import level_metrics_by_day
+from insight_pipeline.lib.insights.narrate import TemplateNarrator, narrative_context
 from insight_pipeline.lib.settings import RiskSettings, Settings
 from insight_pipeline_tests.synthetic import USAGE_SCHEMA, accounts_by_group
 from insight_pipeline_tests.synthetic import customers as customers_frame
@@ -130,6 +131,21 @@ def test_an_urgent_ticket_is_an_escalation_only_where_urgent_tickets_are_rare() 
     found = detect_support_surge(frame, accounts, END, END, RiskSettings())
     assert sorted(found["customer_id"]) == ["BURST", "RARE"]
     assert (found["severity"] >= 0.75).all()
+    assert all(json.loads(f)["usual_known"] for f in found["facts"])
+    # the tickets' record begun 10 days ago: still an escalation, but no usual to quote
+    # (trial 7b: "against about 0 usually" on accounts 0-13 days old)
+    young = frame.filter(pl.col("customer_id") == "RARE")
+    found = detect_support_surge(
+        young, accounts, END, END, RiskSettings(), since=END - timedelta(days=10)
+    )
+    facts = json.loads(found["facts"].item())
+    assert facts["usual_known"] is False
+    context = narrative_context(
+        {"type": "support_surge", "category": "risk", "customer_id": "RARE", "facts": facts}
+    )
+    summary = TemplateNarrator().narrate([context])[0]["summary"]
+    assert "too early in its record of tickets to know its usual" in summary
+    assert "usually" not in summary
 
 
 def test_a_source_whose_every_metric_looks_steady_keeps_them_as_usage() -> None:

@@ -582,6 +582,9 @@ def detect_support_surge(
             pl.struct(
                 pl.col("recent").round(1).alias("weighted_tickets"),
                 pl.col("expected").round(1).alias("usual_weighted"),
+                # (an escalation on a record too short to know its usual: trial 7b's accounts
+                # 0-13 days old read "against about 0 usually")
+                pl.col("judged").alias("usual_known"),
                 pl.col("recent_urgent").cast(pl.Int64).alias("urgent_tickets"),
                 pl.lit(w).alias("window_days"),
             )
