@@ -814,3 +814,28 @@ def test_a_quarantine_file_is_that_of_the_latest_run_over_its_days(
     assert unknown_usage_days(END, END).height == 0  # another shard's file is not this run's
     assert write_quarantine("usage_daily", bad.clear(), str(END), str(END), one_of_two) is None
     assert unknown_usage_days(END, END, one_of_two).height == 0
+
+
+def test_a_short_usage_history_is_said_in_the_windows_metadata(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A source whose usage begins 20 days before the run's day (a short extract, a source just
+    connected) runs, and `usage_window` says from when its series are judged (trial 8: no
+    usage rule could run, and nothing said why); a long history says nothing of the kind."""
+    usage = pl.read_parquet(sample_dir / "usage_daily.parquet")
+    began = END - timedelta(days=20)
+    source = source_with_usage(
+        sample_dir, tmp_path / "source", usage.filter(pl.col("date") >= began)
+    )
+    short = materialise_day(source, tmp_path / "short", ["accounts", "usage_window"])
+    assert short.success
+    meta = short.asset_materializations_for_node("usage_window")[0].metadata
+    assert meta["history_days"].value == 20
+    note = meta["short_history"].value
+    assert f"begins on {began}, 20 days before the run's first day {END}" in note
+    assert f"week against week from {began + timedelta(days=20)}" in note
+    assert f"day by day from {began + timedelta(days=42)}" in note
+    full = materialise_day(sample_dir, tmp_path / "full", ["accounts", "usage_window"])
+    meta = full.asset_materializations_for_node("usage_window")[0].metadata
+    assert meta["history_days"].value == Settings().lookback_days
+    assert "short_history" not in meta

@@ -24,7 +24,9 @@ from insight_pipeline.lib.contract import (
     undelivered_days,
     undelivered_message,
 )
+from insight_pipeline.lib.detectors.usage import YOUNG_MIN_DAYS
 from insight_pipeline.lib.paths import data_dir
+from insight_pipeline.lib.settings import UsageSettings
 from insight_pipeline.lib.sharding import (
     PART_SEED,
     PARTS_PER_SCAN,
@@ -129,6 +131,25 @@ def write_quarantine(
     path.parent.mkdir(parents=True, exist_ok=True)
     bad.write_parquet(path)
     return str(path)
+
+
+def history_metadata(began: date | None, first: date, usage: UsageSettings) -> dict[str, object]:
+    """Where the window's usage begins against the run's first day, and - when that is too
+    little history for the usage rules - a note that says which rule can judge from when: a
+    short extract or a newly connected source otherwise only shows as insights that never come
+    (trial 8: usage began 14 days before the first partition)."""
+    if began is None:
+        return {}
+    days = (first - began).days
+    out: dict[str, object] = {"first_day_with_usage": str(began), "history_days": days}
+    if days < usage.min_history_days:
+        out["short_history"] = (
+            f"usage_daily begins on {began}, {days} days before the run's first day {first}: "
+            f"series are judged week against week from {began + timedelta(days=YOUNG_MIN_DAYS - 1)}"
+            f" ({YOUNG_MIN_DAYS} days of history) and day by day from "
+            f"{began + timedelta(days=usage.min_history_days)} ({usage.min_history_days} days)"
+        )
+    return out
 
 
 def unknown_usage_days(first: date, last: date, shard: str = "") -> pl.DataFrame:
@@ -345,6 +366,10 @@ def usage_window(
         finally:
             src.dispose()
         metadata.update({"customers_with_usage": customers, "metrics": sorted(metrics)})
-        check_delivered(pl.concat(per_day), first, last, settings.settings().usage.min_day_coverage)
+        days = pl.concat(per_day)
+        metadata.update(history_metadata(days["date"].min(), first, settings.settings().usage))
+        if "short_history" in metadata:
+            context.log.warning(str(metadata["short_history"]))
+        check_delivered(days, first, last, settings.settings().usage.min_day_coverage)
 
     return FrameStream(parts(), metadata=metadata)
