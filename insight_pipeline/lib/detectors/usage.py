@@ -1710,14 +1710,14 @@ def _young_weekly_scale(grid: _DenseGrid, rows: np.ndarray, moved: np.ndarray) -
     steady rise is their median, not their spread; the weekday shape cancels out. A change to
     or from a day its population `moved` (a holiday) is not the account's noise: left out,
     while 7 changes are left."""
-    y = np.log1p(grid.value)
     position = grid.position[rows]
     lags = np.arange(7, int(position.max()) - 6)
     at = rows[:, None] - lags[None, :]
     inside = lags[None, :] <= position[:, None] - 7  # the change's earlier day in the series
     at = np.where(inside, at, rows[:, None])
     before = at - np.where(inside, 7, 0)
-    change = np.where(inside, y[at] - y[before], np.nan)
+    # (log1p of the gathered days only: the young rows are few, the grid is every row)
+    change = np.where(inside, np.log1p(grid.value[at]) - np.log1p(grid.value[before]), np.nan)
 
     def robust_sd(changes: np.ndarray) -> np.ndarray:
         middle = _row_medians(changes.copy(), 7)
