@@ -1,5 +1,6 @@
 """Peer benchmarks read only the last weeks of the usage window, with the same result."""
 
+import json
 from datetime import date, timedelta
 
 import numpy as np
@@ -13,6 +14,7 @@ from insight_pipeline.lib.detectors.benchmarks import (
     peer_percentiles,
 )
 from insight_pipeline.lib.detectors.usage import carry_last_before
+from insight_pipeline.lib.insights.narrate import TemplateNarrator
 from insight_pipeline.lib.settings import BenchmarkSettings
 from insight_pipeline_tests.synthetic import USAGE_SCHEMA
 
@@ -312,3 +314,59 @@ def test_fractional_usage_gives_a_range_its_days_peer_means_to_the_bit() -> None
     ).sort(key)
     assert ranged.height == 21 * 30
     assert ranged.equals(daily)
+
+
+def test_a_place_among_few_peers_is_a_rank_among_many_a_share() -> None:
+    """Among 38 peers the lowest reads "the lowest of 38", not "bottom 1%" (1% of 38 is no
+    one); among 150 the lowest (tied with another) reads "bottom 1%", never "bottom 0%". The
+    seats are the entitled ones where the entitlements give them, and only then do the
+    evidence and the text name the entitlements."""
+    days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
+    s = BenchmarkSettings()
+    narrator = TemplateNarrator()
+    for size in (36, 148):
+        levels = {f"C{i:03d}": 10.0 * (0.94 + 0.12 * i / size) for i in range(size)}
+        levels |= {"LOW": 3.0, "LOW_TOO": 3.0, "HIGH": 30.0} if size > 100 else {"LOW": 3.0}
+        levels |= {"SECOND": 4.0}
+        usage = steady_usage(levels, days)
+        accounts = retail_accounts(list(levels), ["smb"] * len(levels))
+        entitled = pl.DataFrame(
+            {"customer_id": ["LOW"], "metric": ["seats_used"], "entitled_value": [20.0]}
+        )
+        signals = detect_benchmarks(
+            peer_percentiles(usage, entitled, accounts, END, END, s), s
+        ).sort("customer_id")
+        rows = {r["customer_id"]: r for r in signals.iter_rows(named=True)}
+        facts = {c: json.loads(r["facts"]) for c, r in rows.items()}
+        sources = {c: r["evidence"][0]["source"] for c, r in rows.items()}
+        assert facts["LOW"]["rank"] == 1 and facts["LOW"]["entitled_seats"] is True
+        assert sources["LOW"] == "usage_daily, entitlements"
+        assert facts["SECOND"]["entitled_seats"] is False and sources["SECOND"] == "usage_daily"
+        texts = {
+            c: narrator.narrate(
+                [{"type": r["type"], "customer_name": c, "f": facts[c], "base_rate": None}]
+            )[0]
+            for c, r in rows.items()
+        }
+        if size < 100:
+            assert facts["SECOND"]["rank"] == 2
+            assert (
+                texts["LOW"]["title"]
+                == "LOW has the lowest daily active users per seat of 38 peer accounts"
+            )
+            assert texts["SECOND"]["title"].startswith("SECOND has the 2nd lowest daily")
+            assert "per entitled seat" in texts["LOW"]["summary"]
+            assert "per seat in use" in texts["SECOND"]["summary"]
+        else:
+            # tied for the lowest: both the lowest; the next after both is third
+            assert facts["LOW_TOO"]["rank"] == 1 and facts["SECOND"]["rank"] == 3
+            assert facts["HIGH"]["rank"] == 1 and set(facts) >= {"HIGH", "LOW", "LOW_TOO"}
+            assert (
+                texts["LOW"]["title"]
+                == "LOW is in the bottom 1% of its peers on daily active users"
+            )
+            assert texts["SECOND"]["title"].endswith("bottom 2% of its peers on daily active users")
+            assert (
+                texts["HIGH"]["title"] == "HIGH is in the top 1% of its peers on daily active users"
+            )
+            assert "(percentile 1)" in texts["LOW"]["summary"]

@@ -120,11 +120,11 @@ FACTS: dict[str, dict[str, Any]] = {
     },
     "outperforming": {
         "metric": "events", "per_seat": 48.213, "peer_median": 21.5, "percentile": 95.0,
-        "peers": 38, "cohort_name": "enterprise software",
+        "peers": 38, "cohort_name": "enterprise software", "rank": 2, "entitled_seats": True,
     },
     "underperforming": {
         "metric": "events", "per_seat": 3.104, "peer_median": 21.5, "percentile": 4.0,
-        "peers": 38, "cohort_name": "smb retail",
+        "peers": 38, "cohort_name": "smb retail", "rank": 2, "entitled_seats": False,
     },
     "qbr_due": {"days_to_renewal": 74, "renewal_date": "2026-09-12", "last_qbr": None},
     "outreach_window": {

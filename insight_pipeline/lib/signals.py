@@ -60,13 +60,16 @@ TEAM_TYPES: frozenset[str] = frozenset(t for t, c in CATEGORY_OF_TYPE.items() if
 ACCOUNT_TYPES: frozenset[str] = frozenset(CATEGORY_OF_TYPE) - TEAM_TYPES
 
 
-def evidence_item(metric: pl.Expr, value: pl.Expr, comparison: pl.Expr, source: str) -> pl.Expr:
-    """One evidence struct built from expressions (vectorised over all rows)."""
+def evidence_item(
+    metric: pl.Expr, value: pl.Expr, comparison: pl.Expr, source: str | pl.Expr
+) -> pl.Expr:
+    """One evidence struct built from expressions (vectorised over all rows); `source` names
+    the tables it was read from, per row where that depends on the row."""
     return pl.struct(
         metric.cast(pl.String).alias("metric"),
         value.cast(pl.Float64).alias("value"),
         comparison.cast(pl.String).alias("comparison"),
-        pl.lit(source).alias("source"),
+        (pl.lit(source) if isinstance(source, str) else source).cast(pl.String).alias("source"),
     )
 
 

@@ -326,8 +326,22 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
     hits = percentiles.filter(top | bottom)
     if hits.height == 0:
         return empty_signals()
+    # its place among its peers, from the end it is at (1 = the lowest / the highest; peers
+    # tied with it share the place): a percentile of 36 peers reads "bottom 1%", of 200
+    # "bottom 0%"; the midpoint rank is the percentile's, (rank - 0.5) / peers
+    midpoint = (pl.col("percentile") * pl.col("peers") + 0.5).round(6)
+    entitled = pl.col("entitled_seats").is_not_null()
+    per_seat = (
+        pl.when(entitled).then(pl.lit("per entitled seat")).otherwise(pl.lit("per seat in use"))
+    )
     return conform(
         hits.with_columns(
+            pl.when(top)
+            .then(pl.col("peers") + 1 - midpoint.ceil())
+            .otherwise(midpoint.floor())
+            .cast(pl.Int64)
+            .alias("_rank")
+        ).with_columns(
             pl.when(top)
             .then(pl.lit("outperforming"))
             .otherwise(pl.lit("underperforming"))
@@ -341,7 +355,7 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
             (pl.col("peers") / 50.0).clip(0.4, 0.9).alias("confidence"),
             evidence_list(
                 evidence_item(
-                    pl.format("{} per seat ({}-day mean)", pl.lit(s.metric), s.window_days),
+                    pl.format("{} {} ({}-day mean)", pl.lit(s.metric), per_seat, s.window_days),
                     pl.col("per_seat").round(3),
                     pl.format(
                         "peer median {} across {} {} accounts",
@@ -349,7 +363,10 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
                         pl.col("peers"),
                         pl.col("cohort_name"),
                     ),
-                    "usage_daily, entitlements",
+                    # the entitlements only where they gave the seats
+                    pl.when(entitled)
+                    .then(pl.lit("usage_daily, entitlements"))
+                    .otherwise(pl.lit("usage_daily")),
                 ),
                 evidence_item(
                     pl.lit("percentile among peers"),
@@ -365,6 +382,8 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
                 (pl.col("percentile") * 100).round(0).alias("percentile"),
                 pl.col("peers"),
                 pl.col("cohort_name"),
+                pl.col("_rank").alias("rank"),
+                entitled.alias("entitled_seats"),
             )
             .struct.json_encode()
             .alias("facts"),

@@ -70,6 +70,15 @@ def fmt_pct(value: Any, signed: bool = False) -> str:
     return f"{number:+d}%" if signed else f"{abs(number)}%"
 
 
+def ordinal(value: Any) -> str:
+    """1 -> '1st', 2 -> '2nd', 3 -> '3rd', 11 -> '11th', 22 -> '22nd'."""
+    number = int(value)
+    suffix = (
+        "th" if number % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
+    return f"{number}{suffix}"
+
+
 def fmt_money(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -153,6 +162,7 @@ class TemplateNarrator:
             num=fmt_number,
             count=fmt_count,
             pct=fmt_pct,
+            ordinal=ordinal,
             money=fmt_money,
             metric_name=humanize_metric,
             upper_first=upper_first,
