@@ -14,6 +14,8 @@ import pytest
 from insight_pipeline.lib.detectors.common import mann_kendall_threshold, run_positions
 from insight_pipeline.lib.detectors.usage import (
     KEYS,
+    Population,
+    Populations,
     _best_of_weeks_z,
     _DenseGrid,
     _epoch_day,
@@ -32,6 +34,7 @@ from insight_pipeline.lib.detectors.usage import (
     _young_rows,
     anomaly_rows,
     carry_last_before,
+    cohort_members,
     dense_usage,
     detect_usage_anomalies,
     detect_usage_trends,
@@ -1763,3 +1766,89 @@ def test_the_week_after_a_spike_is_no_fall_of_a_young_series() -> None:
     )
     assert set(found["customer_id"]) == {"C0006"}
     assert found["partition_date"].min() >= day_of(starts[6] + 44)
+
+
+def _seasonal_book() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """150 accounts (10% day-to-day noise); the first 50 ("education") work at 20% of their
+    usual for five weeks from day DAYS - 60 and come back (a school's summer). Planted: C0100
+    (software) drops to 30% during the season, C0003 (education) to 30% twelve days before
+    it, C0005 (education) triples for three days two weeks after it. Returns the usage and
+    the accounts (industry; region: half of each)."""
+    rng = np.random.default_rng(21)
+    season = slice(DAYS - 60, DAYS - 25)
+    multipliers = {i: rng.lognormal(0.0, 0.1, DAYS) for i in range(150)}
+    for i in range(50):
+        multipliers[i][season] *= 0.2
+    multipliers[100] = multipliers[100] * step(DAYS, DAYS - 45, 0.3)
+    multipliers[3] = multipliers[3] * step(DAYS, DAYS - 72, 0.3)
+    multipliers[5][DAYS - 10 : DAYS - 7] *= 3.0
+    usage = usage_series(150, DAYS, END, multipliers=multipliers, seed=21)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:04d}" for i in range(150)],
+            "industry": ["education" if i < 50 else "software" for i in range(150)],
+            "region": ["NA" if i % 2 else "EMEA" for i in range(150)],
+        }
+    )
+    return usage, accounts
+
+
+def test_a_season_of_one_industry_is_that_industrys_not_each_of_its_accounts() -> None:
+    """A third of the book, one industry, works at a fifth of its usual for five weeks and
+    comes back: those are days of the industry's population (`cohorts`), not of the book's.
+    Its accounts raise no drop while the season lasts and no spike when they return (judged
+    against the whole book's days, 40+ of the 50 do), and an account's own drop still shows,
+    inside the industry before the season and outside it during the season, and a spike of
+    one of its accounts after the season. The regions,
+    which did not move but for the industry's accounts in them, have no days; a run of a day
+    alone gives the same rows."""
+    usage, accounts = _seasonal_book()
+    first, last = day_of(DAYS - 75), END
+    days = population_shifts(usage, first, last, S, cohorts=accounts)
+    education = days.filter(pl.col("cohort") == "industry=education")
+    season_days = {day_of(d) for d in range(DAYS - 60, DAYS - 25)}
+    assert len(set(education["date"]) & season_days) >= 25
+    assert set(days["cohort"].drop_nulls()) == {"industry=education"}
+    assert days.filter(pl.col("cohort").is_null()).height == 0  # no day of everyone's
+    population = Population(days, cohort_members(accounts, days))
+    assert set(population.members["customer_id"]) == {f"C{i:04d}" for i in range(50)}
+
+    def found(population: Populations) -> dict[str, set[str]]:
+        signals = detect_usage_anomalies(
+            usage_baselines(usage, first, last, S, population=population), S
+        )
+        return {
+            kind: set(signals.filter(pl.col("type") == kind)["customer_id"])
+            for kind in ("usage_drop", "usage_spike")
+        }
+
+    judged = found(population)
+    assert {"C0003", "C0100"} <= judged["usage_drop"]
+    in_season = {f"C{i:04d}" for i in range(50)}
+    assert judged["usage_drop"] & in_season == {"C0003"}
+    # (judged after the season too, though most of its baseline's weeks were the season's)
+    assert judged["usage_spike"] & in_season == {"C0005"}
+    # the same days without knowing whose they are: the whole book's is no one's season
+    unknown = found(days)
+    assert len(unknown["usage_drop"] & in_season) > 40
+    # and with no cohorts measured, the book's days do not cover the season either
+    book_only = population_shifts(usage, first, last, replace(S, population_cohorts=()))
+    assert len(found(book_only)["usage_drop"] & in_season) > 40
+    # a run of each day alone (its own population days) gives the same rows
+    baselines = usage_baselines(usage, first, last, S, population=population)
+    for index in (DAYS - 58, DAYS - 40, DAYS - 25, DAYS - 24, DAYS - 9):
+        day = day_of(index)
+        alone_days = population_shifts(usage, day, day, S, cohorts=accounts)
+        alone = usage_baselines(
+            usage,
+            day,
+            day,
+            S,
+            population=Population(alone_days, cohort_members(accounts, alone_days)),
+        )
+        assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
+
+
+def test_population_cohorts_name_customers_columns() -> None:
+    with pytest.raises(ValueError, match=r"population_cohorts.*'country'"):
+        UsageSettings(population_cohorts=("industry", "country"))

@@ -11,6 +11,9 @@ from typing import Any
 
 from insight_pipeline.lib.detectors.common import mann_kendall_threshold
 
+COHORT_COLUMNS = frozenset({"industry", "segment", "region", "plan"})
+"""The customers' columns whose values group accounts (`UsageSettings.population_cohorts`)."""
+
 
 @dataclass(frozen=True)
 class UsageSettings:
@@ -66,6 +69,11 @@ class UsageSettings:
     """A population's move must also be shared: the accounts moving its way are more than a
     fair coin would give with this probability (one-sided sign test). In a book of 14 accounts
     13 must have moved; in one of 500 the median's move alone already says as much."""
+    population_cohorts: tuple[str, ...] = ("industry", "region")
+    """Columns of the customers table whose values are cohorts that can move together as the
+    whole population does (`population_shifts`): an industry's season (schools in summer,
+    retail in December), a region's holiday. A cohort needs `min_population_series` accounts
+    of the sample (`population_sample`) to be measured. Empty: the whole book only."""
     population_sample: int = 500
     """Accounts (a fixed hash sample) the population's move, and which metrics are levels
     (`RiskSettings.level_change`), are measured on: the median of 500 accounts' residuals moves
@@ -105,6 +113,12 @@ class UsageSettings:
     """Minimum weekly volume for a trend to be judged."""
 
     def __post_init__(self) -> None:
+        unknown = set(self.population_cohorts) - COHORT_COLUMNS
+        if unknown:
+            raise ValueError(
+                f"usage.population_cohorts={list(self.population_cohorts)}: "
+                f"{sorted(unknown)} not among the customers' columns {sorted(COHORT_COLUMNS)}"
+            )
         if not 0 <= self.young_drop < 1:
             raise ValueError(
                 f"usage.young_drop={self.young_drop}: a share of the best week in [0, 1) "

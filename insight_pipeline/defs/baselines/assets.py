@@ -17,7 +17,12 @@ from insight_pipeline.defs.sources.assets import (
     shard_label,
     unknown_usage_days,
 )
-from insight_pipeline.lib.detectors.usage import population_shifts, without_unknown_weeks
+from insight_pipeline.lib.detectors.usage import (
+    Population,
+    cohort_members,
+    population_shifts,
+    without_unknown_weeks,
+)
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
 from insight_pipeline.lib.detectors.usage import (
     usage_baselines_and_trends as compute_baselines_and_trends,
@@ -82,7 +87,7 @@ def usage_baselines_and_trends(
     if want_baselines or want_trends:
         # Measured once for the run on a fixed sample of accounts (every part judges by it;
         # the trend test takes those days out of its week sums).
-        sample, sample_churned = sample_usage(
+        sample, sampled = sample_usage(
             context,
             source,
             usage_window.lazy(),
@@ -90,26 +95,32 @@ def usage_baselines_and_trends(
             usage_settings.population_sample,
             lookback,
         )
-        population = population_shifts(
+        days = population_shifts(
             sample,
             first,
             last,
             usage_settings,
-            sample_churned,
+            churn_dates(sampled),
             window_start=first - timedelta(days=lookback),
             # (where the source's rows begin, over every account)
             data_from=usage_window.lazy().select(pl.col("date").min()).collect().item(),
+            cohorts=sampled,
         )
+        # (the cohorts' accounts among this run's, not only the sample's)
+        population = Population(days, cohort_members(accounts, days))
         metadata["population_days"] = (
             markdown_preview(
-                population.with_columns(
-                    pl.col("population_shift").exp().sub(1).round(3).alias("median_change")
+                days.with_columns(
+                    pl.col("population_shift").exp().sub(1).round(3).alias("median_change"),
+                    pl.col("cohort").fill_null("all accounts"),
                 ),
-                ["metric", "date", "median_change"],
+                ["metric", "date", "cohort", "median_change"],
                 rows=20,
             )
-            if population.height
-            else dg.MetadataValue.text("none: no day on which a metric's whole population moved")
+            if days.height
+            else dg.MetadataValue.text(
+                "none: no day on which a metric's whole population, or a cohort's, moved"
+            )
         )
 
     def compute(usage: pl.DataFrame) -> pl.DataFrame:

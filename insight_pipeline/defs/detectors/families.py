@@ -357,7 +357,7 @@ def risk_signals(
     usage_rows = rows_of(usage_window)
     # which metrics are levels (seats, storage) is measured once for the run, on a fixed sample
     # of all accounts (the same in every account shard)
-    sample, _churned = sample_usage(
+    sample, _sampled = sample_usage(
         context, source, usage_window, accounts, cfg.usage.population_sample, cfg.lookback_days
     )
     level_days = risk.level_metrics_by_day(sample, first, last, cfg.risk)

@@ -211,21 +211,22 @@ def sample_usage(
     size: int,
     lookback_days: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The usage window of a fixed hash sample of about `size` of ALL accounts, and their
-    churn dates (customer_id, churned_on): for what is measured across accounts (the days a
-    metric's whole population moved, the metrics that hold a level). A run over every account
-    takes the sample from its own window; a run of one account shard holds only its accounts,
-    so it reads the sample's rows from the source (`sample_from_source`): every shard measures
-    on the accounts the unsharded run measures on."""
+    """The usage window of a fixed hash sample of about `size` of ALL accounts, and those
+    accounts (their rows of `accounts`: churn dates, industry, region): for what is measured
+    across accounts (the days a metric's whole population, or an industry's or a region's,
+    moved; the metrics that hold a level). A run over every account takes the sample from its
+    own window; a run of one account shard holds only its accounts, so it reads the sample's
+    rows from the source (`sample_from_source`): every shard measures on the accounts the
+    unsharded run measures on."""
     _shard, shards = run_shard(context)
     if shards == 1:
         sample = usage_window.filter(in_sample(accounts.height, size)).collect()
-        return sample, churn_dates(accounts)
+        return sample, accounts.filter(in_sample(accounts.height, size))
     first, _last = partition_days(context)
     (clean,), sampled = sample_from_source(
         context, source, ("usage_daily",), size, first - timedelta(days=lookback_days)
     )
-    return clean, churn_dates(sampled)
+    return clean, sampled
 
 
 def sample_from_source(

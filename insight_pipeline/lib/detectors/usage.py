@@ -633,7 +633,7 @@ def usage_baselines(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     lookback_days: int | None = None,
     units: bool = False,
 ) -> pl.DataFrame:
@@ -656,7 +656,7 @@ def usage_baselines_and_trends(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     lookback_days: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`usage_baselines` and the trend signals (`detect_usage_trends` of `weekly_trend_stats`)
@@ -674,7 +674,7 @@ def usage_trends(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     lookback_days: int | None = None,
 ) -> pl.DataFrame:
     """The trend signals of [start, end]: `detect_usage_trends` of `weekly_trend_stats`,
@@ -688,7 +688,7 @@ def _trends_of_grid(
     start: date,
     end: date,
     settings: UsageSettings,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """The weekly signals of the grid: the trends and pattern changes (`detect_usage_trends`)
@@ -706,7 +706,7 @@ def _judged(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None,
-    population: pl.DataFrame | None,
+    population: Populations,
     lookback_days: int | None,
 ) -> Callable[..., pl.DataFrame]:
     """`judge(of_grid, merge=False)`: `of_grid` (a `_..._of_grid` statistic) of [start, end] on
@@ -913,7 +913,49 @@ POPULATION_SCHEMA = {
     "date": pl.Date,
     "population_shift": pl.Float64,
     "population_spread": pl.Float64,
+    "cohort": pl.String,
 }
+"""A population day: the metric's accounts moved together that day; `cohort` null for the
+whole book, else the cohort that did (`industry=education`, `region=EMEA`)."""
+
+
+@dataclass(frozen=True)
+class Population:
+    """The population days of a run (`population_shifts`) and, for the cohorts among them,
+    which accounts each holds (customer_id, cohort): of every account, not only the sample
+    the days were measured on (`cohort_members`)."""
+
+    days: pl.DataFrame
+    members: pl.DataFrame
+
+
+Populations = pl.DataFrame | Population | None
+"""What the usage statistics take as their population: its days alone (the whole book's, as
+`population_shifts` gives them without cohorts), with the cohorts' members, or none."""
+
+
+def cohort_members(accounts: pl.DataFrame, days: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, cohort) of the accounts in the cohorts that have population days."""
+    none = pl.DataFrame(schema={"customer_id": pl.String, "cohort": pl.String})
+    if "cohort" not in days.columns:
+        return none
+    named = days.filter(pl.col("cohort").is_not_null())["cohort"].unique()
+    if named.len() == 0:
+        return none
+    columns = sorted({name.split("=", 1)[0] for name in named.to_list()})
+    return (
+        pl.concat(
+            [
+                accounts.select(
+                    "customer_id",
+                    (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
+                )
+                for column in columns
+            ]
+        )
+        .filter(pl.col("cohort").is_in(named.implode()))
+        .unique(maintain_order=True)
+    )
 
 
 def population_shifts(
@@ -924,9 +966,10 @@ def population_shifts(
     churned: pl.DataFrame | None = None,
     window_start: date | None = None,
     data_from: date | None = None,
+    cohorts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """(metric, date, population_shift) of the days, from the first one a run judges to `end`,
-    on which a metric's median account moved from its own baseline by `population_shift` or
+    """(metric, date, population_shift, cohort) of the days, from the first one a run judges to
+    `end`, on which a metric's median account moved from its own baseline by `population_shift` or
     more: a holiday, a partial export or the product's own outage moves every account at once,
     and is no account's news. The shift is the median log residual (log1p(value) minus the
     baseline's log expectation) over the series judged that day, at least
@@ -945,6 +988,16 @@ def population_shifts(
     either, so an account moving with its population is judged against it when it is wider
     than the account's own scale (`_baselines_of_grid`): it must stand out among all accounts
     that day, not only against its own ordinary days.
+
+    `cohorts`: the sample's accounts with the columns of `settings.population_cohorts`
+    (industry, region). A cohort's accounts that moved together by the same rules are a
+    population day of that cohort (`cohort` "industry=education"): a school's summer break, a
+    retailer's December, a country's holiday moves a part of the book, which is no account's
+    news either, while the rest of the book did not move. The columns are taken in their order,
+    each on the accounts outside the cohorts found before to have moved that day, and then the
+    whole book (where at least `min_population_series` are left; else on every account): a
+    fifth of the book at a fifth of its usage drags the book's median (or a region's, where
+    the industry is spread across regions) down far enough to read as everyone's holiday.
 
     The days measured reach back over the trend test's weeks (`_test_weeks`) and the scale's
     days (`_baselines_of_grid` leaves them out of it); the trend test's earliest
@@ -977,11 +1030,10 @@ def population_shifts(
         ]
     )
     base = usage_baselines(padded, first_judged, end, s, churned, units=True)
-    threshold = math.log1p(s.population_shift)
     seen = usage.filter(pl.col("date") >= opened).select(*KEYS, pl.col("date").alias("_seen"))
     # (a series' day is one row of `base`: the rows on record are those of the mask)
     on_record = seen_between(base, seen, KEYS, s.min_history_days, 7 * s.baseline_weeks)
-    shifts = (
+    residuals = (
         base.filter(on_record)
         .filter(
             (pl.col("history_days") >= s.min_history_days)
@@ -989,10 +1041,74 @@ def population_shifts(
             & pl.col("y_expected").is_not_null()
         )
         # (in the grid's units, as y_expected: `_in_counting_units`)
-        .with_columns(
-            ((pl.col("value") * pl.col("_unit")).log1p() - pl.col("y_expected")).alias("_residual")
+        .select(
+            "customer_id",
+            "metric",
+            "partition_date",
+            "value",
+            ((pl.col("value") * pl.col("_unit")).log1p() - pl.col("y_expected")).alias("_residual"),
         )
-        .group_by("metric", "partition_date")
+    )
+    days = []
+    if cohorts is not None and s.population_cohorts and residuals.height:
+        # (a cohort of every sampled account is the whole book)
+        sampled = residuals["customer_id"].n_unique()
+        remaining = residuals
+        for column in s.population_cohorts:
+            if column not in cohorts.columns:
+                continue
+            of_cohort = (
+                cohorts.select(
+                    "customer_id",
+                    (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
+                )
+                .drop_nulls()
+                .filter(pl.len().over("cohort") < sampled)
+            )
+            moved = _shared_moves(remaining.join(of_cohort, on="customer_id"), ["cohort"], s)
+            if moved.height == 0:
+                continue
+            days.append(moved)
+            # the next cohorts, and the book, are measured on the accounts not in a cohort
+            # that moved that day
+            remaining = remaining.join(
+                of_cohort.join(moved.select("cohort", "metric", "date"), on="cohort").select(
+                    "customer_id", "metric", pl.col("date").alias("partition_date")
+                ),
+                on=["customer_id", "metric", "partition_date"],
+                how="anti",
+            )
+        if days:
+            # (where enough of them are left; else the book's day is measured on all)
+            enough = (
+                remaining.group_by("metric", "partition_date")
+                .len()
+                .filter(pl.col("len") >= s.min_population_series)
+                .drop("len")
+            )
+            residuals = pl.concat(
+                [
+                    remaining.join(enough, on=["metric", "partition_date"], how="semi"),
+                    residuals.join(enough, on=["metric", "partition_date"], how="anti"),
+                ]
+            )
+    days.insert(
+        0, _shared_moves(residuals, [], s).with_columns(pl.lit(None, pl.String).alias("cohort"))
+    )
+    return (
+        pl.concat(days, how="diagonal_relaxed")
+        .select(list(POPULATION_SCHEMA))
+        .sort("metric", "date", "cohort", nulls_last=False)
+    )
+
+
+def _shared_moves(residuals: pl.DataFrame, by: list[str], s: UsageSettings) -> pl.DataFrame:
+    """The (`by`, metric, date) whose accounts' residuals moved together (`population_shifts`):
+    the median far enough, at least `min_population_series` accounts, more of them its way
+    than a sign test's chance, a void day's shift -inf."""
+    threshold = math.log1p(s.population_shift)
+    shifts = (
+        residuals.group_by(*by, "metric", "partition_date")
         .agg(
             pl.col("_residual").median().alias("population_shift"),
             ((pl.col("_residual") - pl.col("_residual").median()).abs().median() * MAD_TO_SD).alias(
@@ -1030,20 +1146,24 @@ def population_shifts(
     # day says anything about it. Its shift is -inf: every account moving down with it is
     # judged to have moved by 0, and the weekly sums count its other days (`_test_weeks`).
     void = pl.col("_zero") * 2 > pl.col("_series")
-    shifts = shifts.with_columns(
+    return shifts.with_columns(
         pl.when(void).then(-math.inf).otherwise("population_shift").alias("population_shift")
-    )
-    return shifts.select(list(POPULATION_SCHEMA)).sort("metric", "date")
+    ).select(*by, "metric", "date", "population_shift", "population_spread")
 
 
 def _population_at(
-    grid: _DenseGrid, population: pl.DataFrame | None, columns: Sequence[str]
+    grid: _DenseGrid, population: Populations, columns: Sequence[str]
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The grid rows on a population day of their metric (ascending) and, for each of `columns`,
-    its value there (a column the frame lacks: 0), from one pass (`_population_rows`)."""
+    its value there (a column the frame lacks: 0), from one pass (`_population_rows`). A row on
+    a day of one of its account's cohorts takes that cohort's day (of two, the one that moved
+    further), else the whole book's."""
+    members = None
+    if isinstance(population, Population):
+        population, members = population.days, population.members
     if population is None or population.height == 0 or grid.value.size == 0:
         return np.zeros(0, dtype=np.int64), [np.zeros(0) for _ in columns]
-    return _population_rows(grid, population, columns)
+    return _population_rows(grid, population, columns, members)
 
 
 def _placed(at: np.ndarray, values: np.ndarray, rows: np.ndarray | None, size: int) -> np.ndarray:
@@ -1063,19 +1183,36 @@ def _placed(at: np.ndarray, values: np.ndarray, rows: np.ndarray | None, size: i
 
 
 def _population_rows(
-    grid: _DenseGrid, population: pl.DataFrame, columns: Sequence[str]
+    grid: _DenseGrid,
+    population: pl.DataFrame,
+    columns: Sequence[str],
+    members: pl.DataFrame | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The grid rows on a population day of their metric, ascending, and the day's value of each
     of `columns` (0 for one the frame lacks): each run of a series' rows (from position 0,
-    daily) holds a day at its first day's offset."""
+    daily) holds a day at its first day's offset. A cohort's days (`cohort` not null) are the
+    days of its `members`' series only, and take precedence over the whole book's (of two
+    cohorts, the one whose shift is larger)."""
     starts = np.flatnonzero(grid.position == 0)
     length = np.diff(starts, append=grid.value.size)
     first_day = grid.day[starts]
     metric_of = grid.keys["metric"].gather(grid.series[starts])
+    customer_of = None
+    if "cohort" not in population.columns:
+        population = population.with_columns(pl.lit(None, pl.String).alias("cohort"))
     found_rows: list[np.ndarray] = []
     found: list[list[np.ndarray]] = [[] for _ in columns]
-    for (metric,), days in population.group_by("metric"):
-        runs = np.flatnonzero((metric_of == metric).fill_null(False).to_numpy())
+    rank: list[np.ndarray] = []
+    for (metric, cohort), days in population.group_by("metric", "cohort"):
+        of_metric = (metric_of == metric).fill_null(False)
+        if cohort is not None:
+            if members is None:
+                continue  # (its accounts unknown: no one's)
+            if customer_of is None:
+                customer_of = grid.keys["customer_id"].gather(grid.series[starts])
+            ids = members.filter(pl.col("cohort") == cohort)["customer_id"]
+            of_metric &= customer_of.is_in(ids.implode())
+        runs = np.flatnonzero(of_metric.to_numpy())
         pop_day = days["date"].cast(pl.Int32).to_numpy().astype(np.int64)
         offset = pop_day[None, :] - first_day[runs][:, None]
         inside = (offset >= 0) & (offset < length[runs][:, None])
@@ -1085,11 +1222,17 @@ def _population_rows(
                 days[column].to_numpy() if column in days.columns else np.zeros(days.height)
             )
             out.append(np.broadcast_to(day_values[None, :], offset.shape)[inside])
+        # a cohort's day before the book's, the larger move first (a void day's -inf largest)
+        weight = -1.0 if cohort is None else np.abs(days["population_shift"].to_numpy())
+        rank.append(np.broadcast_to(np.asarray(weight)[None, ...], offset.shape)[inside])
     if not found_rows:
         return np.zeros(0, dtype=np.int64), [np.zeros(0) for _ in columns]
     at = np.concatenate(found_rows)
-    order = np.argsort(at, kind="stable")
-    return at[order], [np.concatenate(values)[order] for values in found]
+    order = np.lexsort((-np.concatenate(rank), at))
+    at = at[order]
+    first = np.ones(at.size, dtype=bool)
+    first[1:] = at[1:] != at[:-1]
+    return at[first], [np.concatenate(values)[order][first] for values in found]
 
 
 MONTHS_BACK = 3
@@ -1176,7 +1319,7 @@ def _baselines_of_grid(
     start: date,
     end: date,
     settings: UsageSettings,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     dropped: np.ndarray | None = None,
     units: bool = False,
 ) -> pl.DataFrame:
@@ -1212,7 +1355,15 @@ def _baselines_of_grid(
         picked, without = _expected_without(
             y, grid.position, judged_rows, same_weekday, min_weeks, left_out
         )
-        expected_judged[np.searchsorted(judged_rows, picked)] = without
+        # A population day itself keeps the expected value its population's move was measured
+        # against (`population_shifts`: the plain one), so that the account's move beyond the
+        # population's is measured on one footing: the two differ once a season fills half the
+        # baseline's weeks (the fifth week of a school's summer: -0.85 against the plain
+        # expected, -1.6 against the one without the season, and every school's day read as a
+        # drop).
+        keep = left_out[picked]
+        at_picked = np.searchsorted(judged_rows, picked)
+        expected_judged[at_picked] = np.where(keep, expected_judged[at_picked], without)
     abs_resid = np.abs(y - y_expected)
     # A day its whole population moved says nothing of an account's own day-to-day noise: its
     # residual is left out of the scale (two weeks of holiday in 28 days would double it, and
@@ -1227,8 +1378,15 @@ def _baselines_of_grid(
             own_days, grid.position, judged_rows, 1, s.scale_days, max(1, s.scale_days // 4)
         )
         too_few = np.flatnonzero(np.isnan(scale))
+        # (those days' residuals net of their population's move: weeks of an industry's
+        # season, or of its return from it, are the account's noise only in what it moved
+        # beyond its cohort - as they are, a return of +300% read as its noise)
+        net = abs_resid.copy()
+        with np.errstate(invalid="ignore"):
+            net[on_population] = np.abs((y - y_expected)[on_population] - shift_at)
+        net[np.isinf(net)] = np.nan  # (a void day's: not counted)
         scale[too_few] = _lagged_median(
-            abs_resid,
+            net,
             grid.position,
             judged_rows[too_few],
             range(1, s.scale_days + 1),
@@ -1571,7 +1729,7 @@ def _young_drops_of_grid(
     start: date,
     end: date,
     settings: UsageSettings,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """usage_drop signals of series too young for a baseline (`UsageSettings.young_drop`): a new
@@ -1808,7 +1966,7 @@ def weekly_trend_stats(
     end: date,
     settings: UsageSettings,
     churned: pl.DataFrame | None = None,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     lookback_days: int | None = None,
 ) -> pl.DataFrame:
     """Per customer x metric x day in [start, end]: week sums ending on that day, the run of
@@ -1830,7 +1988,7 @@ what every run of a day reads (`usage_reach_days`)."""
 
 
 def _test_weeks(
-    grid: _DenseGrid, population: pl.DataFrame | None, w0: np.ndarray
+    grid: _DenseGrid, population: Populations, w0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The week sums the trend test compares: 7-day sums of the grid with each population day
     on which the account moved with its population counted at the account's usual level (the
@@ -1950,7 +2108,7 @@ def _trend_stats_of_grid(
     end: date,
     settings: UsageSettings,
     only_candidates: bool = False,
-    population: pl.DataFrame | None = None,
+    population: Populations = None,
     dropped: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """`weekly_trend_stats` of the grid; with `only_candidates`, only of the rows that could
