@@ -39,6 +39,7 @@ from insight_pipeline.lib.detectors.usage import (
     detect_usage_anomalies,
     detect_usage_trends,
     population_shifts,
+    population_trends,
     rows_since,
     seen_between,
     series_last_before,
@@ -1852,3 +1853,42 @@ def test_a_season_of_one_industry_is_that_industrys_not_each_of_its_accounts() -
 def test_population_cohorts_name_customers_columns() -> None:
     with pytest.raises(ValueError, match=r"population_cohorts.*'country'"):
         UsageSettings(population_cohorts=("industry", "country"))
+
+
+def test_a_season_of_one_industry_is_no_decline_new_level_or_adoption_of_its_accounts() -> None:
+    """The same season seen by the weekly rules: its five weeks read as every school's decline
+    over 8 weeks and as its new level (all 50 of them), days of the season or not. Judged net
+    of their cohort's weekly change where it moved the same way (`population_trends`), at most
+    a few schools keep a day's decline (the deeper end of the return), while the school whose
+    own drop came before the season, and the software account whose usage fell in it, keep
+    theirs. A run of a day alone gives the same signals."""
+    usage, accounts = _seasonal_book()
+    first, last = day_of(DAYS - 75), END
+    days = population_shifts(usage, first, last, S, cohorts=accounts)
+    moved = population_trends(usage, first, last, S, None, days, accounts)
+    assert set(moved["cohort"].drop_nulls()) == {"industry=education"}
+    schools = pl.col("customer_id").is_in([f"C{i:04d}" for i in range(50)])
+    weekly = ["declining_usage", "usage_pattern_change", "adoption_trend"]
+
+    def signals(population: Population, first: date = first, last: date = last) -> pl.DataFrame:
+        found = usage_trends(usage, first, last, S, population=population)
+        return found.filter(pl.col("type").is_in(weekly))
+
+    days_only = signals(Population(days, cohort_members(accounts, days)))
+    assert days_only.filter(schools)["customer_id"].n_unique() >= 40
+    population = Population(days, cohort_members(accounts, days, moved), moved)
+    netted = signals(population)
+    kept = set(netted.filter(schools)["customer_id"])
+    assert "C0003" in kept and len(kept - {"C0003"}) <= 3, kept
+    by_type = {t: set(netted.filter(pl.col("type") == t)["customer_id"]) for t in weekly}
+    assert {"C0003", "C0100"} <= by_type["declining_usage"] & by_type["usage_pattern_change"]
+    # a run of each day alone, on its own population days and trends
+    for index in (DAYS - 50, DAYS - 30, DAYS - 20, DAYS - 5):
+        day = day_of(index)
+        alone_days = population_shifts(usage, day, day, S, cohorts=accounts)
+        alone_moved = population_trends(usage, day, day, S, None, alone_days, accounts)
+        assert alone_moved.equals(moved.filter(pl.col("date") == day)), day
+        alone = Population(
+            alone_days, cohort_members(accounts, alone_days, alone_moved), alone_moved
+        )
+        assert signals(alone, day, day).equals(netted.filter(pl.col("partition_date") == day)), day

@@ -21,6 +21,7 @@ from insight_pipeline.lib.detectors.usage import (
     Population,
     cohort_members,
     population_shifts,
+    population_trends,
     without_unknown_weeks,
 )
 from insight_pipeline.lib.detectors.usage import usage_baselines as compute_usage_baselines
@@ -106,8 +107,23 @@ def usage_baselines_and_trends(
             data_from=usage_window.lazy().select(pl.col("date").min()).collect().item(),
             cohorts=sampled,
         )
+        # the weeks a cohort's (or everyone's) usage moved together, for the weekly rules
+        moved_weeks = (
+            population_trends(
+                sample,
+                first,
+                last,
+                usage_settings,
+                churn_dates(sampled),
+                days,
+                sampled,
+                lookback,
+            )
+            if want_trends
+            else None
+        )
         # (the cohorts' accounts among this run's, not only the sample's)
-        population = Population(days, cohort_members(accounts, days))
+        population = Population(days, cohort_members(accounts, days, moved_weeks), moved_weeks)
         metadata["population_days"] = (
             markdown_preview(
                 days.with_columns(

@@ -696,8 +696,63 @@ def _trends_of_grid(
     stats = _trend_stats_of_grid(
         grid, start, end, settings, only_candidates=True, population=population, dropped=dropped
     )
+    stats = _with_population_trends(stats, population)
     young = _young_drops_of_grid(grid, start, end, settings, population, dropped)
     return pl.concat([detect_usage_trends(stats, settings, partial(_level_rows, grid)), young])
+
+
+def _rise_change(s: UsageSettings) -> pl.Expr:
+    """The log change of adoption's window: its last week against its first."""
+    return pl.col("w0").log1p() - pl.col(f"w{s.trend_weeks - 1}").log1p()
+
+
+def _with_population_trends(stats: pl.DataFrame, population: Populations) -> pl.DataFrame:
+    """`stats` with its rows' population trends (`population_trends`), `_pop_trend`,
+    `_pop_rise` and `_pop_level`: of the account's cohorts' and the whole book's, the one that
+    moved furthest (0 where none moved)."""
+    if not isinstance(population, Population) or population.trends is None:
+        return stats
+    trends = population.trends.rename({"date": "partition_date"})
+    if trends.height == 0 or stats.height == 0:
+        return stats
+    on = ["customer_id", "metric", "partition_date"]
+    rows = stats.select(on).unique()
+    book = rows.join(trends.filter(pl.col("cohort").is_null()), on=on[1:], how="inner")
+    of_cohorts = rows.join(population.members, on="customer_id", how="inner").join(
+        trends.filter(pl.col("cohort").is_not_null()), on=["cohort", *on[1:]], how="inner"
+    )
+    furthest = (
+        pl.concat([book.drop("cohort"), of_cohorts.drop("cohort")])
+        .group_by(on)
+        .agg(
+            pl.col(name).sort_by(pl.col(name).abs(), descending=True).first().alias(alias)
+            for name, alias in NET_OF_POPULATION.items()
+        )
+    )
+    return stats.join(furthest, on=on, how="left", maintain_order="left").with_columns(
+        pl.col(*NET_OF_POPULATION.values()).fill_null(0.0)
+    )
+
+
+NET_OF_POPULATION = {
+    "trend_change": "_pop_trend",
+    "rise_change": "_pop_rise",
+    "level_change": "_pop_level",
+}
+"""The population trends (`population_trends`) and the columns a row's is attached as."""
+
+
+def _shared_part(own: pl.Expr, population: pl.Expr) -> pl.Expr:
+    """The part of an account's log change its population's explains: the population's, where
+    both moved the same way, at most the account's own (an account moving beyond its cohort
+    keeps the rest; one moving against it, or alone, all of it)."""
+    return (
+        pl.when((own < 0) & (population < 0))
+        .then(pl.max_horizontal(own, population))
+        .when((own > 0) & (population > 0))
+        .then(pl.min_horizontal(own, population))
+        .otherwise(0.0)
+    )
 
 
 def _judged(
@@ -927,6 +982,8 @@ class Population:
 
     days: pl.DataFrame
     members: pl.DataFrame
+    trends: pl.DataFrame | None = None
+    """(metric, date, cohort, trend_change, level_change): `population_trends`."""
 
 
 Populations = pl.DataFrame | Population | None
@@ -934,12 +991,18 @@ Populations = pl.DataFrame | Population | None
 `population_shifts` gives them without cohorts), with the cohorts' members, or none."""
 
 
-def cohort_members(accounts: pl.DataFrame, days: pl.DataFrame) -> pl.DataFrame:
-    """(customer_id, cohort) of the accounts in the cohorts that have population days."""
+def cohort_members(accounts: pl.DataFrame, *frames: pl.DataFrame | None) -> pl.DataFrame:
+    """(customer_id, cohort) of the accounts in the cohorts named in `frames` (population
+    days, population trends)."""
     none = pl.DataFrame(schema={"customer_id": pl.String, "cohort": pl.String})
-    if "cohort" not in days.columns:
-        return none
-    named = days.filter(pl.col("cohort").is_not_null())["cohort"].unique()
+    named = pl.concat(
+        [
+            frame.filter(pl.col("cohort").is_not_null()).select(pl.col("cohort").cast(pl.String))
+            for frame in frames
+            if frame is not None and "cohort" in frame.columns
+        ]
+        or [none.select("cohort")]
+    )["cohort"].unique()
     if named.len() == 0:
         return none
     columns = sorted({name.split("=", 1)[0] for name in named.to_list()})
@@ -1049,6 +1112,16 @@ def population_shifts(
             ((pl.col("value") * pl.col("_unit")).log1p() - pl.col("y_expected")).alias("_residual"),
         )
     )
+    return _moved_together(residuals, cohorts, s).select(list(POPULATION_SCHEMA))
+
+
+def _moved_together(
+    residuals: pl.DataFrame, cohorts: pl.DataFrame | None, s: UsageSettings
+) -> pl.DataFrame:
+    """The (metric, date, cohort) whose accounts' `_residual`s moved together
+    (`_shared_moves`): each cohort of `s.population_cohorts` in turn, on the accounts not in a
+    cohort found before to have moved that day, then the whole book (cohort null) on those
+    left, where at least `min_population_series` are (else on all)."""
     days = []
     if cohorts is not None and s.population_cohorts and residuals.height:
         # (a cohort of every sampled account is the whole book)
@@ -1095,9 +1168,89 @@ def population_shifts(
     days.insert(
         0, _shared_moves(residuals, [], s).with_columns(pl.lit(None, pl.String).alias("cohort"))
     )
+    return pl.concat(days, how="diagonal_relaxed").sort(
+        "metric", "date", "cohort", nulls_last=False
+    )
+
+
+POPULATION_TRENDS_SCHEMA = {
+    "metric": pl.String,
+    "date": pl.Date,
+    "cohort": pl.String,
+    "trend_change": pl.Float64,
+    "rise_change": pl.Float64,
+    "level_change": pl.Float64,
+}
+
+
+def population_trends(
+    usage: pl.DataFrame,
+    start: date,
+    end: date,
+    settings: UsageSettings,
+    churned: pl.DataFrame | None,
+    days: pl.DataFrame,
+    cohorts: pl.DataFrame | None = None,
+    lookback_days: int | None = None,
+) -> pl.DataFrame:
+    """(metric, date, cohort, trend_change, rise_change, level_change) of the days on which
+    the weekly statistics of a metric's accounts moved together, as `population_shifts` finds
+    days (and on the same sample, cohorts and population `days`): the log change of the trend
+    test's last two weeks against its first two (`trend_change`, what declining_usage
+    measures), of the last week against the first of adoption's `trend_weeks` (`rise_change`)
+    and of the last 3 weeks against the 8 before (`level_change`, a new level); 0 where that
+    one did not. A season of more than a few weeks (schools for the summer) is
+    more than population days: its weeks read as every school's decline, then as its new
+    level and, on its return, its adoption; judged net of their cohort's (`_net_trends`),
+    they are no one's. Rows of a day on which neither moved are left out."""
+    s = settings
+    if usage.height == 0:
+        return pl.DataFrame(schema=POPULATION_TRENDS_SCHEMA)
+    members = cohort_members(cohorts, days) if cohorts is not None else None
+    stats = weekly_trend_stats(
+        usage,
+        start,
+        end,
+        s,
+        churned,
+        population=days if members is None else Population(days, members),
+        lookback_days=lookback_days,
+    )
+    if stats.height == 0:
+        return pl.DataFrame(schema=POPULATION_TRENDS_SCHEMA)
+    history = pl.col("history_days") >= 7 * s.trend_weeks
+    measures = {
+        "trend_change": pl.when(history & (pl.col("decline_base") >= s.min_weekly_volume)).then(
+            pl.col("decline_log_change")
+        ),
+        "rise_change": pl.when(history & (pl.col("run_base") >= s.min_weekly_volume)).then(
+            _rise_change(s)
+        ),
+        "level_change": pl.when(history & (pl.col("level_prior_week") >= s.min_weekly_volume)).then(
+            (pl.col("level_recent3") / 3.0).log1p() - pl.col("level_prior_week").log1p()
+        ),
+    }
+    found: list[pl.DataFrame] = []
+    for name, measure in measures.items():
+        residuals = stats.select(
+            "customer_id",
+            "metric",
+            "partition_date",
+            measure.alias("_residual"),
+            pl.lit(1.0).alias("value"),  # (no void days among weeks)
+        ).drop_nulls("_residual")
+        moved = _moved_together(residuals, cohorts, s)
+        found.append(
+            moved.select("metric", "date", "cohort", pl.col("population_shift").alias(name))
+        )
+    both = found[0]
+    for other in found[1:]:
+        both = both.join(
+            other, on=["metric", "date", "cohort"], how="full", coalesce=True, nulls_equal=True
+        )
     return (
-        pl.concat(days, how="diagonal_relaxed")
-        .select(list(POPULATION_SCHEMA))
+        both.with_columns(pl.col(*measures).fill_null(0.0))
+        .select(list(POPULATION_TRENDS_SCHEMA))
         .sort("metric", "date", "cohort", nulls_last=False)
     )
 
@@ -2596,6 +2749,12 @@ def detect_usage_trends(
     s = settings
     if stats.height == 0:
         return conform(stats)
+    # Judged net of the population's trend (`population_trends`: a cohort's season) where it
+    # moved the same way; the trend test's change, its part the population's explains.
+    own, rise = pl.col("decline_log_change"), _rise_change(s)
+    netted = "_pop_trend" in stats.columns
+    shared = (_shared_part(own, pl.col("_pop_trend")) if netted else pl.lit(0.0)).fill_null(0.0)
+    risen = (_shared_part(rise, pl.col("_pop_rise")) if netted else pl.lit(0.0)).fill_null(0.0)
     enough = (pl.col("run_base") >= s.min_weekly_volume) & (
         pl.col("history_days") >= 7 * s.trend_weeks
     )
@@ -2613,13 +2772,18 @@ def detect_usage_trends(
             pl.col("before_trend_week").is_null()
             | (pl.col("decline_recent") >= (1 + s.min_trend_change) * pl.col("before_trend_week"))
         )
+        # ... and beyond its population's rise (a school's return from its summer)
+        & ((risen <= 0) | (rise - risen >= math.log1p(s.min_trend_change)))
     ).fill_null(False)  # (a statistic without history is no trend, and no bar to a pattern)
     down = (
         ~up
         & (pl.col("decline_base") >= s.min_weekly_volume)
         & (pl.col("decline_s") >= threshold)
-        & (pl.col("decline_recent") <= (1 - s.min_trend_change) * pl.col("decline_base"))
-        & (pl.col("decline_z") <= -s.decline_z)
+        & (
+            pl.col("decline_recent")
+            <= (1 - s.min_trend_change) * pl.col("decline_base") * shared.exp()
+        )
+        & ((own - shared) / pl.col("weekly_scale") <= -s.decline_z)
     ).fill_null(False)
     changes = detect_pattern_changes(stats.filter(~(up | down)), s, levels)
     declines = _declines(_with_level(stats.filter(down), levels), s)
@@ -2829,6 +2993,10 @@ def detect_pattern_changes(
     # by anyone, is no account's new level); the weekend shape on the weeks as they were.
     prior, level_prior = pl.col("prior_week"), pl.col("level_prior_week")
     recent, level_recent = pl.col("recent3") / 3.0, pl.col("level_recent3") / 3.0
+    # net of its population's new level where it moved the same way (`population_trends`)
+    if "_pop_level" in stats.columns:
+        own = level_recent.log1p() - level_prior.log1p()
+        level_prior = level_prior * _shared_part(own, pl.col("_pop_level")).fill_null(0.0).exp()
     weeks = [pl.col(f"level_w{i}") for i in range(3)]
     up_all = pl.all_horizontal([w >= level_prior * (1 + s.min_effect) for w in weeks])
     down_all = pl.all_horizontal([w <= level_prior * (1 - s.min_effect) for w in weeks])
