@@ -261,3 +261,47 @@ def test_a_silence_counted_just_over_the_longest_explained_says_so_in_its_eviden
     [evidence] = found["evidence"].to_list()
     assert evidence[2]["value"] == 21
     assert "so counted as 21.3 days of silence" in evidence[0]["comparison"]
+
+
+def test_a_quiet_season_of_one_industry_is_not_going_dark_of_its_accounts() -> None:
+    """A third of the book ("education") falls to 15% of its contact for four weeks while the
+    rest does not; 20 accounts (half of them schools) stop 12 days after it. The whole book's
+    contact moved too little to explain a school's silence (more than 1 school in 8 called
+    dark); measured per industry too (`contact_population`'s cohorts), fewer than 1 in 14,
+    said as the schools' quiet in the evidence; every stopped account is still found, and
+    the rest of the book, judged against its own industry's contact, stays as quiet."""
+    n, dark = 300, 20
+    rng = np.random.default_rng(7)
+    rates = rng.uniform(2, 8, n)
+    stop = np.where((np.arange(n) % 15) == 0, DAYS - 60, DAYS)  # 10 schools, 10 others
+    schools = np.arange(n) < n // 3
+    season = np.ones(DAYS)
+    season[DAYS - 100 : DAYS - 72] = 0.15
+    # the schools' contact (the others' rates at 0), then the others' (the schools' at 0)
+    events = pl.concat(
+        [
+            poisson_contact(rates * schools, stop, seed=8, season=season),
+            poisson_contact(rates * ~schools, stop, seed=9),
+        ]
+    )
+    accounts = customers([f"C{i:04d}" for i in range(n)]).with_columns(
+        pl.Series("industry", np.where(schools, "education", "software"))
+    )
+    start = END - timedelta(days=99)
+    window = END - timedelta(days=365)
+    stopped = pl.col("customer_id").is_in([f"C{i:04d}" for i in range(n) if stop[i] < DAYS])
+    school = pl.col("customer_id").is_in([f"C{i:04d}" for i in range(n // 3)])
+
+    def judged(cohorts: tuple[str, ...]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        population = contact_population(events, accounts, window, END, S, cohorts)
+        found = detect_going_dark(events, accounts, start, END, S, population)
+        return found, first_alarms(found)
+
+    _, book_only = judged(())
+    found, by_cohort = judged(("industry",))
+    n_schools = n // 3 - 10
+    assert book_only.filter(school & ~stopped).height > n_schools / 8
+    assert by_cohort.filter(school & ~stopped).height < n_schools / 14
+    assert by_cohort.filter(stopped).height >= dark - 1
+    assert by_cohort.filter(~school & ~stopped).height < (n - n // 3 - 10) / 14
+    assert any("contact across education accounts" in e[0]["comparison"] for e in found["evidence"])

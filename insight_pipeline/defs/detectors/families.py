@@ -163,7 +163,9 @@ def contact_population(
     )
     events = engagement.two_way_events(meetings, communications)
     _first, last = partition_days(context)
-    return engagement.contact_population(events, sampled, window_start, last, cfg.engagement)
+    return engagement.contact_population(
+        events, sampled, window_start, last, cfg.engagement, cfg.usage.population_cohorts
+    )
 
 
 def detect_engagement(

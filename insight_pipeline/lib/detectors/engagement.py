@@ -7,6 +7,7 @@ dark after a week. "Two-way contact" is a meeting held or an inbound communicati
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import date, timedelta
 
 import polars as pl
@@ -50,26 +51,114 @@ def two_way_events(meetings: pl.DataFrame, communications: pl.DataFrame) -> pl.D
     return pl.concat(parts)
 
 
+MIN_COHORT_ACCOUNTS = 10
+"""Sampled accounts a cohort needs for its contact to be measured (`contact_population`)."""
+
+
 def contact_population(
-    events: pl.DataFrame, sample: pl.DataFrame, window_start: date, end: date, s: EngagementSettings
+    events: pl.DataFrame,
+    sample: pl.DataFrame,
+    window_start: date,
+    end: date,
+    s: EngagementSettings,
+    cohorts: Sequence[str] = (),
 ) -> pl.DataFrame:
-    """(date, contacts, expected) per day from the first contact read (not before
+    """(date, contacts, expected, cohort) per day from the first contact read (not before
     `window_start`, where the run's reading begins) to `end`: how many accounts of a fixed
     sample of all accounts (`sample`: their contract starts and churn dates) were in two-way
     contact, and how many the same weekday's share of the customers in contact over the last
-    `cadence_days` predicts (null until 8 such weekdays are on record).
+    `cadence_days` predicts (null until 8 such weekdays are on record). `cohort` null for the
+    whole sample; the same again for each value of the `cohorts` columns of `sample` held by
+    `MIN_COHORT_ACCOUNTS` of it (`industry=education`).
 
     What everyone's contact did is not one account going dark: a holiday season, or a table
-    that stopped arriving, silences every account at once (`detect_going_dark`)."""
-    schema = {"date": pl.Date, "contacts": pl.Float64, "expected": pl.Float64}
+    that stopped arriving, silences every account at once (`detect_going_dark`); nor is what
+    its cohort's did (schools over the summer, a region's holidays)."""
+    schema = {"date": pl.Date, "contacts": pl.Float64, "expected": pl.Float64, "cohort": pl.String}
     events = events.filter(pl.col("date").is_between(window_start, end))
     if events.height == 0 or sample.height == 0:
         return pl.DataFrame(schema=schema)
-    # a median: a past holiday season does not lower the usual
-    contact_days = events.select("customer_id", "date").unique()["date"]
-    return population_days(contact_days, sample, end, s.cadence_days, median=True).select(
-        "date", pl.col("events").alias("contacts"), pl.col("usual").alias("expected")
+    contacts = events.select("customer_id", "date").unique()
+    groups: list[tuple[str | None, pl.DataFrame]] = [(None, sample)]
+    for column in cohorts:
+        if column not in sample.columns:
+            continue
+        named = sample.with_columns(
+            (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("_cohort")
+        ).filter(pl.col("_cohort").is_not_null())
+        for (cohort,), members in named.group_by("_cohort", maintain_order=True):
+            if MIN_COHORT_ACCOUNTS <= members.height < sample.height:
+                groups.append((str(cohort), members.drop("_cohort")))
+    frames = []
+    for cohort, members in groups:
+        days = (
+            contacts
+            if cohort is None
+            else contacts.join(members.select("customer_id"), on="customer_id", how="semi")
+        )["date"]
+        if days.len() == 0:
+            continue
+        # a median: a past holiday season does not lower the usual
+        frames.append(
+            population_days(days, members, end, s.cadence_days, median=True).select(
+                "date",
+                pl.col("events").alias("contacts"),
+                pl.col("usual").alias("expected"),
+                pl.lit(cohort, pl.String).alias("cohort"),
+            )
+        )
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _cohort_discount(
+    rows: pl.DataFrame,
+    population: pl.DataFrame,
+    accounts: pl.DataFrame,
+    reach: int,
+    sds: float,
+) -> pl.DataFrame:
+    """`_population_discount` of each row against its account's cohorts' contact
+    (`contact_population`), whichever explains more of its silence, or where none of them was
+    measured against the whole book's (which a cohort's season moves too: a school's summer
+    is no reason for a software company's silence); `population_name` says whose ("all
+    accounts", "education accounts")."""
+    if "cohort" not in population.columns:
+        population = population.with_columns(pl.lit(None, pl.String).alias("cohort"))
+    rows = rows.with_row_index("_row")
+    judged = []
+    for (cohort,), days in population.group_by("cohort", maintain_order=True):
+        if cohort is None:
+            of_cohort, name = rows, "all accounts"
+        else:
+            column, value = str(cohort).split("=", 1)
+            if column not in accounts.columns:
+                continue
+            ids = accounts.filter(pl.col(column).cast(pl.String) == value)["customer_id"]
+            of_cohort = rows.filter(pl.col("customer_id").is_in(ids.implode()))
+            name = f"{value.replace('_', '-')} accounts"
+        if of_cohort.height:
+            judged.append(
+                _population_discount(of_cohort, days.drop("cohort"), reach, sds).with_columns(
+                    pl.lit(name).alias("population_name")
+                )
+            )
+    if not judged:
+        return rows.drop("_row").with_columns(
+            population_pace=1.0, silence_discount=0.0, population_name=pl.lit("all accounts")
+        )
+    best = (
+        pl.concat(judged)
+        .with_columns((pl.col("population_name") != "all accounts").alias("_own"))
+        .sort(
+            "_row", "_own", "silence_discount", descending=[False, True, True], maintain_order=True
+        )
+        .unique("_row", keep="first", maintain_order=True)
+        .drop("_own")
     )
+    missing = rows.join(best.select("_row"), on="_row", how="anti").with_columns(
+        population_pace=1.0, silence_discount=0.0, population_name=pl.lit("all accounts")
+    )
+    return pl.concat([best, missing], how="diagonal_relaxed").sort("_row").drop("_row")
 
 
 def _population_discount(
@@ -225,9 +314,11 @@ def detect_going_dark(
     ).with_columns(silent.alias("days_silent"), threshold.alias("threshold"))
     if population is not None and hits.height:
         reach = s.history_days - s.cadence_days
-        hits = _population_discount(hits, population, reach, s.population_sds)
+        hits = _cohort_discount(hits, population, accounts, reach, s.population_sds)
     else:
-        hits = hits.with_columns(population_pace=1.0, silence_discount=0.0)
+        hits = hits.with_columns(
+            population_pace=1.0, silence_discount=0.0, population_name=pl.lit("all accounts")
+        )
     effective = pl.col("days_silent") - pl.col("silence_discount")
     hits = hits.with_columns(effective.alias("effective_silence")).filter(
         pl.col("effective_silence") > pl.col("threshold")
@@ -251,9 +342,10 @@ def detect_going_dark(
                     pl.when(pl.col("silence_discount") >= 0.5)
                     .then(
                         pl.format(
-                            "{}; contact across all accounts since then at most {}% of its "
+                            "{}; contact across {} since then at most {}% of its "
                             "usual pace, so counted as {} days of silence",
                             last_contact,
+                            pl.col("population_name"),
                             (100 * pl.col("population_pace")).round(0).cast(pl.Int64),
                             # one decimal: rounded to days, a silence just over a threshold of
                             # 21 read "counted as 21 days" beside "21" as the longest explained
