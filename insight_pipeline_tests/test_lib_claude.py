@@ -649,6 +649,12 @@ def test_template_narratives_handle_missing_optional_facts() -> None:
     facts = {**FACTS["detractor_nps"], "comment": None}
     (text,) = TemplateNarrator().narrate([item("detractor_nps", facts)])
     assert "None" not in json.dumps(text)
+    # a comment's own full stop ends the sentence (not 'answer.".'); one without gets one
+    (text,) = TemplateNarrator().narrate([item("detractor_nps")])
+    assert text["summary"].endswith('to answer."')
+    unpunctuated = {**FACTS["detractor_nps"], "comment": "Too slow"}
+    (text,) = TemplateNarrator().narrate([item("detractor_nps", unpunctuated)])
+    assert text["summary"].endswith('"Too slow".')
     # usage that fell to nothing has no weekly rate ("-100% a week"), only its fall
     collapse = {**FACTS["declining_usage"], "last_week": 0.0, "change_pct": -100.0}
     (text,) = TemplateNarrator().narrate(

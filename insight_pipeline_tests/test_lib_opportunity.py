@@ -398,6 +398,16 @@ def test_a_promoter_is_a_referral_candidate_only_once_its_usage_is_seen_healthy(
     signals = detect_advocacy(nps, usage, health, meetings, accounts, END, END, s)
     referrals = signals.filter(pl.col("type") == "referral_candidate")["customer_id"].to_list()
     assert referrals == ["LONG"]
+    # no health score on record is no evidence: none named (trial 9: "health score: None")
+    (evidence,) = signals.filter(pl.col("type") == "referral_candidate")["evidence"].to_list()
+    assert [e["source"] for e in evidence] == ["nps_responses", "usage_daily"]
+    scored = pl.DataFrame(
+        {"customer_id": ["LONG"], "date": [END], "score": [82.0]},
+        schema_overrides={"date": pl.Date},
+    )
+    with_health = detect_advocacy(nps, usage, scored, meetings, accounts, END, END, s)
+    (evidence,) = with_health.filter(pl.col("type") == "referral_candidate")["evidence"].to_list()
+    assert evidence[-1]["source"] == "health_scores" and evidence[-1]["value"] == 82.0
 
 
 def test_a_limit_days_outside_a_week_is_refused_by_name() -> None:

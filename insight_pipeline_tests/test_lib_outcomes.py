@@ -128,3 +128,43 @@ def test_a_pattern_change_to_a_lower_level_is_compared_with_usage_that_fell() ->
     labels = [json.loads(r)["label"] for r in with_base_rates(new, rates)["base_rate"].to_list()]
     fall = FAMILIES["usage_fall"].label
     assert labels == [fall, FAMILIES["usage_rise"].label, fall]
+
+
+def test_an_insight_with_no_comparable_event_quotes_none() -> None:
+    """An outreach window a promoter opened gets the promoters' base rate; one opened by the
+    renewal's nearness, and a peer benchmark (no move of the account's own usage), get none
+    (trials 9 and 10: "Of 27 accounts with a promoter NPS response" under a pre-renewal
+    outreach, a usage drop's rate under "bottom of its peers")."""
+    s = OutcomeSettings()
+    as_of = date(2026, 11, 1)
+    customers = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(20)],
+            "contract_start": [date(2023, 1, 1)] * 20,
+            "churned_on": [date(2026, 6, 1)] * 3 + [None] * 17,
+        },
+        schema_overrides={"churned_on": pl.Date},
+    )
+    events = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:03d}" for i in range(18)],
+            "event_date": [date(2026, 5, 1)] * 18,
+            "family": ["usage_fall"] * 6 + ["usage_rise"] * 6 + ["promoter"] * 6,
+        }
+    )
+    rates = base_rate_json(outcome_rates(events, customers, as_of, s))
+    new = pl.DataFrame(
+        {
+            "type": ["outreach_window", "outreach_window", "underperforming", "outperforming"],
+            "partition_date": [date(2026, 11, 5)] * 4,
+            "facts": [
+                '{"reason": "promoter", "nps": 9}',
+                '{"reason": "pre_renewal", "nps": null}',
+                '{"metric": "dau", "percentile": 3.0}',
+                '{"metric": "dau", "percentile": 97.0}',
+            ],
+        }
+    )
+    quoted = with_base_rates(new, rates)["base_rate"].to_list()
+    assert json.loads(quoted[0])["label"] == FAMILIES["promoter"].label
+    assert quoted[1:] == [None, None, None]

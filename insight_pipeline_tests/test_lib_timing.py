@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from insight_pipeline.defs.sources.activity import empty_table
-from insight_pipeline.lib.detectors.timing import detect_qbr_due
+from insight_pipeline.lib.detectors.timing import detect_outreach_window, detect_qbr_due
 from insight_pipeline.lib.settings import TimingSettings
 from insight_pipeline_tests.synthetic import customers
 
@@ -59,3 +59,20 @@ def test_qbr_due_over_a_range_starts_where_the_record_covers_the_lookback() -> N
         .sort("customer_id")
     )
     assert got.rows() == [("LAST", END, 1), ("ON_FIRST", covered, 1)]
+
+
+def test_an_outreach_window_names_the_tables_it_read() -> None:
+    """Before a renewal, the window reads the renewal date alone (trial 9: evidence named the
+    NPS responses of an account that had none); a promoter's window, its response too."""
+    accounts = customers(["RENEWING", "PROMOTER"]).with_columns(
+        pl.Series("renewal_date", [END + timedelta(days=130), date(2027, 6, 1)])
+    )
+    nps = pl.DataFrame(
+        {"customer_id": ["PROMOTER"], "responded_on": [END], "score": [10]},
+        schema_overrides={"score": pl.Int64},
+    )
+    found = detect_outreach_window(nps, accounts, END, END, TimingSettings())
+    sources = {
+        row["customer_id"]: row["evidence"][0]["source"] for row in found.iter_rows(named=True)
+    }
+    assert sources == {"RENEWING": "customers", "PROMOTER": "nps_responses, customers"}

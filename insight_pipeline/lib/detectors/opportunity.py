@@ -410,7 +410,15 @@ def detect_advocacy(
                     pl.lit("latest"),
                     "health_scores",
                 ),
-            ).alias("evidence"),
+            )
+            # (no health score on record - or no health table - is no evidence to show)
+            .list.eval(
+                pl.element().filter(
+                    pl.element().struct.field("value").is_not_null()
+                    | (pl.element().struct.field("source") != "health_scores")
+                )
+            )
+            .alias("evidence"),
             pl.struct(
                 pl.col("score").cast(pl.Int64).alias("nps"),
                 pl.col("responded_on").cast(pl.String),

@@ -637,7 +637,7 @@ def detect_detractor_nps(
                     pl.format(
                         "NPS from {} ({})",
                         pl.col("name").fill_null("a contact"),
-                        pl.col("role").fill_null("unknown role"),
+                        pl.col("role").str.replace_all("_", " ").fill_null("unknown role"),
                     ),
                     pl.col("score"),
                     pl.format("responded on {}; 0-6 is a detractor", pl.col("responded_on")),

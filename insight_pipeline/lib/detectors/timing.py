@@ -135,7 +135,10 @@ def detect_outreach_window(
                     pl.when(promoter)
                     .then(pl.format("promoter response on {}", pl.col("responded_on")))
                     .otherwise(pl.format("renews on {}", pl.col("renewal_date"))),
-                    "nps_responses, customers",
+                    # (a pre-renewal window reads the renewal date alone)
+                    pl.when(promoter)
+                    .then(pl.lit("nps_responses, customers"))
+                    .otherwise(pl.lit("customers")),
                 )
             ).alias("evidence"),
             pl.struct(

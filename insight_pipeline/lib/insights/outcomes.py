@@ -39,13 +39,11 @@ FAMILY_OF_TYPE: dict[str, str] = {
     "usage_drop": "usage_fall",
     "declining_usage": "usage_fall",
     "silent_account": "usage_fall",
-    "underperforming": "usage_fall",
     "usage_spike": "usage_rise",
     "adoption_trend": "usage_rise",
     "usage_pattern_change": "usage_rise",
     "feature_discovery": "usage_rise",
     "entitlement_limit": "usage_rise",
-    "outperforming": "usage_rise",
     "champion_left": "champion_loss",
     "stakeholder_shift": "champion_loss",
     "detractor_nps": "detractor",
@@ -56,7 +54,9 @@ FAMILY_OF_TYPE: dict[str, str] = {
     "support_surge": "support_spike",
     "going_dark": "dark",
 }
-"""Types without a comparable event (increased_activity, qbr_due) say so plainly instead."""
+"""Types without a comparable event (increased_activity, qbr_due; a peer benchmark, which is no
+move of the account's own usage; an outreach window before a renewal, which is no promoter's
+response: `rate_key`) say so plainly instead."""
 
 FALLING = "usage_pattern_change:down"
 """The base-rate key of a usage_pattern_change whose level fell (`rate_key`): a new, lower level
@@ -65,11 +65,20 @@ FAMILY_OF_RATE_KEY = FAMILY_OF_TYPE | {FALLING: "usage_fall"}
 
 
 def rate_key() -> pl.Expr:
-    """The key an insight's base rate is looked up by: its type, or FALLING for a pattern
-    change to a lower level (its facts' change_pct below 0)."""
+    """The key an insight's base rate is looked up by: its type, FALLING for a pattern change
+    to a lower level (its facts' change_pct below 0), and for an outreach window that no
+    promoter opened (its facts' reason) a key of no family."""
     change = pl.col("facts").str.json_path_match("$.change_pct").cast(pl.Float64, strict=False)
     falling = (pl.col("type") == "usage_pattern_change") & (change < 0).fill_null(False)
-    return pl.when(falling).then(pl.lit(FALLING)).otherwise(pl.col("type"))
+    reason = pl.col("facts").str.json_path_match("$.reason")
+    unprompted = (pl.col("type") == "outreach_window") & (reason != "promoter").fill_null(False)
+    return (
+        pl.when(falling)
+        .then(pl.lit(FALLING))
+        .when(unprompted)
+        .then(pl.format("outreach_window:{}", reason))
+        .otherwise(pl.col("type"))
+    )
 
 
 EVENT_SCHEMA = {"customer_id": pl.String, "event_date": pl.Date, "family": pl.String}
