@@ -871,13 +871,19 @@ def test_a_drop_on_a_day_everyone_fell_says_its_baseline_moved_with_them() -> No
         return found["evidence"][0][0]["comparison"], json.loads(found["facts"][0])
 
     text, facts = signal(np.log(0.42))
-    assert text.endswith(", moved with the median account, at 42% of its usual that day")
+    assert text.endswith(
+        ", moved with the accounts that moved together that day (all, or its industry or "
+        "region): their median at 42% of its usual"
+    )
     assert facts["everyone_pct"] == 42
     context = narrative_context(
         {"type": "usage_drop", "category": "risk", "customer_id": "C0003", "facts": facts}
     )
     summary = TemplateNarrator().narrate([context])[0]["summary"]
-    assert "a baseline moved with the median account, which was at 42% of its usual" in summary
+    assert (
+        "moved together that day (all of them, or its industry or region), whose median was "
+        "at 42% of its usual" in summary
+    )
     for shift in (0.0, np.log(1.3), -np.inf):
         text, facts = signal(shift)
         assert "median account" not in text and facts["everyone_pct"] is None, shift
@@ -996,7 +1002,10 @@ def test_a_holiday_at_the_end_of_the_trend_window_is_no_accounts_decline() -> No
         found += len(set(adjusted["customer_id"]) & planted)
         holiday_end = adjusted.filter(pl.col("partition_date") == END)
         for evidence in holiday_end["evidence"]:
-            assert "14 days on which all accounts moved together" in evidence[0]["comparison"]
+            assert (
+                "14 days on which all accounts, or its industry or region, moved together"
+                in evidence[0]["comparison"]
+            )
     assert false_raw >= 15
     assert false_adjusted <= 1
     assert found >= 8  # of 16

@@ -1812,7 +1812,8 @@ def detect_usage_anomalies(
         pl.when(with_everyone)
         .then(
             pl.format(
-                "{}, moved with the median account, at {}% of its usual that day",
+                "{}, moved with the accounts that moved together that day (all, or its "
+                "industry or region): their median at {}% of its usual",
                 comparison,
                 (shift.exp() * 100).round(0).cast(pl.Int64),
             )
@@ -2913,7 +2914,8 @@ def _population_note(comparison: pl.Expr) -> pl.Expr:
         pl.when(days > 0)
         .then(
             pl.format(
-                "{}; {} on which all accounts moved together counted at their usual level",
+                "{}; {} on which all accounts, or its industry or region, moved together "
+                "counted at their usual level",
                 comparison,
                 _counted(days, "day"),
             )
