@@ -1901,3 +1901,62 @@ def test_a_season_of_one_industry_is_no_decline_new_level_or_adoption_of_its_acc
             alone_days, cohort_members(accounts, alone_days, alone_moved), alone_moved
         )
         assert signals(alone, day, day).equals(netted.filter(pl.col("partition_date") == day)), day
+
+
+def test_a_regions_holiday_inside_an_industrys_peak_is_neither_ones_news() -> None:
+    """Two columns of cohorts crossing: retailers (a quarter of the book, in every region) at
+    180% for three weeks, and the American accounts (half of the book) at 30% for three days
+    inside them (Thanksgiving in December's peak). Measured each net of the other
+    (`_moved_together`), every account's day is the sum of its cohorts' moves: no retailer
+    abroad spikes on the holiday, no American account drops, while a European software
+    account's own drop that began on the holiday is found. Measured one column after the
+    other (trial 11), the retailers' peak was no cohort's on the holiday (its American half
+    fell), and the few Asian retailers, too few for their region's own measure, spiked. A run
+    of a day alone gives the same rows."""
+    n = 200
+    rng = np.random.default_rng(31)
+    region = np.where(np.arange(n) % 10 < 5, "NA", np.where(np.arange(n) % 10 < 9, "EMEA", "APAC"))
+    retail = (np.arange(n) // 10) % 4 == 0
+    american = region == "NA"
+    multipliers = {i: rng.lognormal(0.0, 0.1, DAYS) for i in range(n)}
+    for i in range(n):
+        if retail[i]:
+            multipliers[i][DAYS - 21 :] *= 1.8
+        if american[i]:
+            multipliers[i][DAYS - 10 : DAYS - 7] *= 0.3
+    planted = "C0015"  # software, EMEA
+    assert not retail[15] and region[15] == "EMEA"
+    multipliers[15] = multipliers[15] * step(DAYS, DAYS - 10, 0.3)
+    usage = usage_series(n, DAYS, END, multipliers=multipliers, seed=31)
+    accounts = pl.DataFrame(
+        {
+            "customer_id": [f"C{i:04d}" for i in range(n)],
+            "industry": np.where(retail, "retail", "software"),
+            "region": region,
+        }
+    )
+    first, last = day_of(DAYS - 14), END
+    days = population_shifts(usage, first, last, S, cohorts=accounts)
+    holiday = {day_of(d) for d in range(DAYS - 10, DAYS - 7)}
+    # (which columns carry which part of the moves is not unique - software at 55% and the
+    # Europeans at 181% fit the four kinds of account as well as retail at 180% and the
+    # Americans at 30% - but their sums are)
+    on_holiday = days.filter(pl.col("date").is_in(list(holiday)))
+    assert on_holiday["cohort"].drop_nulls().n_unique() >= 2
+    population = Population(days, cohort_members(accounts, days))
+    baselines = usage_baselines(usage, first, last, S, population=population)
+    signals = detect_usage_anomalies(baselines, S)
+    spikes = set(signals.filter(pl.col("type") == "usage_spike")["customer_id"])
+    drops = set(signals.filter(pl.col("type") == "usage_drop")["customer_id"])
+    assert spikes == set() and drops == {planted}, (spikes, drops)
+    for index in (DAYS - 9, DAYS - 8):
+        day = day_of(index)
+        alone_days = population_shifts(usage, day, day, S, cohorts=accounts)
+        alone = usage_baselines(
+            usage,
+            day,
+            day,
+            S,
+            population=Population(alone_days, cohort_members(accounts, alone_days)),
+        )
+        assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day

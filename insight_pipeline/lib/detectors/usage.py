@@ -708,8 +708,8 @@ def _rise_change(s: UsageSettings) -> pl.Expr:
 
 def _with_population_trends(stats: pl.DataFrame, population: Populations) -> pl.DataFrame:
     """`stats` with its rows' population trends (`population_trends`), `_pop_trend`,
-    `_pop_rise` and `_pop_level`: of the account's cohorts' and the whole book's, the one that
-    moved furthest (0 where none moved)."""
+    `_pop_rise` and `_pop_level`: the sum of the whole book's and the account's cohorts'
+    (measured net of each other, `_moved_together`; 0 where none moved)."""
     if not isinstance(population, Population) or population.trends is None:
         return stats
     trends = population.trends.rename({"date": "partition_date"})
@@ -721,15 +721,12 @@ def _with_population_trends(stats: pl.DataFrame, population: Populations) -> pl.
     of_cohorts = rows.join(population.members, on="customer_id", how="inner").join(
         trends.filter(pl.col("cohort").is_not_null()), on=["cohort", *on[1:]], how="inner"
     )
-    furthest = (
+    summed = (
         pl.concat([book.drop("cohort"), of_cohorts.drop("cohort")])
         .group_by(on)
-        .agg(
-            pl.col(name).sort_by(pl.col(name).abs(), descending=True).first().alias(alias)
-            for name, alias in NET_OF_POPULATION.items()
-        )
+        .agg(pl.col(name).sum().alias(alias) for name, alias in NET_OF_POPULATION.items())
     )
-    return stats.join(furthest, on=on, how="left", maintain_order="left").with_columns(
+    return stats.join(summed, on=on, how="left", maintain_order="left").with_columns(
         pl.col(*NET_OF_POPULATION.values()).fill_null(0.0)
     )
 
@@ -1115,62 +1112,75 @@ def population_shifts(
     return _moved_together(residuals, cohorts, s).select(list(POPULATION_SCHEMA))
 
 
+BACKFIT_PASSES = 2
+"""Rounds of measuring each cohort column net of the others' moves (`_moved_together`)."""
+
+
 def _moved_together(
     residuals: pl.DataFrame, cohorts: pl.DataFrame | None, s: UsageSettings
 ) -> pl.DataFrame:
     """The (metric, date, cohort) whose accounts' `_residual`s moved together
-    (`_shared_moves`): each cohort of `s.population_cohorts` in turn, on the accounts not in a
-    cohort found before to have moved that day, then the whole book (cohort null) on those
-    left, where at least `min_population_series` are (else on all)."""
-    days = []
-    if cohorts is not None and s.population_cohorts and residuals.height:
-        # (a cohort of every sampled account is the whole book)
-        sampled = residuals["customer_id"].n_unique()
-        remaining = residuals
-        for column in s.population_cohorts:
-            if column not in cohorts.columns:
-                continue
-            of_cohort = (
-                cohorts.select(
-                    "customer_id",
-                    (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
-                )
-                .drop_nulls()
-                .filter(pl.len().over("cohort") < sampled)
+    (`_shared_moves`), as moves that add up: an account's population moved by the sum of its
+    cohorts' moves and the whole book's (`_population_rows`). Each column of
+    `s.population_cohorts` is measured net of the other columns' moves (backfitting, as a
+    median polish fits a two-way table: `BACKFIT_PASSES` rounds), then the book net of all:
+    a region's holiday moves every industry a little, and a season of one industry every
+    region, and measured one after the other the first column took the second's move (trial
+    11: retail at its December peak was no cohort's on Thanksgiving, when its American half
+    fell, and its other retailers read the peak as a spike). Where a move is void (-inf: most
+    of a cohort without usage) its accounts' rows are left out of the other measurements."""
+    if cohorts is None or not s.population_cohorts or residuals.height == 0:
+        return (
+            _shared_moves(residuals, [], s)
+            .with_columns(pl.lit(None, pl.String).alias("cohort"))
+            .sort("metric", "date")
+        )
+    on = ["customer_id", "metric", "partition_date"]
+    # (a cohort of every sampled account is the whole book)
+    sampled = residuals["customer_id"].n_unique()
+    members = {
+        column: cohorts.select(
+            "customer_id",
+            (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
+        )
+        .drop_nulls()
+        .filter(pl.len().over("cohort") < sampled)
+        for column in s.population_cohorts
+        if column in cohorts.columns
+    }
+    measured: dict[str, pl.DataFrame] = {}
+
+    def net_of(columns: list[str]) -> pl.DataFrame:
+        """The residuals less the moves of their accounts' cohorts in `columns` (the rows of a
+        void move left out)."""
+        parts = [
+            members[column]
+            .join(measured[column], on="cohort")
+            .select(*on[:1], "metric", pl.col("date").alias("partition_date"), "population_shift")
+            for column in columns
+            if column in measured and measured[column].height
+        ]
+        if not parts:
+            return residuals
+        other = pl.concat(parts).group_by(on).agg(pl.col("population_shift").sum().alias("_other"))
+        return (
+            residuals.join(other, on=on, how="left")
+            .filter(pl.col("_other").is_null() | pl.col("_other").is_finite())
+            .with_columns(pl.col("_residual") - pl.col("_other").fill_null(0.0))
+            .drop("_other")
+        )
+
+    for _ in range(BACKFIT_PASSES if len(members) > 1 else 1):
+        for column, of_cohort in members.items():
+            others = [other for other in members if other != column]
+            measured[column] = _shared_moves(
+                net_of(others).join(of_cohort, on="customer_id"), ["cohort"], s
             )
-            moved = _shared_moves(remaining.join(of_cohort, on="customer_id"), ["cohort"], s)
-            if moved.height == 0:
-                continue
-            days.append(moved)
-            # the next cohorts, and the book, are measured on the accounts not in a cohort
-            # that moved that day
-            remaining = remaining.join(
-                of_cohort.join(moved.select("cohort", "metric", "date"), on="cohort").select(
-                    "customer_id", "metric", pl.col("date").alias("partition_date")
-                ),
-                on=["customer_id", "metric", "partition_date"],
-                how="anti",
-            )
-        if days:
-            # (where enough of them are left; else the book's day is measured on all)
-            enough = (
-                remaining.group_by("metric", "partition_date")
-                .len()
-                .filter(pl.col("len") >= s.min_population_series)
-                .drop("len")
-            )
-            residuals = pl.concat(
-                [
-                    remaining.join(enough, on=["metric", "partition_date"], how="semi"),
-                    residuals.join(enough, on=["metric", "partition_date"], how="anti"),
-                ]
-            )
-    days.insert(
-        0, _shared_moves(residuals, [], s).with_columns(pl.lit(None, pl.String).alias("cohort"))
-    )
-    return pl.concat(days, how="diagonal_relaxed").sort(
-        "metric", "date", "cohort", nulls_last=False
-    )
+    book = _shared_moves(net_of(list(members)), [], s)
+    return pl.concat(
+        [book.with_columns(pl.lit(None, pl.String).alias("cohort")), *measured.values()],
+        how="diagonal_relaxed",
+    ).sort("metric", "date", "cohort", nulls_last=False)
 
 
 POPULATION_TRENDS_SCHEMA = {
@@ -1308,9 +1318,8 @@ def _population_at(
     grid: _DenseGrid, population: Populations, columns: Sequence[str]
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The grid rows on a population day of their metric (ascending) and, for each of `columns`,
-    its value there (a column the frame lacks: 0), from one pass (`_population_rows`). A row on
-    a day of one of its account's cohorts takes that cohort's day (of two, the one that moved
-    further), else the whole book's."""
+    its value there (a column the frame lacks: 0), from one pass (`_population_rows`): a row's
+    moves (the whole book's and its account's cohorts') add up."""
     members = None
     if isinstance(population, Population):
         population, members = population.days, population.members
@@ -1344,8 +1353,8 @@ def _population_rows(
     """The grid rows on a population day of their metric, ascending, and the day's value of each
     of `columns` (0 for one the frame lacks): each run of a series' rows (from position 0,
     daily) holds a day at its first day's offset. A cohort's days (`cohort` not null) are the
-    days of its `members`' series only, and take precedence over the whole book's (of two
-    cohorts, the one whose shift is larger)."""
+    days of its `members`' series only; a row's moves add up (`_moved_together`: the book's
+    and its cohorts' were measured each net of the others), its spread is the widest."""
     starts = np.flatnonzero(grid.position == 0)
     length = np.diff(starts, append=grid.value.size)
     first_day = grid.day[starts]
@@ -1355,7 +1364,6 @@ def _population_rows(
         population = population.with_columns(pl.lit(None, pl.String).alias("cohort"))
     found_rows: list[np.ndarray] = []
     found: list[list[np.ndarray]] = [[] for _ in columns]
-    rank: list[np.ndarray] = []
     for (metric, cohort), days in population.group_by("metric", "cohort"):
         of_metric = (metric_of == metric).fill_null(False)
         if cohort is not None:
@@ -1375,17 +1383,19 @@ def _population_rows(
                 days[column].to_numpy() if column in days.columns else np.zeros(days.height)
             )
             out.append(np.broadcast_to(day_values[None, :], offset.shape)[inside])
-        # a cohort's day before the book's, the larger move first (a void day's -inf largest)
-        weight = -1.0 if cohort is None else np.abs(days["population_shift"].to_numpy())
-        rank.append(np.broadcast_to(np.asarray(weight)[None, ...], offset.shape)[inside])
     if not found_rows:
         return np.zeros(0, dtype=np.int64), [np.zeros(0) for _ in columns]
     at = np.concatenate(found_rows)
-    order = np.lexsort((-np.concatenate(rank), at))
+    order = np.argsort(at, kind="stable")
     at = at[order]
-    first = np.ones(at.size, dtype=bool)
-    first[1:] = at[1:] != at[:-1]
-    return at[first], [np.concatenate(values)[order][first] for values in found]
+    first = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+    out = []
+    for column, values in zip(columns, found, strict=True):
+        ordered = np.concatenate(values)[order]
+        # the moves add up (a void day's -inf stays -inf); the widest spread
+        add = np.add if column == "population_shift" else np.maximum
+        out.append(add.reduceat(ordered, first) if ordered.size else ordered)
+    return at[first], out
 
 
 MONTHS_BACK = 3
