@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from insight_pipeline.definitions import ALL_ASSETS
+from insight_pipeline.defs.metadata import markdown_preview
 from insight_pipeline.evaluation import detection_quality, false_alarm_rate
 from insight_pipeline.lib.contract import CONTRACT, Source
 from insight_pipeline.lib.store import InsightStore
@@ -176,3 +177,12 @@ def test_no_look_ahead_for_any_detector(
     ]
     assert full.height > 20
     assert full.select(columns).sort(columns[:3]).equals(cut.select(columns).sort(columns[:3]))
+
+
+def test_a_metadata_preview_says_how_many_rows_it_leaves_out() -> None:
+    """Trial 11: `population_days` showed 20 of 349 rows without saying so."""
+    frame = pl.DataFrame({"metric": ["dau"] * 25, "n": list(range(25))})
+    shown = markdown_preview(frame, ["metric", "n"], rows=20).value
+    assert shown.count("| dau |") == 20 and shown.endswith("_the first 20 of 25 rows_")
+    whole = markdown_preview(frame.head(20), ["metric", "n"], rows=20).value
+    assert "rows_" not in whole and whole.count("| dau |") == 20

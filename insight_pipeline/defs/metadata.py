@@ -33,7 +33,8 @@ def signal_metadata(frame: pl.DataFrame) -> dict:
 
 
 def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
-    """A markdown table of the first rows, as a data engineer wants to see it in the UI."""
+    """A markdown table of the first rows, as a data engineer wants to see it in the UI, saying
+    how many there are when it shows fewer."""
     present = [c for c in columns if c in frame.columns]
     if frame.height == 0 or not present:
         return dg.MetadataValue.md("_no rows_")
@@ -42,6 +43,8 @@ def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) ->
     for row in head.iter_rows():
         cells = [_cell(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
+    if frame.height > rows:
+        lines.append(f"\n_the first {rows} of {frame.height:,} rows_")
     return dg.MetadataValue.md("\n".join(lines))
 
 
