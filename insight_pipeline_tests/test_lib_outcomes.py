@@ -96,13 +96,9 @@ def test_months_before_the_usage_on_record_are_not_counted_as_accounts_that_stay
     assert older == whole
 
 
-def test_a_pattern_change_to_a_lower_level_is_compared_with_usage_that_fell() -> None:
-    """usage_pattern_change covers new levels both ways: one whose level fell gets the base rate
-    of falling usage, one whose level rose that of rising usage (it quoted the rise's for both);
-    other types keep their own."""
-    s = OutcomeSettings()
-    as_of = date(2026, 11, 1)
-    customers = pl.DataFrame(
+def _twenty_customers_three_churned() -> pl.DataFrame:
+    """20 customers since 2023, the first 3 churned on 2026-06-01."""
+    return pl.DataFrame(
         {
             "customer_id": [f"C{i:03d}" for i in range(20)],
             "contract_start": [date(2023, 1, 1)] * 20,
@@ -110,6 +106,15 @@ def test_a_pattern_change_to_a_lower_level_is_compared_with_usage_that_fell() ->
         },
         schema_overrides={"churned_on": pl.Date},
     )
+
+
+def test_a_pattern_change_to_a_lower_level_is_compared_with_usage_that_fell() -> None:
+    """usage_pattern_change covers new levels both ways: one whose level fell gets the base rate
+    of falling usage, one whose level rose that of rising usage (it quoted the rise's for both);
+    other types keep their own."""
+    s = OutcomeSettings()
+    as_of = date(2026, 11, 1)
+    customers = _twenty_customers_three_churned()
     events = pl.DataFrame(
         {
             "customer_id": [f"C{i:03d}" for i in range(12)],
@@ -137,14 +142,7 @@ def test_an_insight_with_no_comparable_event_quotes_none() -> None:
     outreach, a usage drop's rate under "bottom of its peers")."""
     s = OutcomeSettings()
     as_of = date(2026, 11, 1)
-    customers = pl.DataFrame(
-        {
-            "customer_id": [f"C{i:03d}" for i in range(20)],
-            "contract_start": [date(2023, 1, 1)] * 20,
-            "churned_on": [date(2026, 6, 1)] * 3 + [None] * 17,
-        },
-        schema_overrides={"churned_on": pl.Date},
-    )
+    customers = _twenty_customers_three_churned()
     events = pl.DataFrame(
         {
             "customer_id": [f"C{i:03d}" for i in range(18)],

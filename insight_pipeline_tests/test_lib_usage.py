@@ -1803,6 +1803,13 @@ def _seasonal_book() -> tuple[pl.DataFrame, pl.DataFrame]:
     return usage, accounts
 
 
+def _baselines_of_a_day(usage: pl.DataFrame, accounts: pl.DataFrame, day: date) -> pl.DataFrame:
+    """`usage_baselines` of a run of `day` alone, on its own population days and cohorts."""
+    days = population_shifts(usage, day, day, S, cohorts=accounts)
+    population = Population(days, cohort_members(accounts, days))
+    return usage_baselines(usage, day, day, S, population=population)
+
+
 def test_a_season_of_one_industry_is_that_industrys_not_each_of_its_accounts() -> None:
     """A third of the book, one industry, works at a fifth of its usual for five weeks and
     comes back: those are days of the industry's population (`cohorts`), not of the book's.
@@ -1848,14 +1855,7 @@ def test_a_season_of_one_industry_is_that_industrys_not_each_of_its_accounts() -
     baselines = usage_baselines(usage, first, last, S, population=population)
     for index in (DAYS - 58, DAYS - 40, DAYS - 25, DAYS - 24, DAYS - 9):
         day = day_of(index)
-        alone_days = population_shifts(usage, day, day, S, cohorts=accounts)
-        alone = usage_baselines(
-            usage,
-            day,
-            day,
-            S,
-            population=Population(alone_days, cohort_members(accounts, alone_days)),
-        )
+        alone = _baselines_of_a_day(usage, accounts, day)
         assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
 
 
@@ -1951,12 +1951,5 @@ def test_a_regions_holiday_inside_an_industrys_peak_is_neither_ones_news() -> No
     assert spikes == set() and drops == {planted}, (spikes, drops)
     for index in (DAYS - 9, DAYS - 8):
         day = day_of(index)
-        alone_days = population_shifts(usage, day, day, S, cohorts=accounts)
-        alone = usage_baselines(
-            usage,
-            day,
-            day,
-            S,
-            population=Population(alone_days, cohort_members(accounts, alone_days)),
-        )
+        alone = _baselines_of_a_day(usage, accounts, day)
         assert alone.equals(baselines.filter(pl.col("partition_date") == day)), day
