@@ -1120,67 +1120,78 @@ def _moved_together(
     residuals: pl.DataFrame, cohorts: pl.DataFrame | None, s: UsageSettings
 ) -> pl.DataFrame:
     """The (metric, date, cohort) whose accounts' `_residual`s moved together
-    (`_shared_moves`), as moves that add up: an account's population moved by the sum of its
-    cohorts' moves and the whole book's (`_population_rows`). Each column of
-    `s.population_cohorts` is measured net of the other columns' moves (backfitting, as a
-    median polish fits a two-way table: `BACKFIT_PASSES` rounds), then the book net of all:
-    a region's holiday moves every industry a little, and a season of one industry every
-    region, and measured one after the other the first column took the second's move (trial
-    11: retail at its December peak was no cohort's on Thanksgiving, when its American half
-    fell, and its other retailers read the peak as a spike). Where a move is void (-inf: most
-    of a cohort without usage) its accounts' rows are left out of the other measurements."""
+    (`_shared_moves`), as moves that add up: an account's population moved by the sum of the
+    whole book's move (cohort null) and its cohorts' (`_population_rows`). The book and each
+    column of `s.population_cohorts` are measured net of the others' moves (backfitting, as a
+    median polish fits a two-way table with its overall effect: `BACKFIT_PASSES` rounds): a
+    region's holiday moves every industry a little, and a season of one industry every region
+    and the book; measured one after the other, the first took the others' moves (trial 11:
+    retail at its December peak was no cohort's on Thanksgiving, when its American half fell,
+    and its other retailers read the peak as a spike), and a holiday of everyone taken up by
+    the industries left the accounts of no measured industry without it. A cohort holding
+    every account judged that day is the book. Where a move is void (-inf: most of a cohort
+    without usage) its accounts' rows are left out of the other measurements."""
+    book_label = pl.lit(None, pl.String).alias("cohort")
     if cohorts is None or not s.population_cohorts or residuals.height == 0:
-        return (
-            _shared_moves(residuals, [], s)
-            .with_columns(pl.lit(None, pl.String).alias("cohort"))
-            .sort("metric", "date")
-        )
+        return _shared_moves(residuals, [], s).with_columns(book_label).sort("metric", "date")
     on = ["customer_id", "metric", "partition_date"]
-    # (a cohort of every sampled account is the whole book)
-    sampled = residuals["customer_id"].n_unique()
     members = {
         column: cohorts.select(
             "customer_id",
             (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
-        )
-        .drop_nulls()
-        .filter(pl.len().over("cohort") < sampled)
+        ).drop_nulls()
         for column in s.population_cohorts
         if column in cohorts.columns
     }
-    measured: dict[str, pl.DataFrame] = {}
+    # (per day: a cohort of every account judged that day is the book)
+    judged = residuals.group_by("metric", "partition_date").agg(pl.len().alias("_judged"))
+    measured: dict[str | None, pl.DataFrame] = {}
 
-    def net_of(columns: list[str]) -> pl.DataFrame:
-        """The residuals less the moves of their accounts' cohorts in `columns` (the rows of a
-        void move left out)."""
-        parts = [
-            members[column]
-            .join(measured[column], on="cohort")
-            .select(*on[:1], "metric", pl.col("date").alias("partition_date"), "population_shift")
-            for column in columns
-            if column in measured and measured[column].height
-        ]
+    def net_of(terms: list[str | None]) -> pl.DataFrame:
+        """The residuals less the moves of the `terms` (None: the book's; a column: its
+        accounts' cohorts'), the rows of a void move left out."""
+        parts = []
+        for term in terms:
+            moved = measured.get(term)
+            if moved is None or moved.height == 0:
+                continue
+            dated = moved.select(
+                "cohort", "metric", pl.col("date").alias("partition_date"), "population_shift"
+            )
+            if term is None:
+                parts.append(
+                    residuals.select(on).join(dated.drop("cohort"), on=on[1:], how="inner")
+                )
+            else:
+                parts.append(members[term].join(dated, on="cohort").select(*on, "population_shift"))
         if not parts:
             return residuals
-        other = pl.concat(parts).group_by(on).agg(pl.col("population_shift").sum().alias("_other"))
+        other = pl.concat(parts).group_by(on).agg(pl.col("population_shift").sum().alias("_off"))
         return (
             residuals.join(other, on=on, how="left")
-            .filter(pl.col("_other").is_null() | pl.col("_other").is_finite())
-            .with_columns(pl.col("_residual") - pl.col("_other").fill_null(0.0))
-            .drop("_other")
+            .filter(pl.col("_off").is_null() | pl.col("_off").is_finite())
+            .with_columns(pl.col("_residual") - pl.col("_off").fill_null(0.0))
+            .drop("_off")
         )
 
-    for _ in range(BACKFIT_PASSES if len(members) > 1 else 1):
-        for column, of_cohort in members.items():
-            others = [other for other in members if other != column]
-            measured[column] = _shared_moves(
-                net_of(others).join(of_cohort, on="customer_id"), ["cohort"], s
+    terms: list[str | None] = [None, *members]
+    for _ in range(BACKFIT_PASSES):
+        for term in terms:
+            rest = net_of([other for other in terms if other != term])
+            if term is None:
+                measured[None] = _shared_moves(rest, [], s).with_columns(book_label)
+                continue
+            moved = _shared_moves(rest.join(members[term], on="customer_id"), ["cohort"], s)
+            measured[term] = (
+                moved.join(
+                    judged.rename({"partition_date": "date"}), on=["metric", "date"], how="left"
+                )
+                .filter(pl.col("_series") < pl.col("_judged"))
+                .drop("_series", "_judged")
             )
-    book = _shared_moves(net_of(list(members)), [], s)
-    return pl.concat(
-        [book.with_columns(pl.lit(None, pl.String).alias("cohort")), *measured.values()],
-        how="diagonal_relaxed",
-    ).sort("metric", "date", "cohort", nulls_last=False)
+    return pl.concat([measured[term] for term in terms], how="diagonal_relaxed").sort(
+        "metric", "date", "cohort", nulls_last=False
+    )
 
 
 POPULATION_TRENDS_SCHEMA = {
@@ -1311,7 +1322,7 @@ def _shared_moves(residuals: pl.DataFrame, by: list[str], s: UsageSettings) -> p
     void = pl.col("_zero") * 2 > pl.col("_series")
     return shifts.with_columns(
         pl.when(void).then(-math.inf).otherwise("population_shift").alias("population_shift")
-    ).select(*by, "metric", "date", "population_shift", "population_spread")
+    ).select(*by, "metric", "date", "population_shift", "population_spread", "_series")
 
 
 def _population_at(
@@ -1364,7 +1375,13 @@ def _population_rows(
         population = population.with_columns(pl.lit(None, pl.String).alias("cohort"))
     found_rows: list[np.ndarray] = []
     found: list[list[np.ndarray]] = [[] for _ in columns]
-    for (metric, cohort), days in population.group_by("metric", "cohort"):
+    # (in a fixed order - the book's, then the cohorts' by name - so that a row's moves are
+    # added in the same order by a range and by each of its days)
+    groups = sorted(
+        population.group_by("metric", "cohort"),
+        key=lambda group: (str(group[0][0]), group[0][1] is not None, str(group[0][1])),
+    )
+    for (metric, cohort), days in groups:
         of_metric = (metric_of == metric).fill_null(False)
         if cohort is not None:
             if members is None:
