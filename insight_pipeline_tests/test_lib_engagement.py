@@ -305,3 +305,30 @@ def test_a_quiet_season_of_one_industry_is_not_going_dark_of_its_accounts() -> N
     assert by_cohort.filter(stopped).height >= dark - 1
     assert by_cohort.filter(~school & ~stopped).height < (n - n // 3 - 10) / 14
     assert any("contact across education accounts" in e[0]["comparison"] for e in found["evidence"])
+
+
+def test_a_small_cohort_in_everyones_quiet_season_counts_the_books_quiet() -> None:
+    """Everyone's contact at 15% for four weeks, and two industries of 12 accounts each: a
+    cohort that small has a wide bound on its quiet, which explains less of a silence than
+    the whole book's, so where the account's cohort was quiet too the book's quiet counts
+    (review: with its cohort's alone, its 24 accounts were called dark 17 times over six
+    books, against 5 judged against the book)."""
+    alarms = {(): 0, ("industry",): 0}
+    for seed in range(3):
+        n = 300
+        rates = np.random.default_rng(seed).uniform(2, 8, n)
+        season = np.ones(DAYS)
+        season[DAYS - 100 : DAYS - 72] = 0.15
+        events = poisson_contact(rates, np.full(n, DAYS), seed=seed + 50, season=season)
+        industry = np.where(np.arange(n) < 12, "legal", np.where(np.arange(n) < 24, "media", "x"))
+        accounts = customers([f"C{i:04d}" for i in range(n)]).with_columns(
+            pl.Series("industry", industry)
+        )
+        small = pl.col("customer_id").is_in([f"C{i:04d}" for i in range(24)])
+        for cohorts in alarms:
+            window = END - timedelta(days=365)
+            population = contact_population(events, accounts, window, END, S, cohorts)
+            start = END - timedelta(days=99)
+            found = detect_going_dark(events, accounts, start, END, S, population)
+            alarms[cohorts] += first_alarms(found).filter(small).height
+    assert alarms[("industry",)] <= alarms[()] + 1, alarms

@@ -118,10 +118,10 @@ def _cohort_discount(
     sds: float,
 ) -> pl.DataFrame:
     """`_population_discount` of each row against its account's cohorts' contact
-    (`contact_population`), whichever explains more of its silence, or where none of them was
-    measured against the whole book's (which a cohort's season moves too: a school's summer
-    is no reason for a software company's silence); `population_name` says whose ("all
-    accounts", "education accounts")."""
+    (`contact_population`) and the whole book's, whichever explains more of its silence - the
+    book's only where none of its cohorts was measured or they were quiet too (a cohort's
+    season moves the book's contact: a school's summer is no reason for a software company's
+    silence); `population_name` says whose ("all accounts", "education accounts")."""
     if "cohort" not in population.columns:
         population = population.with_columns(pl.lit(None, pl.String).alias("cohort"))
     rows = rows.with_row_index("_row")
@@ -146,14 +146,26 @@ def _cohort_discount(
         return rows.drop("_row").with_columns(
             population_pace=1.0, silence_discount=0.0, population_name=pl.lit("all accounts")
         )
-    best = (
-        pl.concat(judged)
-        .with_columns((pl.col("population_name") != "all accounts").alias("_own"))
-        .sort(
-            "_row", "_own", "silence_discount", descending=[False, True, True], maintain_order=True
-        )
+    every = pl.concat(judged)
+    is_book = pl.col("population_name") == "all accounts"
+    first_by_discount = {"descending": [False, True], "maintain_order": True}
+    own = (
+        every.filter(~is_book)
+        .sort("_row", "silence_discount", **first_by_discount)
         .unique("_row", keep="first", maintain_order=True)
+    )
+    # the book's quiet counts where no cohort of the account's was measured, or where its
+    # cohorts were quiet too (a small cohort's bound is wide: everyone's holiday explains more)
+    book = (
+        every.filter(is_book)
+        .join(own.select("_row", pl.col("population_pace").alias("_own")), on="_row", how="left")
+        .filter(pl.col("_own").is_null() | (pl.col("_own") < 1.0))
         .drop("_own")
+    )
+    best = (
+        pl.concat([own, book])
+        .sort("_row", "silence_discount", **first_by_discount)
+        .unique("_row", keep="first", maintain_order=True)
     )
     missing = rows.join(best.select("_row"), on="_row", how="anti").with_columns(
         population_pace=1.0, silence_discount=0.0, population_name=pl.lit("all accounts")
