@@ -318,7 +318,8 @@ def test_fractional_usage_gives_a_range_its_days_peer_means_to_the_bit() -> None
 
 def test_a_place_among_few_peers_is_a_rank_among_many_a_share() -> None:
     """Among 38 peers the lowest reads "the lowest of 38", not "bottom 1%" (1% of 38 is no
-    one); among 150 the lowest (tied with another) reads "bottom 1%", never "bottom 0%". The
+    one); among 150 the lowest (tied with two others: each the lowest, not "2nd") reads
+    "bottom 1%", never "bottom 0%". The
     seats are the entitled ones where the entitlements give them, and only then do the
     evidence and the text name the entitlements."""
     days = pl.date_range(END - timedelta(days=40), END, "1d", eager=True)
@@ -326,7 +327,8 @@ def test_a_place_among_few_peers_is_a_rank_among_many_a_share() -> None:
     narrator = TemplateNarrator()
     for size in (36, 148):
         levels = {f"C{i:03d}": 10.0 * (0.94 + 0.12 * i / size) for i in range(size)}
-        levels |= {"LOW": 3.0, "LOW_TOO": 3.0, "HIGH": 30.0} if size > 100 else {"LOW": 3.0}
+        tied = {"LOW": 3.0, "LOW_TOO": 3.0, "LOW_THREE": 3.0, "HIGH": 30.0}
+        levels |= tied if size > 100 else {"LOW": 3.0}
         levels |= {"SECOND": 4.0}
         usage = steady_usage(levels, days)
         accounts = retail_accounts(list(levels), ["smb"] * len(levels))
@@ -358,14 +360,15 @@ def test_a_place_among_few_peers_is_a_rank_among_many_a_share() -> None:
             assert "per entitled seat" in texts["LOW"]["summary"]
             assert "per seat in use" in texts["SECOND"]["summary"]
         else:
-            # tied for the lowest: both the lowest; the next after both is third
-            assert facts["LOW_TOO"]["rank"] == 1 and facts["SECOND"]["rank"] == 3
+            # three tied for the lowest: each the lowest; the next after them is fourth
+            assert facts["LOW_TOO"]["rank"] == facts["LOW_THREE"]["rank"] == 1
+            assert facts["SECOND"]["rank"] == 4
             assert facts["HIGH"]["rank"] == 1 and set(facts) >= {"HIGH", "LOW", "LOW_TOO"}
             assert (
                 texts["LOW"]["title"]
                 == "LOW is in the bottom 1% of its peers on daily active users"
             )
-            assert texts["SECOND"]["title"].endswith("bottom 2% of its peers on daily active users")
+            assert texts["SECOND"]["title"].endswith("bottom 3% of its peers on daily active users")
             assert (
                 texts["HIGH"]["title"] == "HIGH is in the top 1% of its peers on daily active users"
             )

@@ -248,18 +248,31 @@ def peer_percentiles(
     segment = (pl.col("_segment").cast(pl.Int64) * n_days + day_index).alias("_by_segment")
     frame = frame.with_columns(cohort, segment)
     cohort, segment = pl.col("_by_cohort"), pl.col("_by_segment")
+    # each account's place from the bottom (`low`: 1 + the peers below it) and from the top,
+    # peers tied with it sharing it; the percentile is their midpoint's (the average rank's)
     frame = frame.with_columns(
         pl.len().over(cohort).alias("cohort_size"),
-        ((pl.col("per_seat").rank("average").over(cohort) - 0.5) / pl.len().over(cohort)).alias(
-            "pct_cohort"
-        ),
+        pl.col("per_seat").rank("min").over(cohort).alias("low_cohort"),
+        pl.col("per_seat").rank("max").over(cohort).alias("_high_cohort"),
         pl.len().over(segment).alias("segment_size"),
-        ((pl.col("per_seat").rank("average").over(segment) - 0.5) / pl.len().over(segment)).alias(
-            "pct_segment"
-        ),
+        pl.col("per_seat").rank("min").over(segment).alias("low_segment"),
+        pl.col("per_seat").rank("max").over(segment).alias("_high_segment"),
         pl.col("per_seat").median().over(cohort).alias("median_cohort"),
         pl.col("per_seat").median().over(segment).alias("median_segment"),
     ).drop("_by_cohort", "_by_segment")
+    frame = (
+        frame.with_columns(
+            (((pl.col(f"low_{g}") + pl.col(f"_high_{g}")) / 2 - 0.5) / pl.col(f"{g}_size")).alias(
+                f"pct_{g}"
+            )
+            for g in ("cohort", "segment")
+        )
+        .with_columns(
+            (pl.col(f"{g}_size") + 1 - pl.col(f"_high_{g}")).alias(f"high_{g}")
+            for g in ("cohort", "segment")
+        )
+        .drop("_high_cohort", "_high_segment")
+    )
     # An unknown (null) segment or industry is no cohort: those accounts are not peers of each
     # other. Null industry: compared within the segment; null segment: not benchmarked.
     use_cohort = pl.all_horizontal(pl.col(c).is_not_null() for c in s.cohort) & (
@@ -268,7 +281,7 @@ def peer_percentiles(
     use_segment = pl.col(s.cohort[0]).is_not_null()
     frame = frame.with_columns(
         pl.when(use_segment).then(pl.col(name)).alias(name)
-        for name in ("segment_size", "pct_segment", "median_segment")
+        for name in ("segment_size", "pct_segment", "median_segment", "low_segment", "high_segment")
     )
     return (
         frame.with_columns(
@@ -288,8 +301,15 @@ def peer_percentiles(
             .then(pl.lit(cohort_names).gather(pl.col("_cohort")))
             .otherwise(pl.lit(segment_names).gather(pl.col("_segment")))
             .alias("cohort_name"),
+            *(
+                pl.when(use_cohort)
+                .then(pl.col(f"{end}_cohort"))
+                .otherwise(pl.col(f"{end}_segment"))
+                .alias(f"rank_{end}")
+                for end in ("low", "high")
+            ),
         )
-        .drop("_cohort", "_segment")
+        .drop("_cohort", "_segment", "low_cohort", "high_cohort", "low_segment", "high_segment")
         .filter(pl.col("peers") >= s.min_cohort)
     )
 
@@ -327,9 +347,8 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
     if hits.height == 0:
         return empty_signals()
     # its place among its peers, from the end it is at (1 = the lowest / the highest; peers
-    # tied with it share the place): a percentile of 36 peers reads "bottom 1%", of 200
-    # "bottom 0%"; the midpoint rank is the percentile's, (rank - 0.5) / peers
-    midpoint = (pl.col("percentile") * pl.col("peers") + 0.5).round(6)
+    # tied with it share the place: `peer_percentiles`): a percentile of 36 peers reads
+    # "bottom 1%", of 200 "bottom 0%"
     entitled = pl.col("entitled_seats").is_not_null()
     per_seat = (
         pl.when(entitled).then(pl.lit("per entitled seat")).otherwise(pl.lit("per seat in use"))
@@ -337,8 +356,8 @@ def detect_benchmarks(percentiles: pl.DataFrame, s: BenchmarkSettings) -> pl.Dat
     return conform(
         hits.with_columns(
             pl.when(top)
-            .then(pl.col("peers") + 1 - midpoint.ceil())
-            .otherwise(midpoint.floor())
+            .then(pl.col("rank_high"))
+            .otherwise(pl.col("rank_low"))
             .cast(pl.Int64)
             .alias("_rank")
         ).with_columns(
