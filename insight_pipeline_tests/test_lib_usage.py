@@ -1574,7 +1574,9 @@ def test_a_holiday_of_measured_usage_is_the_populations_move_in_its_own_proporti
 def test_a_level_held_is_shown_by_its_average_day_not_as_a_weeks_sum() -> None:
     """Seats held from day to day are a level: a week of 21 seats is not "147 seats a week"
     (trial 7: "weekly seats used rose from 144 to 189"). A level's weekly signals show its
-    average day (`_level_rows`); an activity count with a weekly rhythm keeps its weekly sums."""
+    average day (`_level_rows`); an activity count with a weekly rhythm keeps its weekly sums,
+    unless it counts distinct users a day (`dau`: a week of it is user-days, trial 10's "weekly
+    daily active users rose from 24 to 186")."""
     rng = np.random.default_rng(3)
     seats = []
     for i in range(30):
@@ -1592,14 +1594,24 @@ def test_a_level_held_is_shown_by_its_average_day_not_as_a_weeks_sum() -> None:
                 }
             )
         )
-    dau = usage_series(30, DAYS, END, multipliers={i: step(DAYS, 200, 0.6) for i in range(5)})
-    signals = usage_trends(pl.concat([pl.concat(seats), dau]), day_of(215), END, S)
+    fell = {i: step(DAYS, 200, 0.6) for i in range(5)}
+    sessions = usage_series(30, DAYS, END, multipliers=fell, metric="sessions")
+    # the same counts as distinct users a day: user-days do not add up to users
+    dau = usage_series(30, DAYS, END, multipliers=fell, metric="dau")
+    signals = usage_trends(pl.concat([pl.concat(seats), sessions, dau]), day_of(215), END, S)
     changes = signals.filter(pl.col("type") == "usage_pattern_change").unique(
         ["customer_id", "subject"], keep="last", maintain_order=True
     )
-    by_metric = {m: changes.filter(pl.col("subject") == m) for m in ("seats_used", "dau")}
+    by_metric = {
+        m: changes.filter(pl.col("subject") == m) for m in ("seats_used", "sessions", "dau")
+    }
     assert set(by_metric["seats_used"]["customer_id"]) == {f"S{i:03d}" for i in range(5)}
-    assert set(by_metric["dau"]["customer_id"]) == {f"C{i:04d}" for i in range(5)}
+    assert set(by_metric["sessions"]["customer_id"]) == {f"C{i:04d}" for i in range(5)}
+    for row in by_metric["dau"].iter_rows(named=True):
+        facts = json.loads(row["facts"])
+        assert facts["per_day"] is True and facts["prior_week"] < 200
+        assert row["evidence"][0]["metric"] == "dau on an average day, last 3 weeks"
+    assert by_metric["dau"].height == by_metric["sessions"].height
     for row in by_metric["seats_used"].iter_rows(named=True):
         facts = json.loads(row["facts"])
         assert facts["per_day"] is True and 10 <= facts["recent_week"] < facts["prior_week"] < 41
@@ -1610,10 +1622,10 @@ def test_a_level_held_is_shown_by_its_average_day_not_as_a_weeks_sum() -> None:
         )
         summary = TemplateNarrator().narrate([context])[0]["summary"]
         assert f"averaged {round(facts['recent_week'])} a day against" in summary
-    for row in by_metric["dau"].iter_rows(named=True):
+    for row in by_metric["sessions"].iter_rows(named=True):
         facts = json.loads(row["facts"])
         assert facts["per_day"] is False and facts["prior_week"] > 200
-        assert row["evidence"][0]["metric"] == "dau per week, last 3 weeks"
+        assert row["evidence"][0]["metric"] == "sessions per week, last 3 weeks"
 
 
 def test_a_spikes_change_is_its_runs_average_only_when_the_run_is_sustained() -> None:
@@ -1670,12 +1682,14 @@ def test_evidence_numbers_keep_what_a_small_unit_needs() -> None:
     assert values.select(_readable(pl.col("v")))["v"].to_list() == [1235.0, 12.3, 0.78, 0.0012]
     weeks = pl.DataFrame(
         {
-            "w": [1127.4, 14.27, 147.0, 1127.0],
-            "_unit": [1.0, 1.0, 1.0, 1000.0],
-            "_level": [False, False, True, False],
+            "w": [1127.4, 14.27, 147.0, 1127.0, 147.0],
+            "_unit": [1.0, 1.0, 1.0, 1000.0, 1.0],
+            "_level": [False, False, True, False, False],
+            "metric": ["sessions", "sessions", "seats_used", "hours", "active_users"],
         }
     ).with_columns(pl.col("w") * pl.col("_unit"))
-    assert weeks.select(_shown(pl.col("w")))["w"].to_list() == [1127.0, 14.0, 21.0, 1127.0]
+    shown = weeks.select(_shown(pl.col("w")))["w"].to_list()
+    assert shown == [1127.0, 14.0, 21.0, 1127.0, 21.0]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -2077,7 +2077,7 @@ def _young_drops(hits: pl.DataFrame, settings: UsageSettings) -> pl.DataFrame:
     comparison = pl.format(
         "best week so far: {}{} ({} earlier), of {} days on record",
         _shown(pl.col("best_week")),
-        pl.when(pl.col("_level")).then(pl.lit(" a day")).otherwise(pl.lit("")),
+        pl.when(_per_day()).then(pl.lit(" a day")).otherwise(pl.lit("")),
         _counted(pl.col("weeks_earlier"), "week"),
         pl.col("days_on_record"),
     )
@@ -2875,12 +2875,24 @@ def detect_usage_trends(
     return pl.concat([trends, declines, changes])
 
 
+DISTINCT_COUNT = r"(^|_)(dau|wau|mau)(_|$)|active"
+"""Metric names of counts of distinct users a day (`dau`, `active_users`): a week's sum of
+them is user-days, not users ("weekly daily active users rose from 24 to 186" was 3 to 27 a
+day: trial 10), so they are shown by their average day, as levels are."""
+
+
+def _per_day() -> pl.Expr:
+    """Whether a signal row's weeks are shown by their average day (`_shown`): a level
+    (`_level`) or a count of distinct users (`DISTINCT_COUNT`)."""
+    return pl.col("_level") | pl.col("metric").str.contains(DISTINCT_COUNT)
+
+
 def _shown(week_total: pl.Expr) -> pl.Expr:
     """A week's total as a signal shows it: in its series' own unit (`_unit`,
     `_in_counting_units`), and a level's (`_level`) as its average day - a week of 21 seats is
     not "147 seats a week". A count, or anything from 100, as a whole number (1,127 hours, not
     1,130), anything else to 3 significant figures (0.4 GB a week is not 0)."""
-    unit, per_day = pl.col("_unit"), pl.col("_level")
+    unit, per_day = pl.col("_unit"), _per_day()
     total = pl.when(per_day).then(week_total / 7.0).otherwise(week_total) / unit
     return (
         pl.when((unit == 1.0) & ~per_day)
@@ -2896,7 +2908,7 @@ def _weeks_shown(**weeks: pl.Expr) -> list[pl.Expr]:
     level's average day (`per_day`, for the templates' wording)."""
     return [
         *(_shown(total).alias(name) for name, total in weeks.items()),
-        pl.col("_level").alias("per_day"),
+        _per_day().alias("per_day"),
     ]
 
 
@@ -2904,7 +2916,7 @@ def _per_week(metric_label: str) -> pl.Expr:
     """`metric_label` (a format of the metric) "per week", or "on an average day" for a level
     (`_shown`)."""
     return (
-        pl.when(pl.col("_level"))
+        pl.when(_per_day())
         .then(pl.format(metric_label.format("{} on an average day"), pl.col("metric")))
         .otherwise(pl.format(metric_label.format("{} per week"), pl.col("metric")))
     )
