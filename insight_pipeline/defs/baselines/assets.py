@@ -96,12 +96,13 @@ def usage_baselines_and_trends(
             usage_settings.population_sample,
             lookback,
         )
+        sample_churned = churn_dates(sampled)
         days = population_shifts(
             sample,
             first,
             last,
             usage_settings,
-            churn_dates(sampled),
+            sample_churned,
             window_start=first - timedelta(days=lookback),
             # (where the source's rows begin, over every account)
             data_from=usage_window.lazy().select(pl.col("date").min()).collect().item(),
@@ -114,7 +115,7 @@ def usage_baselines_and_trends(
                 first,
                 last,
                 usage_settings,
-                churn_dates(sampled),
+                sample_churned,
                 days,
                 sampled,
                 lookback,

@@ -22,7 +22,7 @@ from insight_pipeline.lib.detectors.common import (
     poisson_g,
     population_days,
 )
-from insight_pipeline.lib.detectors.usage import evidence_list
+from insight_pipeline.lib.detectors.usage import cohort_rows, evidence_list
 from insight_pipeline.lib.settings import EngagementSettings
 from insight_pipeline.lib.signals import conform, empty_signals, evidence_item
 
@@ -80,15 +80,10 @@ def contact_population(
         return pl.DataFrame(schema=schema)
     contacts = events.select("customer_id", "date").unique()
     groups: list[tuple[str | None, pl.DataFrame]] = [(None, sample)]
-    for column in cohorts:
-        if column not in sample.columns:
-            continue
-        named = sample.with_columns(
-            (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("_cohort")
-        ).filter(pl.col("_cohort").is_not_null())
-        for (cohort,), members in named.group_by("_cohort", maintain_order=True):
-            if MIN_COHORT_ACCOUNTS <= members.height < sample.height:
-                groups.append((str(cohort), members.drop("_cohort")))
+    labelled = cohort_rows(sample, [column for column in cohorts if column in sample.columns])
+    for (cohort,), ids in labelled.group_by("cohort", maintain_order=True):
+        if MIN_COHORT_ACCOUNTS <= ids.height < sample.height:
+            groups.append((str(cohort), sample.join(ids, on="customer_id", how="semi")))
     frames = []
     for cohort, members in groups:
         days = (

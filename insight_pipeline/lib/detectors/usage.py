@@ -980,12 +980,27 @@ class Population:
     days: pl.DataFrame
     members: pl.DataFrame
     trends: pl.DataFrame | None = None
-    """(metric, date, cohort, trend_change, level_change): `population_trends`."""
+    """(metric, date, cohort, trend_change, rise_change, level_change): `population_trends`."""
 
 
 Populations = pl.DataFrame | Population | None
 """What the usage statistics take as their population: its days alone (the whole book's, as
 `population_shifts` gives them without cohorts), with the cohorts' members, or none."""
+
+
+def cohort_rows(accounts: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """(customer_id, cohort) of each account in its cohort of each of `columns` it has a value
+    of: the cohort named "column=value" ("industry=education")."""
+    return pl.concat(
+        [
+            accounts.select(
+                "customer_id",
+                (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
+            ).drop_nulls()
+            for column in columns
+        ]
+        or [pl.DataFrame(schema={"customer_id": pl.String, "cohort": pl.String})]
+    )
 
 
 def cohort_members(accounts: pl.DataFrame, *frames: pl.DataFrame | None) -> pl.DataFrame:
@@ -1004,15 +1019,7 @@ def cohort_members(accounts: pl.DataFrame, *frames: pl.DataFrame | None) -> pl.D
         return none
     columns = sorted({name.split("=", 1)[0] for name in named.to_list()})
     return (
-        pl.concat(
-            [
-                accounts.select(
-                    "customer_id",
-                    (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
-                )
-                for column in columns
-            ]
-        )
+        cohort_rows(accounts, columns)
         .filter(pl.col("cohort").is_in(named.implode()))
         .unique(maintain_order=True)
     )
@@ -1053,10 +1060,9 @@ def population_shifts(
     (industry, region). A cohort's accounts that moved together by the same rules are a
     population day of that cohort (`cohort` "industry=education"): a school's summer break, a
     retailer's December, a country's holiday moves a part of the book, which is no account's
-    news either, while the rest of the book did not move. The columns are taken in their order,
-    each on the accounts outside the cohorts found before to have moved that day, and then the
-    whole book (where at least `min_population_series` are left; else on every account): a
-    fifth of the book at a fifth of its usage drags the book's median (or a region's, where
+    news either, while the rest of the book did not move. The book and each column are
+    measured net of the others' moves, and an account's move is their sum (`_moved_together`):
+    a fifth of the book at a fifth of its usage drags the book's median (or a region's, where
     the industry is spread across regions) down far enough to read as everyone's holiday.
 
     The days measured reach back over the trend test's weeks (`_test_weeks`) and the scale's
@@ -1136,10 +1142,7 @@ def _moved_together(
         return _shared_moves(residuals, [], s).with_columns(book_label).sort("metric", "date")
     on = ["customer_id", "metric", "partition_date"]
     members = {
-        column: cohorts.select(
-            "customer_id",
-            (pl.lit(f"{column}=") + pl.col(column).cast(pl.String)).alias("cohort"),
-        ).drop_nulls()
+        column: cohort_rows(cohorts, [column])
         for column in s.population_cohorts
         if column in cohorts.columns
     }
@@ -1222,8 +1225,9 @@ def population_trends(
     and of the last 3 weeks against the 8 before (`level_change`, a new level); 0 where that
     one did not. A season of more than a few weeks (schools for the summer) is
     more than population days: its weeks read as every school's decline, then as its new
-    level and, on its return, its adoption; judged net of their cohort's (`_net_trends`),
-    they are no one's. Rows of a day on which neither moved are left out."""
+    level and, on its return, its adoption; judged net of their cohort's
+    (`_with_population_trends`, `_shared_part`), they are no one's. Rows of a day on which
+    none moved are left out."""
     s = settings
     if usage.height == 0:
         return pl.DataFrame(schema=POPULATION_TRENDS_SCHEMA)
